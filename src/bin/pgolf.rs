@@ -1,0 +1,54 @@
+//! The pgolf command line. Everything that prints lives here; the library reports progress through callbacks.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[path = "pgolf/cli_data.rs"]
+mod cli_data;
+// mod cli_verify;
+#[allow(dead_code)]
+#[path = "pgolf/progress.rs"]
+mod progress;
+
+#[derive(Parser)]
+#[command(
+    name = "pgolf",
+    version,
+    about = "Inspect, pack and verify Parameter Golf artifacts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validation data: token and byte accounting, and the byte-table audit.
+    Data {
+        #[command(subcommand)]
+        command: cli_data::DataCommand,
+    },
+    // Verify(cli_verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data { command } => cli_data::run(command),
+        // Command::Verify(args) => cli_verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the error and its causes.
+            let mut msg = err.to_string();
+            for cause in err.chain().skip(1) {
+                msg.push_str(": ");
+                msg.push_str(&cause.to_string());
+            }
+            eprintln!("pgolf: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! pgolf: inspect, pack and verify Parameter Golf artifacts.
+//!
+//! Data flows `data → infer → verify`. Nothing in the library prints; progress reaches the terminal through
+//! callbacks the CLI passes in.
+
+pub mod data;
