@@ -4,3 +4,5 @@
 //! callbacks the CLI passes in.
 
 pub mod data;
+pub mod infer;
+pub mod verify;

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "pgolf/cli_data.rs"]
 mod cli_data;
-// mod cli_verify;
-#[allow(dead_code)]
+#[path = "pgolf/cli_verify.rs"]
+mod cli_verify;
 #[path = "pgolf/progress.rs"]
 mod progress;
 
@@ -18,6 +18,9 @@ mod progress;
     about = "Inspect, pack and verify Parameter Golf artifacts"
 )]
 struct Cli {
+    /// CPU threads for the forward pass (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,14 +32,20 @@ enum Command {
         #[command(subcommand)]
         command: cli_data::DataCommand,
     },
-    // Verify(cli_verify::VerifyArgs),
+    /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
+    Verify(cli_verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle's CPU kernels and rayon both size their pools from this variable; set it before either starts.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
     let result = match cli.command {
         Command::Data { command } => cli_data::run(command),
-        // Command::Verify(args) => cli_verify::run(args),
+        Command::Verify(args) => cli_verify::run(args),
     };
     match result {
         Ok(code) => code,

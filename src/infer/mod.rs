@@ -1,0 +1,31 @@
+//! Model configs and the forward pass (candle), and weight loading. Knows nothing of evaluation or training.
+
+pub mod attention;
+pub mod config;
+pub mod model;
+pub mod weights;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: bad model config: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: cannot read weights: {message}")]
+    Weights { path: PathBuf, message: String },
+    #[error("{path}: weights do not match the config: {}", problems.join("; "))]
+    Mismatch {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("forward pass: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = InferError> = std::result::Result<T, E>;

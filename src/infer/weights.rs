@@ -1,0 +1,80 @@
+//! Weight loading: safetensors (or any name → tensor map) checked against the config's expected state dict.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::{InferError, Result};
+
+/// A state dict: the challenge's tensor names to tensors.
+pub type StateDict = HashMap<String, Tensor>;
+
+/// Reads a safetensors file onto `device`.
+pub fn load_safetensors(path: &Path, device: &Device) -> Result<StateDict> {
+    let bytes = std::fs::read(path).map_err(|source| InferError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| InferError::Weights {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut out = StateDict::new();
+    for (name, view) in st.tensors() {
+        let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| {
+            InferError::Weights {
+                path: path.into(),
+                message: format!("tensor {name}: {e}"),
+            }
+        })?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Checks names and shapes against the config: every missing, extra or mis-shaped tensor is listed in one error.
+/// Floating tensors are converted to `dtype`.
+pub fn check_state_dict(
+    cfg: &ModelConfig,
+    state: StateDict,
+    dtype: DType,
+    source: &Path,
+) -> Result<StateDict> {
+    let expected = cfg.expected_tensors();
+    let mut problems = Vec::new();
+    for (name, shape) in &expected {
+        match state.get(name) {
+            None => problems.push(format!("missing {name} {shape:?}")),
+            Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                "{name} has shape {:?}, the config needs {shape:?}",
+                t.dims()
+            )),
+            Some(t) if !t.dtype().is_float() => {
+                problems.push(format!("{name} is {:?}, not a float tensor", t.dtype()))
+            }
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut extra: Vec<&String> = state
+        .keys()
+        .filter(|k| !known.contains(k.as_str()))
+        .collect();
+    extra.sort();
+    for name in extra {
+        problems.push(format!("unexpected {name} {:?}", state[name].dims()));
+    }
+    if !problems.is_empty() {
+        return Err(InferError::Mismatch {
+            path: source.into(),
+            problems,
+        });
+    }
+    let mut out = StateDict::new();
+    for (name, t) in state {
+        out.insert(name, t.to_dtype(dtype)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,275 @@
+//! The challenge's evaluation forms over a validation stream of `T + 1` tokens (`T` targets; target `j` is token
+//! `j + 1` predicted from tokens `0..=j`).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::scorer::WindowScorer;
+use super::{Result, VerifyError};
+use crate::data::bpb::BpbAccumulator;
+use crate::data::bytes::ByteSource;
+
+/// How windows are laid over the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "form", rename_all = "snake_case")]
+pub enum WindowForm {
+    /// `eval_val`: consecutive windows of L, every target scored once.
+    NonOverlapping,
+    /// The canonical exactly-once sliding window: starts every S while `ws + (L − S) < T`; the first window scores
+    /// all its targets, later ones from local position L − S on.
+    Sliding { stride: usize },
+    /// The older sliding form (rec/2026-03-19): every start `ws < T`, scoring from `max(wlen − S, 0)`, so tail windows
+    /// re-score the last targets. Only to reproduce old records; never exactly once.
+    LegacySliding { stride: usize },
+}
+
+impl WindowForm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WindowForm::NonOverlapping => "non_overlapping",
+            WindowForm::Sliding { .. } => "sliding",
+            WindowForm::LegacySliding { .. } => "legacy_sliding",
+        }
+    }
+}
+
+/// One window: inputs `tokens[start .. start + len]`, targets `start .. start + len` (tokens shifted by one), of
+/// which local positions `score_from .. len` are scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+    pub score_from: usize,
+}
+
+/// The windows of a form over `targets` targets with sequence length `seq_len`.
+pub fn plan_windows(targets: usize, seq_len: usize, form: WindowForm) -> Result<Vec<Window>> {
+    if seq_len == 0 {
+        return Err(VerifyError::Setup(
+            "sequence length must be positive".into(),
+        ));
+    }
+    if targets < seq_len {
+        return Err(VerifyError::Setup(format!(
+            "sequence length {seq_len} is longer than the stream's {targets} targets"
+        )));
+    }
+    let check_stride = |stride: usize| {
+        if stride == 0 || stride > seq_len {
+            Err(VerifyError::Setup(format!(
+                "stride must be in 1..={seq_len}, got {stride}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match form {
+        WindowForm::NonOverlapping => (0..targets / seq_len)
+            .map(|k| Window {
+                start: k * seq_len,
+                len: seq_len,
+                score_from: 0,
+            })
+            .collect(),
+        WindowForm::Sliding { stride } => {
+            check_stride(stride)?;
+            let context = seq_len - stride;
+            (0..targets)
+                .step_by(stride)
+                .filter(|ws| ws + context < targets)
+                .map(|ws| Window {
+                    start: ws,
+                    len: (ws + seq_len).min(targets) - ws,
+                    score_from: if ws == 0 { 0 } else { context },
+                })
+                .collect()
+        }
+        WindowForm::LegacySliding { stride } => {
+            check_stride(stride)?;
+            (0..targets)
+                .step_by(stride)
+                .map(|ws| {
+                    let len = (ws + seq_len).min(targets) - ws;
+                    Window {
+                        start: ws,
+                        len,
+                        score_from: if ws == 0 {
+                            0
+                        } else {
+                            len.saturating_sub(stride)
+                        },
+                    }
+                })
+                .collect()
+        }
+    })
+}
+
+/// How many times each target was scored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Coverage {
+    pub targets: usize,
+    pub scored_once: usize,
+    pub unscored: usize,
+    pub scored_more_than_once: usize,
+    pub max_times: u32,
+    /// Every target in [0, T) scored exactly once.
+    pub exactly_once: bool,
+}
+
+impl Coverage {
+    pub fn from_counts(counts: &[u32]) -> Self {
+        let scored_once = counts.iter().filter(|&&c| c == 1).count();
+        let unscored = counts.iter().filter(|&&c| c == 0).count();
+        let more = counts.len() - scored_once - unscored;
+        Coverage {
+            targets: counts.len(),
+            scored_once,
+            unscored,
+            scored_more_than_once: more,
+            max_times: counts.iter().copied().max().unwrap_or(0),
+            exactly_once: scored_once == counts.len(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub method: &'static str,
+    pub seq_len: usize,
+    pub stride: Option<usize>,
+    pub windows: usize,
+    pub sums: BpbAccumulator,
+    pub val_loss: f64,
+    pub val_bpb: f64,
+    pub coverage: Coverage,
+    pub seconds: f64,
+}
+
+/// Runs one evaluation: windows in batches of `batch_seqs` through `scorer`, each scored target's NLL and bytes
+/// added in f64. `progress(done, total)` is called after every batch.
+pub fn evaluate(
+    scorer: &dyn WindowScorer,
+    tokens: &[u16],
+    bytes: &ByteSource,
+    seq_len: usize,
+    form: WindowForm,
+    batch_seqs: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let started = Instant::now();
+    if tokens.len() < 2 {
+        return Err(VerifyError::Setup(
+            "the validation stream has no targets".into(),
+        ));
+    }
+    let targets = tokens.len() - 1;
+    let windows = plan_windows(targets, seq_len, form)?;
+    let mut sums = BpbAccumulator::default();
+    let mut counts = vec![0u32; targets];
+    for (done, batch) in windows.chunks(batch_seqs.max(1)).enumerate() {
+        let inputs: Vec<&[u16]> = batch
+            .iter()
+            .map(|w| &tokens[w.start..w.start + w.len])
+            .collect();
+        let outputs: Vec<&[u16]> = batch
+            .iter()
+            .map(|w| &tokens[w.start + 1..w.start + w.len + 1])
+            .collect();
+        let nll = scorer.score(&inputs, &outputs)?;
+        for (w, row) in batch.iter().zip(&nll) {
+            for (p, &nll) in row.iter().enumerate().take(w.len).skip(w.score_from) {
+                let j = w.start + p;
+                sums.add(nll as f64, bytes.bytes_of_target(tokens, j));
+                counts[j] += 1;
+            }
+        }
+        progress(((done + 1) * batch_seqs).min(windows.len()), windows.len());
+    }
+    Ok(EvalReport {
+        method: form.name(),
+        seq_len,
+        stride: match form {
+            WindowForm::NonOverlapping => None,
+            WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => Some(stride),
+        },
+        windows: windows.len(),
+        val_loss: sums.val_loss(),
+        val_bpb: sums.val_bpb(),
+        sums,
+        coverage: Coverage::from_counts(&counts),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(targets: usize, seq_len: usize, form: WindowForm) -> Vec<u32> {
+        let mut c = vec![0u32; targets];
+        for w in plan_windows(targets, seq_len, form).unwrap() {
+            for p in w.score_from..w.len {
+                c[w.start + p] += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn canonical_sliding_scores_every_target_once() {
+        for (t, l, s) in [
+            (1024, 128, 32),
+            (1000, 128, 32),
+            (4096, 1024, 64),
+            (777, 64, 64),
+            (130, 128, 1),
+        ] {
+            assert!(
+                counts(t, l, WindowForm::Sliding { stride: s })
+                    .iter()
+                    .all(|&c| c == 1),
+                "{t} {l} {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_sliding_rescores_the_tail_l_over_s_times() {
+        let c = counts(1024, 128, WindowForm::LegacySliding { stride: 32 });
+        assert_eq!(c[..1024 - 32].iter().copied().max(), Some(1));
+        assert!(
+            c[1024 - 32..].iter().all(|&x| x == 4),
+            "last S targets scored L/S times"
+        );
+        // The log figure total_windows = T/S.
+        assert_eq!(
+            plan_windows(62_021_632, 1024, WindowForm::LegacySliding { stride: 64 })
+                .unwrap()
+                .len(),
+            969_088
+        );
+    }
+
+    #[test]
+    fn non_overlapping_windows_tile_the_stream() {
+        let w = plan_windows(1024, 128, WindowForm::NonOverlapping).unwrap();
+        assert_eq!(w.len(), 8);
+        assert_eq!(
+            w[7],
+            Window {
+                start: 896,
+                len: 128,
+                score_from: 0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(plan_windows(100, 128, WindowForm::NonOverlapping).is_err());
+        assert!(plan_windows(1000, 128, WindowForm::Sliding { stride: 0 }).is_err());
+        assert!(plan_windows(1000, 128, WindowForm::Sliding { stride: 129 }).is_err());
+    }
+}

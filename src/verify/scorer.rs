@@ -1,0 +1,63 @@
+//! The interface every evaluation procedure scores through, and its implementation for a model's forward pass.
+
+use candle_core::{D, Tensor};
+use rayon::prelude::*;
+
+use super::Result;
+use crate::infer::model::Gpt;
+
+/// Scores a batch of windows: for window `i`, the NLL (nats) of `targets[i][p]` given `inputs[i][..=p]`, for every
+/// position `p`. Inputs and targets of a window have the same length.
+pub trait WindowScorer {
+    fn score(&self, inputs: &[&[u16]], targets: &[&[u16]]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch (causal attention
+/// keeps padding out of every scored position), and each NLL is `logsumexp(logits) − logit[target]` in f32, as
+/// `F.cross_entropy(logits.float(), y, reduction="none")`.
+pub struct ModelScorer<'a> {
+    pub model: &'a Gpt,
+}
+
+impl WindowScorer for ModelScorer<'_> {
+    fn score(&self, inputs: &[&[u16]], targets: &[&[u16]]) -> Result<Vec<Vec<f32>>> {
+        let b = inputs.len();
+        let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
+        if b == 0 || len == 0 {
+            return Ok(vec![Vec::new(); b]);
+        }
+        let mut x = vec![0u32; b * len];
+        let mut y = vec![0u32; b * len];
+        for (i, (inp, tgt)) in inputs.iter().zip(targets).enumerate() {
+            for (p, (&a, &t)) in inp.iter().zip(tgt.iter()).enumerate() {
+                x[i * len + p] = a as u32;
+                y[i * len + p] = t as u32;
+            }
+        }
+        let device = self.model.device();
+        let x = Tensor::from_vec(x, (b, len), device)?;
+        let logits = self.model.uncapped_logits(&x)?;
+        let v = logits.dim(D::Minus1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let model = self.model;
+        let nll: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(y.par_iter())
+            .map(|(row, &target)| capped_cross_entropy(row, target as usize, |z| model.softcap(z)))
+            .collect();
+        Ok(inputs
+            .iter()
+            .enumerate()
+            .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
+            .collect())
+    }
+}
+
+/// `F.cross_entropy` of one row of soft-capped logits, in f32: `log Σ exp(z − max) + max − z[target]`, with the cap
+/// applied on the fly so the row is read once and never written.
+pub fn capped_cross_entropy(uncapped: &[f32], target: usize, cap: impl Fn(f32) -> f32) -> f32 {
+    let capped: Vec<f32> = uncapped.iter().map(|&z| cap(z)).collect();
+    let max = capped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = capped.iter().map(|&z| (z - max).exp()).sum();
+    sum.ln() + max - capped[target]
+}
