@@ -5,4 +5,5 @@
 
 pub mod data;
 pub mod infer;
+pub mod pack;
 pub mod verify;

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "pgolf/cli_data.rs"]
 mod cli_data;
+#[path = "pgolf/cli_inspect.rs"]
+mod cli_inspect;
 #[path = "pgolf/cli_verify.rs"]
 mod cli_verify;
 #[path = "pgolf/progress.rs"]
@@ -32,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: cli_data::DataCommand,
     },
+    /// What is in an artifact, tensor by tensor, and its distance to the 16,000,000-byte cap.
+    Inspect(cli_inspect::InspectArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
     Verify(cli_verify::VerifyArgs),
 }
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Data { command } => cli_data::run(command),
+        Command::Inspect(args) => cli_inspect::run(args),
         Command::Verify(args) => cli_verify::run(args),
     };
     match result {

@@ -20,7 +20,8 @@ use crate::progress;
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Model weights: a safetensors file with the challenge's state-dict names.
+    /// Model weights: safetensors with the challenge's state-dict names, or an artifact (torch `.pt`, or a `.ptz`
+    /// under zlib/zstd/xz/brotli/BSHF in the baseline int8 or the `{"w","m"}` schemas), dequantized in memory.
     model: PathBuf,
     /// Model config JSON (the challenge's hyperparameter names).
     #[arg(long)]
@@ -75,7 +76,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             args.config.display()
         );
     }
-    let state = weights::load_safetensors(&args.model, &device)?;
+    let state = load_weights(&args.model, &device)?;
     let state = weights::check_state_dict(&cfg, state, dtype, &args.model)?;
     let model = Gpt::new(cfg.clone(), state, &device, dtype)?;
     let bytes = match &args.byte_sidecar {
@@ -171,4 +172,31 @@ fn print_report(
         r.seconds, targets_per_second
     );
     Ok(())
+}
+
+/// Safetensors load as stored; anything else goes through the artifact reader and is dequantized to f32.
+fn load_weights(path: &std::path::Path, device: &Device) -> Result<weights::StateDict> {
+    let head = {
+        use std::io::Read;
+        let mut h = [0u8; 9];
+        let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        let n = f
+            .read(&mut h)
+            .with_context(|| format!("{}", path.display()))?;
+        h[..n].to_vec()
+    };
+    let is_safetensors = head.len() == 9 && head[8] == b'{';
+    if is_safetensors {
+        return Ok(weights::load_safetensors(path, device)?);
+    }
+    let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::pack::Limits::default())?;
+    let mut state = weights::StateDict::new();
+    for t in &artifact.tensors {
+        let values = t.dequantize();
+        state.insert(
+            t.name.clone(),
+            candle_core::Tensor::from_vec(values, t.shape.clone(), device)?,
+        );
+    }
+    Ok(state)
 }

@@ -1,0 +1,168 @@
+//! `pgolf inspect`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use pgolf::pack::Limits;
+use pgolf::pack::inspect::{self, BUDGET_BYTES, TensorStats};
+use serde_json::json;
+
+use crate::progress;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The artifact: safetensors, a torch `.pt`, or a compressed `.ptz` (zlib, zstd, xz, brotli, BSHF).
+    file: PathBuf,
+    /// The submission's `train_gpt.py`: its bytes count toward the 16,000,000-byte cap.
+    #[arg(long)]
+    code: Option<PathBuf>,
+    /// Skip compressing each tensor alone with the artifact's coder (faster; no shares).
+    #[arg(long)]
+    no_shares: bool,
+    /// Cap on the bytes any decompression layer may produce.
+    #[arg(long, default_value_t = Limits::default().max_decompressed_bytes)]
+    max_decompressed_bytes: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs) -> Result<ExitCode> {
+    let limits = Limits {
+        max_decompressed_bytes: args.max_decompressed_bytes,
+        ..Limits::default()
+    };
+    let artifact = inspect::load_artifact(&args.file, &limits)?;
+    let coder = if args.no_shares {
+        None
+    } else {
+        artifact.coder()
+    };
+    let bar = progress::bar(artifact.tensors.len() as u64, "tensors", args.json);
+    let stats = inspect::tensor_stats(&artifact, coder, &mut |done, _| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    let code = args
+        .code
+        .as_ref()
+        .map(|p| inspect::code_size(p, &limits))
+        .transpose()?;
+    let params: usize = stats.iter().map(|s| s.params).sum();
+    let model_bytes = artifact.file_bytes;
+    let code_bytes = code.as_ref().map(|c| c.counted_bytes).unwrap_or(0);
+    let total = model_bytes + code_bytes;
+    let margin = BUDGET_BYTES as i64 - total as i64;
+    let verdict = if margin >= 0 { "fits" } else { "over the cap" };
+    let how = match coder {
+        Some(c) => format!(
+            "each tensor's stored bytes (symbols + scales) compressed alone with {}",
+            c.describe()
+        ),
+        None => "not measured (no compression layer)".into(),
+    };
+    if args.json {
+        let obj = json!({
+            "file": args.file.display().to_string(),
+            "container": artifact.container,
+            "format": artifact.format,
+            "layers": artifact.layers,
+            "tensors": stats,
+            "parameters": params,
+            "bits_per_parameter": 8.0 * model_bytes as f64 / params.max(1) as f64,
+            "share_measured_as": how,
+            "model_bytes": model_bytes,
+            "code": code,
+            "code_bytes": code_bytes,
+            "total_bytes": total,
+            "budget_bytes": BUDGET_BYTES,
+            "margin": margin,
+            "verdict": verdict,
+        });
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let layers: Vec<String> = artifact.layers.iter().map(|l| l.name()).collect();
+    println!(
+        "{}: {} bytes, {} {}{}",
+        args.file.display(),
+        model_bytes,
+        artifact.container,
+        artifact.format,
+        if layers.is_empty() {
+            String::new()
+        } else {
+            format!(" under {}", layers.join(" > "))
+        }
+    );
+    println!(
+        "{:<34} {:>13} {:<18} {:>4} {:>9} {:>11} {:>7} {:>6} {:>10} {:>6} {:>9} {:>9} {:>6}",
+        "tensor",
+        "shape",
+        "scheme",
+        "bits",
+        "params",
+        "range",
+        "H(b/s)",
+        "sat%",
+        "scale med",
+        "floor%",
+        "raw B",
+        "coded B",
+        "share"
+    );
+    for s in &stats {
+        print_row(s);
+    }
+    println!("shares: {how}; floor% = rows whose scale sits at the legacy floor 1/clip_range");
+    println!(
+        "parameters   {params} ({:.3} bits/parameter in the file)",
+        8.0 * model_bytes as f64 / params.max(1) as f64
+    );
+    println!("model bytes  {model_bytes}");
+    if let Some(c) = &code {
+        let wrapper = match (&c.wrapper, c.decoded_bytes) {
+            (Some(w), Some(d)) => {
+                format!(" ({w} self-extracting wrapper; decoded source {d} bytes)")
+            }
+            _ => " (raw source)".into(),
+        };
+        println!("code bytes   {}{wrapper}", c.counted_bytes);
+        println!("total        {total} of {BUDGET_BYTES}: margin {margin} bytes, {verdict}");
+    } else {
+        println!(
+            "total        {total} without code (pass --code train_gpt.py): margin {margin} bytes"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_row(s: &TensorStats) {
+    let shape = format!("{:?}", s.shape).replace(' ', "");
+    let range = match (s.symbol_min, s.symbol_max) {
+        (Some(a), Some(b)) => format!("[{a},{b}]"),
+        _ => "-".into(),
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "{:<34} {:>13} {:<18} {:>4} {:>9} {:>11} {:>7.3} {:>6} {:>10} {:>6} {:>9} {:>9} {:>6}",
+        s.name,
+        shape,
+        s.scheme,
+        s.bits,
+        s.params,
+        range,
+        s.entropy_bits,
+        opt(s.saturation.map(|x| format!("{:.3}", 100.0 * x))),
+        opt(s.scales.as_ref().map(|x| format!("{:.3e}", x.median))),
+        opt(s
+            .scales
+            .as_ref()
+            .map(|x| format!("{:.1}", 100.0 * x.at_floor))),
+        s.raw_bytes,
+        opt(s.coded_bytes.map(|x| x.to_string())),
+        opt(s.share.map(|x| format!("{:.1}%", 100.0 * x))),
+    );
+}

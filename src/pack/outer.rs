@@ -1,0 +1,194 @@
+//! Outer layers of an artifact, detected by magic and peeled in order: zlib, zstd, xz, the byte-shuffle header
+//! `BSHF` (v1: u16 stride, v2: u8 stride), the per-group `PGRP` container, and brotli (no magic: tried last, when
+//! nothing else matched and the bytes are not already a torch.save zip). Every layer is capped by
+//! [`Limits::max_decompressed_bytes`].
+
+use std::io::Read;
+use std::path::Path;
+
+use super::{Limits, PackError, Result, torchfile};
+
+/// One layer that was peeled.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "layer", rename_all = "snake_case")]
+pub enum Layer {
+    Zlib,
+    Zstd,
+    Xz,
+    Brotli,
+    ByteShuffle { version: u8, stride: usize },
+}
+
+impl Layer {
+    pub fn name(&self) -> String {
+        match self {
+            Layer::Zlib => "zlib".into(),
+            Layer::Zstd => "zstd".into(),
+            Layer::Xz => "xz".into(),
+            Layer::Brotli => "brotli".into(),
+            Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
+        }
+    }
+}
+
+fn capped(path: &Path, layer: &'static str, reader: impl Read, limit: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PackError::Corrupt {
+            path: path.into(),
+            layer,
+            message: e.to_string(),
+        })?;
+    if out.len() as u64 > limit {
+        return Err(PackError::TooLarge {
+            path: path.into(),
+            layer,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// Undoes a byte shuffle of `stride`: the input is `stride` planes, plane i holding bytes i, i+stride, …
+pub fn unshuffle(data: &[u8], stride: usize) -> Vec<u8> {
+    if stride <= 1 {
+        return data.to_vec();
+    }
+    let n = data.len();
+    let mut out = vec![0u8; n];
+    let mut pos = 0;
+    for plane in 0..stride {
+        let mut i = plane;
+        while i < n {
+            out[i] = data[pos];
+            pos += 1;
+            i += stride;
+        }
+    }
+    out
+}
+
+/// Peels every outer layer until a torch.save zip remains; returns the layers (outermost first) and the zip bytes.
+pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Layer>, Vec<u8>)> {
+    let limit = limits.max_decompressed_bytes;
+    let mut layers = Vec::new();
+    for _ in 0..8 {
+        if torchfile::is_zip(&bytes) {
+            return Ok((layers, bytes));
+        }
+        let (layer, next) = if bytes.len() >= 2
+            && bytes[0] == 0x78
+            && u16::from_be_bytes([bytes[0], bytes[1]]).is_multiple_of(31)
+        {
+            (
+                Layer::Zlib,
+                capped(
+                    path,
+                    "zlib",
+                    flate2::read::ZlibDecoder::new(bytes.as_slice()),
+                    limit,
+                )?,
+            )
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let dec = zstd::stream::read::Decoder::new(bytes.as_slice()).map_err(|e| {
+                PackError::Corrupt {
+                    path: path.into(),
+                    layer: "zstd",
+                    message: e.to_string(),
+                }
+            })?;
+            (Layer::Zstd, capped(path, "zstd", dec, limit)?)
+        } else if bytes.starts_with(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) {
+            (
+                Layer::Xz,
+                capped(
+                    path,
+                    "xz",
+                    liblzma::read::XzDecoder::new(bytes.as_slice()),
+                    limit,
+                )?,
+            )
+        } else if bytes.starts_with(b"BSHF") {
+            // v1: BSHF + u16le stride; v2: BSHF + u8 stride. A v2 stride byte is followed by payload, so v1 is told
+            // apart by a plausible 16-bit stride (≤ 16) whose high byte is 0.
+            if bytes.len() < 5 {
+                return Err(PackError::Corrupt {
+                    path: path.into(),
+                    layer: "bshf",
+                    message: "header truncated".into(),
+                });
+            }
+            let v1 = bytes.len() >= 6 && bytes[5] == 0 && (1..=16).contains(&bytes[4]);
+            let (version, stride, skip) = if v1 {
+                (1, bytes[4] as usize, 6)
+            } else {
+                (2, bytes[4] as usize, 5)
+            };
+            if stride == 0 {
+                return Err(PackError::Corrupt {
+                    path: path.into(),
+                    layer: "bshf",
+                    message: "stride 0".into(),
+                });
+            }
+            (
+                Layer::ByteShuffle { version, stride },
+                unshuffle(&bytes[skip..], stride),
+            )
+        } else if bytes.starts_with(b"PGRP") {
+            return Err(PackError::Unsupported {
+                path: path.into(),
+                what: "a PGRP per-group container (lrzip streams + brotli remainder): pgolf does not read it yet; \
+                       decompress its streams with `lrzip -d` and rebuild the state dict to inspect it"
+                    .into(),
+            });
+        } else if bytes.starts_with(b"LRZI") {
+            return Err(PackError::Unsupported {
+                path: path.into(),
+                what: "an lrzip stream: decompress it with `lrzip -d` first (lrzip is not built into pgolf)".into(),
+            });
+        } else {
+            match capped(
+                path,
+                "brotli",
+                brotli::Decompressor::new(bytes.as_slice(), 1 << 16),
+                limit,
+            ) {
+                Ok(out) if !out.is_empty() => (Layer::Brotli, out),
+                Err(e @ PackError::TooLarge { .. }) => return Err(e),
+                _ => {
+                    return Err(PackError::Unsupported {
+                        path: path.into(),
+                        what: format!(
+                            "unknown format (first bytes {:02x?}): not a torch.save zip, zlib, zstd, xz, BSHF, PGRP \
+                             or brotli stream",
+                            &bytes[..bytes.len().min(8)]
+                        ),
+                    });
+                }
+            }
+        };
+        layers.push(layer);
+        bytes = next;
+    }
+    Err(PackError::Format {
+        path: path.into(),
+        message: "more than 8 nested outer layers".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unshuffle_inverts_a_stride_two_shuffle() {
+        let data: Vec<u8> = (0..11).collect();
+        let shuffled: Vec<u8> = (0..2)
+            .flat_map(|p| data.iter().skip(p).step_by(2).copied().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(unshuffle(&shuffled, 2), data);
+    }
+}
