@@ -10,12 +10,17 @@ use pgolf::pack::inspect::load_artifact;
 use pgolf::pack::{Limits, PackError};
 use serde_json::Value;
 
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 10] = [
+    "sp1024_tied.int6.rawlzma.ptz",
+    "sp1024_tied.int6.pgrp0.ptz",
     "sp1024_tied.int8.ptz",
     "sp1024_tied.int6.xz.ptz",
     "sp1024_tied.int6.zst.ptz",
     "sp1024_tied.int6.br.ptz",
     "sp1024_tied.int6.bshf1.ptz",
+    "sp1024_tied.typed.xz.ptz",
+    "sp1024_tied.lqer.zst.ptz",
+    "sp1024_tied.banked.pt",
 ];
 
 fn artifacts_golden() -> Value {
@@ -86,6 +91,116 @@ fn fixtures_open_and_dequantize_like_their_writers() {
     for name in FIXTURES {
         check_against_golden(&fixture(&format!("artifacts/{name}")), &g[name]);
     }
+}
+
+fn lrzip_installed() -> bool {
+    std::process::Command::new("lrzip")
+        .arg("-V")
+        .output()
+        .is_ok()
+}
+
+#[test]
+fn pgrp_groups_decode_with_lrzip_or_name_what_is_missing() {
+    let path = fixture("artifacts/sp1024_tied.int6.pgrp.ptz");
+    if lrzip_installed() {
+        check_against_golden(&path, &artifacts_golden()["sp1024_tied.int6.pgrp.ptz"]);
+    }
+    // Without the program on PATH, the error says what is missing.
+    let empty = temp_dir("nopath");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgolf"))
+        .args(["inspect", s(&path)])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("`lrzip` program is not on PATH") && e.contains("_tok_emb.weight.q"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_pgrp_stream_past_the_end_is_refused() {
+    let dir = temp_dir("pgrp");
+    let mut bytes = b"PGRP".to_vec();
+    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&10u32.to_le_bytes());
+    bytes.extend_from_slice(&1000u32.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 20]);
+    let p = write(&dir, "short.ptz", &bytes);
+    let e = load_artifact(&p, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("short.ptz") && e.contains("stream 1 of 1000 bytes runs past the end"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_packed_scheme_is_recognised() {
+    let a = load_artifact(
+        &fixture("artifacts/sp1024_tied.typed.xz.ptz"),
+        &Limits::default(),
+    )
+    .unwrap();
+    let mut kinds: Vec<String> = a
+        .tensors
+        .iter()
+        .map(|t| t.scheme.split("_g").next().unwrap().to_string())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "binary",
+            "fp16",
+            "fp4_per_row",
+            "fp8",
+            "ternary",
+            "ternary_bitmask"
+        ]
+    );
+    let a = load_artifact(
+        &fixture("artifacts/sp1024_tied.lqer.zst.ptz"),
+        &Limits::default(),
+    )
+    .unwrap();
+    let scheme = |n: &str| {
+        a.tensors
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .scheme
+            .clone()
+    };
+    assert_eq!(scheme("blocks.0.attn.c_q.weight"), "gate_int8_row");
+    assert_eq!(scheme("blocks.1.mlp.fc.weight"), "int6_per_row+lqer_asym");
+    assert_eq!(scheme("blocks.2.mlp.fc.weight"), "int6_per_row+lqer");
+    // The banked checkpoint verifies like the unbanked one: same names, same weights.
+    let out = pgolf_json(&[
+        "verify",
+        s(&fixture("artifacts/sp1024_tied.banked.pt")),
+        "--config",
+        s(&fixture("models/sp1024_tied.json")),
+        "--val",
+        &format!(
+            "{}/fineweb_val_*.bin",
+            fixture("models/val_sp1024").display()
+        ),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--json",
+    ]);
+    let g = golden("models/golden_sp1024_tied.json");
+    let (a, b) = (
+        out["val_bpb"].as_f64().unwrap(),
+        g["eval_val"]["val_bpb"].as_f64().unwrap(),
+    );
+    assert!(((a - b) / b).abs() < 1e-6, "{a} vs {b}");
 }
 
 #[test]
@@ -378,7 +493,7 @@ fn unknown_formats_say_what_they_are_not() {
         e.contains("junk.bin") && e.contains("unknown format"),
         "{e}"
     );
-    let p = write(&dir, "group.ptz", b"PGRP\x01\x00\x00\x00");
+    let p = write(&dir, "lrz.ptz", b"LRZI\x00\x06 rest of an lrzip file");
     let e = pgolf_err(&["inspect", s(&p)]);
-    assert!(e.contains("PGRP") && e.contains("lrzip"), "{e}");
+    assert!(e.contains("lrzip stream") && e.contains("lrzip -d"), "{e}");
 }

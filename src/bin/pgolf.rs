@@ -41,6 +41,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Exit quietly when stdout is closed early (`pgolf inspect … | head`), as command-line tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // candle's CPU kernels and rayon both size their pools from this variable; set it before either starts.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::outer::{self, Layer};
 use super::schema::{self, Payload, QTensor};
 use super::torchfile::{self, HostTensor};
-use super::{Limits, PackError, Result};
+use super::{Limits, PackError, Result, pgrp};
 
 /// The challenge's cap on code + compressed model bytes (decimal).
 pub const BUDGET_BYTES: u64 = 16_000_000;
@@ -29,12 +29,17 @@ pub struct Artifact {
 impl Artifact {
     /// The compression layer the artifact was written with (the outermost non-shuffle layer), if any.
     pub fn coder(&self) -> Option<Coder> {
+        if self.layers.contains(&Layer::PerGroup) {
+            // lrzip groups plus a brotli remainder: no single coder to measure a tensor alone with.
+            return None;
+        }
         self.layers.iter().find_map(|l| match l {
             Layer::Zlib => Some(Coder::Zlib),
             Layer::Zstd => Some(Coder::Zstd),
             Layer::Xz => Some(Coder::Xz),
             Layer::Brotli => Some(Coder::Brotli),
-            Layer::ByteShuffle { .. } => None,
+            Layer::RawLzma2 => Some(Coder::Xz),
+            Layer::ByteShuffle { .. } | Layer::PerGroup => None,
         })
     }
 }
@@ -56,13 +61,18 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
             tensors,
         });
     }
-    let (layers, inner) = outer::peel(path, bytes, limits)?;
-    let obj = torchfile::load_torch(path, &inner, limits)?;
+    let (mut layers, inner) = outer::peel(path, bytes, limits)?;
+    let (obj, container) = if inner.starts_with(pgrp::MAGIC) {
+        layers.push(Layer::PerGroup);
+        (pgrp::decode(path, &inner, limits)?, "pgrp")
+    } else {
+        (torchfile::load_torch(path, &inner, limits)?, "torch.save")
+    };
     let (format, tensors) = schema::interpret(path, &obj)?;
     Ok(Artifact {
         file_bytes,
         layers,
-        container: "torch.save",
+        container,
         format,
         tensors,
     })
@@ -262,15 +272,13 @@ pub fn tensor_stats(
 }
 
 fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
-    let mut raw = Vec::new();
-    let (symbols, scales) = match &t.payload {
-        Payload::Quantized { q, scale } => {
-            raw.extend_from_slice(&q.data);
-            raw.extend_from_slice(&scale.data);
-            (q.to_i64().unwrap_or_default(), Some(scale.to_f32()))
-        }
-        Payload::Passthrough { values } => {
-            raw.extend_from_slice(&values.data);
+    let raw = t.stored_bytes();
+    let (symbols, scales) = match t.symbols_and_scales() {
+        Some((symbols, scales)) => (symbols, Some(scales)),
+        None => {
+            let Payload::Passthrough { values } = &t.payload else {
+                unreachable!("only passthrough has no symbols")
+            };
             let width = (values.data.len() / values.numel().max(1)).clamp(1, 8);
             let patterns = values
                 .data
@@ -285,14 +293,19 @@ fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
         }
     };
     let quantized = scales.is_some();
+    // Saturation and the legacy scale floor are properties of the per-row integer grids (int2..int8, gates).
+    let grid = matches!(t.payload, Payload::Quantized { .. });
     let cr = t.clip_range();
     let scale_stats = scales.map(|mut s| {
-        let floor = 1.0 / cr as f32;
-        let at_floor = s
-            .iter()
-            .filter(|&&x| (x - floor).abs() <= floor * 1e-3)
-            .count() as f64
-            / s.len().max(1) as f64;
+        let floor = 1.0 / cr.max(1) as f32;
+        let at_floor = if grid {
+            s.iter()
+                .filter(|&&x| (x - floor).abs() <= floor * 1e-3)
+                .count() as f64
+                / s.len().max(1) as f64
+        } else {
+            0.0
+        };
         s.sort_by(f32::total_cmp);
         ScaleStats {
             count: s.len(),
@@ -311,7 +324,7 @@ fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
         symbol_min: quantized.then(|| symbols.iter().copied().min().unwrap_or(0)),
         symbol_max: quantized.then(|| symbols.iter().copied().max().unwrap_or(0)),
         entropy_bits: order0_entropy(symbols.iter().copied()).abs(),
-        saturation: quantized.then(|| {
+        saturation: grid.then(|| {
             symbols.iter().filter(|&&s| s.abs() >= cr).count() as f64 / symbols.len().max(1) as f64
         }),
         scales: scale_stats,

@@ -3,6 +3,7 @@
 
 pub mod inspect;
 pub mod outer;
+pub mod pgrp;
 pub mod pickle;
 pub mod schema;
 pub mod torchfile;

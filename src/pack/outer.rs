@@ -15,8 +15,16 @@ pub enum Layer {
     Zlib,
     Zstd,
     Xz,
+    /// `lzma.compress(format=FORMAT_RAW, filters=[LZMA2])`: no magic; tried when a stream opens with an LZMA2 chunk
+    /// that resets the dictionary.
+    RawLzma2,
     Brotli,
-    ByteShuffle { version: u8, stride: usize },
+    ByteShuffle {
+        version: u8,
+        stride: usize,
+    },
+    /// The per-group PGRP container (see `pgrp`).
+    PerGroup,
 }
 
 impl Layer {
@@ -25,8 +33,10 @@ impl Layer {
             Layer::Zlib => "zlib".into(),
             Layer::Zstd => "zstd".into(),
             Layer::Xz => "xz".into(),
+            Layer::RawLzma2 => "raw-lzma2".into(),
             Layer::Brotli => "brotli".into(),
             Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
+            Layer::PerGroup => "pgrp(lrzip groups + brotli remainder)".into(),
         }
     }
 }
@@ -70,12 +80,12 @@ pub fn unshuffle(data: &[u8], stride: usize) -> Vec<u8> {
     out
 }
 
-/// Peels every outer layer until a torch.save zip remains; returns the layers (outermost first) and the zip bytes.
+/// Peels every outer layer until a torch.save zip (or a PGRP container) remains; returns the layers (outermost first) and the zip bytes.
 pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Layer>, Vec<u8>)> {
     let limit = limits.max_decompressed_bytes;
     let mut layers = Vec::new();
     for _ in 0..8 {
-        if torchfile::is_zip(&bytes) {
+        if torchfile::is_zip(&bytes) || bytes.starts_with(super::pgrp::MAGIC) {
             return Ok((layers, bytes));
         }
         let (layer, next) = if bytes.len() >= 2
@@ -137,18 +147,13 @@ pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Lay
                 Layer::ByteShuffle { version, stride },
                 unshuffle(&bytes[skip..], stride),
             )
-        } else if bytes.starts_with(b"PGRP") {
-            return Err(PackError::Unsupported {
-                path: path.into(),
-                what: "a PGRP per-group container (lrzip streams + brotli remainder): pgolf does not read it yet; \
-                       decompress its streams with `lrzip -d` and rebuild the state dict to inspect it"
-                    .into(),
-            });
         } else if bytes.starts_with(b"LRZI") {
             return Err(PackError::Unsupported {
                 path: path.into(),
                 what: "an lrzip stream: decompress it with `lrzip -d` first (lrzip is not built into pgolf)".into(),
             });
+        } else if let Some(out) = raw_lzma2(&bytes, limit) {
+            (Layer::RawLzma2, out)
         } else {
             match capped(
                 path,
@@ -177,6 +182,26 @@ pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Lay
         path: path.into(),
         message: "more than 8 nested outer layers".into(),
     })
+}
+
+/// A raw LZMA2 stream decoded, if the bytes are one: the first chunk must reset the dictionary (control byte 0x01
+/// for an uncompressed chunk, 0xE0..=0xFF for an LZMA chunk) and the stream must decode whole.
+fn raw_lzma2(bytes: &[u8], limit: u64) -> Option<Vec<u8>> {
+    let first = *bytes.first()?;
+    if first != 0x01 && first < 0xe0 {
+        return None;
+    }
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(6).ok()?;
+    opts.dict_size(1 << 26);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&opts);
+    let stream = liblzma::stream::Stream::new_raw_decoder(&filters).ok()?;
+    let mut out = Vec::new();
+    liblzma::read::XzDecoder::new_stream(bytes, stream)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (!out.is_empty() && out.len() as u64 <= limit).then_some(out)
 }
 
 #[cfg(test)]

@@ -10,10 +10,95 @@ use super::{PackError, Result};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Payload {
-    /// Integer symbols with one scale per row (scale.len() == rows) or one for the whole tensor.
-    Quantized { q: HostTensor, scale: HostTensor },
+    /// Integer symbols with one scale per row (scale.len() == rows) or one for the whole tensor, plus an optional
+    /// low-rank (LQER) correction.
+    Quantized {
+        q: HostTensor,
+        scale: HostTensor,
+        lowrank: Option<Box<LowRank>>,
+    },
     /// Stored as is (possibly downcast to fp16 for storage).
     Passthrough { values: HostTensor },
+    /// Bit-packed groups (ternary base-3 or bitmask, binary), unpacked to one symbol per value of the padded matrix,
+    /// with one scale per group of `group_size` along the padded rows.
+    Grouped {
+        kind: GroupKind,
+        symbols: Vec<i8>,
+        scales: Vec<f32>,
+        group_size: usize,
+        padded_cols: usize,
+        rows: usize,
+        cols: usize,
+        stored: Vec<u8>,
+    },
+    /// fp4 of the ternary record: values in [-7, 7] packed two per byte (low nibble first, +8), one fp16 scale per row.
+    Fp4 {
+        symbols: Vec<i8>,
+        scales: Vec<f32>,
+        stored: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    Ternary,
+    TernaryBitmask,
+    Binary,
+}
+
+/// LQER: W += (qA·sA) @ (qB·sB). Asymmetric: A int2 with one scale, B int4 with one scale per `group` values of the
+/// flattened B. Symmetric: per-row scales for both.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRank {
+    pub asymmetric: bool,
+    pub a_q: HostTensor,
+    pub a_s: HostTensor,
+    pub b_q: HostTensor,
+    pub b_s: HostTensor,
+}
+
+impl LowRank {
+    /// (qA·sA) @ (qB·sB) as a row-major [rows, cols] matrix.
+    fn product(&self) -> Vec<f32> {
+        let (rows, rank) = (
+            self.a_q.shape[0],
+            self.a_q.shape.get(1).copied().unwrap_or(1),
+        );
+        let cols = self.b_q.numel() / rank.max(1);
+        let aq = self.a_q.to_f32();
+        let bq = self.b_q.to_f32();
+        let (sa, sb) = (self.a_s.to_f32(), self.b_s.to_f32());
+        let a: Vec<f32> = if self.asymmetric {
+            aq.iter().map(|&x| x * sa[0]).collect()
+        } else {
+            aq.iter()
+                .enumerate()
+                .map(|(i, &x)| x * sa[i / rank])
+                .collect()
+        };
+        let b: Vec<f32> = if self.asymmetric {
+            let g = bq.len() / sb.len().max(1);
+            bq.iter()
+                .enumerate()
+                .map(|(i, &x)| x * sb[i / g.max(1)])
+                .collect()
+        } else {
+            bq.iter()
+                .enumerate()
+                .map(|(i, &x)| x * sb[i / cols.max(1)])
+                .collect()
+        };
+        let mut out = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for k in 0..rank {
+                let av = a[r * rank + k];
+                for c in 0..cols {
+                    out[r * cols + c] += av * b[k * cols + c];
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,10 +129,10 @@ impl QTensor {
     pub fn dequantize(&self) -> Vec<f32> {
         let out = match &self.payload {
             Payload::Passthrough { values } => values.to_f32(),
-            Payload::Quantized { q, scale } => {
+            Payload::Quantized { q, scale, lowrank } => {
                 let qv = q.to_f32();
                 let sv = scale.to_f32();
-                if sv.len() == 1 && scale.shape.is_empty() {
+                let mut w: Vec<f32> = if sv.len() == 1 && scale.shape.is_empty() {
                     qv.iter().map(|&x| x * sv[0]).collect()
                 } else {
                     let rows = sv.len().max(1);
@@ -55,6 +140,59 @@ impl QTensor {
                     qv.iter()
                         .enumerate()
                         .map(|(i, &x)| x * sv[i / per_row.max(1)])
+                        .collect()
+                };
+                if let Some(lr) = lowrank {
+                    w.iter_mut().zip(lr.product()).for_each(|(x, c)| *x += c);
+                }
+                w
+            }
+            Payload::Grouped {
+                kind,
+                symbols,
+                scales,
+                group_size,
+                padded_cols,
+                rows,
+                cols,
+                ..
+            } => {
+                // Per group: ternary uses the shrinkage fix q·(scale / mean|q|); binary q·scale.
+                let mut padded = vec![0f32; symbols.len()];
+                for (g, (chunk, out)) in symbols
+                    .chunks(*group_size)
+                    .zip(padded.chunks_mut(*group_size))
+                    .enumerate()
+                {
+                    let s = scales[g];
+                    let factor = match kind {
+                        GroupKind::Binary => s,
+                        _ => {
+                            let mean = chunk.iter().map(|&q| (q as f32).abs()).sum::<f32>()
+                                / *group_size as f32;
+                            s / mean.max(1e-8)
+                        }
+                    };
+                    chunk
+                        .iter()
+                        .zip(out.iter_mut())
+                        .for_each(|(&q, o)| *o = q as f32 * factor);
+                }
+                (0..*rows)
+                    .flat_map(|r| padded[r * padded_cols..r * padded_cols + cols].to_vec())
+                    .collect()
+            }
+            Payload::Fp4 {
+                symbols, scales, ..
+            } => {
+                let per_row = self.shape.last().copied().unwrap_or(1).max(1);
+                if self.shape.len() <= 1 {
+                    symbols.iter().map(|&q| q as f32 * scales[0]).collect()
+                } else {
+                    symbols
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &q)| q as f32 * scales[i / per_row])
                         .collect()
                 }
             }
@@ -64,9 +202,38 @@ impl QTensor {
 
     /// Stored bytes of the payload (symbols + scales, or passthrough values).
     pub fn raw_bytes(&self) -> usize {
+        self.stored_bytes().len()
+    }
+
+    /// The bytes the artifact stores for this tensor: symbols then scales (and low-rank factors), the packed
+    /// bytes and scales of packed schemes, or the passthrough values.
+    pub fn stored_bytes(&self) -> Vec<u8> {
         match &self.payload {
-            Payload::Quantized { q, scale } => q.data.len() + scale.data.len(),
-            Payload::Passthrough { values } => values.data.len(),
+            Payload::Quantized { q, scale, lowrank } => {
+                let mut v = [q.data.as_slice(), scale.data.as_slice()].concat();
+                if let Some(lr) = lowrank {
+                    for t in [&lr.a_q, &lr.a_s, &lr.b_q, &lr.b_s] {
+                        v.extend_from_slice(&t.data);
+                    }
+                }
+                v
+            }
+            Payload::Passthrough { values } => values.data.clone(),
+            Payload::Grouped { stored, .. } | Payload::Fp4 { stored, .. } => stored.clone(),
+        }
+    }
+
+    /// The stored integer symbols and scales, for quantized schemes.
+    pub fn symbols_and_scales(&self) -> Option<(Vec<i64>, Vec<f32>)> {
+        match &self.payload {
+            Payload::Quantized { q, scale, .. } => Some((q.to_i64()?, scale.to_f32())),
+            Payload::Grouped {
+                symbols, scales, ..
+            }
+            | Payload::Fp4 {
+                symbols, scales, ..
+            } => Some((symbols.iter().map(|&x| x as i64).collect(), scales.clone())),
+            Payload::Passthrough { .. } => None,
         }
     }
 }
@@ -153,6 +320,18 @@ pub fn interpret(path: &Path, obj: &Obj) -> Result<(String, Vec<QTensor>)> {
     if let (Some(w), Some(m)) = (obj.get("w"), obj.get("m")) {
         return mixed(path, w, m).map(|t| ("w_m_mixed".to_string(), t));
     }
+    let entries = obj.entries();
+    if !entries.is_empty()
+        && entries
+            .iter()
+            .all(|(_, v)| v.get("type").and_then(Obj::as_str).is_some())
+    {
+        let tensors = entries
+            .iter()
+            .map(|(name, e)| packed_entry(path, name, e))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(("typed_entries".to_string(), tensors));
+    }
     // A plain state dict: every entry a tensor (possibly nested under "state_dict"/"model").
     let dict = ["state_dict", "model"]
         .iter()
@@ -168,7 +347,9 @@ pub fn interpret(path: &Path, obj: &Obj) -> Result<(String, Vec<QTensor>)> {
     let mut out = Vec::new();
     for (name, v) in entries {
         match v {
-            Obj::Tensor(t) => out.push(passthrough(name, t, None)),
+            Obj::Tensor(t) => {
+                out.extend(unbank(name, t).unwrap_or_else(|| vec![passthrough(name, t, None)]))
+            }
             other => {
                 return Err(bad(format!(
                     "entry {name:?} is a {}, not a tensor",
@@ -249,6 +430,7 @@ fn baseline(path: &Path, obj: &Obj) -> Result<Vec<QTensor>> {
             payload: Payload::Quantized {
                 q: q.clone(),
                 scale: scale.clone(),
+                lowrank: None,
             },
         });
     }
@@ -283,12 +465,30 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
                 .to_string(),
             other => return Err(bad(format!("meta of {name:?} is a {}", other.type_name()))),
         };
-        if kind.starts_with("passthrough") {
+        if kind.contains("passthrough") {
             out.push(passthrough(
                 name,
                 tensor(path, w, name, "passthrough tensor")?,
                 None,
             ));
+            continue;
+        }
+        if kind == "gate_int8_row" {
+            let q = tensor(path, w, &format!("{name}.gq"), "gate symbols")?;
+            let scale = tensor(path, w, &format!("{name}.gs"), "gate scales")?;
+            check_scale(path, name, q, scale)?;
+            out.push(QTensor {
+                name: name.into(),
+                shape: q.shape.clone(),
+                scheme: "gate_int8_row".into(),
+                bits: 8,
+                orig_dtype: "float32".into(),
+                payload: Payload::Quantized {
+                    q: q.clone(),
+                    scale: scale.clone(),
+                    lowrank: None,
+                },
+            });
             continue;
         }
         let bits = bits_of_type(&kind).ok_or_else(|| PackError::Unsupported {
@@ -299,20 +499,327 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
         let scale = tensor(path, w, &format!("{name}.scale"), "scales")?;
         check_scale(path, name, q, scale)?;
         let per_row = !scale.shape.is_empty() && scale.numel() > 1 || q.shape.len() >= 2;
+        let lowrank = if kind.contains("lqer") {
+            Some(Box::new(lowrank_of(path, w, name, &kind, q)?))
+        } else {
+            None
+        };
+        let mut scheme = format!(
+            "int{bits}_{}",
+            if per_row { "per_row" } else { "per_tensor" }
+        );
+        if let Some(lr) = &lowrank {
+            scheme.push_str(if lr.asymmetric { "+lqer_asym" } else { "+lqer" });
+        }
         out.push(QTensor {
             name: name.into(),
             shape: q.shape.clone(),
-            scheme: format!(
-                "int{bits}_{}",
-                if per_row { "per_row" } else { "per_tensor" }
-            ),
+            scheme,
             bits,
             orig_dtype: "float32".into(),
             payload: Payload::Quantized {
                 q: q.clone(),
                 scale: scale.clone(),
+                lowrank,
             },
         });
     }
     Ok(out)
+}
+
+/// The LQER factors of `name` (keys `.lqA/.lqAs/.lqB/.lqBs`, with an `_a` suffix when asymmetric), checked to fit q.
+fn lowrank_of(path: &Path, w: &Obj, name: &str, kind: &str, q: &HostTensor) -> Result<LowRank> {
+    let asymmetric = kind.contains("lqer_asym");
+    let sfx = if asymmetric { "_a" } else { "" };
+    let part = |k: &str| tensor(path, w, &format!("{name}.{k}{sfx}"), "LQER factor").cloned();
+    let lr = LowRank {
+        asymmetric,
+        a_q: part("lqA")?,
+        a_s: part("lqAs")?,
+        b_q: part("lqB")?,
+        b_s: part("lqBs")?,
+    };
+    let rows = q.shape.first().copied().unwrap_or(0);
+    let rank = lr.a_q.shape.get(1).copied().unwrap_or(0);
+    let fits = lr.a_q.shape.len() == 2
+        && lr.a_q.shape[0] == rows
+        && lr.b_q.shape.len() == 2
+        && lr.b_q.shape[0] == rank
+        && lr.b_q.numel() == rank * (q.numel() / rows.max(1))
+        && lr.b_s.numel() > 0
+        && lr.b_q.numel().is_multiple_of(lr.b_s.numel())
+        && lr.a_s.numel() == if asymmetric { 1 } else { rows };
+    if !fits {
+        return Err(PackError::Format {
+            path: path.into(),
+            message: format!("{name}: LQER factors do not fit a {:?} matrix", q.shape),
+        });
+    }
+    Ok(lr)
+}
+
+/// Parameter banks (rec/2026-03-23 "Parallel Muon" lineage) split into the per-block names:
+/// qo_bank [2L,d,d] → c_q (first L), proj (last L); kv_bank [2L,kv,d] → c_k, c_v; mlp_up_bank [L,h,d] → mlp.fc;
+/// mlp_down_bank [L,d,h] → mlp.proj.
+fn unbank(name: &str, t: &HostTensor) -> Option<Vec<QTensor>> {
+    let (first, second): (&str, Option<&str>) = match name {
+        "qo_bank" => ("attn.c_q.weight", Some("attn.proj.weight")),
+        "kv_bank" => ("attn.c_k.weight", Some("attn.c_v.weight")),
+        "mlp_up_bank" => ("mlp.fc.weight", None),
+        "mlp_down_bank" => ("mlp.proj.weight", None),
+        _ => return None,
+    };
+    if t.shape.len() != 3 || t.shape[0] == 0 {
+        return None;
+    }
+    let n = t.shape[0];
+    let layers = if second.is_some() { n / 2 } else { n };
+    let slice_bytes = t.data.len() / n;
+    let part = |i: usize, suffix: &str, layer: usize| {
+        let values = HostTensor {
+            dtype: t.dtype.clone(),
+            shape: t.shape[1..].to_vec(),
+            data: t.data[i * slice_bytes..(i + 1) * slice_bytes].to_vec(),
+        };
+        passthrough(&format!("blocks.{layer}.{suffix}"), &values, None)
+    };
+    let mut out: Vec<QTensor> = (0..layers).map(|i| part(i, first, i)).collect();
+    if let Some(sfx) = second {
+        out.extend((0..layers).map(|i| part(layers + i, sfx, i)));
+    }
+    Some(out)
+}
+
+fn usize_of(path: &Path, e: &Obj, key: &str, name: &str) -> Result<usize> {
+    match e.get(key) {
+        Some(Obj::Int(i)) if *i >= 0 => Ok(*i as usize),
+        _ => Err(PackError::Format {
+            path: path.into(),
+            message: format!("{name}: {key:?} is not a non-negative integer"),
+        }),
+    }
+}
+
+fn usize_list(path: &Path, e: &Obj, key: &str, name: &str) -> Result<Vec<usize>> {
+    let bad = |m: &str| PackError::Format {
+        path: path.into(),
+        message: format!("{name}: {key:?} {m}"),
+    };
+    match e.get(key) {
+        Some(Obj::List(items)) => items
+            .iter()
+            .map(|x| match x {
+                Obj::Int(i) if *i >= 0 => Ok(*i as usize),
+                _ => Err(bad("holds a non-integer")),
+            })
+            .collect(),
+        _ => Err(bad("is not a list")),
+    }
+}
+
+/// One entry of the ternary/binary records' `{name: {"type": …}}` dictionaries (spec §7). Their `deq_sd` restores
+/// to bfloat16 by default, so these tensors are rounded through bfloat16.
+fn packed_entry(path: &Path, name: &str, e: &Obj) -> Result<QTensor> {
+    let bad = |message: String| PackError::Format {
+        path: path.into(),
+        message: format!("{name}: {message}"),
+    };
+    let kind = e
+        .get("type")
+        .and_then(Obj::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let bf16 = "bfloat16".to_string();
+    match kind.as_str() {
+        "fp16" | "fp8" => {
+            let values = tensor(path, e, "data", name)?;
+            Ok(QTensor {
+                name: name.into(),
+                shape: values.shape.clone(),
+                scheme: kind.clone(),
+                bits: if kind == "fp8" { 8 } else { 16 },
+                orig_dtype: bf16,
+                payload: Payload::Passthrough {
+                    values: values.clone(),
+                },
+            })
+        }
+        "fp4" => {
+            let packed = tensor(path, e, "packed", name)?;
+            let scale = tensor(path, e, "scale", name)?;
+            let shape = usize_list(path, e, "shape", name)?;
+            let numel: usize = shape.iter().product();
+            if packed.data.len() * 2 < numel || packed.dtype != "uint8" {
+                return Err(bad(format!(
+                    "{} packed bytes cannot hold {numel} fp4 values",
+                    packed.data.len()
+                )));
+            }
+            let rows = if shape.len() <= 1 {
+                1
+            } else {
+                numel / shape[shape.len() - 1].max(1)
+            };
+            if scale.numel() != rows {
+                return Err(bad(format!("{} scales for {rows} rows", scale.numel())));
+            }
+            let symbols: Vec<i8> = packed
+                .data
+                .iter()
+                .flat_map(|&b| [(b & 0x0f) as i8 - 8, ((b >> 4) & 0x0f) as i8 - 8])
+                .take(numel)
+                .collect();
+            Ok(QTensor {
+                name: name.into(),
+                shape,
+                scheme: "fp4_per_row".into(),
+                bits: 4,
+                orig_dtype: bf16,
+                payload: Payload::Fp4 {
+                    symbols,
+                    scales: scale.to_f32(),
+                    stored: [packed.data.clone(), scale.data.clone()].concat(),
+                },
+            })
+        }
+        "ternary" | "ternary_bitmask" | "binary" => {
+            let packed = match e.get("packed") {
+                Some(Obj::Bytes(b)) => b.clone(),
+                Some(Obj::Tensor(t)) => t.data.clone(),
+                _ => return Err(bad("\"packed\" is not bytes".into())),
+            };
+            let scale = tensor(path, e, "scale", name)?;
+            let shape = usize_list(path, e, "shape", name)?;
+            let group_size = usize_of(path, e, "group_size", name)?;
+            let padded_cols = usize_of(path, e, "padded_cols", name)?;
+            let n = usize_of(
+                path,
+                e,
+                if kind == "binary" {
+                    "n_bits"
+                } else {
+                    "n_trits"
+                },
+                name,
+            )?;
+            let [rows, cols] = shape[..] else {
+                return Err(bad(format!("shape {shape:?} is not 2-D")));
+            };
+            let consistent = group_size > 0
+                && padded_cols >= cols
+                && padded_cols.is_multiple_of(group_size)
+                && rows.checked_mul(padded_cols) == Some(n);
+            if !consistent {
+                return Err(bad(format!(
+                    "inconsistent packing: shape {shape:?}, padded_cols {padded_cols}, group_size {group_size}, count {n}"
+                )));
+            }
+            if scale.numel() != n / group_size {
+                return Err(bad(format!(
+                    "{} scales for {} groups",
+                    scale.numel(),
+                    n / group_size
+                )));
+            }
+            let short = |what: &str| {
+                bad(format!(
+                    "{what} payload of {} bytes is too short for {n} values",
+                    packed.len()
+                ))
+            };
+            let (symbols, gk) = match kind.as_str() {
+                "ternary" => (
+                    unpack_base3(&packed, n).ok_or_else(|| short("base-3"))?,
+                    GroupKind::Ternary,
+                ),
+                "ternary_bitmask" => (
+                    unpack_bitmask(&packed, n).ok_or_else(|| short("bitmask"))?,
+                    GroupKind::TernaryBitmask,
+                ),
+                _ => (
+                    unpack_binary(&packed, n).ok_or_else(|| short("binary"))?,
+                    GroupKind::Binary,
+                ),
+            };
+            let orig = usize_list(path, e, "orig_shape", name).unwrap_or_else(|_| shape.clone());
+            Ok(QTensor {
+                name: name.into(),
+                shape: if orig.iter().product::<usize>() == rows * cols {
+                    orig
+                } else {
+                    shape.clone()
+                },
+                scheme: format!("{kind}_g{group_size}"),
+                bits: if kind == "binary" { 1 } else { 2 },
+                orig_dtype: bf16,
+                payload: Payload::Grouped {
+                    kind: gk,
+                    symbols,
+                    scales: scale.to_f32(),
+                    group_size,
+                    padded_cols,
+                    rows,
+                    cols,
+                    stored: [packed, scale.data.clone()].concat(),
+                },
+            })
+        }
+        other => Err(PackError::Unsupported {
+            path: path.into(),
+            what: format!("{name}: entry type {other:?}"),
+        }),
+    }
+}
+
+/// Base-3, five trits per byte: byte = Σ (q_i + 1)·3^i.
+fn unpack_base3(data: &[u8], n: usize) -> Option<Vec<i8>> {
+    if data.len() * 5 < n {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() * 5);
+    for &b in data {
+        let mut v = b as u16;
+        for _ in 0..5 {
+            out.push((v % 3) as i8 - 1);
+            v /= 3;
+        }
+    }
+    out.truncate(n);
+    Some(out)
+}
+
+/// `packbits(nonzero) ++ packbits(sign of the nonzeros)` (numpy's bit order: most significant bit first).
+fn unpack_bitmask(data: &[u8], n: usize) -> Option<Vec<i8>> {
+    let mask_bytes = n.div_ceil(8);
+    let bit = |bytes: &[u8], i: usize| bytes.get(i / 8).map(|b| (b >> (7 - i % 8)) & 1 == 1);
+    let (mask, signs) = (data.get(..mask_bytes)?, data.get(mask_bytes..)?);
+    let mut k = 0;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if bit(mask, i)? {
+            out.push(if bit(signs, k)? { 1 } else { -1 });
+            k += 1;
+        } else {
+            out.push(0);
+        }
+    }
+    Some(out)
+}
+
+/// {−1, +1} as bits, eight per byte, least significant bit first.
+fn unpack_binary(data: &[u8], n: usize) -> Option<Vec<i8>> {
+    if data.len() * 8 < n {
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| {
+                if (data[i / 8] >> (i % 8)) & 1 == 1 {
+                    1
+                } else {
+                    -1
+                }
+            })
+            .collect(),
+    )
 }
