@@ -159,6 +159,18 @@ impl Coder {
         }
     }
 
+    /// Decompresses what [`Coder::compress`] wrote, capped at `limit` bytes.
+    pub fn decompress(&self, data: &[u8], limit: u64) -> Result<Vec<u8>> {
+        let path = Path::new("<memory>");
+        match outer::peel_one(path, data.to_vec(), limit)? {
+            Some((_, out)) => Ok(out),
+            None => Err(PackError::Format {
+                path: path.into(),
+                message: "not compressed".into(),
+            }),
+        }
+    }
+
     pub fn compress(&self, data: &[u8]) -> Vec<u8> {
         match self {
             Coder::Zlib => {

@@ -5,6 +5,8 @@ pub mod inspect;
 pub mod outer;
 pub mod pgrp;
 pub mod pickle;
+pub mod quantize;
+pub mod rans;
 pub mod schema;
 pub mod torchfile;
 

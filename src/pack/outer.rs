@@ -61,6 +61,16 @@ fn capped(path: &Path, layer: &'static str, reader: impl Read, limit: u64) -> Re
     Ok(out)
 }
 
+/// The byte shuffle of `stride` (BSHF): plane i holds bytes i, i+stride, … of the input.
+pub fn shuffle(data: &[u8], stride: usize) -> Vec<u8> {
+    if stride <= 1 {
+        return data.to_vec();
+    }
+    (0..stride)
+        .flat_map(|p| data.iter().skip(p).step_by(stride).copied())
+        .collect()
+}
+
 /// Undoes a byte shuffle of `stride`: the input is `stride` planes, plane i holding bytes i, i+stride, …
 pub fn unshuffle(data: &[u8], stride: usize) -> Vec<u8> {
     if stride <= 1 {
@@ -80,6 +90,112 @@ pub fn unshuffle(data: &[u8], stride: usize) -> Vec<u8> {
     out
 }
 
+/// Decodes one compression layer whose kind is known (no sniffing), capped at `limit` bytes.
+pub fn decompress_with(path: &Path, layer: &Layer, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
+    match layer {
+        Layer::Zlib => capped(path, "zlib", flate2::read::ZlibDecoder::new(bytes), limit),
+        Layer::Zstd => {
+            let dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| PackError::Corrupt {
+                path: path.into(),
+                layer: "zstd",
+                message: e.to_string(),
+            })?;
+            capped(path, "zstd", dec, limit)
+        }
+        Layer::Xz => capped(path, "xz", liblzma::read::XzDecoder::new(bytes), limit),
+        Layer::Brotli => capped(
+            path,
+            "brotli",
+            brotli::Decompressor::new(bytes, 1 << 16),
+            limit,
+        ),
+        Layer::RawLzma2 => raw_lzma2(bytes, limit).ok_or_else(|| PackError::Corrupt {
+            path: path.into(),
+            layer: "raw-lzma2",
+            message: "does not decode".into(),
+        }),
+        Layer::ByteShuffle { .. } | Layer::PerGroup => Err(PackError::Format {
+            path: path.into(),
+            message: format!("{} is not a compression layer", layer.name()),
+        }),
+    }
+}
+
+/// Peels one layer: `Some((layer, bytes inside))`, or an error naming what the bytes are not.
+pub fn peel_one(path: &Path, bytes: Vec<u8>, limit: u64) -> Result<Option<(Layer, Vec<u8>)>> {
+    let (layer, next) = if bytes.len() >= 2
+        && bytes[0] == 0x78
+        && u16::from_be_bytes([bytes[0], bytes[1]]).is_multiple_of(31)
+    {
+        (
+            Layer::Zlib,
+            decompress_with(path, &Layer::Zlib, &bytes, limit)?,
+        )
+    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        (
+            Layer::Zstd,
+            decompress_with(path, &Layer::Zstd, &bytes, limit)?,
+        )
+    } else if bytes.starts_with(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) {
+        (Layer::Xz, decompress_with(path, &Layer::Xz, &bytes, limit)?)
+    } else if bytes.starts_with(b"BSHF") {
+        // v1: BSHF + u16le stride; v2: BSHF + u8 stride. A v2 stride byte is followed by payload, so v1 is told
+        // apart by a plausible 16-bit stride (≤ 16) whose high byte is 0.
+        if bytes.len() < 5 {
+            return Err(PackError::Corrupt {
+                path: path.into(),
+                layer: "bshf",
+                message: "header truncated".into(),
+            });
+        }
+        let v1 = bytes.len() >= 6 && bytes[5] == 0 && (1..=16).contains(&bytes[4]);
+        let (version, stride, skip) = if v1 {
+            (1, bytes[4] as usize, 6)
+        } else {
+            (2, bytes[4] as usize, 5)
+        };
+        if stride == 0 {
+            return Err(PackError::Corrupt {
+                path: path.into(),
+                layer: "bshf",
+                message: "stride 0".into(),
+            });
+        }
+        (
+            Layer::ByteShuffle { version, stride },
+            unshuffle(&bytes[skip..], stride),
+        )
+    } else if bytes.starts_with(b"LRZI") {
+        return Err(PackError::Unsupported {
+                path: path.into(),
+                what: "an lrzip stream: decompress it with `lrzip -d` first (lrzip is not built into pgolf)".into(),
+            });
+    } else if let Some(out) = raw_lzma2(&bytes, limit) {
+        (Layer::RawLzma2, out)
+    } else {
+        match capped(
+            path,
+            "brotli",
+            brotli::Decompressor::new(bytes.as_slice(), 1 << 16),
+            limit,
+        ) {
+            Ok(out) if !out.is_empty() => (Layer::Brotli, out),
+            Err(e @ PackError::TooLarge { .. }) => return Err(e),
+            _ => {
+                return Err(PackError::Unsupported {
+                    path: path.into(),
+                    what: format!(
+                        "unknown format (first bytes {:02x?}): not a torch.save zip, zlib, zstd, xz, BSHF, PGRP \
+                             or brotli stream",
+                        &bytes[..bytes.len().min(8)]
+                    ),
+                });
+            }
+        }
+    };
+    Ok(Some((layer, next)))
+}
+
 /// Peels every outer layer until a torch.save zip (or a PGRP container) remains; returns the layers (outermost first) and the zip bytes.
 pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Layer>, Vec<u8>)> {
     let limit = limits.max_decompressed_bytes;
@@ -88,92 +204,8 @@ pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Lay
         if torchfile::is_zip(&bytes) || bytes.starts_with(super::pgrp::MAGIC) {
             return Ok((layers, bytes));
         }
-        let (layer, next) = if bytes.len() >= 2
-            && bytes[0] == 0x78
-            && u16::from_be_bytes([bytes[0], bytes[1]]).is_multiple_of(31)
-        {
-            (
-                Layer::Zlib,
-                capped(
-                    path,
-                    "zlib",
-                    flate2::read::ZlibDecoder::new(bytes.as_slice()),
-                    limit,
-                )?,
-            )
-        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let dec = zstd::stream::read::Decoder::new(bytes.as_slice()).map_err(|e| {
-                PackError::Corrupt {
-                    path: path.into(),
-                    layer: "zstd",
-                    message: e.to_string(),
-                }
-            })?;
-            (Layer::Zstd, capped(path, "zstd", dec, limit)?)
-        } else if bytes.starts_with(&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]) {
-            (
-                Layer::Xz,
-                capped(
-                    path,
-                    "xz",
-                    liblzma::read::XzDecoder::new(bytes.as_slice()),
-                    limit,
-                )?,
-            )
-        } else if bytes.starts_with(b"BSHF") {
-            // v1: BSHF + u16le stride; v2: BSHF + u8 stride. A v2 stride byte is followed by payload, so v1 is told
-            // apart by a plausible 16-bit stride (≤ 16) whose high byte is 0.
-            if bytes.len() < 5 {
-                return Err(PackError::Corrupt {
-                    path: path.into(),
-                    layer: "bshf",
-                    message: "header truncated".into(),
-                });
-            }
-            let v1 = bytes.len() >= 6 && bytes[5] == 0 && (1..=16).contains(&bytes[4]);
-            let (version, stride, skip) = if v1 {
-                (1, bytes[4] as usize, 6)
-            } else {
-                (2, bytes[4] as usize, 5)
-            };
-            if stride == 0 {
-                return Err(PackError::Corrupt {
-                    path: path.into(),
-                    layer: "bshf",
-                    message: "stride 0".into(),
-                });
-            }
-            (
-                Layer::ByteShuffle { version, stride },
-                unshuffle(&bytes[skip..], stride),
-            )
-        } else if bytes.starts_with(b"LRZI") {
-            return Err(PackError::Unsupported {
-                path: path.into(),
-                what: "an lrzip stream: decompress it with `lrzip -d` first (lrzip is not built into pgolf)".into(),
-            });
-        } else if let Some(out) = raw_lzma2(&bytes, limit) {
-            (Layer::RawLzma2, out)
-        } else {
-            match capped(
-                path,
-                "brotli",
-                brotli::Decompressor::new(bytes.as_slice(), 1 << 16),
-                limit,
-            ) {
-                Ok(out) if !out.is_empty() => (Layer::Brotli, out),
-                Err(e @ PackError::TooLarge { .. }) => return Err(e),
-                _ => {
-                    return Err(PackError::Unsupported {
-                        path: path.into(),
-                        what: format!(
-                            "unknown format (first bytes {:02x?}): not a torch.save zip, zlib, zstd, xz, BSHF, PGRP \
-                             or brotli stream",
-                            &bytes[..bytes.len().min(8)]
-                        ),
-                    });
-                }
-            }
+        let Some((layer, next)) = peel_one(path, bytes, limit)? else {
+            unreachable!("peel_one errs on unknown bytes")
         };
         layers.push(layer);
         bytes = next;
