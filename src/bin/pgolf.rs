@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod cli_data;
 #[path = "pgolf/cli_inspect.rs"]
 mod cli_inspect;
+#[path = "pgolf/cli_pack.rs"]
+mod cli_pack;
 #[path = "pgolf/cli_verify.rs"]
 mod cli_verify;
 #[path = "pgolf/progress.rs"]
@@ -36,6 +38,8 @@ enum Command {
     },
     /// What is in an artifact, tensor by tensor, and its distance to the 16,000,000-byte cap.
     Inspect(cli_inspect::InspectArgs),
+    /// Quantize and compress a checkpoint into a pgolf artifact that fits the budget.
+    Pack(cli_pack::PackArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
     Verify(cli_verify::VerifyArgs),
 }
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data { command } => cli_data::run(command),
         Command::Inspect(args) => cli_inspect::run(args),
+        Command::Pack(args) => cli_pack::run(args),
         Command::Verify(args) => cli_verify::run(args),
     };
     match result {

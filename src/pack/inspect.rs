@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::outer::{self, Layer};
 use super::schema::{self, Payload, QTensor};
 use super::torchfile::{self, HostTensor};
-use super::{Limits, PackError, Result, pgrp};
+use super::{Limits, PackError, Result, container, pgrp};
 
 /// The challenge's cap on code + compressed model bytes (decimal).
 pub const BUDGET_BYTES: u64 = 16_000_000;
@@ -21,9 +21,11 @@ pub struct Artifact {
     pub layers: Vec<Layer>,
     /// `safetensors` or `torch.save`.
     pub container: &'static str,
-    /// `int8_clean_per_row_v1`, `w_m_mixed`, `state_dict`.
+    /// `int8_clean_per_row_v1`, `w_m_mixed`, `typed_entries`, `state_dict`, `pgolf-v1`.
     pub format: String,
     pub tensors: Vec<QTensor>,
+    /// The model config a pgolf artifact carries.
+    pub config: Option<serde_json::Value>,
 }
 
 impl Artifact {
@@ -39,6 +41,13 @@ impl Artifact {
             Layer::Xz => Some(Coder::Xz),
             Layer::Brotli => Some(Coder::Brotli),
             Layer::RawLzma2 => Some(Coder::Xz),
+            Layer::Pgolf { codec } => match codec.as_str() {
+                "zlib" => Some(Coder::Zlib),
+                "zstd" => Some(Coder::Zstd),
+                "xz" => Some(Coder::Xz),
+                "brotli" => Some(Coder::Brotli),
+                _ => None,
+            },
             Layer::ByteShuffle { .. } | Layer::PerGroup => None,
         })
     }
@@ -54,11 +63,25 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
     if is_safetensors(&bytes) {
         let tensors = read_safetensors(path, &bytes)?;
         return Ok(Artifact {
+            config: None,
             file_bytes,
             layers: Vec::new(),
             container: "safetensors",
             format: "state_dict".into(),
             tensors,
+        });
+    }
+    if container::is_pgolf(&bytes) {
+        let (header, codec, tensors) = container::decode(path, &bytes, limits)?;
+        return Ok(Artifact {
+            file_bytes,
+            layers: vec![Layer::Pgolf {
+                codec: codec.name().into(),
+            }],
+            container: "pgolf",
+            format: header.format,
+            tensors,
+            config: header.config,
         });
     }
     let (mut layers, inner) = outer::peel(path, bytes, limits)?;
@@ -75,6 +98,7 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
         container,
         format,
         tensors,
+        config: None,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Artifacts: the torch `.pt` reader (zip + a restricted unpickler), the outer coders and byte-shuffle layer, the
 //! quantization schemas the records ship, and the per-tensor statistics `inspect` reports.
 
+pub mod container;
+pub mod fit;
 pub mod inspect;
 pub mod outer;
 pub mod pgrp;
@@ -68,6 +70,14 @@ pub enum PackError {
     Unsupported { path: PathBuf, what: String },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
+    #[error(
+        "cannot fit the budget: the smallest artifact tried is {smallest} bytes, over the {target} bytes available for the model by {}; try {hint}", smallest.saturating_sub(*target)
+    )]
+    Budget {
+        smallest: u64,
+        target: u64,
+        hint: String,
+    },
     #[error("{path}: pickle refused: {message}")]
     Pickle { path: PathBuf, message: String },
 }

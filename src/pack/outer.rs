@@ -25,6 +25,10 @@ pub enum Layer {
     },
     /// The per-group PGRP container (see `pgrp`).
     PerGroup,
+    /// pgolf's own artifact (see `container`), with its codec.
+    Pgolf {
+        codec: String,
+    },
 }
 
 impl Layer {
@@ -37,6 +41,7 @@ impl Layer {
             Layer::Brotli => "brotli".into(),
             Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
             Layer::PerGroup => "pgrp(lrzip groups + brotli remainder)".into(),
+            Layer::Pgolf { codec } => format!("pgolf({codec})"),
         }
     }
 }
@@ -114,10 +119,12 @@ pub fn decompress_with(path: &Path, layer: &Layer, bytes: &[u8], limit: u64) -> 
             layer: "raw-lzma2",
             message: "does not decode".into(),
         }),
-        Layer::ByteShuffle { .. } | Layer::PerGroup => Err(PackError::Format {
-            path: path.into(),
-            message: format!("{} is not a compression layer", layer.name()),
-        }),
+        Layer::ByteShuffle { .. } | Layer::PerGroup | Layer::Pgolf { .. } => {
+            Err(PackError::Format {
+                path: path.into(),
+                message: format!("{} is not a compression layer", layer.name()),
+            })
+        }
     }
 }
 

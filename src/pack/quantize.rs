@@ -215,6 +215,22 @@ pub fn percentile_int8_entry(
     t
 }
 
+/// The int6-era percentile rule at any bit width: per-row clip = quantile(|w|, 0.9999984), scale =
+/// max(clip/cr, 1/cr) rounded to fp16, q = clamp(round(w / scale), ±cr).
+pub fn percentile_rows(name: &str, w: &[f32], rows: usize, cols: usize, bits: u32) -> QTensor {
+    let cr = clip_range(bits) as f32;
+    let scales: Vec<f32> = w
+        .chunks(cols.max(1))
+        .map(|row| {
+            let mut s: Vec<f32> = row.iter().map(|x| x.abs()).collect();
+            s.sort_by(f32::total_cmp);
+            fp16_round((torch_quantile(&s, INT8_CLIP_Q as f32) / cr).max(1.0 / cr))
+        })
+        .collect();
+    let (q, _) = row_quantize(w, cols, bits, &scales);
+    quantized(name, &[rows, cols], bits, q, fp16_scales(&scales))
+}
+
 /// Reconstruction error Σ(w − q·s)² of a row-quantized matrix.
 fn row_quantize(w: &[f32], cols: usize, bits: u32, scales: &[f32]) -> (Vec<i8>, f64) {
     let cr = clip_range(bits) as f32;

@@ -23,9 +23,9 @@ pub struct VerifyArgs {
     /// Model weights: safetensors with the challenge's state-dict names, or an artifact (torch `.pt`, or a `.ptz`
     /// under zlib/zstd/xz/brotli/BSHF in the baseline int8 or the `{"w","m"}` schemas), dequantized in memory.
     model: PathBuf,
-    /// Model config JSON (the challenge's hyperparameter names).
+    /// Model config JSON (the challenge's hyperparameter names); not needed for a pgolf artifact, which carries it.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Validation shards (glob; sorted; `*_bytes_*` sidecars skipped).
     #[arg(long)]
     val: String,
@@ -62,7 +62,22 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         other => bail!("--dtype must be f32 or bf16, got {other:?}"),
     };
     let device = Device::Cpu;
-    let cfg = ModelConfig::load(&args.config)?;
+    let (state, carried) = load_weights(&args.model, &device)?;
+    let cfg = match (&args.config, carried) {
+        (Some(p), _) => ModelConfig::load(p)?,
+        (None, Some(v)) => {
+            let cfg: ModelConfig = serde_json::from_value(v)
+                .with_context(|| format!("{}: the config it carries", args.model.display()))?;
+            cfg.validate().map_err(|m| {
+                anyhow::anyhow!("{}: the config it carries: {m}", args.model.display())
+            })?;
+            cfg
+        }
+        (None, None) => bail!(
+            "{}: carries no model config; pass --config CONFIG.json",
+            args.model.display()
+        ),
+    };
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let seq_len = args.seq_len.unwrap_or(cfg.train_seq_len);
     let files = shard::validation_files(&args.val)?;
@@ -73,10 +88,12 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             args.val,
             tokens[pos],
             cfg.vocab_size,
-            args.config.display()
+            args.config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "its carried config".into())
         );
     }
-    let state = load_weights(&args.model, &device)?;
     let state = weights::check_state_dict(&cfg, state, dtype, &args.model)?;
     let model = Gpt::new(cfg.clone(), state, &device, dtype)?;
     let bytes = match &args.byte_sidecar {
@@ -174,8 +191,12 @@ fn print_report(
     Ok(())
 }
 
-/// Safetensors load as stored; anything else goes through the artifact reader and is dequantized to f32.
-fn load_weights(path: &std::path::Path, device: &Device) -> Result<weights::StateDict> {
+/// Safetensors load as stored; anything else goes through the artifact reader and is dequantized to f32. Returns the
+/// config a pgolf artifact carries, if any.
+fn load_weights(
+    path: &std::path::Path,
+    device: &Device,
+) -> Result<(weights::StateDict, Option<serde_json::Value>)> {
     let head = {
         use std::io::Read;
         let mut h = [0u8; 9];
@@ -187,7 +208,7 @@ fn load_weights(path: &std::path::Path, device: &Device) -> Result<weights::Stat
     };
     let is_safetensors = head.len() == 9 && head[8] == b'{';
     if is_safetensors {
-        return Ok(weights::load_safetensors(path, device)?);
+        return Ok((weights::load_safetensors(path, device)?, None));
     }
     let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::pack::Limits::default())?;
     let mut state = weights::StateDict::new();
@@ -198,5 +219,5 @@ fn load_weights(path: &std::path::Path, device: &Device) -> Result<weights::Stat
             candle_core::Tensor::from_vec(values, t.shape.clone(), device)?,
         );
     }
-    Ok(state)
+    Ok((state, artifact.config))
 }

@@ -1,0 +1,270 @@
+//! `pgolf pack`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use pgolf::pack::Limits;
+use pgolf::pack::container::Codec;
+use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
+use pgolf::pack::inspect::{self, BUDGET_BYTES, Coder};
+use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
+use serde_json::json;
+
+/// The pure-Python decoder a train_gpt.py can embed; its bytes count as code.
+const PYTHON_DECODER: &str = include_str!("../../../python/pgolf_decode.py");
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    Percentile,
+    GptqLite,
+    Sdclip,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CodecArg {
+    Rans,
+    Zlib,
+    Zstd,
+    Xz,
+    Brotli,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// The checkpoint: safetensors or a torch `.pt` state dict (float tensors, challenge names).
+    checkpoint: PathBuf,
+    /// Model config JSON, stored in the artifact so `verify` needs no `--config`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output artifact.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "sdclip")]
+    scheme: SchemeArg,
+    /// Bits of the attention, MLP and other matrices (2–8).
+    #[arg(long, default_value_t = 6)]
+    bits: u32,
+    /// Bits of the embedding / head (2–8).
+    #[arg(long, default_value_t = 7)]
+    embed_bits: u32,
+    /// SDClip k per group (clip = k·std(row)); the records' defaults.
+    #[arg(long, default_value_t = 15.0)]
+    k_embed: f32,
+    #[arg(long, default_value_t = 13.0)]
+    k_attn: f32,
+    #[arg(long, default_value_t = 12.0)]
+    k_mlp: f32,
+    #[arg(long, default_value_t = 12.85)]
+    k_other: f32,
+    #[arg(long, value_enum, default_value = "rans")]
+    codec: CodecArg,
+    /// Byte-shuffle stride before a general-purpose codec (1 = none).
+    #[arg(long, default_value_t = 1)]
+    shuffle: usize,
+    /// Float tensors with at most this many elements are passed through (the challenge's 65,536).
+    #[arg(long, default_value_t = KEEP_FLOAT_MAX_NUMEL)]
+    keep_float_max_numel: usize,
+    /// The cap on artifact + code bytes.
+    #[arg(long, default_value_t = BUDGET_BYTES)]
+    budget: u64,
+    /// The submission's train_gpt.py, counted as the challenge counts it.
+    #[arg(long)]
+    code: Option<PathBuf>,
+    /// Bytes to keep free under the budget.
+    #[arg(long, default_value_t = 0)]
+    margin: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: PackArgs) -> Result<ExitCode> {
+    for b in [args.bits, args.embed_bits] {
+        if !(2..=8).contains(&b) {
+            bail!("bit widths must be in 2..=8, got {b}");
+        }
+    }
+    let limits = Limits::default();
+    let checkpoint = inspect::load_artifact(&args.checkpoint, &limits)?;
+    if let Some(t) = checkpoint
+        .tensors
+        .iter()
+        .find(|t| !matches!(t.payload, pgolf::pack::schema::Payload::Passthrough { .. }))
+    {
+        bail!(
+            "{}: {} is already quantized ({}); pack reads float checkpoints",
+            args.checkpoint.display(),
+            t.name,
+            t.scheme
+        );
+    }
+    let config = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            let cfg: pgolf::infer::config::ModelConfig = serde_json::from_str(&text)
+                .with_context(|| format!("{}: bad model config", p.display()))?;
+            Some(serde_json::to_value(cfg)?)
+        }
+        None => checkpoint.config.clone(),
+    };
+    let code = args
+        .code
+        .as_ref()
+        .map(|p| inspect::code_size(p, &limits))
+        .transpose()?;
+    let code_bytes = code.as_ref().map(|c| c.counted_bytes).unwrap_or(0);
+    let Some(target) = args.budget.checked_sub(code_bytes + args.margin) else {
+        bail!(
+            "the code ({code_bytes} bytes) and margin ({}) alone exceed the budget of {}",
+            args.margin,
+            args.budget
+        );
+    };
+    let opts = PackOptions {
+        scheme: match args.scheme {
+            SchemeArg::Percentile => Scheme::Percentile,
+            SchemeArg::GptqLite => Scheme::GptqLite,
+            SchemeArg::Sdclip => Scheme::Sdclip,
+        },
+        groups: [
+            GroupSetting {
+                bits: args.embed_bits,
+                k: args.k_embed,
+            },
+            GroupSetting {
+                bits: args.bits,
+                k: args.k_attn,
+            },
+            GroupSetting {
+                bits: args.bits,
+                k: args.k_mlp,
+            },
+            GroupSetting {
+                bits: args.bits,
+                k: args.k_other,
+            },
+        ],
+        codec: match args.codec {
+            CodecArg::Rans => Codec::Rans,
+            CodecArg::Zlib => Codec::General(Coder::Zlib),
+            CodecArg::Zstd => Codec::General(Coder::Zstd),
+            CodecArg::Xz => Codec::General(Coder::Xz),
+            CodecArg::Brotli => Codec::General(Coder::Brotli),
+        },
+        shuffle: args.shuffle.max(1),
+        keep_float_max_numel: args.keep_float_max_numel,
+    };
+    let started = std::time::Instant::now();
+    let (packed, chosen, report) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
+    // Write atomically, then re-read what was written and check the round trip before reporting success.
+    pgolf::data::shard::write_atomically(&args.output, &packed.bytes)?;
+    let verify_round_trip = || -> Result<()> {
+        let back = inspect::load_artifact(&args.output, &limits)?;
+        if back.tensors.len() != packed.tensors.len() {
+            bail!(
+                "{}: re-read {} tensors, wrote {}",
+                args.output.display(),
+                back.tensors.len(),
+                packed.tensors.len()
+            );
+        }
+        for (a, b) in back.tensors.iter().zip(&packed.tensors) {
+            if a.name != b.name || a.dequantize() != b.dequantize() {
+                bail!(
+                    "{}: tensor {} does not read back as written",
+                    args.output.display(),
+                    b.name
+                );
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = verify_round_trip() {
+        let _ = std::fs::remove_file(&args.output);
+        return Err(e);
+    }
+    let artifact_bytes = packed.bytes.len() as u64;
+    let total = artifact_bytes + code_bytes;
+    let margin = args.budget as i64 - total as i64;
+    let params: usize = packed.tensors.iter().map(|t| t.params()).sum();
+    let codec_name = match opts.codec {
+        Codec::Rans => "rans".to_string(),
+        Codec::General(c) => format!(
+            "{}{}",
+            c.describe(),
+            if opts.shuffle > 1 {
+                format!(" + shuffle {}", opts.shuffle)
+            } else {
+                String::new()
+            }
+        ),
+    };
+    let scheme_name = match opts.scheme {
+        Scheme::Percentile => "percentile",
+        Scheme::GptqLite => "gptq-lite",
+        Scheme::Sdclip => "sdclip",
+    };
+    if args.json {
+        let obj = json!({
+            "output": args.output.display().to_string(),
+            "artifact_bytes": artifact_bytes,
+            "code_bytes": code_bytes,
+            "total_bytes": total,
+            "budget": args.budget,
+            "margin": margin,
+            "scheme": scheme_name,
+            "codec": codec_name,
+            "parameters": params,
+            "bits_per_parameter": 8.0 * artifact_bytes as f64 / params.max(1) as f64,
+            "groups": packed.groups,
+            "settings": chosen,
+            "fit": report,
+            "python_decoder_bytes": PYTHON_DECODER.len(),
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "wrote        {} ({artifact_bytes} bytes, {:.3} bits/parameter, read back and checked)",
+        args.output.display(),
+        8.0 * artifact_bytes as f64 / params.max(1) as f64
+    );
+    println!("scheme       {scheme_name}, codec {codec_name}");
+    if let Some(f) = report.k_factor {
+        println!(
+            "fit          k × {f:.3} after {} tries (target {} bytes for the model)",
+            report.tries.len(),
+            report.target_bytes
+        );
+    } else {
+        println!(
+            "fit          {} tries (target {} bytes for the model)",
+            report.tries.len(),
+            report.target_bytes
+        );
+    }
+    for g in &packed.groups {
+        let k = g.k.map(|k| format!(", k {k:.2}")).unwrap_or_default();
+        println!(
+            "  {:<10} int{}{k}: {} tensors, {} params, mse {:.3e}, relative error {:.3e}",
+            format!("{:?}", g.group).to_lowercase(),
+            g.bits,
+            g.tensors,
+            g.params,
+            g.mse,
+            g.relative_error
+        );
+    }
+    println!(
+        "code         {code_bytes} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded",
+        PYTHON_DECODER.len()
+    );
+    println!(
+        "total        {total} of {}: margin {margin} bytes",
+        args.budget
+    );
+    Ok(ExitCode::SUCCESS)
+}

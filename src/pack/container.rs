@@ -1,0 +1,354 @@
+//! The pgolf artifact (`docs/FORMAT.md` specifies it byte by byte): a fixed 43-byte preamble, a zlib-compressed JSON
+//! header (model config and each tensor's scheme, shape, scales and where its bytes are), and a body of per-tensor
+//! rANS streams (codec 0) or one general-purpose compressed stream (codecs 1–4), guarded by a sha256.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::inspect::Coder;
+use super::outer::{self, Layer};
+use super::schema::{Payload, QTensor};
+use super::torchfile::HostTensor;
+use super::{Limits, PackError, Result, rans};
+
+pub const MAGIC: &[u8; 4] = b"PGLF";
+pub const VERSION: u8 = 1;
+/// magic 4 + version 1 + codec 1 + shuffle 1 + header length 4 + sha256 32.
+pub const PREAMBLE: usize = 43;
+
+/// How the body is coded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// pgolf's per-tensor rANS for symbols; scales and passthrough bytes stored raw.
+    Rans,
+    /// One stream of every tensor's bytes through a general-purpose coder (optionally byte-shuffled).
+    General(Coder),
+}
+
+impl Codec {
+    pub fn id(&self) -> u8 {
+        match self {
+            Codec::Rans => 0,
+            Codec::General(Coder::Zlib) => 1,
+            Codec::General(Coder::Zstd) => 2,
+            Codec::General(Coder::Xz) => 3,
+            Codec::General(Coder::Brotli) => 4,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<Self> {
+        Some(match id {
+            0 => Codec::Rans,
+            1 => Codec::General(Coder::Zlib),
+            2 => Codec::General(Coder::Zstd),
+            3 => Codec::General(Coder::Xz),
+            4 => Codec::General(Coder::Brotli),
+            _ => return None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Codec::Rans => "rans",
+            Codec::General(Coder::Zlib) => "zlib",
+            Codec::General(Coder::Zstd) => "zstd",
+            Codec::General(Coder::Xz) => "xz",
+            Codec::General(Coder::Brotli) => "brotli",
+        }
+    }
+}
+
+/// A byte range of the body (codec 0) or of the decompressed stream (codecs 1–4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub scheme: String,
+    pub bits: u32,
+    pub orig_dtype: String,
+    /// int8 symbols (rANS-coded under codec 0).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub symbols: Option<Span>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scales: Option<Span>,
+    /// Passthrough values.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub values: Option<Span>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub config: Option<serde_json::Value>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+fn push(body: &mut Vec<u8>, dtype: &str, shape: &[usize], bytes: &[u8]) -> Span {
+    let span = Span {
+        dtype: dtype.into(),
+        shape: shape.to_vec(),
+        offset: body.len() as u64,
+        length: bytes.len() as u64,
+    };
+    body.extend_from_slice(bytes);
+    span
+}
+
+/// Writes tensors (quantized per row/tensor, or passthrough) as a pgolf artifact.
+pub fn encode(
+    tensors: &[QTensor],
+    config: Option<&serde_json::Value>,
+    codec: Codec,
+    shuffle: usize,
+) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut entries = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let mut e = TensorEntry {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            scheme: t.scheme.clone(),
+            bits: t.bits,
+            orig_dtype: t.orig_dtype.clone(),
+            symbols: None,
+            scales: None,
+            values: None,
+        };
+        match &t.payload {
+            Payload::Quantized {
+                q,
+                scale,
+                lowrank: None,
+            } => {
+                let coded;
+                let sym_bytes = if codec == Codec::Rans {
+                    let syms: Vec<i8> = q.data.iter().map(|&b| b as i8).collect();
+                    coded = rans::encode(&syms);
+                    &coded
+                } else {
+                    &q.data
+                };
+                e.symbols = Some(push(&mut body, "int8", &q.shape, sym_bytes));
+                e.scales = Some(push(&mut body, &scale.dtype, &scale.shape, &scale.data));
+            }
+            Payload::Passthrough { values } => {
+                e.values = Some(push(&mut body, &values.dtype, &values.shape, &values.data));
+            }
+            _ => {
+                return Err(PackError::Unsupported {
+                    path: t.name.clone().into(),
+                    what: format!(
+                        "scheme {} cannot be written to a pgolf artifact yet",
+                        t.scheme
+                    ),
+                });
+            }
+        }
+        entries.push(e);
+    }
+    let header = Header {
+        format: "pgolf-v1".into(),
+        config: config.cloned(),
+        tensors: entries,
+    };
+    let json = serde_json::to_vec(&header).expect("serializable header");
+    let header_z = Coder::Zlib.compress(&json);
+    let body = match codec {
+        Codec::Rans => body,
+        Codec::General(c) => c.compress(&outer::shuffle(&body, shuffle.max(1))),
+    };
+    let mut digest = Sha256::new();
+    digest.update(&header_z);
+    digest.update(&body);
+    let mut out = Vec::with_capacity(PREAMBLE + header_z.len() + body.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(codec.id());
+    out.push(shuffle.clamp(1, 255) as u8);
+    out.extend_from_slice(&(header_z.len() as u32).to_le_bytes());
+    out.extend_from_slice(&digest.finalize());
+    out.extend_from_slice(&header_z);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+pub fn is_pgolf(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// Reads a pgolf artifact: header, config and tensors; rejects anything malformed.
+pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Codec, Vec<QTensor>)> {
+    let bad = |message: String| PackError::Format {
+        path: path.into(),
+        message: format!("pgolf artifact: {message}"),
+    };
+    if bytes.len() < PREAMBLE || !is_pgolf(bytes) {
+        return Err(bad(format!(
+            "{} bytes, shorter than the {PREAMBLE}-byte preamble",
+            bytes.len()
+        )));
+    }
+    if bytes[4] != VERSION {
+        return Err(bad(format!(
+            "version {} (this pgolf reads version {VERSION})",
+            bytes[4]
+        )));
+    }
+    let codec =
+        Codec::from_id(bytes[5]).ok_or_else(|| bad(format!("unknown codec {}", bytes[5])))?;
+    let shuffle = bytes[6].max(1) as usize;
+    let header_len = u32::from_le_bytes(bytes[7..11].try_into().unwrap()) as usize;
+    let expected: [u8; 32] = bytes[11..43].try_into().unwrap();
+    let rest = &bytes[PREAMBLE..];
+    if Sha256::digest(rest).as_slice() != expected {
+        return Err(bad(
+            "sha256 mismatch: the file is corrupt or was modified".into()
+        ));
+    }
+    let header_z = rest
+        .get(..header_len)
+        .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end")))?;
+    let json = outer::decompress_with(path, &Layer::Zlib, header_z, limits.max_decompressed_bytes)?;
+    let header: Header = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+    let body_raw = &rest[header_len..];
+    let body = match codec {
+        Codec::Rans => body_raw.to_vec(),
+        Codec::General(c) => {
+            let layer = match c {
+                Coder::Zlib => Layer::Zlib,
+                Coder::Zstd => Layer::Zstd,
+                Coder::Xz => Layer::Xz,
+                Coder::Brotli => Layer::Brotli,
+            };
+            outer::unshuffle(
+                &outer::decompress_with(path, &layer, body_raw, limits.max_decompressed_bytes)?,
+                shuffle,
+            )
+        }
+    };
+    let slice = |span: &Span, what: &str, name: &str| -> Result<Vec<u8>> {
+        let end = span
+            .offset
+            .checked_add(span.length)
+            .filter(|&e| e <= body.len() as u64);
+        match end {
+            Some(end) => Ok(body[span.offset as usize..end as usize].to_vec()),
+            None => Err(bad(format!(
+                "{name}: {what} [{}, +{}) lies outside the {}-byte body",
+                span.offset,
+                span.length,
+                body.len()
+            ))),
+        }
+    };
+    let elem = |dtype: &str| super::pickle::dtype_element(dtype);
+    let mut tensors = Vec::with_capacity(header.tensors.len());
+    for e in &header.tensors {
+        let numel: u64 = e
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| bad(format!("{}: shape overflows", e.name)))?;
+        if numel > limits.max_tensor_elements {
+            return Err(bad(format!(
+                "{}: {numel} elements exceed the limit of {}",
+                e.name, limits.max_tensor_elements
+            )));
+        }
+        let host = |span: &Span, data: Vec<u8>, what: &str| -> Result<HostTensor> {
+            let size = elem(&span.dtype)
+                .ok_or_else(|| bad(format!("{}: unknown dtype {}", e.name, span.dtype)))?;
+            let n: usize = span.shape.iter().product();
+            if data.len() != n * size {
+                return Err(bad(format!(
+                    "{}: {what} hold {} bytes, not {} × {size}",
+                    e.name,
+                    data.len(),
+                    n
+                )));
+            }
+            Ok(HostTensor {
+                dtype: span.dtype.clone(),
+                shape: span.shape.clone(),
+                data,
+            })
+        };
+        let payload = match (&e.symbols, &e.scales, &e.values) {
+            (Some(sym), Some(sc), None) => {
+                let raw = slice(sym, "symbols", &e.name)?;
+                let data = if codec == Codec::Rans {
+                    rans::decode(&raw, numel)
+                        .map_err(|err| bad(format!("{}: {err}", e.name)))?
+                        .iter()
+                        .map(|&s| s as u8)
+                        .collect()
+                } else {
+                    raw
+                };
+                if sym.shape != e.shape || data.len() as u64 != numel {
+                    return Err(bad(format!(
+                        "{}: {} symbols for shape {:?}",
+                        e.name,
+                        data.len(),
+                        e.shape
+                    )));
+                }
+                let scale = host(sc, slice(sc, "scales", &e.name)?, "scales")?;
+                let rows = e.shape.first().copied().unwrap_or(1);
+                if !(scale.numel() == 1 && sc.shape.is_empty() || sc.shape == [rows]) {
+                    return Err(bad(format!(
+                        "{}: scales of shape {:?} for {:?}",
+                        e.name, sc.shape, e.shape
+                    )));
+                }
+                Payload::Quantized {
+                    q: HostTensor {
+                        dtype: "int8".into(),
+                        shape: e.shape.clone(),
+                        data,
+                    },
+                    scale,
+                    lowrank: None,
+                }
+            }
+            (None, None, Some(v)) => {
+                let values = host(v, slice(v, "values", &e.name)?, "values")?;
+                if v.shape != e.shape {
+                    return Err(bad(format!(
+                        "{}: values of shape {:?} for {:?}",
+                        e.name, v.shape, e.shape
+                    )));
+                }
+                Payload::Passthrough { values }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "{}: needs symbols and scales, or values",
+                    e.name
+                )));
+            }
+        };
+        if !(1..=64).contains(&e.bits) {
+            return Err(bad(format!("{}: {} bits", e.name, e.bits)));
+        }
+        tensors.push(QTensor {
+            name: e.name.clone(),
+            shape: e.shape.clone(),
+            scheme: e.scheme.clone(),
+            bits: e.bits,
+            orig_dtype: e.orig_dtype.clone(),
+            payload,
+        });
+    }
+    Ok((header, codec, tensors))
+}

@@ -1,0 +1,301 @@
+//! Turning a checkpoint into a pgolf artifact: per-group quantization settings, and the budget search that picks
+//! the clip widths or bit widths with the real coder until artifact + code fit under the cap with a margin.
+
+use serde::Serialize;
+
+use super::container::{self, Codec};
+use super::quantize;
+use super::schema::{Payload, QTensor};
+use super::{PackError, Result};
+
+/// How a matrix is quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// Per-row quantile clip (0.9999984) with the legacy scale floor 1/cr; at 8 bits exactly the challenge's exporter.
+    Percentile,
+    /// Five clip candidates by whole-matrix MSE (PR #414).
+    GptqLite,
+    /// clip = k·std(row) (PR #1394).
+    Sdclip,
+}
+
+/// Tensor groups that get their own bits and k: names with tok_emb/lm_head, `.attn.`, `.mlp.`, and the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Embedding,
+    Attention,
+    Mlp,
+    Other,
+}
+
+pub const GROUPS: [Group; 4] = [Group::Embedding, Group::Attention, Group::Mlp, Group::Other];
+
+pub fn group_of(name: &str) -> Group {
+    if name.contains("tok_emb") || name.contains("lm_head") {
+        Group::Embedding
+    } else if name.contains(".attn.") {
+        Group::Attention
+    } else if name.contains(".mlp.") {
+        Group::Mlp
+    } else {
+        Group::Other
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct GroupSetting {
+    pub bits: u32,
+    /// SDClip's k (clip = k·std(row)); unused by the other schemes.
+    pub k: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PackOptions {
+    pub scheme: Scheme,
+    /// Indexed like [`GROUPS`].
+    pub groups: [GroupSetting; 4],
+    #[serde(skip)]
+    pub codec: Codec,
+    pub shuffle: usize,
+    /// Float tensors with at most this many elements are passed through (fp16; control tensors fp32).
+    pub keep_float_max_numel: usize,
+}
+
+impl PackOptions {
+    pub fn setting(&self, g: Group) -> GroupSetting {
+        self.groups[GROUPS.iter().position(|x| *x == g).expect("a group")]
+    }
+}
+
+/// Quantizes one checkpoint tensor under the options (passthrough rules as the challenge's exporter).
+pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> QTensor {
+    let Payload::Passthrough { values } = &t.payload else {
+        return t.clone();
+    };
+    let set = opts.setting(group_of(&t.name));
+    let small_or_int = !values.is_float() || values.numel() <= opts.keep_float_max_numel;
+    let two_d = values.shape.len() == 2;
+    if small_or_int || !two_d || (opts.scheme == Scheme::Percentile && set.bits == 8) {
+        return quantize::percentile_int8_entry(&t.name, values, opts.keep_float_max_numel);
+    }
+    let (rows, cols) = (values.shape[0], values.shape[1]);
+    let w = values.to_f32();
+    let mut q = match opts.scheme {
+        Scheme::Percentile => quantize::percentile_rows(&t.name, &w, rows, cols, set.bits),
+        Scheme::GptqLite => quantize::gptq_lite_rows(&t.name, &w, rows, cols, set.bits),
+        Scheme::Sdclip => quantize::sdclip_rows(&t.name, &w, rows, cols, set.bits, set.k),
+    };
+    q.orig_dtype = values.dtype.clone();
+    q
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupReport {
+    pub group: Group,
+    pub bits: u32,
+    pub k: Option<f32>,
+    pub tensors: usize,
+    pub params: usize,
+    /// Mean squared reconstruction error over the group's quantized elements.
+    pub mse: f64,
+    /// Relative error ‖w − ŵ‖² / ‖w‖².
+    pub relative_error: f64,
+}
+
+pub struct Packed {
+    pub bytes: Vec<u8>,
+    pub tensors: Vec<QTensor>,
+    pub groups: Vec<GroupReport>,
+}
+
+/// Quantizes and encodes every tensor.
+pub fn pack(
+    checkpoint: &[QTensor],
+    config: Option<&serde_json::Value>,
+    opts: &PackOptions,
+) -> Result<Packed> {
+    let tensors: Vec<QTensor> = checkpoint
+        .iter()
+        .map(|t| quantize_tensor(t, opts))
+        .collect();
+    let bytes = container::encode(&tensors, config, opts.codec, opts.shuffle)?;
+    let mut groups = Vec::new();
+    for g in GROUPS {
+        let (mut n, mut params, mut err, mut energy, mut count) = (0, 0, 0f64, 0f64, 0usize);
+        for (orig, q) in checkpoint.iter().zip(&tensors) {
+            if group_of(&orig.name) != g || !matches!(q.payload, Payload::Quantized { .. }) {
+                continue;
+            }
+            let (w, d) = (orig.dequantize(), q.dequantize());
+            n += 1;
+            params += w.len();
+            count += w.len();
+            for (a, b) in w.iter().zip(&d) {
+                err += ((a - b) as f64).powi(2);
+                energy += (*a as f64).powi(2);
+            }
+        }
+        if n > 0 {
+            let set = opts.setting(g);
+            groups.push(GroupReport {
+                group: g,
+                bits: set.bits,
+                k: (opts.scheme == Scheme::Sdclip).then_some(set.k),
+                tensors: n,
+                params,
+                mse: err / count as f64,
+                relative_error: err / energy.max(f64::MIN_POSITIVE),
+            });
+        }
+    }
+    Ok(Packed {
+        bytes,
+        tensors,
+        groups,
+    })
+}
+
+/// What the budget search chose.
+#[derive(Clone, Debug, Serialize)]
+pub struct FitReport {
+    pub target_bytes: u64,
+    pub tries: Vec<FitTry>,
+    /// SDClip: the factor applied to every group's k.
+    pub k_factor: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FitTry {
+    pub k_factor: Option<f32>,
+    pub bits: [u32; 4],
+    pub bytes: u64,
+}
+
+/// Searches settings until the artifact is at most `target` bytes. The requested settings are tried first and kept
+/// when they fit (the records' k and bits are their quality optimum). Otherwise SDClip bisects one factor ≥ 1 on
+/// every group's k (size falls as k grows, error rises) and takes the smallest factor that fits; the other schemes lower the bits of
+/// the group with the most parameters, one bit at a time, down to 2.
+pub fn fit(
+    checkpoint: &[QTensor],
+    config: Option<&serde_json::Value>,
+    opts: &PackOptions,
+    target: u64,
+) -> Result<(Packed, PackOptions, FitReport)> {
+    let mut tries = Vec::new();
+    let bits_of = |o: &PackOptions| {
+        [
+            o.groups[0].bits,
+            o.groups[1].bits,
+            o.groups[2].bits,
+            o.groups[3].bits,
+        ]
+    };
+    let too_big = |tries: &Vec<FitTry>| PackError::Budget {
+        smallest: tries.iter().map(|t| t.bytes).min().unwrap_or(0),
+        target,
+        hint: "fewer bits (--bits / --embed-bits), a larger k, a smaller model, or less code"
+            .into(),
+    };
+    if opts.scheme == Scheme::Sdclip {
+        let with_factor = |f: f32| {
+            let mut o = opts.clone();
+            o.groups.iter_mut().for_each(|g| g.k *= f);
+            o
+        };
+        let first = pack(checkpoint, config, opts)?;
+        tries.push(FitTry {
+            k_factor: Some(1.0),
+            bits: bits_of(opts),
+            bytes: first.bytes.len() as u64,
+        });
+        if first.bytes.len() as u64 <= target {
+            return Ok((
+                first,
+                opts.clone(),
+                FitReport {
+                    target_bytes: target,
+                    tries,
+                    k_factor: Some(1.0),
+                },
+            ));
+        }
+        let (mut lo, mut hi) = (1.0f32, 16.0f32);
+        let top = pack(checkpoint, config, &with_factor(hi))?;
+        tries.push(FitTry {
+            k_factor: Some(hi),
+            bits: bits_of(opts),
+            bytes: top.bytes.len() as u64,
+        });
+        if top.bytes.len() as u64 > target {
+            return Err(too_big(&tries));
+        }
+        let mut best = (hi, top);
+        for _ in 0..14 {
+            let mid = (lo * hi).sqrt();
+            let p = pack(checkpoint, config, &with_factor(mid))?;
+            tries.push(FitTry {
+                k_factor: Some(mid),
+                bits: bits_of(opts),
+                bytes: p.bytes.len() as u64,
+            });
+            if p.bytes.len() as u64 <= target {
+                hi = mid;
+                best = (mid, p);
+            } else {
+                lo = mid;
+            }
+            if hi / lo < 1.01 {
+                break;
+            }
+        }
+        let chosen = with_factor(best.0);
+        return Ok((
+            best.1,
+            chosen,
+            FitReport {
+                target_bytes: target,
+                tries,
+                k_factor: Some(best.0),
+            },
+        ));
+    }
+    let mut o = opts.clone();
+    loop {
+        let p = pack(checkpoint, config, &o)?;
+        tries.push(FitTry {
+            k_factor: None,
+            bits: bits_of(&o),
+            bytes: p.bytes.len() as u64,
+        });
+        if p.bytes.len() as u64 <= target {
+            return Ok((
+                p,
+                o,
+                FitReport {
+                    target_bytes: target,
+                    tries,
+                    k_factor: None,
+                },
+            ));
+        }
+        // Lower the group holding the most quantized parameters that can still go down.
+        let params = |g: Group| -> usize {
+            checkpoint
+                .iter()
+                .filter(|t| group_of(&t.name) == g && t.params() > o.keep_float_max_numel)
+                .map(|t| t.params())
+                .sum()
+        };
+        let candidate = GROUPS
+            .iter()
+            .enumerate()
+            .filter(|(i, g)| o.groups[*i].bits > 2 && params(**g) > 0)
+            .max_by_key(|(_, g)| params(**g));
+        match candidate {
+            Some((i, _)) => o.groups[i].bits -= 1,
+            None => return Err(too_big(&tries)),
+        }
+    }
+}
