@@ -69,8 +69,12 @@ fn main() -> ExitCode {
             // One line: the error and its causes.
             let mut msg = err.to_string();
             for cause in err.chain().skip(1) {
-                msg.push_str(": ");
-                msg.push_str(&cause.to_string());
+                let cause = cause.to_string();
+                // Typed errors already print their source; do not repeat it.
+                if !msg.contains(&cause) {
+                    msg.push_str(": ");
+                    msg.push_str(&cause);
+                }
             }
             eprintln!("pgolf: error: {msg}");
             ExitCode::from(1)

@@ -165,7 +165,7 @@ pub fn encode(
     let header_z = Coder::Zlib.compress(&json);
     let body = match codec {
         Codec::Rans => body,
-        Codec::General(c) => c.compress(&outer::shuffle(&body, shuffle.max(1))),
+        Codec::General(c) => c.compress_for_pack(&outer::shuffle(&body, shuffle.max(1))),
     };
     let mut digest = Sha256::new();
     digest.update(&header_z);

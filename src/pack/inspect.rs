@@ -183,6 +183,25 @@ impl Coder {
         }
     }
 
+    /// The setting pack writes with: as [`Coder::compress`], but brotli with a 2^24 window (the records' PGRP
+    /// remainder setting, and their best).
+    pub fn compress_for_pack(&self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Coder::Brotli => {
+                let mut out = Vec::new();
+                let params = brotli::enc::BrotliEncoderParams {
+                    quality: 11,
+                    lgwin: 24,
+                    ..Default::default()
+                };
+                brotli::BrotliCompress(&mut &data[..], &mut out, &params)
+                    .expect("in-memory brotli");
+                out
+            }
+            other => other.compress(data),
+        }
+    }
+
     /// Decompresses what [`Coder::compress`] wrote, capped at `limit` bytes.
     pub fn decompress(&self, data: &[u8], limit: u64) -> Result<Vec<u8>> {
         let path = Path::new("<memory>");
@@ -368,6 +387,61 @@ fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
         coded_bytes: coder.map(|c| c.compress(&raw).len()),
         share: None,
     }
+}
+
+/// One coder's size for a set of symbols, next to their order-0 entropy.
+#[derive(Clone, Debug, Serialize)]
+pub struct CoderSize {
+    pub coder: String,
+    pub bytes: u64,
+    /// bytes / (order-0 entropy in bytes).
+    pub over_entropy: f64,
+    pub bits_per_symbol: f64,
+    pub seconds: f64,
+}
+
+/// The symbols of every quantized tensor, each coded on its own by every coder (zlib 9, zstd 22, xz 9e, brotli 11
+/// with lgwin 24 as pack uses it, each with and without a stride-2 shuffle, and pgolf's rANS), summed over tensors,
+/// against Σ order-0 entropy. Returns (entropy bytes, symbols, sizes).
+pub fn coder_comparison(artifact: &Artifact) -> (f64, u64, Vec<CoderSize>) {
+    let streams: Vec<Vec<i8>> = artifact
+        .tensors
+        .iter()
+        .filter_map(|t| t.symbols_and_scales())
+        .map(|(s, _)| s.iter().map(|&x| x as i8).collect())
+        .collect();
+    let n: u64 = streams.iter().map(|s| s.len() as u64).sum();
+    let entropy_bytes: f64 = streams
+        .iter()
+        .map(|s| order0_entropy(s.iter().map(|&x| x as i64)) * s.len() as f64 / 8.0)
+        .sum();
+    let mut out = Vec::new();
+    let mut measure = |name: String, f: &dyn Fn(&[i8]) -> usize| {
+        let t = std::time::Instant::now();
+        let bytes: u64 = streams.iter().map(|s| f(s) as u64).sum();
+        out.push(CoderSize {
+            coder: name,
+            bytes,
+            over_entropy: bytes as f64 / entropy_bytes.max(1e-9),
+            bits_per_symbol: 8.0 * bytes as f64 / n.max(1) as f64,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    };
+    let raw = |s: &[i8]| s.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+    measure("rans (pgolf)".into(), &|s| super::rans::encode(s).len());
+    for c in [Coder::Zlib, Coder::Zstd, Coder::Xz, Coder::Brotli] {
+        measure(c.describe().replace("lgwin 22", "lgwin 24"), &|s| {
+            c.compress_for_pack(&raw(s)).len()
+        });
+        measure(
+            format!(
+                "{} + shuffle 2",
+                c.describe().replace("lgwin 22", "lgwin 24")
+            ),
+            &|s| c.compress_for_pack(&outer::shuffle(&raw(s), 2)).len(),
+        );
+    }
+    (entropy_bytes, n, out)
 }
 
 /// Code bytes as the challenge counts them: the file's bytes, and for a self-extracting wrapper

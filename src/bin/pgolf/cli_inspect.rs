@@ -21,6 +21,10 @@ pub struct InspectArgs {
     /// Skip compressing each tensor alone with the artifact's coder (faster; no shares).
     #[arg(long)]
     no_shares: bool,
+    /// Also code every quantized tensor's symbols with every coder (zlib, zstd, xz, brotli, each ± shuffle, and
+    /// pgolf's rANS) and compare with their order-0 entropy.
+    #[arg(long)]
+    coders: bool,
     /// Cap on the bytes any decompression layer may produce.
     #[arg(long, default_value_t = Limits::default().max_decompressed_bytes)]
     max_decompressed_bytes: u64,
@@ -50,6 +54,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         .as_ref()
         .map(|p| inspect::code_size(p, &limits))
         .transpose()?;
+    let coders = args.coders.then(|| inspect::coder_comparison(&artifact));
     let params: usize = stats.iter().map(|s| s.params).sum();
     let model_bytes = artifact.file_bytes;
     let code_bytes = code.as_ref().map(|c| c.counted_bytes).unwrap_or(0);
@@ -81,6 +86,10 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             "margin": margin,
             "verdict": verdict,
         });
+        let mut obj = obj;
+        if let Some((entropy, n, sizes)) = &coders {
+            obj["coders"] = json!({"symbols": n, "entropy_bytes": entropy, "sizes": sizes});
+        }
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -115,6 +124,17 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
     );
     for s in &stats {
         print_row(s);
+    }
+    if let Some((entropy, n, sizes)) = &coders {
+        println!(
+            "coders on the {n} quantized symbols (each tensor alone; order-0 entropy {entropy:.0} bytes):"
+        );
+        for c in sizes {
+            println!(
+                "  {:<34} {:>10} bytes  {:.4} bits/symbol  {:.4} × entropy  {:.2} s",
+                c.coder, c.bytes, c.bits_per_symbol, c.over_entropy, c.seconds
+            );
+        }
     }
     println!("shares: {how}; floor% = rows whose scale sits at the legacy floor 1/clip_range");
     println!(

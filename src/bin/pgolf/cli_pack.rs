@@ -10,6 +10,8 @@ use pgolf::pack::container::Codec;
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::inspect::{self, BUDGET_BYTES, Coder};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
+use pgolf::pack::schema::Payload;
+use pgolf::pack::torchfile::HostTensor;
 use serde_json::json;
 
 /// The pure-Python decoder a train_gpt.py can embed; its bytes count as code.
@@ -33,7 +35,8 @@ enum CodecArg {
 
 #[derive(Args)]
 pub struct PackArgs {
-    /// The checkpoint: safetensors or a torch `.pt` state dict (float tensors, challenge names).
+    /// The checkpoint: safetensors or a torch `.pt` state dict (challenge names); a quantized artifact is
+    /// dequantized and re-quantized.
     checkpoint: PathBuf,
     /// Model config JSON, stored in the artifact so `verify` needs no `--config`.
     #[arg(long)]
@@ -88,17 +91,22 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     }
     let limits = Limits::default();
     let checkpoint = inspect::load_artifact(&args.checkpoint, &limits)?;
-    if let Some(t) = checkpoint
-        .tensors
-        .iter()
-        .find(|t| !matches!(t.payload, pgolf::pack::schema::Payload::Passthrough { .. }))
-    {
-        bail!(
-            "{}: {} is already quantized ({}); pack reads float checkpoints",
-            args.checkpoint.display(),
-            t.name,
-            t.scheme
-        );
+    // A quantized artifact is dequantized first (re-quantization), so a record's weights can be re-packed.
+    let mut checkpoint = checkpoint;
+    for t in checkpoint.tensors.iter_mut() {
+        if !matches!(t.payload, Payload::Passthrough { .. }) {
+            let values = t.dequantize();
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            t.payload = Payload::Passthrough {
+                values: HostTensor {
+                    dtype: "float32".into(),
+                    shape: t.shape.clone(),
+                    data,
+                },
+            };
+            t.scheme = "passthrough_fp32".into();
+            t.bits = 32;
+        }
     }
     let config = match &args.config {
         Some(p) => {
