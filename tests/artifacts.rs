@@ -23,6 +23,24 @@ const FIXTURES: [&str; 10] = [
     "sp1024_tied.banked.pt",
 ];
 
+/// `pgolf verify --json` of a fixture artifact with the sp1024_tied config on the model fixtures' stream.
+fn verify_fixture(rel: &str) -> Value {
+    pgolf_json(&[
+        "verify",
+        s(&fixture(rel)),
+        "--config",
+        s(&fixture("models/sp1024_tied.json")),
+        "--val",
+        &format!(
+            "{}/fineweb_val_*.bin",
+            fixture("models/val_sp1024").display()
+        ),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--json",
+    ])
+}
+
 fn artifacts_golden() -> Value {
     golden("artifacts/golden_artifacts.json")
 }
@@ -181,20 +199,7 @@ fn every_packed_scheme_is_recognised() {
     assert_eq!(scheme("blocks.1.mlp.fc.weight"), "int6_per_row+lqer_asym");
     assert_eq!(scheme("blocks.2.mlp.fc.weight"), "int6_per_row+lqer");
     // The banked checkpoint verifies like the unbanked one: same names, same weights.
-    let out = pgolf_json(&[
-        "verify",
-        s(&fixture("artifacts/sp1024_tied.banked.pt")),
-        "--config",
-        s(&fixture("models/sp1024_tied.json")),
-        "--val",
-        &format!(
-            "{}/fineweb_val_*.bin",
-            fixture("models/val_sp1024").display()
-        ),
-        "--tokenizer",
-        s(&tokenizer_path(1024)),
-        "--json",
-    ]);
+    let out = verify_fixture("artifacts/sp1024_tied.banked.pt");
     let g = golden("models/golden_sp1024_tied.json");
     let (a, b) = (
         out["val_bpb"].as_f64().unwrap(),
@@ -233,20 +238,7 @@ fn the_real_published_artifact_opens_and_dequantizes_like_the_challenge() {
 #[test]
 fn verify_reproduces_the_challenge_round_trip_bpb_of_an_int8_artifact() {
     let g = &artifacts_golden()["sp1024_tied.int8.ptz"]["roundtrip_eval_val"];
-    let out = pgolf_json(&[
-        "verify",
-        s(&fixture("artifacts/sp1024_tied.int8.ptz")),
-        "--config",
-        s(&fixture("models/sp1024_tied.json")),
-        "--val",
-        &format!(
-            "{}/fineweb_val_*.bin",
-            fixture("models/val_sp1024").display()
-        ),
-        "--tokenizer",
-        s(&tokenizer_path(1024)),
-        "--json",
-    ]);
+    let out = verify_fixture("artifacts/sp1024_tied.int8.ptz");
     for key in ["val_loss", "val_bpb"] {
         let (a, b) = (out[key].as_f64().unwrap(), g[key].as_f64().unwrap());
         assert!(((a - b) / b).abs() < 1e-6, "{key}: {a} vs {b}");

@@ -556,7 +556,7 @@ mod tests {
     fn b85_decodes_python_output() {
         // base64.b85encode(b"hello world") == b'Xk~0{Zy<MXa%^M'
         assert_eq!(b85decode("Xk~0{Zy<MXa%^M").unwrap(), b"hello world");
-        assert_eq!(b85decode("VPa!sWo~").unwrap(), b"abcdef");
+        assert_eq!(b85decode("VPa!sWo7").unwrap(), b"abcdef");
     }
 
     #[test]

@@ -230,19 +230,31 @@ impl Unpickler<'_> {
     }
 
     fn push(&mut self, v: Value) -> Result<(), String> {
-        let (depth, n) = match &v {
-            Value::List(_) | Value::Tuple(_) | Value::Dict(_) => v.measure(),
-            _ => (0, 1),
-        };
-        if depth > self.limits.max_pickle_depth {
+        self.admit([&v], 0)?;
+        self.stack.push(Item::Value(v));
+        Ok(())
+    }
+
+    /// Checks that values placed `extra_depth` levels down keep every container within the depth limit, and
+    /// charges them to the value budget.
+    fn admit<'v>(
+        &mut self,
+        values: impl IntoIterator<Item = &'v Value>,
+        extra_depth: usize,
+    ) -> Result<(), String> {
+        let (mut depth, mut n) = (0, 0);
+        for v in values {
+            let (d, m) = v.measure();
+            depth = depth.max(d);
+            n += m;
+        }
+        if depth + extra_depth > self.limits.max_pickle_depth {
             return Err(format!(
                 "containers nested deeper than {}",
                 self.limits.max_pickle_depth
             ));
         }
-        self.charge(n)?;
-        self.stack.push(Item::Value(v));
-        Ok(())
+        self.charge(n)
     }
 
     fn charge(&mut self, n: u64) -> Result<(), String> {
@@ -517,15 +529,7 @@ impl Unpickler<'_> {
     }
 
     fn extend_top(&mut self, items: Vec<Value>) -> Result<(), String> {
-        let n: u64 = items.iter().map(|v| v.measure().1).sum();
-        let depth = items.iter().map(|v| v.measure().0).max().unwrap_or(0);
-        if depth + 1 > self.limits.max_pickle_depth {
-            return Err(format!(
-                "containers nested deeper than {}",
-                self.limits.max_pickle_depth
-            ));
-        }
-        self.charge(n)?;
+        self.admit(&items, 1)?;
         match self.top()? {
             Value::List(l) => {
                 l.extend(items);
@@ -536,19 +540,7 @@ impl Unpickler<'_> {
     }
 
     fn set_items_top(&mut self, p: Vec<(Value, Value)>) -> Result<(), String> {
-        let n: u64 = p.iter().map(|(a, b)| a.measure().1 + b.measure().1).sum();
-        let depth = p
-            .iter()
-            .map(|(a, b)| a.measure().0.max(b.measure().0))
-            .max()
-            .unwrap_or(0);
-        if depth + 1 > self.limits.max_pickle_depth {
-            return Err(format!(
-                "containers nested deeper than {}",
-                self.limits.max_pickle_depth
-            ));
-        }
-        self.charge(n)?;
+        self.admit(p.iter().flat_map(|(a, b)| [a, b]), 1)?;
         match self.top()? {
             Value::Dict(d) => {
                 for (k, v) in p {
