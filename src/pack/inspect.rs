@@ -59,6 +59,11 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
         path: path.into(),
         source,
     })?;
+    load_artifact_bytes(path, bytes, limits)
+}
+
+/// Reads an artifact held in memory; `path` names it in errors.
+pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Artifact> {
     let file_bytes = bytes.len() as u64;
     if is_safetensors(&bytes) {
         let tensors = read_safetensors(path, &bytes)?;

@@ -1,0 +1,210 @@
+//! Malformed input for every reader: truncations, bit flips, oversized declarations and wrong types. Each must be a
+//! clean error (or, for a flip that leaves the input valid, a result) — never a panic, a hang or an unbounded
+//! allocation.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use common::*;
+use pgolf::data::sentencepiece::SpModel;
+use pgolf::data::shard;
+use pgolf::infer::config::ModelConfig;
+use pgolf::pack::inspect::load_artifact_bytes;
+use pgolf::pack::{Limits, pickle, rans};
+
+/// Truncations at 40 points and single-bit flips at 200 positions spread over the input.
+fn mutations(good: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let n = good.len();
+    for i in 0..40 {
+        out.push(good[..n * i / 40].to_vec());
+    }
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for k in 0..200 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Half of the flips land in the first 256 bytes, where headers live.
+        let pos = if k % 2 == 0 {
+            (seed >> 33) as usize % n.min(256)
+        } else {
+            (seed >> 33) as usize % n
+        };
+        let mut m = good.to_vec();
+        m[pos] ^= 1 << ((seed >> 20) % 8);
+        out.push(m);
+    }
+    out
+}
+
+fn never_panics<T, E>(
+    what: &str,
+    inputs: Vec<Vec<u8>>,
+    read: impl Fn(&[u8]) -> Result<T, E>,
+) -> usize {
+    let mut errors = 0;
+    for (i, input) in inputs.iter().enumerate() {
+        match catch_unwind(AssertUnwindSafe(|| read(input))) {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => errors += 1,
+            Err(_) => panic!("{what}: mutation {i} ({} bytes) panicked", input.len()),
+        }
+    }
+    errors
+}
+
+fn small_limits() -> Limits {
+    Limits {
+        max_decompressed_bytes: 64 << 20,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn shards() {
+    let good = std::fs::read(fixture("data/sp1024/fineweb_val_000000.bin")).unwrap();
+    let errors = never_panics("shard", mutations(&good), |b| {
+        shard::parse_shard(Path::new("m.bin"), b)
+    });
+    assert!(errors >= 39, "every truncation is an error ({errors})");
+    // An oversized declaration: 2^31 − 1 tokens in a 1 KiB file.
+    let mut big = shard::encode_shard(&[1, 2, 3]);
+    big[8..12].copy_from_slice(&i32::MAX.to_le_bytes());
+    assert!(
+        shard::parse_shard(Path::new("big.bin"), &big)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated")
+    );
+}
+
+#[test]
+fn sentencepiece_models() {
+    let good = std::fs::read(tokenizer_path(1024)).unwrap();
+    never_panics("spm", mutations(&good), |b| {
+        SpModel::from_bytes(Path::new("m.model"), b)
+    });
+    // Wrong type: a shard is not a model.
+    let shard_bytes = std::fs::read(fixture("data/sp1024/fineweb_val_000000.bin")).unwrap();
+    assert!(SpModel::from_bytes(Path::new("shard.model"), &shard_bytes).is_err());
+}
+
+#[test]
+fn artifacts_of_every_layer() {
+    for name in [
+        "artifacts/sp1024_tied.int8.ptz",
+        "artifacts/sp1024_tied.int6.xz.ptz",
+        "artifacts/sp1024_tied.int6.zst.ptz",
+        "artifacts/sp1024_tied.int6.br.ptz",
+        "artifacts/sp1024_tied.int6.rawlzma.ptz",
+        "artifacts/sp1024_tied.int6.pgrp0.ptz",
+        "artifacts/sp1024_tied.typed.xz.ptz",
+        "artifacts/sp1024_tied.banked.pt",
+        "pack/sp1024_tied.sdclip.pglf",
+        "models/sp1024_tied.safetensors",
+    ] {
+        let good = std::fs::read(fixture(name)).unwrap();
+        let limits = small_limits();
+        let errors = never_panics(name, mutations(&good), |b| {
+            load_artifact_bytes(Path::new(name), b.to_vec(), &limits)
+        });
+        assert!(errors > 0, "{name}: some mutations must be rejected");
+    }
+}
+
+#[test]
+fn pickles() {
+    // The pickle inside the baseline fixture, mutated directly (no zip or zlib around it to catch the damage).
+    let ptz = std::fs::read(fixture("artifacts/sp1024_tied.int8.ptz")).unwrap();
+    let mut zip_bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::ZlibDecoder::new(ptz.as_slice()),
+        &mut zip_bytes,
+    )
+    .unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let mut pkl = Vec::new();
+    std::io::Read::read_to_end(&mut z.by_name("archive/data.pkl").unwrap(), &mut pkl).unwrap();
+    let limits = Limits::default();
+    never_panics("pickle", mutations(&pkl), |b| pickle::unpickle(b, &limits));
+    // Oversized declarations: a 4 GiB string and a 2^63-byte BINBYTES8.
+    assert!(pickle::unpickle(b"\x80\x02X\xff\xff\xff\xff", &limits).is_err());
+    assert!(pickle::unpickle(b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\x7f", &limits).is_err());
+    // Wrong types: REDUCE on a string, SETITEM on a list, a tensor rebuild without a storage.
+    assert!(pickle::unpickle(b"\x80\x02X\x01\x00\x00\x00a)R.", &limits).is_err());
+    assert!(pickle::unpickle(b"\x80\x02]K\x01K\x02s.", &limits).is_err());
+    assert!(
+        pickle::unpickle(
+            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(K\x00K\x00)))tR.",
+            &limits
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn rans_streams() {
+    let syms: Vec<i8> = (0..70_000)
+        .map(|i| ((i * 7919 % 61) as i32 - 30) as i8)
+        .collect();
+    let good = rans::encode(&syms);
+    never_panics("rans", mutations(&good), |b| rans::decode(b, 1 << 24));
+    // An oversized declaration is refused before any allocation.
+    assert!(
+        rans::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f], 1 << 24)
+            .unwrap_err()
+            .to_string()
+            .contains("limit")
+    );
+}
+
+#[test]
+fn configs() {
+    for bad in [
+        r#"{"num_layers": "nine"}"#,
+        r#"{"model_dim": -512}"#,
+        r#"{"num_heads": 0}"#,
+        r#"{"vocab_size": 99999999999}"#,
+        r#"{"logit_softcap": -1}"#,
+        r#"[1, 2, 3]"#,
+        r#"{"model_dim": 512, "num_heads": 8, "num_kv_heads": 3}"#,
+        "{",
+    ] {
+        let parsed: Result<ModelConfig, _> = serde_json::from_str(bad);
+        let rejected = match parsed {
+            Err(_) => true,
+            Ok(cfg) => cfg.validate().is_err(),
+        };
+        assert!(rejected, "{bad} must be rejected");
+    }
+}
+
+#[test]
+fn the_cli_gives_one_line_and_leaves_no_output_on_bad_input() {
+    let dir = temp_dir("cli-malformed");
+    let good = std::fs::read(fixture("artifacts/sp1024_tied.int8.ptz")).unwrap();
+    let bad = dir.join("bad.ptz");
+    std::fs::write(&bad, &good[..good.len() / 3]).unwrap();
+    let e = pgolf_err(&["inspect", s(&bad)]);
+    assert!(e.contains("bad.ptz"), "{e}");
+    let out = dir.join("out.pglf");
+    let e = pgolf_err(&["pack", s(&bad), "-o", s(&out)]);
+    assert!(e.contains("bad.ptz"), "{e}");
+    assert!(!out.exists());
+    let e = pgolf_err(&[
+        "verify",
+        s(&bad),
+        "--config",
+        s(&fixture("models/sp1024_tied.json")),
+        "--val",
+        &format!(
+            "{}/fineweb_val_*.bin",
+            fixture("models/val_sp1024").display()
+        ),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+    ]);
+    assert!(e.contains("bad.ptz"), "{e}");
+}
