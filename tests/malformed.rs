@@ -147,7 +147,7 @@ fn pickles() {
 #[test]
 fn rans_streams() {
     let syms: Vec<i8> = (0..70_000)
-        .map(|i| ((i * 7919 % 61) as i32 - 30) as i8)
+        .map(|i: i32| (i * 7919 % 61 - 30) as i8)
         .collect();
     let good = rans::encode(&syms);
     never_panics("rans", mutations(&good), |b| rans::decode(b, 1 << 24));
