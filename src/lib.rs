@@ -5,5 +5,6 @@
 
 pub mod data;
 pub mod infer;
+pub mod limits;
 pub mod pack;
 pub mod verify;

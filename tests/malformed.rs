@@ -72,11 +72,12 @@ fn shards() {
     // An oversized declaration: 2^31 − 1 tokens in a 1 KiB file.
     let mut big = shard::encode_shard(&[1, 2, 3]);
     big[8..12].copy_from_slice(&i32::MAX.to_le_bytes());
+    let e = shard::parse_shard(Path::new("big.bin"), &big)
+        .unwrap_err()
+        .to_string();
     assert!(
-        shard::parse_shard(Path::new("big.bin"), &big)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated")
+        e.contains("big.bin") && e.contains("exceed the limit"),
+        "{e}"
     );
 }
 
@@ -207,4 +208,54 @@ fn the_cli_gives_one_line_and_leaves_no_output_on_bad_input() {
         s(&tokenizer_path(1024)),
     ]);
     assert!(e.contains("bad.ptz"), "{e}");
+}
+
+#[test]
+fn limits_are_named_and_can_be_raised() {
+    let dir = temp_dir("limits");
+    let p = dir.join("fineweb_val_000000.bin");
+    std::fs::write(
+        &p,
+        shard::encode_shard(&(0..5000u16).map(|i| i % 200 + 1).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    let e = pgolf_err(&[
+        "data",
+        "stats",
+        "--val",
+        s(&p),
+        "--tokenizer",
+        "byte260",
+        "--max-shard-tokens",
+        "1000",
+    ]);
+    assert!(
+        e.contains("fineweb_val_000000.bin")
+            && e.contains("exceed the limit of 1000 tokens")
+            && e.contains("--max-shard-tokens"),
+        "{e}"
+    );
+    let out = pgolf(&[
+        "data",
+        "stats",
+        "--val",
+        s(&p),
+        "--tokenizer",
+        "byte260",
+        "--max-shard-tokens",
+        "5000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = pgolf_err(&[
+        "inspect",
+        s(&fixture("artifacts/sp1024_tied.typed.xz.ptz")),
+        "--max-tensor-elements",
+        "100",
+    ]);
+    assert!(e.contains("exceeds the limit of 100 elements"), "{e}");
 }

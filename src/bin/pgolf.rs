@@ -25,6 +25,15 @@ struct Cli {
     /// CPU threads for the forward pass (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Cap on the bytes any decompression layer may produce.
+    #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_decompressed_bytes)]
+    max_decompressed_bytes: u64,
+    /// Cap on the elements of one tensor.
+    #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_tensor_elements)]
+    max_tensor_elements: u64,
+    /// Cap on the tokens one shard may declare.
+    #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_shard_tokens)]
+    max_shard_tokens: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +66,12 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
     }
+    pgolf::limits::set_current(pgolf::limits::Limits {
+        max_decompressed_bytes: cli.max_decompressed_bytes,
+        max_tensor_elements: cli.max_tensor_elements,
+        max_shard_tokens: cli.max_shard_tokens,
+        ..pgolf::limits::Limits::DEFAULT
+    });
     let result = match cli.command {
         Command::Data { command } => cli_data::run(command),
         Command::Inspect(args) => cli_inspect::run(args),

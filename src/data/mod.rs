@@ -38,7 +38,9 @@ pub enum DataError {
         expected: u64,
         actual: u64,
     },
-    #[error("{path}: {count} tokens exceed the limit of {limit} tokens per shard")]
+    #[error(
+        "{path}: {count} tokens exceed the limit of {limit} tokens per shard (raise it with --max-shard-tokens)"
+    )]
     TooManyTokens {
         path: PathBuf,
         count: u64,

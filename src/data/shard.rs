@@ -52,6 +52,14 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<Vec<u16>> {
         });
     }
     let declared = count as u64;
+    let limit = crate::limits::current().max_shard_tokens;
+    if declared > limit {
+        return Err(DataError::TooManyTokens {
+            path: path.into(),
+            count: declared,
+            limit,
+        });
+    }
     let expected = HEADER_BYTES as u64 + 2 * declared;
     if bytes.len() as u64 != expected {
         return Err(DataError::SizeMismatch {

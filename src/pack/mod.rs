@@ -14,35 +14,7 @@ pub mod torchfile;
 
 use std::path::PathBuf;
 
-/// Bounds every reader obeys, generous enough for real 16 MB artifacts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Bytes any decompression layer may produce.
-    pub max_decompressed_bytes: u64,
-    /// Elements of one tensor.
-    pub max_tensor_elements: u64,
-    /// Nesting depth of pickled containers.
-    pub max_pickle_depth: usize,
-    /// Entries of the pickle memo.
-    pub max_memo_entries: usize,
-    /// Values the unpickler may create (copies through the memo included).
-    pub max_pickle_values: u64,
-    /// Entries of a zip archive.
-    pub max_zip_entries: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_decompressed_bytes: 1 << 30,
-            max_tensor_elements: 1 << 31,
-            max_pickle_depth: 64,
-            max_memo_entries: 1 << 20,
-            max_pickle_values: 1 << 24,
-            max_zip_entries: 100_000,
-        }
-    }
-}
+pub use crate::limits::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use pgolf::pack::Limits;
 use pgolf::pack::inspect::{self, BUDGET_BYTES, TensorStats};
 use serde_json::json;
 
@@ -25,19 +24,13 @@ pub struct InspectArgs {
     /// pgolf's rANS) and compare with their order-0 entropy.
     #[arg(long)]
     coders: bool,
-    /// Cap on the bytes any decompression layer may produce.
-    #[arg(long, default_value_t = Limits::default().max_decompressed_bytes)]
-    max_decompressed_bytes: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: InspectArgs) -> Result<ExitCode> {
-    let limits = Limits {
-        max_decompressed_bytes: args.max_decompressed_bytes,
-        ..Limits::default()
-    };
+    let limits = pgolf::limits::current();
     let artifact = inspect::load_artifact(&args.file, &limits)?;
     let coder = if args.no_shares {
         None

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use pgolf::pack::Limits;
 use pgolf::pack::container::Codec;
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::inspect::{self, BUDGET_BYTES, Coder};
@@ -89,7 +88,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             bail!("bit widths must be in 2..=8, got {b}");
         }
     }
-    let limits = Limits::default();
+    let limits = pgolf::limits::current();
     let checkpoint = inspect::load_artifact(&args.checkpoint, &limits)?;
     // A quantized artifact is dequantized first (re-quantization), so a record's weights can be re-packed.
     let mut checkpoint = checkpoint;

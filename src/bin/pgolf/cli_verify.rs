@@ -210,7 +210,7 @@ fn load_weights(
     if is_safetensors {
         return Ok((weights::load_safetensors(path, device)?, None));
     }
-    let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::pack::Limits::default())?;
+    let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current())?;
     let mut state = weights::StateDict::new();
     for t in &artifact.tensors {
         let values = t.dequantize();

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs one fuzz target (or all) with a seed corpus built from the committed fixtures.
+#   cargo install cargo-fuzz        # once
+#   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans config, or all
+# cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them (as below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:-all}
+seconds=${2:-600}
+seed() {
+  local t=$1 dir=fuzz/corpus/$1
+  mkdir -p "$dir"
+  case $t in
+    shard) cp fixtures/models/val_sp1024/fineweb_val_000000.bin "$dir/" ;;
+    sentencepiece) cp ../shared/data/tokenizers/fineweb_1024_bpe.model "$dir/" 2>/dev/null || true ;;
+    artifact|outer) cp fixtures/artifacts/*.ptz fixtures/artifacts/*.pt fixtures/pack/*.pglf "$dir/" ;;
+    pickle) python3 - "$dir" <<'PY'
+import io, sys, zipfile, zlib
+z = zipfile.ZipFile(io.BytesIO(zlib.decompress(open("fixtures/artifacts/sp1024_tied.int8.ptz", "rb").read())))
+open(sys.argv[1] + "/baseline.pkl", "wb").write(z.read("archive/data.pkl"))
+PY
+    ;;
+    rans) printf '\x01\x05\xfe\x02\x0f' > "$dir/header" ;;
+    config) cp fixtures/models/*.json "$dir/" ; rm -f "$dir"/golden_* ;;
+  esac
+}
+run() {
+  seed "$1"
+  RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$1" "fuzz/corpus/$1" -- -max_total_time="$seconds" -rss_limit_mb=4096 \
+    -timeout=10 -print_final_stats=1 -runs=${RUNS:-1000000}
+}
+if [ "$target" = all ]; then
+  for t in shard sentencepiece artifact pickle outer rans config; do run "$t"; done
+else
+  run "$target"
+fi
