@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_zip_entries: usize,
     /// Tokens one shard may declare.
     pub max_shard_tokens: u64,
+    /// Seconds an external decompressor (lrzip) may run on one stream before it is killed.
+    pub max_external_seconds: u64,
 }
 
 impl Limits {
@@ -32,6 +34,7 @@ impl Limits {
         max_pickle_values: 1 << 24,
         max_zip_entries: 100_000,
         max_shard_tokens: 1 << 28,
+        max_external_seconds: 300,
     };
 }
 

@@ -259,3 +259,23 @@ fn limits_are_named_and_can_be_raised() {
     ]);
     assert!(e.contains("exceeds the limit of 100 elements"), "{e}");
 }
+
+/// Found by the `artifact` fuzz target: a PGRP container whose damaged lrzip stream keeps lrzip busy for ~40 s.
+/// External programs now run under a time limit.
+#[test]
+fn a_slow_lrzip_stream_is_stopped_at_the_time_limit() {
+    let p = fixture("regressions/pgrp_lrzip_slow.ptz");
+    let e = pgolf_err(&["inspect", s(&p), "--max-external-seconds", "1"]);
+    let lrzip_present = std::process::Command::new("lrzip")
+        .arg("-V")
+        .output()
+        .is_ok();
+    if lrzip_present {
+        assert!(
+            e.contains("pgrp_lrzip_slow.ptz") && e.contains("ran past the limit of 1 s"),
+            "{e}"
+        );
+    } else {
+        assert!(e.contains("`lrzip` program is not on PATH"), "{e}");
+    }
+}

@@ -31,6 +31,9 @@ struct Cli {
     /// Cap on the elements of one tensor.
     #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_tensor_elements)]
     max_tensor_elements: u64,
+    /// Seconds an external decompressor (lrzip, for PGRP artifacts) may run on one stream.
+    #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_external_seconds)]
+    max_external_seconds: u64,
     /// Cap on the tokens one shard may declare.
     #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_shard_tokens)]
     max_shard_tokens: u64,
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         max_decompressed_bytes: cli.max_decompressed_bytes,
         max_tensor_elements: cli.max_tensor_elements,
         max_shard_tokens: cli.max_shard_tokens,
+        max_external_seconds: cli.max_external_seconds,
         ..pgolf::limits::Limits::DEFAULT
     });
     let result = match cli.command {

@@ -6,7 +6,8 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::torchfile::{self, HostTensor, Obj};
 use super::{Limits, PackError, Result, outer};
@@ -89,7 +90,8 @@ fn brotli_capped(path: &Path, data: &[u8], limit: u64) -> Result<Vec<u8>> {
 }
 
 /// Runs `lrzip -d` on one stream through a private temporary directory.
-fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limit: u64) -> Result<Vec<u8>> {
+fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limits: &Limits) -> Result<Vec<u8>> {
+    let limit = limits.max_decompressed_bytes;
     let dir = std::env::temp_dir().join(format!(
         "pgolf-lrzip-{}-{}",
         std::process::id(),
@@ -103,16 +105,18 @@ fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limit: u64) -> Result
     let (inp, out) = (dir.join("group.lrz"), dir.join("group.bin"));
     let result = (|| {
         std::fs::write(&inp, data).map_err(io_err)?;
-        let run = Command::new("lrzip")
+        let child = Command::new("lrzip")
             .arg("-d")
             .arg("-f")
             .arg("-q")
             .arg("-o")
             .arg(&out)
             .arg(&inp)
-            .output();
-        let run = match run {
-            Ok(r) => r,
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(PackError::Unsupported {
                     path: path.into(),
@@ -124,6 +128,27 @@ fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limit: u64) -> Result
             }
             Err(e) => return Err(io_err(e)),
         };
+        // Untrusted input must not hang pgolf: the program is killed past the time limit.
+        let deadline = Instant::now() + Duration::from_secs(limits.max_external_seconds);
+        loop {
+            if child.try_wait().map_err(io_err)?.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(PackError::Corrupt {
+                    path: path.into(),
+                    layer: "lrzip",
+                    message: format!(
+                        "group {group:?}: lrzip ran past the limit of {} s and was stopped",
+                        limits.max_external_seconds
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let run = child.wait_with_output().map_err(io_err)?;
         if !run.status.success() {
             return Err(PackError::Corrupt {
                 path: path.into(),
@@ -213,7 +238,7 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
         if streams[gi].is_empty() {
             continue;
         }
-        let raw = lrzip_decompress(path, group, streams[gi], limit)?;
+        let raw = lrzip_decompress(path, group, streams[gi], limits)?;
         let shapes = shapes_of(path, manifest, group)?;
         let mut off = 0usize;
         for (layer, shape) in shapes.iter().enumerate() {
