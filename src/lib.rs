@@ -6,5 +6,6 @@
 pub mod data;
 pub mod infer;
 pub mod limits;
+pub mod optim;
 pub mod pack;
 pub mod verify;

@@ -46,8 +46,9 @@ fn forward_pass_matches_the_reference_per_target() {
         let tokens = shard::load_validation_tokens(&val_glob(&g), l).unwrap();
         let model = load_model(name);
         let nll = ModelScorer { model: &model }
-            .score(&[&tokens[..l]], &[&tokens[1..l + 1]])
-            .unwrap();
+            .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])
+            .unwrap()
+            .nll;
         let expected: Vec<f64> = g["first_sequence_nll"]
             .as_array()
             .unwrap()

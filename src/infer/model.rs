@@ -4,7 +4,9 @@
 //! Attention: q,k,v projections, per-head RMSNorm of q and k, half-split RoPE, per-head q_gain, grouped-query causal
 //! softmax attention (scale 1/√head_dim), output projection. MLP: relu(x·fcᵀ)² · projᵀ.
 
-use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
 use super::attention::{AttentionShape, causal_attention};
@@ -14,41 +16,44 @@ use super::weights::StateDict;
 /// `F.rms_norm` with eps=None uses FLT_EPSILON.
 pub const RMS_NORM_EPS: f32 = f32::EPSILON;
 
-struct Attention {
-    c_q: Tensor,
-    c_k: Tensor,
-    c_v: Tensor,
-    proj: Tensor,
-    /// [1, H, 1, 1]
-    q_gain: Tensor,
+/// Which kernels a forward pass uses: `Score` the fastest ones (no gradients: fused RMSNorm and RoPE, the blocked
+/// CPU attention), `Train` a composition of differentiable candle operations, so `backward()` reaches every weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Score,
+    Train,
 }
 
-struct Mlp {
-    fc: Tensor,
-    proj: Tensor,
-}
-
-struct Block {
-    attn: Attention,
-    mlp: Mlp,
-    /// [d]
-    attn_scale: Tensor,
-    mlp_scale: Tensor,
-    /// rows 0 and 1 of resid_mix, each [d]
-    mix_x: Tensor,
-    mix_x0: Tensor,
+/// Positions of one block's tensors in [`Gpt`]'s parameter list.
+struct BlockParams {
+    attn_scale: usize,
+    mlp_scale: usize,
+    /// [2, d]: row 0 mixes the stream, row 1 the embedding x0.
+    resid_mix: usize,
+    c_q: usize,
+    c_k: usize,
+    c_v: usize,
+    attn_proj: usize,
+    /// [H]
+    q_gain: usize,
+    fc: usize,
+    mlp_proj: usize,
 }
 
 /// The forward pass. Built from a checked state dict on a device and dtype; the output logits are always f32.
+/// The weights are kept as one list in the challenge's state-dict order ([`ModelConfig::expected_tensors`]), so
+/// callers can enumerate, hash, or make them trainable by name.
 pub struct Gpt {
     pub cfg: ModelConfig,
     device: Device,
     dtype: DType,
-    tok_emb: Tensor,
-    lm_head: Option<Tensor>,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    tok_emb: usize,
+    lm_head: Option<usize>,
     /// [n_skip, d]
-    skip_weights: Vec<Tensor>,
-    blocks: Vec<Block>,
+    skip_weights: usize,
+    blocks: Vec<BlockParams>,
     /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
     ones_model: Tensor,
     ones_head: Tensor,
@@ -64,6 +69,13 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(out_dims)?)
 }
 
+/// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).
+fn softmax_last_dim_differentiable(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
 impl Gpt {
     pub fn new(
         cfg: ModelConfig,
@@ -71,56 +83,81 @@ impl Gpt {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let mut take = |name: &str| -> Result<Tensor> {
-            Ok(state
-                .remove(name)
+        let mut names = Vec::new();
+        let mut params = Vec::new();
+        for (name, _) in cfg.expected_tensors() {
+            let t = state
+                .remove(&name)
                 .expect("checked by check_state_dict")
                 .to_device(device)?
-                .to_dtype(dtype)?)
-        };
-        let tok_emb = take("tok_emb.weight")?;
-        let lm_head = if cfg.tie_embeddings {
-            None
-        } else {
-            Some(take("lm_head.weight")?)
-        };
-        let skip = take("skip_weights")?;
-        let skip_weights = (0..cfg.num_skip_weights())
-            .map(|i| skip.get(i))
-            .collect::<candle_core::Result<_>>()?;
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let b = format!("blocks.{i}");
-            let resid_mix = take(&format!("{b}.resid_mix"))?;
-            blocks.push(Block {
-                attn: Attention {
-                    c_q: take(&format!("{b}.attn.c_q.weight"))?,
-                    c_k: take(&format!("{b}.attn.c_k.weight"))?,
-                    c_v: take(&format!("{b}.attn.c_v.weight"))?,
-                    proj: take(&format!("{b}.attn.proj.weight"))?,
-                    q_gain: take(&format!("{b}.attn.q_gain"))?.reshape((1, cfg.num_heads, 1, 1))?,
-                },
-                mlp: Mlp {
-                    fc: take(&format!("{b}.mlp.fc.weight"))?,
-                    proj: take(&format!("{b}.mlp.proj.weight"))?,
-                },
-                attn_scale: take(&format!("{b}.attn_scale"))?,
-                mlp_scale: take(&format!("{b}.mlp_scale"))?,
-                mix_x: resid_mix.get(0)?,
-                mix_x0: resid_mix.get(1)?,
-            });
+                .to_dtype(dtype)?;
+            names.push(name);
+            params.push(t);
         }
+        let index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let at = |name: &str| index[name];
+        let blocks = (0..cfg.num_layers)
+            .map(|i| {
+                let b = format!("blocks.{i}");
+                BlockParams {
+                    attn_scale: at(&format!("{b}.attn_scale")),
+                    mlp_scale: at(&format!("{b}.mlp_scale")),
+                    resid_mix: at(&format!("{b}.resid_mix")),
+                    c_q: at(&format!("{b}.attn.c_q.weight")),
+                    c_k: at(&format!("{b}.attn.c_k.weight")),
+                    c_v: at(&format!("{b}.attn.c_v.weight")),
+                    attn_proj: at(&format!("{b}.attn.proj.weight")),
+                    q_gain: at(&format!("{b}.attn.q_gain")),
+                    fc: at(&format!("{b}.mlp.fc.weight")),
+                    mlp_proj: at(&format!("{b}.mlp.proj.weight")),
+                }
+            })
+            .collect();
         Ok(Gpt {
+            tok_emb: at("tok_emb.weight"),
+            lm_head: (!cfg.tie_embeddings).then(|| at("lm_head.weight")),
+            skip_weights: at("skip_weights"),
+            blocks,
             ones_model: Tensor::ones(cfg.model_dim, dtype, device)?,
             ones_head: Tensor::ones(cfg.head_dim(), dtype, device)?,
             cfg,
             device: device.clone(),
             dtype,
-            tok_emb,
-            lm_head,
-            skip_weights,
-            blocks,
+            names,
+            params,
         })
+    }
+
+    /// Every weight with its state-dict name, in the challenge's order.
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.names.iter().map(|n| n.as_str()).zip(&self.params)
+    }
+
+    /// Turns the weights `selected` by name into candle variables (the model then reads them, so updating a
+    /// variable in place updates the model) and returns them in the challenge's order; the others stay constants.
+    pub fn make_trainable(
+        &mut self,
+        selected: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        for (name, t) in self.names.iter().zip(self.params.iter_mut()) {
+            if selected(name) {
+                let var = Var::from_tensor(t)?;
+                *t = var.as_tensor().clone();
+                vars.push((name.clone(), var));
+            } else {
+                *t = t.detach();
+            }
+        }
+        Ok(vars)
+    }
+
+    fn p(&self, i: usize) -> &Tensor {
+        &self.params[i]
     }
 
     pub fn device(&self) -> &Device {
@@ -152,18 +189,25 @@ impl Gpt {
         ))
     }
 
-    fn rms_norm(&self, x: &Tensor, ones: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(
-            &x.contiguous()?,
-            ones,
-            RMS_NORM_EPS,
-        )?)
+    fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
+        Ok(match pass {
+            Pass::Score => candle_nn::ops::rms_norm(&x.contiguous()?, ones, RMS_NORM_EPS)?,
+            Pass::Train => {
+                // x · rsqrt(mean(x²) + eps), as F.rms_norm.
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_mul(&(ms + RMS_NORM_EPS as f64)?.sqrt()?.recip()?)?
+            }
+        })
     }
 
     /// Logits [B, T, V] (f32, soft-capped) for token ids [B, T] (u32).
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        self.softcap_tensor(&self.uncapped_logits(ids)?)
+    }
+
+    fn softcap_tensor(&self, z: &Tensor) -> Result<Tensor> {
         let c = self.cfg.logit_softcap;
-        Ok(((self.uncapped_logits(ids)? / c)?.tanh()? * c)?)
+        Ok(((z / c)?.tanh()? * c)?)
     }
 
     /// The soft-cap `c · tanh(z / c)` applied to one uncapped logit, in f32 as the reference computes it.
@@ -176,13 +220,41 @@ impl Gpt {
     /// The head's output [B, T, V] (f32) before the soft-cap, for callers that fuse the cap with their own pass
     /// over the logits.
     pub fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head(&self.final_hidden(ids, Pass::Score)?)
+    }
+
+    /// The head applied to final hidden states [.., d]: uncapped logits in f32.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
+        Ok(linear(hidden, head)?.to_dtype(DType::F32)?)
+    }
+
+    /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
+    /// to every trainable weight: the reference's `GPT.forward(x, y)`.
+    pub fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.softcap_tensor(&self.head(&self.final_hidden(ids, Pass::Train)?)?)?;
+        let v = logits.dim(D::Minus1)?;
+        let logits = logits.reshape(((), v))?;
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let lse = (logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            + &max)?;
+        let picked = logits.gather(&targets.flatten_all()?.unsqueeze(1)?, D::Minus1)?;
+        Ok((lse - picked)?.mean_all()?)
+    }
+
+    /// The final hidden states [B, T, d] (after the last RMSNorm) for token ids [B, T] (u32).
+    pub fn final_hidden(&self, ids: &Tensor, pass: Pass) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let x = self
-            .tok_emb
+            .p(self.tok_emb)
             .embedding(&ids.flatten_all()?)?
             .reshape((b, t, cfg.model_dim))?;
-        let x0 = self.rms_norm(&x, &self.ones_model)?;
+        let x0 = self.rms_norm(&x, &self.ones_model, pass)?;
         let (cos, neg_sin) = {
             let (c, s) = self.rope_tables(t)?;
             (c, s.neg()?)
@@ -190,12 +262,12 @@ impl Gpt {
         let mut x = x0.clone();
         let mut skips = Vec::with_capacity(cfg.num_encoder_layers());
         for i in 0..cfg.num_encoder_layers() {
-            x = self.block(&self.blocks[i], &x, &x0, &cos, &neg_sin)?;
+            x = self.block(&self.blocks[i], &x, &x0, &cos, &neg_sin, pass)?;
             skips.push(x.clone());
         }
         for j in 0..cfg.num_decoder_layers() {
             if let Some(skip) = skips.pop() {
-                x = (x + skip.broadcast_mul(&self.skip_weights[j])?)?;
+                x = (x + skip.broadcast_mul(&self.p(self.skip_weights).get(j)?)?)?;
             }
             x = self.block(
                 &self.blocks[cfg.num_encoder_layers() + j],
@@ -203,42 +275,45 @@ impl Gpt {
                 &x0,
                 &cos,
                 &neg_sin,
+                pass,
             )?;
         }
-        let x = self.rms_norm(&x, &self.ones_model)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.tok_emb);
-        Ok(linear(&x, head)?.to_dtype(DType::F32)?)
+        self.rms_norm(&x, &self.ones_model, pass)
     }
 
     fn block(
         &self,
-        blk: &Block,
+        blk: &BlockParams,
         x: &Tensor,
         x0: &Tensor,
         cos: &Tensor,
         neg_sin: &Tensor,
+        pass: Pass,
     ) -> Result<Tensor> {
-        let x = (x.broadcast_mul(&blk.mix_x)? + x0.broadcast_mul(&blk.mix_x0)?)?;
+        let mix = self.p(blk.resid_mix);
+        let x = (x.broadcast_mul(&mix.get(0)?)? + x0.broadcast_mul(&mix.get(1)?)?)?;
         let a = self.attention(
-            &blk.attn,
-            &self.rms_norm(&x, &self.ones_model)?,
+            blk,
+            &self.rms_norm(&x, &self.ones_model, pass)?,
             cos,
             neg_sin,
+            pass,
         )?;
-        let x = (&x + a.broadcast_mul(&blk.attn_scale)?)?;
-        let h = linear(&self.rms_norm(&x, &self.ones_model)?, &blk.mlp.fc)?
+        let x = (&x + a.broadcast_mul(self.p(blk.attn_scale))?)?;
+        let h = linear(&self.rms_norm(&x, &self.ones_model, pass)?, self.p(blk.fc))?
             .relu()?
             .sqr()?;
-        let m = linear(&h, &blk.mlp.proj)?;
-        Ok((x + m.broadcast_mul(&blk.mlp_scale)?)?)
+        let m = linear(&h, self.p(blk.mlp_proj))?;
+        Ok((x + m.broadcast_mul(self.p(blk.mlp_scale))?)?)
     }
 
     fn attention(
         &self,
-        a: &Attention,
+        blk: &BlockParams,
         x: &Tensor,
         cos: &Tensor,
         neg_sin: &Tensor,
+        pass: Pass,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, d) = x.dims3()?;
@@ -249,15 +324,21 @@ impl Gpt {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = self.rms_norm(&heads(&a.c_q, h)?, &self.ones_head)?;
-        let k = self.rms_norm(&heads(&a.c_k, hkv)?, &self.ones_head)?;
-        let v = heads(&a.c_v, hkv)?;
+        let q = self.rms_norm(&heads(self.p(blk.c_q), h)?, &self.ones_head, pass)?;
+        let k = self.rms_norm(&heads(self.p(blk.c_k), hkv)?, &self.ones_head, pass)?;
+        let v = heads(self.p(blk.c_v), hkv)?;
         // The reference rotates with [x1·cos + x2·sin, −x1·sin + x2·cos]: candle's half-split rope with −sin.
-        let q = candle_nn::rotary_emb::rope(&q, cos, neg_sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, neg_sin)?;
-        let q = q.broadcast_mul(&a.q_gain)?;
+        let rope = |z: &Tensor| -> Result<Tensor> {
+            Ok(match pass {
+                Pass::Score => candle_nn::rotary_emb::rope(z, cos, neg_sin)?,
+                Pass::Train => candle_nn::rotary_emb::rope_slow(z, cos, neg_sin)?,
+            })
+        };
+        let q = rope(&q)?;
+        let k = rope(&k)?;
+        let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = if self.device.is_cpu() && self.dtype == DType::F32 {
+        let y = if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
             let shape = AttentionShape {
                 batch: b,
                 heads: h,
@@ -283,10 +364,14 @@ impl Gpt {
             };
             let mask = causal_mask(t, &self.device, self.dtype)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+            let p = match pass {
+                Pass::Score => candle_nn::ops::softmax_last_dim(&scores)?,
+                Pass::Train => softmax_last_dim_differentiable(&scores)?,
+            };
+            p.matmul(&v)?
         };
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
-        linear(&y, &a.proj)
+        linear(&y, self.p(blk.attn_proj))
     }
 }
 

@@ -1,11 +1,10 @@
 //! The challenge's evaluation forms over a validation stream of `T + 1` tokens (`T` targets; target `j` is token
 //! `j + 1` predicted from tokens `0..=j`).
 
-use std::time::Instant;
-
 use serde::Serialize;
 
-use super::scorer::WindowScorer;
+use super::ledger::RunRecord;
+use super::procedure::{Procedure, run_procedure};
 use super::{Result, VerifyError};
 use crate::data::bpb::BpbAccumulator;
 use crate::data::bytes::ByteSource;
@@ -134,12 +133,10 @@ impl Coverage {
     }
 }
 
+/// The result of one evaluation pass: the challenge's sums and figures, and how often each target was scored.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
-    pub method: &'static str,
-    pub seq_len: usize,
-    pub stride: Option<usize>,
-    pub windows: usize,
+    pub method: String,
     pub sums: BpbAccumulator,
     pub val_loss: f64,
     pub val_bpb: f64,
@@ -147,60 +144,29 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
-/// Runs one evaluation: windows in batches of `batch_seqs` through `scorer`, each scored target's NLL and bytes
-/// added in f64. `progress(done, total)` is called after every batch.
+/// Runs `procedure` over the whole stream and reports the challenge's figures; the [`RunRecord`] carries the
+/// receipts and the training log. `progress(done, total)` is passed through.
 pub fn evaluate(
-    scorer: &dyn WindowScorer,
+    procedure: &dyn Procedure,
     tokens: &[u16],
     bytes: &ByteSource,
-    seq_len: usize,
-    form: WindowForm,
-    batch_seqs: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<EvalReport> {
-    let started = Instant::now();
+) -> Result<(EvalReport, RunRecord)> {
     if tokens.len() < 2 {
         return Err(VerifyError::Setup(
             "the validation stream has no targets".into(),
         ));
     }
-    let targets = tokens.len() - 1;
-    let windows = plan_windows(targets, seq_len, form)?;
-    let mut sums = BpbAccumulator::default();
-    let mut counts = vec![0u32; targets];
-    for (done, batch) in windows.chunks(batch_seqs.max(1)).enumerate() {
-        let inputs: Vec<&[u16]> = batch
-            .iter()
-            .map(|w| &tokens[w.start..w.start + w.len])
-            .collect();
-        let outputs: Vec<&[u16]> = batch
-            .iter()
-            .map(|w| &tokens[w.start + 1..w.start + w.len + 1])
-            .collect();
-        let nll = scorer.score(&inputs, &outputs)?;
-        for (w, row) in batch.iter().zip(&nll) {
-            for (p, &nll) in row.iter().enumerate().take(w.len).skip(w.score_from) {
-                let j = w.start + p;
-                sums.add(nll as f64, bytes.bytes_of_target(tokens, j));
-                counts[j] += 1;
-            }
-        }
-        progress(((done + 1) * batch_seqs).min(windows.len()), windows.len());
-    }
-    Ok(EvalReport {
-        method: form.name(),
-        seq_len,
-        stride: match form {
-            WindowForm::NonOverlapping => None,
-            WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => Some(stride),
-        },
-        windows: windows.len(),
-        val_loss: sums.val_loss(),
-        val_bpb: sums.val_bpb(),
-        sums,
-        coverage: Coverage::from_counts(&counts),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    let (record, seconds) = run_procedure(procedure, tokens, bytes, false, [], progress)?;
+    let report = EvalReport {
+        method: procedure.name(),
+        sums: record.sums,
+        val_loss: record.sums.val_loss(),
+        val_bpb: record.sums.val_bpb(),
+        coverage: record.coverage.clone(),
+        seconds,
+    };
+    Ok((report, record))
 }
 
 #[cfg(test)]

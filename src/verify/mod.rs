@@ -2,7 +2,12 @@
 //! accumulating the challenge's BPB sums in f64 and counting how often each target is scored.
 
 pub mod eval;
+pub mod ledger;
+pub mod planted;
+pub mod probes;
+pub mod procedure;
 pub mod scorer;
+pub mod ttt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -10,6 +15,8 @@ pub enum VerifyError {
     Infer(#[from] crate::infer::InferError),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
     #[error("{0}")]
     Setup(String),
 }

@@ -8,8 +8,20 @@ use crate::infer::model::Gpt;
 
 /// Scores a batch of windows: for window `i`, the NLL (nats) of `targets[i][p]` given `inputs[i][..=p]`, for every
 /// position `p`. Inputs and targets of a window have the same length.
+/// `rows` names (window, position) pairs whose full log-probability row over the vocabulary is wanted as well.
 pub trait WindowScorer {
-    fn score(&self, inputs: &[&[u16]], targets: &[&[u16]]) -> Result<Vec<Vec<f32>>>;
+    fn score(
+        &self,
+        inputs: &[&[u16]],
+        targets: &[&[u16]],
+        rows: &[(usize, usize)],
+    ) -> Result<Scored>;
+}
+
+/// Per-window NLLs, and the requested rows in the order they were requested.
+pub struct Scored {
+    pub nll: Vec<Vec<f32>>,
+    pub rows: Vec<Vec<f64>>,
 }
 
 /// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch (causal attention
@@ -20,11 +32,19 @@ pub struct ModelScorer<'a> {
 }
 
 impl WindowScorer for ModelScorer<'_> {
-    fn score(&self, inputs: &[&[u16]], targets: &[&[u16]]) -> Result<Vec<Vec<f32>>> {
+    fn score(
+        &self,
+        inputs: &[&[u16]],
+        targets: &[&[u16]],
+        rows: &[(usize, usize)],
+    ) -> Result<Scored> {
         let b = inputs.len();
         let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
         if b == 0 || len == 0 {
-            return Ok(vec![Vec::new(); b]);
+            return Ok(Scored {
+                nll: vec![Vec::new(); b],
+                rows: Vec::new(),
+            });
         }
         let mut x = vec![0u32; b * len];
         let mut y = vec![0u32; b * len];
@@ -45,11 +65,21 @@ impl WindowScorer for ModelScorer<'_> {
             .zip(y.par_iter())
             .map(|(row, &target)| capped_cross_entropy(row, target as usize, |z| model.softcap(z)))
             .collect();
-        Ok(inputs
+        let rows = rows
             .iter()
-            .enumerate()
-            .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
-            .collect())
+            .map(|&(i, p)| {
+                let at = (i * len + p) * v;
+                log_softmax_row(logits[at..at + v].iter().map(|&z| model.softcap(z)))
+            })
+            .collect();
+        Ok(Scored {
+            nll: inputs
+                .iter()
+                .enumerate()
+                .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
+                .collect(),
+            rows,
+        })
     }
 }
 
@@ -60,4 +90,12 @@ pub fn capped_cross_entropy(uncapped: &[f32], target: usize, cap: impl Fn(f32) -
     let max = capped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = capped.iter().map(|&z| (z - max).exp()).sum();
     sum.ln() + max - capped[target]
+}
+
+/// Log-probabilities (f64) of one row of logits: `z − max − log Σ exp(z − max)`.
+pub fn log_softmax_row(logits: impl Iterator<Item = f32>) -> Vec<f64> {
+    let z: Vec<f64> = logits.map(|v| v as f64).collect();
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = z.iter().map(|&v| (v - max).exp()).sum::<f64>().ln() + max;
+    z.iter().map(|&v| v - lse).collect()
 }

@@ -1,22 +1,43 @@
-//! `pgolf verify`.
+//! `pgolf verify`: the BPB as the challenge computes it, under the evaluation procedure the submission declares
+//! (window form, score-first TTT), with receipts, legality probes that re-run that procedure, the size check and a
+//! compliance block filled from the measurements.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use pgolf::data::bytes::ByteSource;
 use pgolf::data::shard;
 use pgolf::data::tokenizer::Tokenizer;
 use pgolf::infer::config::ModelConfig;
 use pgolf::infer::model::Gpt;
 use pgolf::infer::weights;
-use pgolf::verify::eval::{self, EvalReport, WindowForm};
+use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
+use pgolf::verify::eval::{self, EvalReport, WindowForm, plan_windows};
+use pgolf::verify::ledger::{RunRecord, weights_digest};
+use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
+use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
+use pgolf::verify::procedure::{Procedure, WindowProcedure};
 use pgolf::verify::scorer::ModelScorer;
-use serde_json::json;
+use pgolf::verify::ttt::{ScoreFirstTtt, TttOrder, TttRecipe};
+use serde_json::{Value, json};
 
 use crate::progress;
+
+/// Deliberately illegal procedures, for seeing each probe fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Planted {
+    /// A hashed n-gram cache blended only at the realized token (PR #886): fails C2.
+    NgramCache,
+    /// A per-window hidden delta optimized on the window's scored targets (PR #1240): fails C1 and C3.
+    Slot,
+    /// TTT that trains on each chunk before scoring it: fails C1, C3 and TTT ordering.
+    AdaptThenScore,
+    /// Score-first TTT preceded by a warm-up step on validation tokens: fails TTT ordering.
+    WarmupOnUnscored,
+}
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -50,9 +71,80 @@ pub struct VerifyArgs {
     /// Compute dtype of the forward pass (f32 or bf16); logits and losses are always f32.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Score-first test-time training (the records' recipe): score each chunk, then train on it.
+    #[arg(long)]
+    ttt: bool,
+    /// TTT: targets per chunk (TTT_CHUNK_TOKENS).
+    #[arg(long, default_value_t = 32_768)]
+    ttt_chunk_tokens: usize,
+    /// TTT: epochs over each scored chunk (TTT_EPOCHS).
+    #[arg(long, default_value_t = 3)]
+    ttt_epochs: usize,
+    /// TTT: base SGD learning rate, cosine-decayed across chunks (TTT_LR; rec/2026-04-09 used 0.005).
+    #[arg(long, default_value_t = 0.002)]
+    ttt_lr: f64,
+    /// TTT: SGD momentum (TTT_MOMENTUM).
+    #[arg(long, default_value_t = 0.9)]
+    ttt_momentum: f64,
+    /// TTT: sequences per optimizer step and rank (TTT_BATCH_SEQS).
+    #[arg(long, default_value_t = 32)]
+    ttt_batch_seqs: usize,
+    /// TTT: gradient-norm clip (TTT_GRAD_CLIP).
+    #[arg(long, default_value_t = 1.0)]
+    ttt_grad_clip: f64,
+    /// TTT: keep the first N blocks fixed (TTT_FREEZE_BLOCKS).
+    #[arg(long, default_value_t = 0)]
+    ttt_freeze_blocks: usize,
+    /// TTT: replay W ranks (per-rank sequence ranges, averaged gradients), e.g. 8 to reproduce an 8×H100 run.
+    #[arg(long, default_value_t = 1)]
+    world_size: usize,
+    /// Run the legality probes (C1–C4, TTT ordering, determinism) on a prefix of the stream.
+    #[arg(long)]
+    probes: bool,
+    /// Targets in the probes' prefix (default: three TTT chunks with --ttt, else 16384).
+    #[arg(long)]
+    probe_targets: Option<usize>,
+    /// Re-runs with one token replaced (each checks C1 and C3).
+    #[arg(long, default_value_t = 4)]
+    probe_perturbations: usize,
+    /// Rows checked for normalization (C2).
+    #[arg(long, default_value_t = 8)]
+    probe_rows: usize,
+    /// Seed of the probes' positions and replacement tokens.
+    #[arg(long, default_value_t = 20240520)]
+    probe_seed: u64,
+    /// Evaluate a deliberately illegal procedure instead (to see the probes catch it); never a score.
+    #[arg(long, value_enum)]
+    planted: Option<Planted>,
+    /// The submission's `train_gpt.py`, counted toward the 16,000,000-byte cap as the records count it.
+    #[arg(long)]
+    code: Option<PathBuf>,
+    /// Write every receipt (one per scored chunk) to this JSON file.
+    #[arg(long)]
+    receipts: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// What the size check found when the model is an artifact.
+struct SizeCheck {
+    artifact_bytes: u64,
+    code_bytes: Option<u64>,
+}
+
+impl SizeCheck {
+    fn total(&self) -> u64 {
+        self.artifact_bytes + self.code_bytes.unwrap_or(0)
+    }
+
+    fn under_budget(&self) -> Option<bool> {
+        if self.total() > BUDGET_BYTES {
+            Some(false)
+        } else {
+            self.code_bytes.map(|_| true)
+        }
+    }
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
@@ -62,7 +154,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         other => bail!("--dtype must be f32 or bf16, got {other:?}"),
     };
     let device = Device::Cpu;
-    let (state, carried) = load_weights(&args.model, &device)?;
+    let (state, carried, is_artifact) = load_weights(&args.model, &device)?;
     let cfg = match (&args.config, carried) {
         (Some(p), _) => ModelConfig::load(p)?,
         (None, Some(v)) => {
@@ -94,8 +186,24 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| "its carried config".into())
         );
     }
+    let size = if is_artifact {
+        let artifact_bytes = std::fs::metadata(&args.model)
+            .with_context(|| format!("{}", args.model.display()))?
+            .len();
+        let code_bytes = match &args.code {
+            Some(p) => Some(code_size(p, &pgolf::limits::current())?.counted_bytes),
+            None => None,
+        };
+        Some(SizeCheck {
+            artifact_bytes,
+            code_bytes,
+        })
+    } else {
+        None
+    };
     let state = weights::check_state_dict(&cfg, state, dtype, &args.model)?;
     let model = Gpt::new(cfg.clone(), state, &device, dtype)?;
+    let weights = weights_digest(&model)?;
     let bytes = match &args.byte_sidecar {
         Some(glob) => ByteSource::load_sidecar(glob, tokens.len())?,
         None => ByteSource::Table(tokenizer.byte_table(cfg.vocab_size)),
@@ -105,42 +213,245 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         (Some(stride), false) => WindowForm::Sliding { stride },
         (Some(stride), true) => WindowForm::LegacySliding { stride },
     };
-    let bar = progress::bar(0, form.name(), args.json);
+    let windows = plan_windows(tokens.len() - 1, seq_len, form)
+        .with_context(|| format!("evaluating {}", args.model.display()))?
+        .len();
+    let recipe = TttRecipe {
+        chunk_tokens: args.ttt_chunk_tokens,
+        epochs: args.ttt_epochs,
+        lr: args.ttt_lr,
+        momentum: args.ttt_momentum,
+        batch_seqs: args.ttt_batch_seqs,
+        grad_clip: args.ttt_grad_clip,
+        freeze_blocks: args.ttt_freeze_blocks,
+        world_size: args.world_size,
+    };
+    let ttt_order = match args.planted {
+        Some(Planted::AdaptThenScore) => Some(TttOrder::AdaptThenScore),
+        Some(Planted::WarmupOnUnscored) => Some(TttOrder::WarmupOnUnscored),
+        _ if args.ttt => Some(TttOrder::ScoreFirst),
+        _ => None,
+    };
+    if ttt_order.is_some() && matches!(args.planted, Some(Planted::NgramCache | Planted::Slot)) {
+        bail!("--planted ngram-cache and slot are window procedures; drop --ttt");
+    }
+
+    let scorer = ModelScorer { model: &model };
+    let window_procedure;
+    let ngram;
+    let slot;
+    let ttt;
+    let mut trainable = 0;
+    let procedure: &dyn Procedure = match (ttt_order, args.planted) {
+        (Some(order), _) => {
+            let m = Gpt::new(
+                cfg.clone(),
+                model
+                    .parameters()
+                    .map(|(n, t)| (n.to_string(), t.clone()))
+                    .collect(),
+                &device,
+                dtype,
+            )?;
+            ttt = ScoreFirstTtt::new(m, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
+            trainable = ttt.trainable_parameters();
+            &ttt
+        }
+        (None, Some(Planted::NgramCache)) => {
+            ngram = HashedNgramCache {
+                model: &model,
+                seq_len,
+                form,
+                batch_seqs: args.batch_seqs,
+                context: 1,
+                buckets: 4096,
+                alpha: 0.4,
+                weights,
+            };
+            &ngram
+        }
+        (None, Some(Planted::Slot)) => {
+            slot = SlotDelta {
+                model: &model,
+                seq_len,
+                form,
+                steps: 5,
+                lr: 1.0,
+                weights,
+            };
+            &slot
+        }
+        (None, _) => {
+            window_procedure = WindowProcedure {
+                scorer: &scorer,
+                seq_len,
+                form,
+                batch_seqs: args.batch_seqs,
+                vocab_size: cfg.vocab_size,
+                weights,
+            };
+            &window_procedure
+        }
+    };
+
+    let bar = progress::bar(0, &procedure.name(), args.json);
     let mut on_progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let report = eval::evaluate(
-        &ModelScorer { model: &model },
-        &tokens,
-        &bytes,
+    let (report, record) = eval::evaluate(procedure, &tokens, &bytes, &mut on_progress)
+        .with_context(|| format!("evaluating {}", args.model.display()))?;
+    bar.finish_and_clear();
+
+    let probes = if args.probes {
+        let prefix = args.probe_targets.unwrap_or(if ttt_order.is_some() {
+            3 * args.ttt_chunk_tokens
+        } else {
+            16_384
+        });
+        let opts = ProbeOptions {
+            prefix_targets: prefix.max(seq_len),
+            perturbations: args.probe_perturbations,
+            row_samples: args.probe_rows,
+            seed: args.probe_seed,
+            ..ProbeOptions::default()
+        };
+        let bar = progress::bar(0, "probes", args.json);
+        let mut on_progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        let r = run_probes(procedure, &tokens, &bytes, &opts, &mut on_progress)
+            .with_context(|| format!("probing {}", args.model.display()))?;
+        bar.finish_and_clear();
+        Some(r)
+    } else {
+        None
+    };
+
+    if let Some(path) = &args.receipts {
+        let text = serde_json::to_string_pretty(&record.receipts)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    }
+
+    let ttt_info = ttt_order.map(|_| (recipe.clone(), trainable));
+    let findings = Findings {
+        report: &report,
+        record: &record,
+        probes: probes.as_ref(),
+        size: size.as_ref(),
+        ttt: ttt_info.as_ref(),
+    };
+    let out = Summary {
+        args: &args,
+        cfg: &cfg,
+        tokenizer: &tokenizer,
         seq_len,
         form,
-        args.batch_seqs,
-        &mut on_progress,
-    )
-    .with_context(|| format!("evaluating {}", args.model.display()))?;
-    bar.finish_and_clear();
-    print_report(&args, &cfg, &tokenizer, &report)?;
-    Ok(ExitCode::SUCCESS)
+        windows,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out.json(&findings))?);
+    } else {
+        out.print(&findings);
+    }
+    let failed = probes
+        .as_ref()
+        .is_some_and(|p| p.probes.iter().any(|r| !r.passed))
+        || size.as_ref().and_then(|s| s.under_budget()) == Some(false);
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn print_report(
-    args: &VerifyArgs,
-    cfg: &ModelConfig,
-    tokenizer: &Tokenizer,
-    r: &EvalReport,
-) -> Result<()> {
-    let targets_per_second = r.sums.targets as f64 / r.seconds.max(1e-9);
-    if args.json {
-        let obj = json!({
-            "model": args.model.display().to_string(),
-            "tokenizer": tokenizer.name(),
-            "parameters": cfg.parameter_count(),
-            "method": r.method,
-            "seq_len": r.seq_len,
-            "stride": r.stride,
-            "windows": r.windows,
+struct Findings<'a> {
+    report: &'a EvalReport,
+    record: &'a RunRecord,
+    probes: Option<&'a ProbeReport>,
+    size: Option<&'a SizeCheck>,
+    ttt: Option<&'a (TttRecipe, usize)>,
+}
+
+struct Summary<'a> {
+    args: &'a VerifyArgs,
+    cfg: &'a ModelConfig,
+    tokenizer: &'a Tokenizer,
+    seq_len: usize,
+    form: WindowForm,
+    windows: usize,
+}
+
+/// The submission.json `compliance` vocabulary, each value decided by a measurement (null: not measured here),
+/// with the measurement that decided it.
+fn compliance(f: &Findings) -> (Value, Value) {
+    let probe = |id: &str| f.probes.and_then(|p| p.passed(id));
+    let both = |a: Option<bool>, b: Option<bool>| match (a, b) {
+        (Some(x), Some(y)) => Some(x && y),
+        _ => None,
+    };
+    let t = &f.record.training;
+    let ordering_full_run = t.steps_using_unscored_targets == 0
+        && t.steps_before_first_score == 0
+        && t.steps_after_last_score == 0;
+    let score_first_ttt = f.ttt.map(|_| {
+        ordering_full_run
+            && probe("ttt_ordering").unwrap_or(true)
+            && probe("c3_score_before_update").unwrap_or(true)
+    });
+    let single_pass = f.record.coverage.exactly_once && probe("c4_single_pass").unwrap_or(true);
+    let values = json!({
+        "artifact_under_16mb": f.size.and_then(|s| s.under_budget()),
+        "score_first_ttt": score_first_ttt,
+        "no_ngram_cache": probe("c2_normalized"),
+        "no_slot": both(probe("c1_causal"), probe("c3_score_before_update")),
+        "causal": probe("c1_causal"),
+        "normalized": probe("c2_normalized"),
+        "score_before_update": probe("c3_score_before_update"),
+        "single_pass": single_pass,
+    });
+    let basis = json!({
+        "artifact_under_16mb": match f.size {
+            None => "the model is not an artifact",
+            Some(s) if s.code_bytes.is_none() && s.under_budget().is_none() =>
+                "artifact bytes only; pass --code train_gpt.py to count the code",
+            Some(_) => "artifact file bytes + counted code bytes ≤ 16,000,000",
+        },
+        "score_first_ttt": if f.ttt.is_some() {
+            "optimizer steps checked against scored targets over the full run, plus the C3 and TTT-ordering probes when run"
+        } else {
+            "the evaluated procedure does not train"
+        },
+        "no_ngram_cache": "C2 normalization probe (hashed caches give rows summing far above 1)",
+        "no_slot": "C1 and C3 probes (scored-region deltas move earlier losses and the target's own row)",
+        "causal": "C1 probe",
+        "normalized": "C2 probe",
+        "score_before_update": "C3 probe",
+        "single_pass": "every target's score count over the full run (and the C4 probe)",
+    });
+    (values, basis)
+}
+
+impl Summary<'_> {
+    fn json(&self, f: &Findings) -> Value {
+        let r = f.report;
+        let (values, basis) = compliance(f);
+        let receipts = &f.record.receipts;
+        json!({
+            "model": self.args.model.display().to_string(),
+            "tokenizer": self.tokenizer.name(),
+            "parameters": self.cfg.parameter_count(),
+            "procedure": r.method,
+            "method": self.form.name(),
+            "seq_len": self.seq_len,
+            "stride": match self.form {
+                WindowForm::NonOverlapping => None,
+                WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => Some(stride),
+            },
+            "windows": self.windows,
             "val_loss": r.val_loss,
             "val_bpb": r.val_bpb,
             "nll_sum": r.sums.nll_sum,
@@ -148,47 +459,143 @@ fn print_report(
             "bytes": r.sums.bytes,
             "coverage": r.coverage,
             "seconds": r.seconds,
-            "targets_per_second": targets_per_second,
-        });
-        println!("{}", serde_json::to_string_pretty(&obj)?);
-        return Ok(());
+            "targets_per_second": r.sums.targets as f64 / r.seconds.max(1e-9),
+            "ttt": f.ttt.map(|(recipe, trainable)| json!({
+                "recipe": recipe,
+                "trainable_parameters": trainable,
+                "chunks": receipts.len(),
+                "training": f.record.training,
+            })),
+            "receipts": {
+                "count": receipts.len(),
+                "chain": f.record.chain_head(),
+                "first": receipts.first(),
+                "last": receipts.last(),
+            },
+            "probes": f.probes,
+            "size": f.size.map(|s| json!({
+                "artifact_bytes": s.artifact_bytes,
+                "code_bytes": s.code_bytes,
+                "total_bytes": s.total(),
+                "budget_bytes": BUDGET_BYTES,
+                "headroom_bytes": BUDGET_BYTES as i64 - s.total() as i64,
+            })),
+            "compliance": values,
+            "compliance_basis": basis,
+        })
     }
-    println!(
-        "model        {} ({} parameters)",
-        args.model.display(),
-        cfg.parameter_count()
-    );
-    let stride = r
-        .stride
-        .map(|s| format!(", stride {s}"))
-        .unwrap_or_default();
-    println!(
-        "evaluation   {} (seq_len {}{stride}, {} windows)",
-        r.method, r.seq_len, r.windows
-    );
-    println!("val_loss     {:.8} nats/target", r.val_loss);
-    println!("val_bpb      {:.8}", r.val_bpb);
-    println!(
-        "targets      {} scored, {} bytes",
-        r.sums.targets, r.sums.bytes
-    );
-    let c = &r.coverage;
-    if c.exactly_once {
+
+    fn print(&self, f: &Findings) {
+        let r = f.report;
         println!(
-            "coverage     every target in [0, {}) scored exactly once",
-            c.targets
+            "model        {} ({} parameters)",
+            self.args.model.display(),
+            self.cfg.parameter_count()
         );
-    } else {
+        let stride = match self.form {
+            WindowForm::NonOverlapping => String::new(),
+            WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => {
+                format!(", stride {stride}")
+            }
+        };
+        let over = if r.method == self.form.name() {
+            String::new()
+        } else {
+            format!(" over {} windows", self.form.name())
+        };
         println!(
-            "coverage     NOT exactly once: {} unscored, {} scored more than once (up to {} times) of {}",
-            c.unscored, c.scored_more_than_once, c.max_times, c.targets
+            "evaluation   {}{over} (seq_len {}{stride}, {} windows)",
+            r.method, self.seq_len, self.windows
         );
+        if let Some((recipe, trainable)) = f.ttt {
+            let t = &f.record.training;
+            println!(
+                "ttt          {} chunks of {} targets, {} epochs, lr {} (cosine), momentum {}, clip {}, {} frozen blocks, world size {}: {} steps, {} trainable parameters",
+                f.record.receipts.len(),
+                recipe.chunk_tokens,
+                recipe.epochs,
+                recipe.lr,
+                recipe.momentum,
+                recipe.grad_clip,
+                recipe.freeze_blocks,
+                recipe.world_size,
+                t.steps,
+                trainable
+            );
+        }
+        println!("val_loss     {:.8} nats/target", r.val_loss);
+        println!("val_bpb      {:.8}", r.val_bpb);
+        println!(
+            "targets      {} scored, {} bytes",
+            r.sums.targets, r.sums.bytes
+        );
+        let c = &r.coverage;
+        if c.exactly_once {
+            println!(
+                "coverage     every target in [0, {}) scored exactly once",
+                c.targets
+            );
+        } else {
+            println!(
+                "coverage     NOT exactly once: {} unscored, {} scored more than once (up to {} times) of {}",
+                c.unscored, c.scored_more_than_once, c.max_times, c.targets
+            );
+        }
+        println!(
+            "receipts     {} (chain {})",
+            f.record.receipts.len(),
+            &f.record.chain_head()[..16]
+        );
+        println!(
+            "time         {:.2} s ({:.0} targets/s)",
+            r.seconds,
+            r.sums.targets as f64 / r.seconds.max(1e-9)
+        );
+        if let Some(p) = f.probes {
+            println!(
+                "probes       {} runs of {} on the first {} targets ({:.1} s)",
+                p.runs, p.procedure, p.prefix_targets, p.seconds
+            );
+            for probe in &p.probes {
+                println!(
+                    "  {}  {}: {}",
+                    if probe.passed { "PASS" } else { "FAIL" },
+                    probe.title,
+                    probe.measured
+                );
+                if !probe.passed {
+                    for e in &probe.evidence {
+                        println!("          {e}");
+                    }
+                }
+            }
+        }
+        if let Some(s) = f.size {
+            let code = s
+                .code_bytes
+                .map(|c| format!(" + code {c}"))
+                .unwrap_or_else(|| " (code not counted: pass --code)".into());
+            println!(
+                "size         artifact {}{code} = {} of {} bytes ({})",
+                s.artifact_bytes,
+                s.total(),
+                BUDGET_BYTES,
+                match s.under_budget() {
+                    Some(true) => "under the cap",
+                    Some(false) => "OVER THE CAP",
+                    None => "undecided",
+                }
+            );
+        }
+        let (values, _) = compliance(f);
+        let shown: Vec<String> = values
+            .as_object()
+            .expect("an object")
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("compliance   {}", shown.join(" "));
     }
-    println!(
-        "time         {:.2} s ({:.0} targets/s)",
-        r.seconds, targets_per_second
-    );
-    Ok(())
 }
 
 /// Safetensors load as stored; anything else goes through the artifact reader and is dequantized to f32. Returns the
@@ -196,7 +603,7 @@ fn print_report(
 fn load_weights(
     path: &std::path::Path,
     device: &Device,
-) -> Result<(weights::StateDict, Option<serde_json::Value>)> {
+) -> Result<(weights::StateDict, Option<serde_json::Value>, bool)> {
     let head = {
         use std::io::Read;
         let mut h = [0u8; 9];
@@ -208,7 +615,7 @@ fn load_weights(
     };
     let is_safetensors = head.len() == 9 && head[8] == b'{';
     if is_safetensors {
-        return Ok((weights::load_safetensors(path, device)?, None));
+        return Ok((weights::load_safetensors(path, device)?, None, false));
     }
     let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current())?;
     let mut state = weights::StateDict::new();
@@ -219,5 +626,5 @@ fn load_weights(
             candle_core::Tensor::from_vec(values, t.shape.clone(), device)?,
         );
     }
-    Ok((state, artifact.config))
+    Ok((state, artifact.config, true))
 }

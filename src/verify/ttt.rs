@@ -1,0 +1,298 @@
+//! Score-first test-time training as the records run it (spec §4.1, rec/2026-03-23 `eval_val_sliding_ttt`,
+//! rec/2026-04-09 `eval_val_ttt`): the stream is cut into chunks of K targets; each window belongs to the chunk of
+//! its first scored target; each chunk is scored with the current weights, then — except the last — trained on for
+//! E epochs of SGD with momentum, the learning rate following a cosine across chunks. `world_size` replays W ranks
+//! on one machine: the same per-rank sequence ranges, gradients averaged before clipping and stepping.
+//!
+//! Two deliberately illegal orders exist for calibrating the probes: training on a chunk before scoring it, and a
+//! warm-up step on validation tokens before anything is scored.
+
+use candle_core::{Tensor, Var};
+use serde::Serialize;
+
+use super::eval::{WindowForm, plan_windows};
+use super::ledger::{Ledger, weights_digest};
+use super::procedure::{Procedure, score_windows};
+use super::scorer::ModelScorer;
+use super::{Result, VerifyError};
+use crate::infer::model::Gpt;
+use crate::optim::{Sgd, clip_grad_norm};
+
+/// The recipe's knobs, defaulting to the records' values (rec/2026-03-23 ran lr 0.002 with no frozen blocks;
+/// rec/2026-04-09 lr 0.005, all parameters).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TttRecipe {
+    /// K, targets per chunk (TTT_CHUNK_TOKENS).
+    pub chunk_tokens: usize,
+    /// E, passes over each chunk (TTT_EPOCHS).
+    pub epochs: usize,
+    /// Base learning rate before the cosine across chunks (TTT_LR).
+    pub lr: f64,
+    pub momentum: f64,
+    /// Sequences per optimizer step and rank (TTT_BATCH_SEQS).
+    pub batch_seqs: usize,
+    /// Gradient-norm clip (TTT_GRAD_CLIP).
+    pub grad_clip: f64,
+    /// The first N blocks stay fixed (TTT_FREEZE_BLOCKS).
+    pub freeze_blocks: usize,
+    /// Ranks replayed: per-rank sequence ranges and averaged gradients, as `all_reduce(AVG)`.
+    pub world_size: usize,
+}
+
+impl Default for TttRecipe {
+    fn default() -> Self {
+        TttRecipe {
+            chunk_tokens: 32_768,
+            epochs: 3,
+            lr: 0.002,
+            momentum: 0.9,
+            batch_seqs: 32,
+            grad_clip: 1.0,
+            freeze_blocks: 0,
+            world_size: 1,
+        }
+    }
+}
+
+/// When the procedure trains relative to scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TttOrder {
+    /// Score a chunk, then train on it (never on the last chunk): the legal recipe.
+    ScoreFirst,
+    /// Planted violation: train on a chunk, then score it (and the last chunk too).
+    AdaptThenScore,
+    /// Planted violation: the legal recipe preceded by one warm-up step on the stream's first sequences, before
+    /// anything has been scored (the compile warm-up of PR #1530).
+    WarmupOnUnscored,
+}
+
+pub struct ScoreFirstTtt {
+    model: Gpt,
+    params: Vec<Var>,
+    initial: Vec<Tensor>,
+    pub recipe: TttRecipe,
+    pub seq_len: usize,
+    pub form: WindowForm,
+    /// Windows per scoring batch.
+    pub score_batch_seqs: usize,
+    pub order: TttOrder,
+}
+
+impl ScoreFirstTtt {
+    /// Takes the model; every weight outside the first `recipe.freeze_blocks` blocks becomes trainable. Each run
+    /// starts again from the weights given here.
+    pub fn new(
+        mut model: Gpt,
+        recipe: TttRecipe,
+        seq_len: usize,
+        form: WindowForm,
+        score_batch_seqs: usize,
+        order: TttOrder,
+    ) -> Result<Self> {
+        if recipe.chunk_tokens == 0 || recipe.batch_seqs == 0 || recipe.world_size == 0 {
+            return Err(VerifyError::Setup(
+                "TTT chunk tokens, batch sequences and world size must be positive".into(),
+            ));
+        }
+        if !(recipe.lr.is_finite() && recipe.momentum.is_finite() && recipe.grad_clip > 0.0) {
+            return Err(VerifyError::Setup(
+                "TTT learning rate and momentum must be finite and the gradient clip positive"
+                    .into(),
+            ));
+        }
+        let frozen: Vec<String> = (0..recipe.freeze_blocks.min(model.cfg.num_layers))
+            .map(|i| format!("blocks.{i}."))
+            .collect();
+        let vars =
+            model.make_trainable(|name| !frozen.iter().any(|f| name.starts_with(f.as_str())))?;
+        let params: Vec<Var> = vars.into_iter().map(|(_, v)| v).collect();
+        let initial = params
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(ScoreFirstTtt {
+            model,
+            params,
+            initial,
+            recipe,
+            seq_len,
+            form,
+            score_batch_seqs,
+            order,
+        })
+    }
+
+    pub fn trainable_parameters(&self) -> usize {
+        self.params.iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// One optimizer step over sequences `seqs` (a range of L-token sequences starting at token `first`), split
+    /// across the replayed ranks as the records split them.
+    fn step(
+        &self,
+        tokens: &[u16],
+        rank_batches: &[std::ops::Range<usize>],
+        opt: &mut Sgd,
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let l = self.seq_len;
+        let device = self.model.device();
+        let mut total: Option<Tensor> = None;
+        let mut ranges = Vec::new();
+        for r in rank_batches {
+            // Tokens r.start .. r.end + 1 (the records skip a batch whose last target would run off the stream).
+            if r.is_empty() || r.end + 1 > tokens.len() {
+                continue;
+            }
+            let n = (r.end - r.start) / l;
+            let x: Vec<u32> = tokens[r.start..r.end].iter().map(|&t| t as u32).collect();
+            let y: Vec<u32> = tokens[r.start + 1..r.end + 1]
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            let x = Tensor::from_vec(x, (n, l), device)?;
+            let y = Tensor::from_vec(y, (n, l), device)?;
+            let loss = self.model.train_loss(&x, &y)?;
+            total = Some(match total {
+                None => loss,
+                Some(t) => (t + loss)?,
+            });
+            ranges.push(r.clone());
+        }
+        let Some(total) = total else { return Ok(()) };
+        // all_reduce(AVG) of the per-rank gradients = the gradient of the mean of the per-rank losses.
+        let loss = (total / self.recipe.world_size as f64)?;
+        let grads = loss.backward()?;
+        let mut g: Vec<Option<Tensor>> = self
+            .params
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        clip_grad_norm(&mut g, self.recipe.grad_clip)?;
+        opt.step(&self.params, &g)?;
+        ledger.train_step(&ranges);
+        Ok(())
+    }
+
+    /// E epochs over the chunk `[chunk_start, chunk_end)` with learning rate `lr`: `chunk_end − chunk_start` // L
+    /// sequences, rank r taking `[n·r/W, n·(r+1)/W)`, batches of `batch_seqs` per rank stepping together.
+    fn train_chunk(
+        &self,
+        tokens: &[u16],
+        chunk_start: usize,
+        chunk_end: usize,
+        lr: f64,
+        opt: &mut Sgd,
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let l = self.seq_len;
+        let n = (chunk_end - chunk_start) / l;
+        if n == 0 {
+            return Ok(());
+        }
+        opt.lr = lr;
+        let w = self.recipe.world_size;
+        let bs = self.recipe.batch_seqs;
+        let rank_seqs: Vec<(usize, usize)> = (0..w).map(|r| (n * r / w, n * (r + 1) / w)).collect();
+        let steps = rank_seqs
+            .iter()
+            .map(|(s, e)| (e - s).div_ceil(bs))
+            .max()
+            .unwrap_or(0);
+        for _epoch in 0..self.recipe.epochs {
+            for k in 0..steps {
+                let batches: Vec<std::ops::Range<usize>> = rank_seqs
+                    .iter()
+                    .map(|&(s, e)| {
+                        let b0 = (s + k * bs).min(e);
+                        let b1 = (s + (k + 1) * bs).min(e);
+                        chunk_start + b0 * l..chunk_start + b1 * l
+                    })
+                    .collect();
+                self.step(tokens, &batches, opt, ledger)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Procedure for ScoreFirstTtt {
+    fn name(&self) -> String {
+        match self.order {
+            TttOrder::ScoreFirst => "score_first_ttt".into(),
+            TttOrder::AdaptThenScore => "planted:adapt_then_score".into(),
+            TttOrder::WarmupOnUnscored => "planted:warmup_on_unscored".into(),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn trains(&self) -> bool {
+        true
+    }
+
+    fn run(
+        &self,
+        tokens: &[u16],
+        ledger: &mut Ledger,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        for (v, t) in self.params.iter().zip(&self.initial) {
+            v.set(t)?;
+        }
+        let targets = ledger.targets();
+        let k = self.recipe.chunk_tokens;
+        let windows = plan_windows(targets, self.seq_len, self.form)?;
+        let num_chunks = targets.div_ceil(k);
+        let mut chunk_windows = vec![Vec::new(); num_chunks];
+        for w in windows {
+            let ci = ((w.start + w.score_from) / k).min(num_chunks - 1);
+            chunk_windows[ci].push(w);
+        }
+        let mut opt = Sgd::new(self.params.len(), self.recipe.lr, self.recipe.momentum);
+        let scorer = ModelScorer { model: &self.model };
+        let cosine = |ci: usize| {
+            self.recipe.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * ci as f64 / (num_chunks.max(2) - 1) as f64).cos())
+        };
+        if self.order == TttOrder::WarmupOnUnscored {
+            let n =
+                (self.recipe.batch_seqs * self.seq_len).min(targets / self.seq_len * self.seq_len);
+            self.step(tokens, std::slice::from_ref(&(0..n)), &mut opt, ledger)?;
+        }
+        let mut weights = weights_digest(&self.model)?;
+        for (ci, chunk) in chunk_windows.iter().enumerate() {
+            if chunk.is_empty() {
+                continue;
+            }
+            let chunk_start = ci * k;
+            let chunk_end = ((ci + 1) * k).min(targets);
+            let last = ci == num_chunks - 1;
+            let train = self.recipe.epochs > 0 && (self.order == TttOrder::AdaptThenScore || !last);
+            if train && self.order == TttOrder::AdaptThenScore {
+                self.train_chunk(tokens, chunk_start, chunk_end, cosine(ci), &mut opt, ledger)?;
+                weights = weights_digest(&self.model)?;
+            }
+            score_windows(
+                &scorer,
+                tokens,
+                chunk,
+                self.score_batch_seqs,
+                ledger,
+                &mut |_| {},
+            )?;
+            let scored_with = weights;
+            if train && self.order != TttOrder::AdaptThenScore {
+                self.train_chunk(tokens, chunk_start, chunk_end, cosine(ci), &mut opt, ledger)?;
+                weights = weights_digest(&self.model)?;
+            }
+            ledger.receipt(format!("chunk {ci}"), &scored_with, &weights);
+            progress(ci + 1, num_chunks);
+        }
+        Ok(())
+    }
+}
