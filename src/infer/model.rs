@@ -362,11 +362,15 @@ impl Gpt {
             } else {
                 (k, v)
             };
-            let mask = causal_mask(t, &self.device, self.dtype)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let p = match pass {
-                Pass::Score => candle_nn::ops::softmax_last_dim(&scores)?,
-                Pass::Train => softmax_last_dim_differentiable(&scores)?,
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let p = if self.device.is_cpu() && self.dtype == DType::F32 {
+                super::attention::causal_softmax(&scores)?
+            } else {
+                let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
+                match pass {
+                    Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
+                    Pass::Train => softmax_last_dim_differentiable(&masked)?,
+                }
             };
             p.matmul(&v)?
         };
