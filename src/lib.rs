@@ -8,4 +8,5 @@ pub mod infer;
 pub mod limits;
 pub mod optim;
 pub mod pack;
+pub mod train;
 pub mod verify;

@@ -6,10 +6,14 @@ use clap::{Parser, Subcommand};
 
 #[path = "pgolf/cli_data.rs"]
 mod cli_data;
+#[path = "pgolf/cli_demo.rs"]
+mod cli_demo;
 #[path = "pgolf/cli_inspect.rs"]
 mod cli_inspect;
 #[path = "pgolf/cli_pack.rs"]
 mod cli_pack;
+#[path = "pgolf/cli_train.rs"]
+mod cli_train;
 #[path = "pgolf/cli_verify.rs"]
 mod cli_verify;
 #[path = "pgolf/progress.rs"]
@@ -54,6 +58,24 @@ enum Command {
     Pack(cli_pack::PackArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
     Verify(cli_verify::VerifyArgs),
+    /// Train a model with the challenge's baseline recipe (Muon + Adam) on the CPU.
+    Train(cli_train::TrainArgs),
+    /// The whole loop on the bundled data: train a small model, pack it under a budget, inspect it, verify it
+    /// with sliding windows, score-first TTT and the legality probes.
+    Demo(cli_demo::DemoArgs),
+}
+
+/// Runs one pgolf command line in this process (the demo chains the real subcommands this way).
+pub fn run_command_line(argv: &[String]) -> anyhow::Result<ExitCode> {
+    let cli = Cli::try_parse_from(argv)?;
+    match cli.command {
+        Command::Data { command } => cli_data::run(command),
+        Command::Inspect(args) => cli_inspect::run(args),
+        Command::Pack(args) => cli_pack::run(args),
+        Command::Verify(args) => cli_verify::run(args),
+        Command::Train(args) => cli_train::run(args),
+        Command::Demo(_) => anyhow::bail!("the demo does not run itself"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,6 +103,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli_inspect::run(args),
         Command::Pack(args) => cli_pack::run(args),
         Command::Verify(args) => cli_verify::run(args),
+        Command::Train(args) => cli_train::run(args),
+        Command::Demo(args) => cli_demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod loss;
 pub mod model;
 pub mod weights;
 

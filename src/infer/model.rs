@@ -156,6 +156,25 @@ impl Gpt {
         Ok(vars)
     }
 
+    /// Replaces the weight `name` by `t` (same shape) and returns what it held; the trainer swaps fake-quantized
+    /// weights in and out this way.
+    pub fn set_parameter(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
+        let i = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no weight named {name}")))?;
+        if t.dims() != self.params[i].dims() {
+            return Err(candle_core::Error::Msg(format!(
+                "{name}: shape {:?} does not match {:?}",
+                t.dims(),
+                self.params[i].dims()
+            ))
+            .into());
+        }
+        Ok(std::mem::replace(&mut self.params[i], t))
+    }
+
     fn p(&self, i: usize) -> &Tensor {
         &self.params[i]
     }
@@ -232,9 +251,15 @@ impl Gpt {
     /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
     /// to every trainable weight: the reference's `GPT.forward(x, y)`.
     pub fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.softcap_tensor(&self.head(&self.final_hidden(ids, Pass::Train)?)?)?;
-        let v = logits.dim(D::Minus1)?;
-        let logits = logits.reshape(((), v))?;
+        let z = self.head(&self.final_hidden(ids, Pass::Train)?)?;
+        let v = z.dim(D::Minus1)?;
+        let z = z.reshape(((), v))?;
+        let targets = targets.flatten_all()?;
+        if self.device.is_cpu() {
+            let cap = self.cfg.logit_softcap as f32;
+            return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?.mean_all()?);
+        }
+        let logits = self.softcap_tensor(&z)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = (logits
             .broadcast_sub(&max)?
@@ -242,7 +267,7 @@ impl Gpt {
             .sum_keepdim(D::Minus1)?
             .log()?
             + &max)?;
-        let picked = logits.gather(&targets.flatten_all()?.unsqueeze(1)?, D::Minus1)?;
+        let picked = logits.gather(&targets.unsqueeze(1)?, D::Minus1)?;
         Ok((lse - picked)?.mean_all()?)
     }
 

@@ -71,7 +71,10 @@ impl Muon {
         for ((p, g), buf) in params.iter().zip(grads).zip(self.buffers.iter_mut()) {
             let Some(g) = g else { continue };
             let (rows, cols) = g.dims2().map_err(|_| {
-                OptimError::Setup(format!("Muon updates matrices only, got shape {:?}", g.dims()))
+                OptimError::Setup(format!(
+                    "Muon updates matrices only, got shape {:?}",
+                    g.dims()
+                ))
             })?;
             let b = match buf.take() {
                 Some(b) => ((b * self.momentum)? + g)?,
