@@ -113,7 +113,7 @@ pub fn causal_attention(
 }
 
 /// In place: row ← exp(row · scale − max); returns Σ row (the softmax denominator).
-fn exp_scaled_shifted(row: &mut [f32], scale: f32) -> f32 {
+pub fn exp_scaled_shifted(row: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {

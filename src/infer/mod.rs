@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -211,11 +211,26 @@ impl Gpt {
     fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
         Ok(match pass {
             Pass::Score => candle_nn::ops::rms_norm(&x.contiguous()?, ones, RMS_NORM_EPS)?,
+            Pass::Train if self.fused_training_ops() => super::ops::rms_norm(x, RMS_NORM_EPS)?,
             Pass::Train => {
                 // x · rsqrt(mean(x²) + eps), as F.rms_norm.
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
                 x.broadcast_mul(&(ms + RMS_NORM_EPS as f64)?.sqrt()?.recip()?)?
             }
+        })
+    }
+
+    /// The training pass on the CPU in f32 uses the hand-differentiated operations of [`super::ops`].
+    fn fused_training_ops(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// `x · s` with a per-channel vector `s` [d].
+    fn channel_scale(&self, x: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
+        Ok(if pass == Pass::Train && self.fused_training_ops() {
+            super::ops::channel_scale(x, s)?
+        } else {
+            x.broadcast_mul(s)?
         })
     }
 
@@ -292,7 +307,7 @@ impl Gpt {
         }
         for j in 0..cfg.num_decoder_layers() {
             if let Some(skip) = skips.pop() {
-                x = (x + skip.broadcast_mul(&self.p(self.skip_weights).get(j)?)?)?;
+                x = (x + self.channel_scale(&skip, &self.p(self.skip_weights).get(j)?, pass)?)?;
             }
             x = self.block(
                 &self.blocks[cfg.num_encoder_layers() + j],
@@ -316,7 +331,8 @@ impl Gpt {
         pass: Pass,
     ) -> Result<Tensor> {
         let mix = self.p(blk.resid_mix);
-        let x = (x.broadcast_mul(&mix.get(0)?)? + x0.broadcast_mul(&mix.get(1)?)?)?;
+        let x = (self.channel_scale(x, &mix.get(0)?, pass)?
+            + self.channel_scale(x0, &mix.get(1)?, pass)?)?;
         let a = self.attention(
             blk,
             &self.rms_norm(&x, &self.ones_model, pass)?,
@@ -324,12 +340,12 @@ impl Gpt {
             neg_sin,
             pass,
         )?;
-        let x = (&x + a.broadcast_mul(self.p(blk.attn_scale))?)?;
+        let x = (&x + self.channel_scale(&a, self.p(blk.attn_scale), pass)?)?;
         let h = linear(&self.rms_norm(&x, &self.ones_model, pass)?, self.p(blk.fc))?
             .relu()?
             .sqr()?;
         let m = linear(&h, self.p(blk.mlp_proj))?;
-        Ok((x + m.broadcast_mul(self.p(blk.mlp_scale))?)?)
+        Ok((x + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?)
     }
 
     fn attention(
@@ -356,6 +372,9 @@ impl Gpt {
         let rope = |z: &Tensor| -> Result<Tensor> {
             Ok(match pass {
                 Pass::Score => candle_nn::rotary_emb::rope(z, cos, neg_sin)?,
+                Pass::Train if self.fused_training_ops() => {
+                    super::ops::rope(z, cos, &neg_sin.neg()?)?
+                }
                 Pass::Train => candle_nn::rotary_emb::rope_slow(z, cos, neg_sin)?,
             })
         };

@@ -1,0 +1,353 @@
+//! Differentiable CPU (f32) operations for the training pass, each with a hand-written backward in one pass:
+//! a composition of candle operations records several nodes per use, and their backward passes reduce over
+//! broadcast dimensions element by element, which dominated the training step.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: input must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// `x · s` with `s` [d] broadcast along the last dimension of `x` [.., d].
+pub fn channel_scale(x: &Tensor, s: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&s.contiguous()?, ChannelScale)
+}
+
+struct ChannelScale;
+
+/// Σ over rows of `x ⊙ g`: the gradient of a per-channel scale.
+struct ChannelScaleGrad;
+
+impl CustomOp2 for ChannelScale {
+    fn name(&self) -> &'static str {
+        "channel-scale"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let s = contiguous(s2, l2, self.name())?;
+        let d = s.len();
+        if d == 0 || l1.dims().last() != Some(&d) {
+            candle_core::bail!("channel-scale: {:?} by {:?}", l1.dims(), l2.dims())
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    for ((o, x), s) in o.iter_mut().zip(x).zip(s) {
+                        *o = x * s;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.apply_op2_no_bwd(s, &ChannelScale)?;
+        let ds = x.apply_op2_no_bwd(&g, &ChannelScaleGrad)?;
+        Ok((Some(dx), Some(ds)))
+    }
+}
+
+impl CustomOp2 for ChannelScaleGrad {
+    fn name(&self) -> &'static str {
+        "channel-scale-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let g = contiguous(s2, l2, self.name())?;
+        let d = *l1.dims().last().unwrap_or(&0);
+        let partial: Vec<Vec<f64>> = x
+            .par_chunks(d * 256)
+            .zip(g.par_chunks(d * 256))
+            .map(|(x, g)| {
+                let mut acc = vec![0f64; d];
+                for (x, g) in x.chunks(d).zip(g.chunks(d)) {
+                    for ((a, x), g) in acc.iter_mut().zip(x).zip(g) {
+                        *a += (*x as f64) * (*g as f64);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f64; d];
+        for p in partial {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((
+            CpuStorage::F32(out.into_iter().map(|v| v as f32).collect()),
+            Shape::from(d),
+        ))
+    }
+}
+
+/// `F.rms_norm(x, (d,))` without weight: `x / sqrt(mean(x²) + eps)` over the last dimension.
+pub fn rms_norm(x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+struct RmsNormGrad {
+    eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, self.name())?;
+        let d = *l.dims().last().unwrap_or(&0);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, row)| {
+                let r = inv_rms(row, self.eps);
+                for (o, x) in o.iter_mut().zip(row) {
+                    *o = x * r;
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(
+            &g.contiguous()?,
+            &RmsNormGrad { eps: self.eps },
+        )?))
+    }
+}
+
+impl CustomOp2 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm-train-grad"
+    }
+
+    /// dx = r·(g − x·r²·mean(g ⊙ x)) with r = 1/√(mean(x²) + eps).
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let g = contiguous(s2, l2, self.name())?;
+        let d = *l1.dims().last().unwrap_or(&0);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d).zip(g.par_chunks(d)))
+            .for_each(|(o, (x, g))| {
+                let r = inv_rms(x, self.eps);
+                let mean_gx = x.iter().zip(g).map(|(a, b)| a * b).sum::<f32>() / d as f32;
+                let k = r * r * mean_gx;
+                for ((o, x), g) in o.iter_mut().zip(x).zip(g) {
+                    *o = r * (g - x * k);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Half-split rotary embedding of `x` [B, H, T, D]: for i < D/2,
+/// `(x_i, x_{i+D/2}) → (x_i·cos + x_{i+D/2}·sin, −x_i·sin + x_{i+D/2}·cos)` with `cos`, `sin` [T, D/2] (the
+/// reference's `apply_rotary_emb`). Its backward is the inverse rotation.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let cos = cos.flatten_all()?.to_vec1::<f32>()?;
+    let sin = sin.flatten_all()?.to_vec1::<f32>()?;
+    x.contiguous()?.apply_op1(Rope {
+        cos,
+        sin,
+        inverse: false,
+    })
+}
+
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    inverse: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, self.name())?;
+        let (_, _, t, d) = l.shape().dims4()?;
+        let half = d / 2;
+        if self.cos.len() < t * half {
+            candle_core::bail!(
+                "rope: tables for {} positions, {t} needed",
+                self.cos.len() / half.max(1)
+            )
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .for_each(|(o, x)| {
+                for p in 0..t {
+                    let (c, sn) = (
+                        &self.cos[p * half..(p + 1) * half],
+                        &self.sin[p * half..(p + 1) * half],
+                    );
+                    let (xr, or) = (&x[p * d..(p + 1) * d], &mut o[p * d..(p + 1) * d]);
+                    for i in 0..half {
+                        let (x1, x2, s) = (xr[i], xr[i + half], sign * sn[i]);
+                        or[i] = x1 * c[i] + x2 * s;
+                        or[i + half] = -x1 * s + x2 * c[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        Ok(Some(g.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    /// max |a − b| over values and over the gradients of Σ(y ⊙ w) for a fixed random w.
+    fn compare(
+        ours: impl Fn(&Tensor) -> Tensor,
+        theirs: impl Fn(&Tensor) -> Tensor,
+        shape: &[usize],
+    ) {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let (a, b) = (ours(x.as_tensor()), theirs(x.as_tensor()));
+        let dv = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(dv < 1e-5, "values differ by {dv}");
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        let dg = (ga - gb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(dg < 1e-4, "gradients differ by {dg}");
+    }
+
+    #[test]
+    fn channel_scale_matches_broadcast_mul() {
+        let s = Tensor::randn(0f32, 1.0, 16, &Device::Cpu).unwrap();
+        compare(
+            |x| channel_scale(x, &s).unwrap(),
+            |x| x.broadcast_mul(&s).unwrap(),
+            &[3, 5, 16],
+        );
+        // and the gradient with respect to the scale
+        let x = Tensor::randn(0f32, 1.0, (7, 16), &Device::Cpu).unwrap();
+        let sv = Var::from_tensor(&s).unwrap();
+        let g1 = channel_scale(&x, sv.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = x
+            .broadcast_mul(sv.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = (g1.get(sv.as_tensor()).unwrap() - g2.get(sv.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composition() {
+        let eps = f32::EPSILON;
+        compare(
+            |x| rms_norm(x, eps).unwrap(),
+            |x| {
+                let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                x.broadcast_div(&(ms + eps as f64).unwrap().sqrt().unwrap())
+                    .unwrap()
+            },
+            &[4, 6, 32],
+        );
+    }
+
+    #[test]
+    fn rope_matches_candles_half_split_rope() {
+        let cos = Tensor::randn(0f32, 1.0, (8, 4), &Device::Cpu).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (8, 4), &Device::Cpu).unwrap();
+        compare(
+            |x| rope(x, &cos, &sin).unwrap(),
+            |x| candle_nn::rotary_emb::rope_slow(x, &cos, &sin.neg().unwrap()).unwrap(),
+            &[2, 3, 8, 8],
+        );
+    }
+}
