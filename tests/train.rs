@@ -365,3 +365,77 @@ fn the_demo_runs_start_to_finish() {
     );
     assert!(stdout.contains("== done"));
 }
+
+#[test]
+fn training_curve_follows_the_challenge_loop() {
+    // Same initial weights, batches, optimizer split and schedule as the challenge's main() loop run by
+    // fixtures/generate_train.py; the only differences are float summation orders (and the bf16 rounding they flip
+    // inside Muon), so the curves agree closely but not bit for bit.
+    let g = golden("train/golden_curve.json");
+    let dir = temp_dir("curve");
+    let out = pgolf_json(&[
+        "train",
+        "--config",
+        s(&fixture("train/curve_config.json")),
+        "--init",
+        s(&fixture("train/curve_init.safetensors")),
+        "--train",
+        s(&fixture("data/sp1024/fineweb_val_000000.bin")),
+        "--val",
+        s(&fixture("data/sp1024/fineweb_val_000001.bin")),
+        "--max-val-tokens",
+        "1024",
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "-o",
+        s(&dir.join("run")),
+        "--train-batch-tokens",
+        &g["train_batch_tokens"].to_string(),
+        "--iterations",
+        &g["steps"].to_string(),
+        "--warmdown-iters",
+        &g["warmdown_iters"].to_string(),
+        "--muon-momentum-warmup-steps",
+        &g["muon_momentum_warmup_steps"].to_string(),
+        "--max-wallclock-seconds",
+        "0",
+        "--train-log-every",
+        "1",
+        "--val-loss-every",
+        "0",
+        "--json",
+    ]);
+    let ours: Vec<f64> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["train_loss"].as_f64().unwrap())
+        .collect();
+    let theirs: Vec<f64> = g["train_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(ours.len(), theirs.len());
+    assert!(
+        (ours[0] - theirs[0]).abs() < 1e-5,
+        "step 1: {} vs {}",
+        ours[0],
+        theirs[0]
+    );
+    let diffs: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let max = diffs.iter().copied().fold(0.0, f64::max);
+    assert!(
+        max < 5e-3 && mean < 1e-3,
+        "curve differs: max {max}, mean {mean}: {diffs:?}"
+    );
+    // The curve moved (the loss at step 9 is well below the start), so agreement is not trivial.
+    assert!(theirs[8] < theirs[0] - 0.5);
+}

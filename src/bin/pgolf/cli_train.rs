@@ -32,6 +32,9 @@ pub struct TrainArgs {
     /// Output directory: model.safetensors, config.json, train_log.json.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Start from these weights (safetensors, the challenge's names) instead of a fresh initialisation.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Only the first N validation tokens (before the whole-sequence truncation), for quick runs.
     #[arg(long)]
     pub max_val_tokens: Option<usize>,
@@ -183,7 +186,19 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     {
         bail!("--ema must be in [0, 1), got {d}");
     }
-    let mut trainer = Trainer::new(cfg.clone(), opts.clone())?;
+    let mut trainer = match &args.init {
+        Some(path) => {
+            let state = pgolf::infer::weights::load_safetensors(path, &candle_core::Device::Cpu)?;
+            let state = pgolf::infer::weights::check_state_dict(
+                &cfg,
+                state,
+                candle_core::DType::F32,
+                path,
+            )?;
+            Trainer::from_state(cfg.clone(), state, opts.clone())?
+        }
+        None => Trainer::new(cfg.clone(), opts.clone())?,
+    };
     if !args.json {
         println!(
             "model_params:{} train_shards:{} val_tokens:{} train_batch_tokens:{} train_seq_len:{} iterations:{} max_wallclock_seconds:{}",
