@@ -56,18 +56,9 @@ impl From<candle_core::Error> for TrainError {
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-/// The control tensors the reference keeps on Adam whatever their shape (CONTROL_TENSOR_NAME_PATTERNS).
-pub const CONTROL_PATTERNS: [&str; 9] = [
-    "attn_scale",
-    "attn_scales",
-    "mlp_scale",
-    "mlp_scales",
-    "resid_mix",
-    "resid_mixes",
-    "q_gain",
-    "skip_weight",
-    "skip_weights",
-];
+/// The control tensors the reference keeps on Adam whatever their shape (CONTROL_TENSOR_NAME_PATTERNS, the same
+/// list the exporter keeps in fp32).
+pub use crate::pack::quantize::CONTROL_PATTERNS;
 
 /// Straight-through fake quantization of the block matrices on `pack`'s SDClip grid.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -2,13 +2,14 @@
 //! probes (each must be caught by the probe for its class, spec §5.4–5.5). They are procedures like any other, so
 //! `pgolf verify --planted KIND` shows a reviewer what a failing probe looks like. Never a way to score.
 
-use candle_core::{D, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use super::Result;
 use super::eval::{WindowForm, plan_windows};
 use super::ledger::{Ledger, WeightsDigest};
 use super::procedure::Procedure;
 use super::scorer::log_softmax_row;
+use crate::infer::loss::capped_cross_entropy_rows;
 use crate::infer::model::{Gpt, Pass};
 
 /// PR #886's hashed n-gram cache: counts of (context, token) pairs and of contexts in hashed buckets, built from
@@ -156,7 +157,7 @@ impl Procedure for SlotDelta<'_> {
                 .map(|&t| t as u32)
                 .collect();
             let x = Tensor::from_vec(x, (1, w.len), device)?;
-            let y = Tensor::from_vec(y, (w.len - w.score_from, 1), device)?;
+            let y = Tensor::from_vec(y, w.len - w.score_from, device)?;
             let hidden = self
                 .model
                 .final_hidden(&x, Pass::Score)?
@@ -165,15 +166,9 @@ impl Procedure for SlotDelta<'_> {
                 .detach();
             let delta = Var::zeros((1, d), hidden.dtype(), device)?;
             for _ in 0..self.steps {
-                let logits = self.capped_logits(&hidden, delta.as_tensor())?;
-                let max = logits.max_keepdim(D::Minus1)?.detach();
-                let lse = (logits
-                    .broadcast_sub(&max)?
-                    .exp()?
-                    .sum_keepdim(D::Minus1)?
-                    .log()?
-                    + &max)?;
-                let loss = (lse - logits.gather(&y, D::Minus1)?)?.mean_all()?;
+                let z = self.model.head(&hidden.broadcast_add(delta.as_tensor())?)?;
+                let cap = self.model.cfg.logit_softcap as f32;
+                let loss = capped_cross_entropy_rows(&z, &y, cap)?.mean_all()?;
                 let g = loss.backward()?;
                 if let Some(g) = g.get(delta.as_tensor()) {
                     delta.set(&(delta.as_tensor() - (g * self.lr)?)?)?;

@@ -199,9 +199,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    let code = step(
-        "verify: score-first TTT (chunks of 4,096 targets) with the legality probes",
-        &pg(&[
+    // The TTT recipe and probe settings both verify runs share.
+    let verify_ttt = |procedure: &[&str], extra: &[String]| -> Vec<String> {
+        let mut v = pg(&[
             "verify",
             &s(&artifact),
             "--val",
@@ -210,50 +210,39 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             &tok,
             "--stride",
             "32",
-            "--ttt",
-            "--ttt-chunk-tokens",
-            "4096",
-            "--ttt-lr",
-            "0.01",
-            "--ttt-batch-seqs",
-            "16",
-            "--probes",
-            "--probe-targets",
-            "8192",
-            "--probe-perturbations",
-            "3",
-            "--receipts",
-            &s(&args.out.join("receipts.json")),
-        ]),
+        ]);
+        v.extend(procedure.iter().map(|x| x.to_string()));
+        v.extend(
+            [
+                "--ttt-chunk-tokens",
+                "4096",
+                "--ttt-lr",
+                "0.01",
+                "--ttt-batch-seqs",
+                "16",
+                "--probes",
+                "--probe-targets",
+                "8192",
+                "--probe-perturbations",
+                "3",
+            ]
+            .iter()
+            .map(|x| x.to_string()),
+        );
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let receipts = ["--receipts".to_string(), s(&args.out.join("receipts.json"))];
+    let code = step(
+        "verify: score-first TTT (chunks of 4,096 targets) with the legality probes",
+        &verify_ttt(&["--ttt"], &receipts),
     )?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
     let code = step(
         "verify: the same TTT trained before scoring (planted violation): the probes must catch it",
-        &pg(&[
-            "verify",
-            &s(&artifact),
-            "--val",
-            &val_glob,
-            "--tokenizer",
-            &tok,
-            "--stride",
-            "32",
-            "--planted",
-            "adapt-then-score",
-            "--ttt-chunk-tokens",
-            "4096",
-            "--ttt-lr",
-            "0.01",
-            "--ttt-batch-seqs",
-            "16",
-            "--probes",
-            "--probe-targets",
-            "8192",
-            "--probe-perturbations",
-            "3",
-        ]),
+        &verify_ttt(&["--planted", "adapt-then-score"], &[]),
     )?;
     if code != ExitCode::from(2) {
         bail!("the planted adapt-then-score procedure was not flagged by the probes");
