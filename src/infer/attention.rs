@@ -213,15 +213,11 @@ fn rows_of<'a>(
     layout: &candle_core::Layout,
     op: &str,
 ) -> candle_core::Result<(&'a [f32], usize)> {
-    let data = storage.as_slice::<f32>()?;
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: the scores must be contiguous")
-    };
     let t = *layout.dims().last().unwrap_or(&0);
     if layout.dims().len() < 2 || layout.dims()[layout.dims().len() - 2] != t {
         candle_core::bail!("{op}: expected [.., T, T] scores, got {:?}", layout.dims())
     }
-    Ok((&data[start..end], t))
+    Ok((super::ops::contiguous::<f32>(storage, layout, op)?, t))
 }
 
 impl candle_core::CustomOp1 for CausalSoftmax {

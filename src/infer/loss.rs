@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exp_f32, exp_scaled_shifted};
+use super::ops::contiguous;
 
 /// Per-row losses [N] (f32) of uncapped logits [N, V] (f32) against targets [N] (u32).
 pub fn capped_cross_entropy_rows(
@@ -28,19 +29,10 @@ struct CappedCrossEntropyBackward {
     cap: f32,
 }
 
+/// Rows of [N, V] logits and V.
 fn rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize)> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: logits must be contiguous")
-    };
     let (_, v) = l.shape().dims2()?;
-    Ok((&s.as_slice::<f32>()?[a..b], v))
-}
-
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("capped cross-entropy: targets must be contiguous")
-    };
-    Ok(&s.as_slice::<u32>()?[a..b])
+    Ok((contiguous::<f32>(s, l, what)?, v))
 }
 
 /// tanh(y) in f32, branch-free so it vectorizes: `sign(y)·(1 − e)/(1 + e)` with `e = exp(−2|y|)`, and for
@@ -80,7 +72,7 @@ impl CustomOp2 for CappedCrossEntropy {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (z, v) = rows(s1, l1, self.name())?;
-        let t = targets_of(s2, l2)?;
+        let t = contiguous::<u32>(s2, l2, self.name())?;
         let n = z.len() / v.max(1);
         if t.len() != n {
             candle_core::bail!("capped cross-entropy: {} targets for {n} rows", t.len())
@@ -132,11 +124,8 @@ impl CustomOp3 for CappedCrossEntropyBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (z, v) = rows(s1, l1, self.name())?;
-        let t = targets_of(s2, l2)?;
-        let Some((a, b)) = l3.contiguous_offsets() else {
-            candle_core::bail!("capped cross-entropy backward: gradient must be contiguous")
-        };
-        let g = &s3.as_slice::<f32>()?[a..b];
+        let t = contiguous::<u32>(s2, l2, self.name())?;
+        let g = contiguous::<f32>(s3, l3, self.name())?;
         let mut dz = vec![0f32; z.len()];
         dz.par_chunks_mut(v)
             .zip(z.par_chunks(v))
@@ -159,6 +148,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::ops::tests::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -193,27 +183,13 @@ mod tests {
             .neg()
             .unwrap();
         let g2 = theirs.sum_all().unwrap().backward().unwrap();
-        let d = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&ours, &theirs);
         assert!(d < 1e-5, "loss differs by {d}");
         let (a, b) = (
             g1.get(var.as_tensor()).unwrap(),
             g2.get(var.as_tensor()).unwrap(),
         );
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(a, b);
         assert!(d < 1e-5, "gradient differs by {d}");
     }
 }

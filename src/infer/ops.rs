@@ -5,11 +5,16 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The elements a contiguous layout covers, for the custom operations' CPU kernels.
+pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{what}: input must be contiguous")
     };
-    Ok(&s.as_slice::<f32>()?[a..b])
+    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 /// `x · s` with `s` [d] broadcast along the last dimension of `x` [.., d].
@@ -34,8 +39,8 @@ impl CustomOp2 for ChannelScale {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let s = contiguous(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let s = contiguous::<f32>(s2, l2, self.name())?;
         let d = s.len();
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("channel-scale: {:?} by {:?}", l1.dims(), l2.dims())
@@ -79,8 +84,8 @@ impl CustomOp2 for ChannelScaleGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let g = contiguous(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = *l1.dims().last().unwrap_or(&0);
         let partial: Vec<Vec<f64>> = x
             .par_chunks(d * 256)
@@ -132,7 +137,7 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, self.name())?;
+        let x = contiguous::<f32>(s, l, self.name())?;
         let d = *l.dims().last().unwrap_or(&0);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d)
@@ -167,8 +172,8 @@ impl CustomOp2 for RmsNormGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let g = contiguous(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = *l1.dims().last().unwrap_or(&0);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d)
@@ -210,7 +215,7 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, self.name())?;
+        let x = contiguous::<f32>(s, l, self.name())?;
         let (_, _, t, d) = l.shape().dims4()?;
         let half = d / 2;
         if self.cos.len() < t * half {
@@ -251,9 +256,21 @@ impl CustomOp1 for Rope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{D, Device, Var};
+
+    /// max |a − b| over all elements.
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     /// max |a − b| over values and over the gradients of Σ(y ⊙ w) for a fixed random w.
     fn compare(
@@ -265,14 +282,7 @@ mod tests {
         let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
         let (a, b) = (ours(x.as_tensor()), theirs(x.as_tensor()));
-        let dv = (&a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let dv = max_abs_diff(&a, &b);
         assert!(dv < 1e-5, "values differ by {dv}");
         let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -280,14 +290,7 @@ mod tests {
             ga.get(x.as_tensor()).unwrap(),
             gb.get(x.as_tensor()).unwrap(),
         );
-        let dg = (ga - gb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let dg = max_abs_diff(ga, gb);
         assert!(dg < 1e-4, "gradients differ by {dg}");
     }
 
@@ -315,14 +318,10 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let d = (g1.get(sv.as_tensor()).unwrap() - g2.get(sv.as_tensor()).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(
+            g1.get(sv.as_tensor()).unwrap(),
+            g2.get(sv.as_tensor()).unwrap(),
+        );
         assert!(d < 1e-4, "{d}");
     }
 

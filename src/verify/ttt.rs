@@ -127,8 +127,8 @@ impl ScoreFirstTtt {
         self.params.iter().map(|v| v.elem_count()).sum()
     }
 
-    /// One optimizer step over sequences `seqs` (a range of L-token sequences starting at token `first`), split
-    /// across the replayed ranks as the records split them.
+    /// One optimizer step: rank r's batch is the token range `rank_batches[r]` (whole L-token sequences); the
+    /// gradient is the mean over ranks of each rank's mean loss.
     fn step(
         &self,
         tokens: &[u16],

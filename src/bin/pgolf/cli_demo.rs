@@ -183,9 +183,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let held_out = &held_out[..held_out.len().min(16_384)];
     pgolf::data::shard::write_shard(&val_prefix.join("fineweb_val_000000.bin"), held_out)?;
     let val_glob = s(&val_prefix.join("fineweb_val_*.bin"));
-    let code = step(
-        "verify: sliding windows (stride 32) on the packed model",
-        &pg(&[
+    let verify = || {
+        pg(&[
             "verify",
             &s(&artifact),
             "--val",
@@ -194,23 +193,18 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             &tok,
             "--stride",
             "32",
-        ]),
+        ])
+    };
+    let code = step(
+        "verify: sliding windows (stride 32) on the packed model",
+        &verify(),
     )?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
     // The TTT recipe and probe settings both verify runs share.
     let verify_ttt = |procedure: &[&str], extra: &[String]| -> Vec<String> {
-        let mut v = pg(&[
-            "verify",
-            &s(&artifact),
-            "--val",
-            &val_glob,
-            "--tokenizer",
-            &tok,
-            "--stride",
-            "32",
-        ]);
+        let mut v = verify();
         v.extend(procedure.iter().map(|x| x.to_string()));
         v.extend(
             [

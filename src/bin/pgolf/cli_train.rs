@@ -132,15 +132,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         tokens.truncate(n);
     }
     let tokens = shard::truncate_to_usable(tokens, seq_len, &args.val)?;
-    for (what, t) in [("validation", &tokens)] {
-        if let Some(p) = t.iter().position(|&x| x as usize >= cfg.vocab_size) {
-            bail!(
-                "{}: {what} token {} at position {p} is outside vocab_size {}",
-                args.val,
-                t[p],
-                cfg.vocab_size
-            );
-        }
+    if let Some(p) = tokens.iter().position(|&x| x as usize >= cfg.vocab_size) {
+        bail!(
+            "{}: validation token {} at position {p} is outside vocab_size {}",
+            args.val,
+            tokens[p],
+            cfg.vocab_size
+        );
     }
     let val = ValSet {
         bytes: ByteSource::Table(tokenizer.byte_table(cfg.vocab_size)),

@@ -236,7 +236,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         bail!("--planted ngram-cache and slot are window procedures; drop --ttt");
     }
 
-    let scorer = ModelScorer { model: &model };
+    let scorer;
     let window_procedure;
     let ngram;
     let slot;
@@ -244,16 +244,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut trainable = 0;
     let procedure: &dyn Procedure = match (ttt_order, args.planted) {
         (Some(order), _) => {
-            let m = Gpt::new(
-                cfg.clone(),
-                model
-                    .parameters()
-                    .map(|(n, t)| (n.to_string(), t.clone()))
-                    .collect(),
-                &device,
-                dtype,
-            )?;
-            ttt = ScoreFirstTtt::new(m, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
+            ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
             trainable = ttt.trainable_parameters();
             &ttt
         }
@@ -282,6 +273,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             &slot
         }
         (None, _) => {
+            scorer = ModelScorer { model: &model };
             window_procedure = WindowProcedure {
                 scorer: &scorer,
                 seq_len,
