@@ -1,12 +1,64 @@
 //! The model config: a JSON object whose keys are the challenge's hyperparameter names (lower case), with the
 //! challenge's defaults (root `train_gpt.py`, `Hyperparameters`). Unknown keys are rejected: a component pgolf does
 //! not implement must never be silently ignored.
+//!
+//! The keys after `train_seq_len` select the record components (`docs/ARCHITECTURES.md` lists each with the record
+//! that defines it). Every one defaults to "off", which is the baseline, and is left out of the serialized config
+//! when it is off, so a baseline config reads and writes exactly as before.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::{InferError, Result};
+
+/// SmearGate (architectures §1.7): how the previous token's embedding is blended into the current one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmearGate {
+    #[default]
+    None,
+    /// `smear.gate` [d]: x ← (1−σ(g))⊙x + σ(g)⊙x_{t−1}, after the embedding RMSNorm (03-20 … 03-31).
+    V1,
+    /// `smear_gate.weight` [1, gate_window], `smear_lambda` [1]: x_t ← x_t + λ·σ(w·x_t[..w])·x_{t−1} on the raw
+    /// embedding (04-16 … 04-29).
+    V2,
+}
+
+/// Which lane the two-lane parallel residual stack hands to the final norm (`PARALLEL_FINAL_LANE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalLane {
+    #[default]
+    Mean,
+    Attn,
+    Mlp,
+}
+
+/// The input of the AttnOutGate (`ATTN_OUT_GATE_SRC`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateSource {
+    /// The attention input (the normed, LN-scaled block input).
+    #[default]
+    Proj,
+    /// The raw query projection.
+    Q,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// `mlp_mult` is a float in the records (3.0, 4.0) and an integer in the baseline; an integral value is written
+/// as an integer so baseline configs keep their bytes.
+fn serialize_mlp_mult<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_u64(*v as u64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,8 +73,9 @@ pub struct ModelConfig {
     pub num_heads: usize,
     #[serde(default = "d_kv")]
     pub num_kv_heads: usize,
-    #[serde(default = "d_mlp")]
-    pub mlp_mult: usize,
+    /// MLP hidden width = int(mlp_mult · model_dim).
+    #[serde(default = "d_mlp", serialize_with = "serialize_mlp_mult")]
+    pub mlp_mult: f64,
     #[serde(default = "d_tie")]
     pub tie_embeddings: bool,
     #[serde(default = "d_softcap")]
@@ -33,6 +86,82 @@ pub struct ModelConfig {
     pub qk_gain_init: f64,
     #[serde(default = "d_seq")]
     pub train_seq_len: usize,
+
+    /// LeakyReLU² (§1.1): h = leaky_relu(u, slope)². 0 is the baseline's relu²; the records use 0.5.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mlp_negative_slope: f64,
+    /// Partial RoPE (§1.2): rotate only the first `rope_dims` dims of each head (0 = all of head_dim).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rope_dims: usize,
+    /// The NTK rule (§0): when a window is longer than this, base' = base·(T/this)^(rd/(rd−2)). Null: never
+    /// rescaled (the baseline; 04-10+ records, whose ROPE_YARN is off).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rope_ntk_train_seq_len: Option<usize>,
+    /// LN scale (§1.4): the block's normed inputs are multiplied by 1/√(i+1), i the physical block index.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ln_scale: bool,
+    /// XSA (§1.5) on the last N blocks: each head's output loses its component along the position's own value.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub xsa_last_n: usize,
+    /// U-Net skip gates (§0): x = lerp(w⊙skip, x, σ(skip_gates[j])); `skip_gates` [n_skip, d].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub skip_gates: bool,
+    /// Depth recurrence, loop segment form (§1.11 B): blocks loop_start..=loop_end run num_loops+1 times, and the
+    /// U-Net halves split the virtual layer list. 0 = no recurrence.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub num_loops: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub loop_start: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub loop_end: usize,
+    /// GPT-J parallel residuals (§1.12) from this physical block on: x = x_in + a⊙Attn(n) + m⊙MLP(n).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub parallel_residual_start: Option<usize>,
+    /// Two-lane parallel residuals (PR #1529, §1.12) from the first decoder block with physical index ≥ this.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub parallel_start_layer: Option<usize>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub parallel_final_lane: FinalLane,
+    /// BigramHash (§1.8): a [bigram_vocab_size, bigram_dim] table of hashed (previous, current) pairs. 0 = off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bigram_vocab_size: usize,
+    #[serde(default = "d_side_dim", skip_serializing_if = "is_side_dim")]
+    pub bigram_dim: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub smear_gate: SmearGate,
+    /// SmearGate v2's BOS fix (§1.7): no smear into a position whose token is BOS.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub smear_gate_bos_fix: bool,
+    /// Input width of SmearGate v2, AttnOutGate and SparseAttnGate (GATE_WINDOW).
+    #[serde(default = "d_gate_window", skip_serializing_if = "is_gate_window")]
+    pub gate_window: usize,
+    /// Value embeddings (§1.9) on these physical blocks (VE_LAYERS); empty = off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ve_layers: Vec<usize>,
+    #[serde(default = "d_side_dim", skip_serializing_if = "is_side_dim")]
+    pub ve_dim: usize,
+    /// Value residual (§1.10 a, `attn.vr_lambda` [2]): blocks after the first use v = λ0·v0 + λ1·v.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub value_residual: bool,
+    /// The legacy gated attention (§1.13, `attn.attn_gate` Linear(d, H) with bias): y ← y·σ(x·Wᵀ + b).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gated_attention: bool,
+    /// AttnOutGate (§1.13, `attn.attn_gate_proj.weight` [H, gate_window]): y ← y·2σ(src[..w]·Wᵀ).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attn_out_gate: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attn_out_gate_src: GateSource,
+    /// GatedAttn (§1.13, `attn.attn_gate_w` [H, d]): y ← y·σ(x·Wᵀ).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gated_attn: bool,
+    /// SparseAttnGate (§1.13, `attn.attn_gate_w` [H, gate_window]): y ← y·σ(scale·x[..w]·Wᵀ).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sparse_attn_gate: bool,
+    #[serde(default = "d_sparse_scale", skip_serializing_if = "is_sparse_scale")]
+    pub sparse_attn_gate_scale: f64,
+    /// CaseOps (§1.15): the tokens are of the case-folded text; BPB needs the byte sidecar. The model is unchanged.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub caseops: bool,
 }
 
 fn d_vocab() -> usize {
@@ -50,8 +179,8 @@ fn d_heads() -> usize {
 fn d_kv() -> usize {
     4
 }
-fn d_mlp() -> usize {
-    2
+fn d_mlp() -> f64 {
+    2.0
 }
 fn d_tie() -> bool {
     true
@@ -67,6 +196,24 @@ fn d_qk() -> f64 {
 }
 fn d_seq() -> usize {
     1024
+}
+fn d_side_dim() -> usize {
+    128
+}
+fn is_side_dim(v: &usize) -> bool {
+    *v == d_side_dim()
+}
+fn d_gate_window() -> usize {
+    12
+}
+fn is_gate_window(v: &usize) -> bool {
+    *v == d_gate_window()
+}
+fn d_sparse_scale() -> f64 {
+    1.0
+}
+fn is_sparse_scale(v: &f64) -> bool {
+    *v == d_sparse_scale()
 }
 
 impl Default for ModelConfig {
@@ -100,7 +247,6 @@ impl ModelConfig {
             ("model_dim", self.model_dim),
             ("num_heads", self.num_heads),
             ("num_kv_heads", self.num_kv_heads),
-            ("mlp_mult", self.mlp_mult),
             ("train_seq_len", self.train_seq_len),
         ];
         for (k, v) in positive {
@@ -111,7 +257,7 @@ impl ModelConfig {
         if self.vocab_size > 1 << 20
             || self.model_dim > 1 << 16
             || self.num_layers > 1024
-            || self.mlp_mult > 64
+            || self.mlp_mult > 64.0
         {
             return Err("absurd model shape (vocab ≤ 2^20, model_dim ≤ 65536, layers ≤ 1024, mlp_mult ≤ 64)".into());
         }
@@ -145,7 +291,129 @@ impl ModelConfig {
                 self.rope_base
             ));
         }
+        self.validate_components()
+    }
+
+    fn validate_components(&self) -> std::result::Result<(), String> {
+        let (l, d, hd) = (self.num_layers, self.model_dim, self.head_dim());
+        if !(self.mlp_mult > 0.0 && self.mlp_mult.is_finite()) || self.mlp_hidden() == 0 {
+            return Err(format!("mlp_mult must be positive, got {}", self.mlp_mult));
+        }
+        if !(0.0..1.0).contains(&self.mlp_negative_slope) {
+            return Err(format!(
+                "mlp_negative_slope must be in [0, 1), got {}",
+                self.mlp_negative_slope
+            ));
+        }
+        if self.rope_dims > hd || !self.rope_dims.is_multiple_of(2) {
+            return Err(format!(
+                "rope_dims {} must be even and at most head_dim {hd}",
+                self.rope_dims
+            ));
+        }
+        if self.rope_dims == 2 && self.rope_ntk_train_seq_len.is_some() {
+            return Err("the NTK rule needs rope_dims > 2 (its exponent is rd/(rd−2))".into());
+        }
+        if self.rope_ntk_train_seq_len == Some(0) {
+            return Err("rope_ntk_train_seq_len must be positive".into());
+        }
+        if self.xsa_last_n > l {
+            return Err(format!(
+                "xsa_last_n {} exceeds num_layers {l}",
+                self.xsa_last_n
+            ));
+        }
+        if self.num_loops > 0 && (self.loop_start > self.loop_end || self.loop_end >= l) {
+            return Err(format!(
+                "the loop segment {}..={} must lie inside the {l} layers",
+                self.loop_start, self.loop_end
+            ));
+        }
+        if self.num_loops > 64 {
+            return Err(format!(
+                "num_loops {} is absurd (at most 64)",
+                self.num_loops
+            ));
+        }
+        if self.parallel_residual_start.is_some() && self.parallel_start_layer.is_some() {
+            return Err("parallel_residual_start (GPT-J) and parallel_start_layer (two-lane) exclude each other".into());
+        }
+        if self.parallel_start_layer == Some(0) {
+            return Err(
+                "parallel_start_layer must be positive (the records treat 0 as off)".into(),
+            );
+        }
+        if self.bigram_vocab_size == 1 || self.bigram_vocab_size > 1 << 24 || self.bigram_dim == 0 {
+            return Err(format!(
+                "bigram_vocab_size {} must be 0 (off) or in 2..=2^24, with a positive bigram_dim",
+                self.bigram_vocab_size
+            ));
+        }
+        if self.smear_gate_bos_fix && self.smear_gate != SmearGate::V2 {
+            return Err("smear_gate_bos_fix applies to smear_gate \"v2\" only".into());
+        }
+        if let Some(&bad) = self.ve_layers.iter().find(|&&i| i >= l) {
+            return Err(format!("ve_layers names block {bad}, but there are {l}"));
+        }
+        if !self.ve_layers.is_empty() && self.ve_dim == 0 {
+            return Err("ve_dim must be positive".into());
+        }
+        let gates = [self.attn_out_gate, self.gated_attn, self.sparse_attn_gate];
+        if gates.iter().filter(|&&g| g).count() > 1 {
+            return Err("attn_out_gate, gated_attn and sparse_attn_gate exclude each other".into());
+        }
+        let windowed =
+            self.smear_gate == SmearGate::V2 || self.attn_out_gate || self.sparse_attn_gate;
+        if windowed && (self.gate_window == 0 || self.gate_window > d) {
+            return Err(format!(
+                "gate_window {} must be in 1..=model_dim {d}",
+                self.gate_window
+            ));
+        }
+        if !self.sparse_attn_gate_scale.is_finite() {
+            return Err("sparse_attn_gate_scale must be finite".into());
+        }
         Ok(())
+    }
+
+    /// The record components this config enables, by name (for reports, and for tools that support only some).
+    pub fn components(&self) -> Vec<&'static str> {
+        let mut c = Vec::new();
+        let mut on = |flag: bool, name: &'static str| {
+            if flag {
+                c.push(name)
+            }
+        };
+        on(self.mlp_negative_slope != 0.0, "leaky_relu2");
+        on(
+            self.rope_dims != 0 && self.rope_dims < self.head_dim(),
+            "partial_rope",
+        );
+        on(self.rope_ntk_train_seq_len.is_some(), "rope_ntk");
+        on(self.ln_scale, "ln_scale");
+        on(self.xsa_last_n > 0, "xsa");
+        on(self.skip_gates, "skip_gates");
+        on(self.num_loops > 0, "depth_recurrence");
+        on(
+            self.parallel_residual_start.is_some(),
+            "parallel_residual_gptj",
+        );
+        on(
+            self.parallel_start_layer.is_some(),
+            "parallel_residual_two_lane",
+        );
+        on(self.bigram_vocab_size > 0, "bigram_hash");
+        on(self.smear_gate == SmearGate::V1, "smear_gate_v1");
+        on(self.smear_gate == SmearGate::V2, "smear_gate_v2");
+        on(self.smear_gate_bos_fix, "smear_gate_bos_fix");
+        on(!self.ve_layers.is_empty(), "value_embeddings");
+        on(self.value_residual, "value_residual");
+        on(self.gated_attention, "gated_attention");
+        on(self.attn_out_gate, "attn_out_gate");
+        on(self.gated_attn, "gated_attn");
+        on(self.sparse_attn_gate, "sparse_attn_gate");
+        on(self.caseops, "caseops");
+        c
     }
 
     pub fn head_dim(&self) -> usize {
@@ -156,24 +424,46 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim()
     }
 
+    /// int(mlp_mult · model_dim), as the records size the hidden layer.
     pub fn mlp_hidden(&self) -> usize {
-        self.mlp_mult * self.model_dim
+        (self.mlp_mult * self.model_dim as f64) as usize
     }
 
-    /// U-Net halves: the first `num_layers / 2` blocks push skips, the rest pop them.
-    pub fn num_encoder_layers(&self) -> usize {
-        self.num_layers / 2
+    /// The rotated dims per head: `rope_dims`, or all of head_dim when it is 0.
+    pub fn rotary_dims(&self) -> usize {
+        if self.rope_dims == 0 {
+            self.head_dim()
+        } else {
+            self.rope_dims
+        }
     }
 
-    pub fn num_decoder_layers(&self) -> usize {
-        self.num_layers - self.num_encoder_layers()
+    /// The physical blocks in execution order, split into the U-Net's encoder and decoder halves. Without
+    /// recurrence: 0..L/2 and L/2..L. With a loop segment (§1.11 B, `looping_active` as at evaluation):
+    /// all = [0..ls) + [ls..=le]×(num_loops+1) + (le..L), encoder = all[..len/2], decoder = the rest.
+    pub fn layer_schedule(&self) -> (Vec<usize>, Vec<usize>) {
+        let l = self.num_layers;
+        let all: Vec<usize> = if self.num_loops > 0 {
+            let segment = self.loop_start..=self.loop_end;
+            (0..self.loop_start)
+                .chain((0..=self.num_loops).flat_map(|_| segment.clone()))
+                .chain(self.loop_end + 1..l)
+                .collect()
+        } else {
+            (0..l).collect()
+        };
+        let mut encoder = all;
+        let decoder = encoder.split_off(encoder.len() / 2);
+        (encoder, decoder)
     }
 
     pub fn num_skip_weights(&self) -> usize {
-        self.num_encoder_layers().min(self.num_decoder_layers())
+        let (encoder, decoder) = self.layer_schedule();
+        encoder.len().min(decoder.len())
     }
 
-    /// Every tensor of the state dict with its shape, in the challenge's names.
+    /// Every tensor of the state dict with its shape, in the challenge's names (unbanked: parameter banks are
+    /// split into per-block names on load, as the records' `_unbank_state_dict` does).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (d, v, kv, h) = (
             self.model_dim,
@@ -181,8 +471,30 @@ impl ModelConfig {
             self.kv_dim(),
             self.mlp_hidden(),
         );
+        let heads = self.num_heads;
         let mut t = vec![("tok_emb.weight".to_string(), vec![v, d])];
+        if self.bigram_vocab_size > 0 {
+            t.push((
+                "bigram.embed.weight".into(),
+                vec![self.bigram_vocab_size, self.bigram_dim],
+            ));
+            if self.bigram_dim != d {
+                t.push(("bigram.proj.weight".into(), vec![d, self.bigram_dim]));
+            }
+            t.push(("bigram.scale".into(), vec![]));
+        }
+        match self.smear_gate {
+            SmearGate::None => {}
+            SmearGate::V1 => t.push(("smear.gate".into(), vec![d])),
+            SmearGate::V2 => {
+                t.push(("smear_gate.weight".into(), vec![1, self.gate_window]));
+                t.push(("smear_lambda".into(), vec![1]));
+            }
+        }
         t.push(("skip_weights".into(), vec![self.num_skip_weights(), d]));
+        if self.skip_gates {
+            t.push(("skip_gates".into(), vec![self.num_skip_weights(), d]));
+        }
         for i in 0..self.num_layers {
             let b = format!("blocks.{i}");
             t.push((format!("{b}.attn_scale"), vec![d]));
@@ -192,9 +504,45 @@ impl ModelConfig {
             t.push((format!("{b}.attn.c_k.weight"), vec![kv, d]));
             t.push((format!("{b}.attn.c_v.weight"), vec![kv, d]));
             t.push((format!("{b}.attn.proj.weight"), vec![d, d]));
-            t.push((format!("{b}.attn.q_gain"), vec![self.num_heads]));
+            t.push((format!("{b}.attn.q_gain"), vec![heads]));
+            if self.value_residual {
+                t.push((format!("{b}.attn.vr_lambda"), vec![2]));
+            }
+            if self.gated_attention {
+                t.push((format!("{b}.attn.attn_gate.weight"), vec![heads, d]));
+                t.push((format!("{b}.attn.attn_gate.bias"), vec![heads]));
+            }
+            if self.attn_out_gate {
+                t.push((
+                    format!("{b}.attn.attn_gate_proj.weight"),
+                    vec![heads, self.gate_window],
+                ));
+            }
+            if self.gated_attn {
+                t.push((format!("{b}.attn.attn_gate_w"), vec![heads, d]));
+            }
+            if self.sparse_attn_gate {
+                t.push((
+                    format!("{b}.attn.attn_gate_w"),
+                    vec![heads, self.gate_window],
+                ));
+            }
             t.push((format!("{b}.mlp.fc.weight"), vec![h, d]));
             t.push((format!("{b}.mlp.proj.weight"), vec![d, h]));
+        }
+        if !self.ve_layers.is_empty() {
+            t.push(("ve_shared.embed.weight".into(), vec![v, self.ve_dim]));
+            if self.ve_dim != kv {
+                t.push(("ve_shared.proj.weight".into(), vec![kv, self.ve_dim]));
+            }
+            t.push(("ve_shared.scale".into(), vec![]));
+            for k in 0..self.ve_layers.len() {
+                t.push((format!("ve_layer_scales.{k}"), vec![1]));
+            }
+        }
+        if self.parallel_start_layer.is_some() {
+            t.push(("parallel_post_lambdas".into(), vec![self.num_layers, 2, 2]));
+            t.push(("parallel_resid_lambdas".into(), vec![self.num_layers, 2]));
         }
         if !self.tie_embeddings {
             t.push(("lm_head.weight".into(), vec![v, d]));

@@ -10,8 +10,11 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
 use super::attention::{AttentionShape, causal_attention};
-use super::config::ModelConfig;
+use super::config::{FinalLane, GateSource, ModelConfig};
 use super::weights::StateDict;
+
+/// The BOS token id of every tokenizer the challenge uses.
+pub const BOS_ID: u32 = 1;
 
 /// `F.rms_norm` with eps=None uses FLT_EPSILON.
 pub const RMS_NORM_EPS: f32 = f32::EPSILON;
@@ -24,7 +27,7 @@ pub enum Pass {
     Train,
 }
 
-/// Positions of one block's tensors in [`Gpt`]'s parameter list.
+/// Positions of one block's tensors in [`Gpt`]'s parameter list, and its per-block switches.
 struct BlockParams {
     attn_scale: usize,
     mlp_scale: usize,
@@ -38,6 +41,45 @@ struct BlockParams {
     q_gain: usize,
     fc: usize,
     mlp_proj: usize,
+    /// `attn.vr_lambda` [2] (value residual).
+    vr_lambda: Option<usize>,
+    /// The legacy `attn.attn_gate` Linear(d, H): weight and bias.
+    legacy_gate: Option<(usize, usize)>,
+    /// `attn.attn_gate_proj.weight` [H, gate_window] (AttnOutGate).
+    out_gate: Option<usize>,
+    /// `attn.attn_gate_w`: [H, d] (GatedAttn) or [H, gate_window] (SparseAttnGate).
+    head_gate: Option<usize>,
+    /// `ve_layer_scales.{k}` [1] when this block takes the value embedding.
+    ve_scale: Option<usize>,
+    /// LN scale 1/√(i+1) of the physical index (1 without LN scale).
+    ln_scale: f64,
+    xsa: bool,
+    /// GPT-J parallel residual: attention and MLP read the same normed input.
+    gptj_parallel: bool,
+}
+
+/// The model-level tensors of the record components.
+struct Globals {
+    /// `bigram.embed.weight`, `bigram.proj.weight` (when bigram_dim ≠ d), `bigram.scale`.
+    bigram: Option<(usize, Option<usize>, usize)>,
+    smear_v1: Option<usize>,
+    /// `smear_gate.weight` [1, w], `smear_lambda` [1].
+    smear_v2: Option<(usize, usize)>,
+    skip_gates: Option<usize>,
+    /// `ve_shared.embed.weight`, `ve_shared.proj.weight` (when ve_dim ≠ kv_dim), `ve_shared.scale`.
+    value_embedding: Option<(usize, Option<usize>, usize)>,
+    /// `parallel_post_lambdas` [L, 2, 2], `parallel_resid_lambdas` [L, 2].
+    lanes: Option<(usize, usize)>,
+}
+
+/// What every block of one forward pass shares: the RoPE tables, the cached value embedding, the
+/// document segments when attention is isolated per document, and block 0's values for the value residual.
+struct Context<'a> {
+    cos: Tensor,
+    neg_sin: Tensor,
+    value_embedding: Option<Tensor>,
+    segments: Option<&'a [(usize, usize)]>,
+    pass: Pass,
 }
 
 /// The forward pass. Built from a checked state dict on a device and dtype; the output logits are always f32.
@@ -54,6 +96,10 @@ pub struct Gpt {
     /// [n_skip, d]
     skip_weights: usize,
     blocks: Vec<BlockParams>,
+    globals: Globals,
+    /// The U-Net halves over physical block indices (with recurrence, blocks repeat).
+    encoder: Vec<usize>,
+    decoder: Vec<usize>,
     /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
     ones_model: Tensor,
     ones_head: Tensor,
@@ -74,6 +120,27 @@ fn softmax_last_dim_differentiable(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// BigramHash indices (architectures §1.8), in the records' int32 arithmetic: idx[0] = Vb−1 and
+/// idx[t] = ((36313·id[t]) XOR (27191·id[t−1])) mod (Vb−1), per row.
+pub fn bigram_hash(ids: &[u32], bigram_vocab_size: usize) -> Vec<u32> {
+    let modulus = (bigram_vocab_size - 1) as i32;
+    (0..ids.len())
+        .map(|t| {
+            if t == 0 {
+                return modulus as u32;
+            }
+            let cur = 36313i32.wrapping_mul(ids[t] as i32);
+            let prev = 27191i32.wrapping_mul(ids[t - 1] as i32);
+            (cur ^ prev).rem_euclid(modulus) as u32
+        })
+        .collect()
+}
+
+/// `start + weight·(end − start)`, torch.lerp.
+fn lerp(start: &Tensor, end: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok((start + (end - start)?.broadcast_mul(weight)?)?)
 }
 
 impl Gpt {
@@ -100,6 +167,8 @@ impl Gpt {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let at = |name: &str| index[name];
+        let find = |name: &str| index.get(name).copied();
+        let xsa_from = cfg.num_layers - cfg.xsa_last_n;
         let blocks = (0..cfg.num_layers)
             .map(|i| {
                 let b = format!("blocks.{i}");
@@ -114,14 +183,45 @@ impl Gpt {
                     q_gain: at(&format!("{b}.attn.q_gain")),
                     fc: at(&format!("{b}.mlp.fc.weight")),
                     mlp_proj: at(&format!("{b}.mlp.proj.weight")),
+                    vr_lambda: find(&format!("{b}.attn.vr_lambda")),
+                    legacy_gate: find(&format!("{b}.attn.attn_gate.weight"))
+                        .zip(find(&format!("{b}.attn.attn_gate.bias"))),
+                    out_gate: find(&format!("{b}.attn.attn_gate_proj.weight")),
+                    head_gate: find(&format!("{b}.attn.attn_gate_w")),
+                    ve_scale: cfg
+                        .ve_layers
+                        .iter()
+                        .position(|&l| l == i)
+                        .map(|k| at(&format!("ve_layer_scales.{k}"))),
+                    ln_scale: if cfg.ln_scale {
+                        1.0 / ((i + 1) as f64).sqrt()
+                    } else {
+                        1.0
+                    },
+                    xsa: i >= xsa_from,
+                    gptj_parallel: cfg.parallel_residual_start.is_some_and(|s| i >= s),
                 }
             })
             .collect();
+        let globals = Globals {
+            bigram: find("bigram.embed.weight")
+                .map(|e| (e, find("bigram.proj.weight"), at("bigram.scale"))),
+            smear_v1: find("smear.gate"),
+            smear_v2: find("smear_gate.weight").map(|w| (w, at("smear_lambda"))),
+            skip_gates: find("skip_gates"),
+            value_embedding: find("ve_shared.embed.weight")
+                .map(|e| (e, find("ve_shared.proj.weight"), at("ve_shared.scale"))),
+            lanes: find("parallel_post_lambdas").map(|p| (p, at("parallel_resid_lambdas"))),
+        };
+        let (encoder, decoder) = cfg.layer_schedule();
         Ok(Gpt {
             tok_emb: at("tok_emb.weight"),
             lm_head: (!cfg.tie_embeddings).then(|| at("lm_head.weight")),
             skip_weights: at("skip_weights"),
             blocks,
+            globals,
+            encoder,
+            decoder,
             ones_model: Tensor::ones(cfg.model_dim, dtype, device)?,
             ones_head: Tensor::ones(cfg.head_dim(), dtype, device)?,
             cfg,
@@ -187,21 +287,29 @@ impl Gpt {
         self.dtype
     }
 
-    /// RoPE tables for positions 0..T: inv_freq[i] = base^(−2i/hd), freqs = t ⊗ inv_freq computed in f32, as the
-    /// reference's `Rotary` does; returned as (cos, sin) of [T, hd/2] in the model dtype.
+    /// RoPE tables for positions 0..T over the rotated dims rd: inv_freq[i] = base^(−2i/rd), freqs = t ⊗ inv_freq
+    /// computed in f32, as the records' `Rotary` does, with the NTK rule when the config has one and T exceeds
+    /// its train_seq_len: base' = base·(T/train_seq_len)^(rd/(rd−2)) (computed in f64, as Python does, then used
+    /// in f32). Returned as (cos, sin) of [T, rd/2] in the model dtype.
     fn rope_tables(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
-        let hd = self.cfg.head_dim();
-        let base = self.cfg.rope_base as f32;
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32))
+        let rd = self.cfg.rotary_dims();
+        let base = match self.cfg.rope_ntk_train_seq_len {
+            Some(train) if seq_len > train => {
+                let scale = seq_len as f64 / train as f64;
+                self.cfg.rope_base * scale.powf(rd as f64 / (rd as f64 - 2.0))
+            }
+            _ => self.cfg.rope_base,
+        } as f32;
+        let inv_freq: Vec<f32> = (0..rd / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
             .collect();
-        let mut freqs = Vec::with_capacity(seq_len * hd / 2);
+        let mut freqs = Vec::with_capacity(seq_len * rd / 2);
         for t in 0..seq_len {
             for f in &inv_freq {
                 freqs.push(t as f32 * f);
             }
         }
-        let freqs = Tensor::from_vec(freqs, (seq_len, hd / 2), &self.device)?;
+        let freqs = Tensor::from_vec(freqs, (seq_len, rd / 2), &self.device)?;
         Ok((
             freqs.cos()?.to_dtype(self.dtype)?,
             freqs.sin()?.to_dtype(self.dtype)?,
@@ -288,101 +396,395 @@ impl Gpt {
 
     /// The final hidden states [B, T, d] (after the last RMSNorm) for token ids [B, T] (u32).
     pub fn final_hidden(&self, ids: &Tensor, pass: Pass) -> Result<Tensor> {
+        self.hidden(ids, None, pass)
+    }
+
+    /// Uncapped logits [1, N, V] for one flat buffer of ids [1, N] whose attention is isolated to `segments`
+    /// ((start, len) pairs tiling 0..N), as the records' VarLen evaluation runs it: RoPE at flat-buffer positions,
+    /// everything outside attention per token over the whole buffer.
+    pub fn uncapped_logits_segmented(
+        &self,
+        ids: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        self.head(&self.hidden(ids, Some(segments), Pass::Score)?)
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        segments: Option<&[(usize, usize)]>,
+        pass: Pass,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let x = self
-            .p(self.tok_emb)
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, cfg.model_dim))?;
-        let x0 = self.rms_norm(&x, &self.ones_model, pass)?;
-        let (cos, neg_sin) = {
-            let (c, s) = self.rope_tables(t)?;
-            (c, s.neg()?)
+        let x0 = self.embed(ids, pass)?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let value_embedding = match self.globals.value_embedding {
+            Some((embed, proj, scale)) => {
+                let mut ve = self
+                    .p(embed)
+                    .embedding(&ids.flatten_all()?)?
+                    .reshape((b, t, cfg.ve_dim))?;
+                if let Some(proj) = proj {
+                    ve = linear(&ve, self.p(proj))?;
+                }
+                Some(ve.broadcast_mul(self.p(scale))?)
+            }
+            None => None,
+        };
+        let ctx = Context {
+            cos,
+            neg_sin: sin.neg()?,
+            value_embedding,
+            segments,
+            pass,
         };
         let mut x = x0.clone();
-        let mut skips = Vec::with_capacity(cfg.num_encoder_layers());
-        for i in 0..cfg.num_encoder_layers() {
-            x = self.block(&self.blocks[i], &x, &x0, &cos, &neg_sin, pass)?;
+        let mut v0: Option<Tensor> = None;
+        let mut skips = Vec::with_capacity(self.encoder.len());
+        for &i in &self.encoder {
+            let (out, raw_v) = self.block(i, &x, &x0, &ctx, v0.as_ref())?;
+            x = out;
+            if v0.is_none() {
+                v0 = raw_v;
+            }
             skips.push(x.clone());
         }
-        for j in 0..cfg.num_decoder_layers() {
-            if let Some(skip) = skips.pop() {
-                x = (x + self.channel_scale(&skip, &self.p(self.skip_weights).get(j)?, pass)?)?;
+        let n_skip = cfg.num_skip_weights();
+        let mut lanes: Option<(Tensor, Tensor)> = None;
+        for (j, &i) in self.decoder.iter().enumerate() {
+            let skip = if j < n_skip { skips.pop() } else { None };
+            let two_lane = cfg.parallel_start_layer.is_some_and(|s| i >= s);
+            if two_lane {
+                let (lane0, lane1) = lanes.take().unwrap_or_else(|| (x.clone(), x.clone()));
+                let lane0 = match skip {
+                    Some(skip) => self.add_skip(j, &skip, &lane0, pass)?,
+                    None => lane0,
+                };
+                lanes = Some(self.two_lane_block(i, &lane0, &lane1, &x0, &ctx, v0.as_ref())?);
+            } else {
+                if let Some(skip) = skip {
+                    x = self.add_skip(j, &skip, &x, pass)?;
+                }
+                x = self.block(i, &x, &x0, &ctx, v0.as_ref())?.0;
             }
-            x = self.block(
-                &self.blocks[cfg.num_encoder_layers() + j],
-                &x,
-                &x0,
-                &cos,
-                &neg_sin,
-                pass,
-            )?;
+        }
+        if let Some((lane0, lane1)) = lanes {
+            x = match cfg.parallel_final_lane {
+                FinalLane::Mean => ((lane0 + lane1)? * 0.5)?,
+                FinalLane::Attn => lane0,
+                FinalLane::Mlp => lane1,
+            };
         }
         self.rms_norm(&x, &self.ones_model, pass)
     }
 
-    fn block(
+    /// The embedding stream x0: tok_emb (+ BigramHash) → (SmearGate v2) → RMSNorm → (SmearGate v1).
+    fn embed(&self, ids: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let d = self.cfg.model_dim;
+        let mut x = self
+            .p(self.tok_emb)
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, t, d))?;
+        let needs_ids = self.globals.bigram.is_some() || self.globals.smear_v2.is_some();
+        let rows: Vec<Vec<u32>> = if needs_ids {
+            ids.to_vec2()?
+        } else {
+            Vec::new()
+        };
+        if let Some((embed, proj, scale)) = self.globals.bigram {
+            let idx: Vec<u32> = rows
+                .iter()
+                .flat_map(|row| bigram_hash(row, self.cfg.bigram_vocab_size))
+                .collect();
+            let idx = Tensor::from_vec(idx, b * t, &self.device)?;
+            let mut h = self
+                .p(embed)
+                .embedding(&idx)?
+                .reshape((b, t, self.cfg.bigram_dim))?;
+            if let Some(proj) = proj {
+                h = linear(&h, self.p(proj))?;
+            }
+            x = (x + h.broadcast_mul(self.p(scale))?)?;
+        }
+        if let Some((w, lambda)) = self.globals.smear_v2 {
+            x = self.smear_v2(&x, &rows, w, lambda)?;
+        }
+        let mut x = self.rms_norm(&x, &self.ones_model, pass)?;
+        if let Some(gate) = self.globals.smear_v1 {
+            // x ← (1−g)⊙x + g⊙x_{t−1}, g = σ(gate), x_{−1} = 0.
+            let g = candle_nn::ops::sigmoid(self.p(gate))?;
+            let prev = Tensor::cat(
+                &[&x.zeros_like()?.narrow(1, 0, 1)?, &x.narrow(1, 0, t - 1)?],
+                1,
+            )?;
+            x = (x.broadcast_mul(&g.affine(-1.0, 1.0)?)? + prev.broadcast_mul(&g)?)?;
+        }
+        Ok(x)
+    }
+
+    /// SmearGate v2 on the raw embedding: for t ≥ 1, x_t ← x_t + λ·σ(x_t[..w]·wᵀ)·x_{t−1}, zeroed where the
+    /// token at t is BOS when the config has the BOS fix; x_0 unchanged.
+    fn smear_v2(&self, x: &Tensor, rows: &[Vec<u32>], w: usize, lambda: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        if t < 2 {
+            return Ok(x.clone());
+        }
+        let cur = x.narrow(1, 1, t - 1)?;
+        let prev = x.narrow(1, 0, t - 1)?;
+        let gate_in = cur.narrow(2, 0, self.cfg.gate_window)?.contiguous()?;
+        let g = candle_nn::ops::sigmoid(&linear(&gate_in, self.p(w))?)?
+            .broadcast_mul(self.p(lambda))?;
+        let mut smear = g.broadcast_mul(&prev)?;
+        if self.cfg.smear_gate_bos_fix {
+            let not_bos: Vec<f32> = rows
+                .iter()
+                .flat_map(|row| {
+                    row[1..]
+                        .iter()
+                        .map(|&id| if id == BOS_ID { 0.0 } else { 1.0 })
+                })
+                .collect();
+            let not_bos =
+                Tensor::from_vec(not_bos, (b, t - 1, 1), &self.device)?.to_dtype(self.dtype)?;
+            smear = smear.broadcast_mul(&not_bos)?;
+        }
+        Ok(Tensor::cat(&[&x.narrow(1, 0, 1)?, &(cur + smear)?], 1)?)
+    }
+
+    /// Decoder step j's skip: x + w⊙skip, or with skip gates lerp(w⊙skip, x, σ(g)).
+    fn add_skip(&self, j: usize, skip: &Tensor, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let scaled = self.channel_scale(skip, &self.p(self.skip_weights).get(j)?, pass)?;
+        match self.globals.skip_gates {
+            Some(gates) => {
+                let g = candle_nn::ops::sigmoid(&self.p(gates).get(j)?)?;
+                lerp(&scaled, x, &g)
+            }
+            None => Ok((x + scaled)?),
+        }
+    }
+
+    /// The normed block input times the block's LN scale.
+    fn block_norm(&self, blk: &BlockParams, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let n = self.rms_norm(x, &self.ones_model, pass)?;
+        Ok(if blk.ln_scale == 1.0 {
+            n
+        } else {
+            // A Python float times an f32 tensor multiplies in f32.
+            (n * (blk.ln_scale as f32) as f64)?
+        })
+    }
+
+    fn residual_mix(
         &self,
         blk: &BlockParams,
         x: &Tensor,
         x0: &Tensor,
-        cos: &Tensor,
-        neg_sin: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
         let mix = self.p(blk.resid_mix);
-        let x = (self.channel_scale(x, &mix.get(0)?, pass)?
-            + self.channel_scale(x0, &mix.get(1)?, pass)?)?;
-        let a = self.attention(
-            blk,
-            &self.rms_norm(&x, &self.ones_model, pass)?,
-            cos,
-            neg_sin,
-            pass,
-        )?;
-        let x = (&x + self.channel_scale(&a, self.p(blk.attn_scale), pass)?)?;
-        let h = linear(&self.rms_norm(&x, &self.ones_model, pass)?, self.p(blk.fc))?
-            .relu()?
-            .sqr()?;
-        let m = linear(&h, self.p(blk.mlp_proj))?;
-        Ok((x + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?)
+        Ok((self.channel_scale(x, &mix.get(0)?, pass)?
+            + self.channel_scale(x0, &mix.get(1)?, pass)?)?)
     }
 
+    /// One block (physical index i); returns its output and, with the value residual, its raw values.
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        x0: &Tensor,
+        ctx: &Context,
+        v0: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let blk = &self.blocks[i];
+        let pass = ctx.pass;
+        let x = self.residual_mix(blk, x, x0, pass)?;
+        let n = self.block_norm(blk, &x, pass)?;
+        let (a, raw_v) = self.attention(blk, &n, ctx, v0)?;
+        let attn = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
+        if blk.gptj_parallel {
+            // GPT-J: attention and MLP both read the normed x_in (mlp_norm(x_in)·s is the same value).
+            let m = self.mlp(blk, &n)?;
+            let out = ((&x + attn)? + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?;
+            return Ok((out, raw_v));
+        }
+        let x = (&x + attn)?;
+        let m = self.mlp(blk, &self.block_norm(blk, &x, pass)?)?;
+        Ok((
+            (&x + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?,
+            raw_v,
+        ))
+    }
+
+    /// A two-lane parallel residual block (PR #1529): attention reads the resid-mixed lane0, the MLP reads raw lane1,
+    /// and both lanes take both outputs: lane_k' = R[i,k]·lane_k + P[i,0,k]·a + P[i,1,k]·m.
+    fn two_lane_block(
+        &self,
+        i: usize,
+        lane0: &Tensor,
+        lane1: &Tensor,
+        x0: &Tensor,
+        ctx: &Context,
+        v0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let blk = &self.blocks[i];
+        let pass = ctx.pass;
+        let (post, resid) = self
+            .globals
+            .lanes
+            .expect("two-lane config has lane lambdas");
+        let read = self.residual_mix(blk, lane0, x0, pass)?;
+        let (a, _) = self.attention(blk, &self.block_norm(blk, &read, pass)?, ctx, v0)?;
+        let a = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
+        let m = self.mlp(blk, &self.block_norm(blk, lane1, pass)?)?;
+        let m = self.channel_scale(&m, self.p(blk.mlp_scale), pass)?;
+        let r = self.p(resid).get(i)?;
+        let p = self.p(post).get(i)?;
+        let scalar = |t: &Tensor, k: usize| t.narrow(0, k, 1);
+        let p_attn = p.get(0)?;
+        let p_mlp = p.get(1)?;
+        let new0 = ((lane0.broadcast_mul(&scalar(&r, 0)?)?
+            + a.broadcast_mul(&scalar(&p_attn, 0)?)?)?
+            + m.broadcast_mul(&scalar(&p_mlp, 0)?)?)?;
+        let new1 = ((lane1.broadcast_mul(&scalar(&r, 1)?)?
+            + a.broadcast_mul(&scalar(&p_attn, 1)?)?)?
+            + m.broadcast_mul(&scalar(&p_mlp, 1)?)?)?;
+        Ok((new0, new1))
+    }
+
+    /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², then ·projᵀ.
+    fn mlp(&self, blk: &BlockParams, x: &Tensor) -> Result<Tensor> {
+        let u = linear(x, self.p(blk.fc))?;
+        let slope = self.cfg.mlp_negative_slope;
+        let h = if slope == 0.0 {
+            u.relu()?
+        } else {
+            (u.relu()? - (u.neg()?.relu()? * slope)?)?
+        };
+        linear(&h.sqr()?, self.p(blk.mlp_proj))
+    }
+
+    /// Applies RoPE to the first rd dims of [B, H, T, hd] (all of them without partial RoPE).
+    fn rope(&self, z: &Tensor, ctx: &Context) -> Result<Tensor> {
+        let hd = self.cfg.head_dim();
+        let rd = self.cfg.rotary_dims();
+        let rotate = |z: &Tensor| -> Result<Tensor> {
+            let z = z.contiguous()?;
+            Ok(match ctx.pass {
+                Pass::Score => candle_nn::rotary_emb::rope(&z, &ctx.cos, &ctx.neg_sin)?,
+                Pass::Train if self.fused_training_ops() => {
+                    super::ops::rope(&z, &ctx.cos, &ctx.neg_sin.neg()?)?
+                }
+                Pass::Train => candle_nn::rotary_emb::rope_slow(&z, &ctx.cos, &ctx.neg_sin)?,
+            })
+        };
+        if rd == hd {
+            return rotate(z);
+        }
+        let rotated = rotate(&z.narrow(D::Minus1, 0, rd)?)?;
+        Ok(Tensor::cat(
+            &[&rotated, &z.narrow(D::Minus1, rd, hd - rd)?],
+            D::Minus1,
+        )?)
+    }
+
+    /// Attention of one block on its (normed, LN-scaled) input x [B, T, d]: projections, (value embedding, value
+    /// residual), q/k RMSNorm, RoPE, q_gain, causal grouped-query attention (within segments when given), (XSA),
+    /// (output gate), output projection. Also returns the raw values [B, T, Hkv, hd] when the value residual is on.
     fn attention(
         &self,
         blk: &BlockParams,
         x: &Tensor,
-        cos: &Tensor,
-        neg_sin: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor> {
+        ctx: &Context,
+        v0: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let cfg = &self.cfg;
+        let pass = ctx.pass;
         let (b, t, d) = x.dims3()?;
         let (h, hkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
-        let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(linear(x, w)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let q_raw = linear(x, self.p(blk.c_q))?;
+        let heads = |z: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = self.rms_norm(&heads(self.p(blk.c_q), h)?, &self.ones_head, pass)?;
-        let k = self.rms_norm(&heads(self.p(blk.c_k), hkv)?, &self.ones_head, pass)?;
-        let v = heads(self.p(blk.c_v), hkv)?;
-        // The reference rotates with [x1·cos + x2·sin, −x1·sin + x2·cos]: candle's half-split rope with −sin.
-        let rope = |z: &Tensor| -> Result<Tensor> {
-            Ok(match pass {
-                Pass::Score => candle_nn::rotary_emb::rope(z, cos, neg_sin)?,
-                Pass::Train if self.fused_training_ops() => {
-                    super::ops::rope(z, cos, &neg_sin.neg()?)?
-                }
-                Pass::Train => candle_nn::rotary_emb::rope_slow(z, cos, neg_sin)?,
-            })
-        };
-        let q = rope(&q)?;
-        let k = rope(&k)?;
+        let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
+        let k = self.rms_norm(
+            &heads(&linear(x, self.p(blk.c_k))?, hkv)?,
+            &self.ones_head,
+            pass,
+        )?;
+        let mut v_flat = linear(x, self.p(blk.c_v))?;
+        if let (Some(scale), Some(ve)) = (blk.ve_scale, &ctx.value_embedding) {
+            v_flat = (v_flat + ve.broadcast_mul(self.p(scale))?)?;
+        }
+        // [B, T, Hkv, hd]: the values as XSA and the value residual see them.
+        let mut v = v_flat.reshape((b, t, hkv, hd))?;
+        let raw_v = blk.vr_lambda.map(|_| v.clone());
+        if let (Some(lam), Some(v0)) = (blk.vr_lambda, v0) {
+            let lam = self.p(lam);
+            v = (v0.broadcast_mul(&lam.narrow(0, 0, 1)?)?
+                + v.broadcast_mul(&lam.narrow(0, 1, 1)?)?)?;
+        }
+        let q = self.rope(&q, ctx)?;
+        let k = self.rope(&k, ctx)?;
         let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
+        let v_heads = v.transpose(1, 2)?.contiguous()?;
+        let y = match ctx.segments {
+            None => self.causal_attention(&q, &k, &v_heads, pass)?,
+            Some(segments) => {
+                let parts = segments
+                    .iter()
+                    .filter(|&&(_, len)| len > 0)
+                    .map(|&(start, len)| {
+                        let part = |z: &Tensor| z.narrow(2, start, len);
+                        self.causal_attention(&part(&q)?, &part(&k)?, &part(&v_heads)?, pass)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 2)?
+            }
+        };
+        // [B, T, H, hd]
+        let mut y = y.transpose(1, 2)?;
+        if blk.xsa {
+            y = xsa(&y, &v)?;
+        }
+        let gate = if let Some((w, bias)) = blk.legacy_gate {
+            Some(candle_nn::ops::sigmoid(
+                &linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
+            )?)
+        } else if let Some(w) = blk.out_gate {
+            let src = match cfg.attn_out_gate_src {
+                GateSource::Proj => x,
+                GateSource::Q => &q_raw,
+            };
+            let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+            Some((candle_nn::ops::sigmoid(&linear(&gate_in, self.p(w))?)? * 2.0)?)
+        } else if let Some(w) = blk.head_gate {
+            let z = if cfg.sparse_attn_gate {
+                let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+                (linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
+            } else {
+                linear(x, self.p(w))?
+            };
+            Some(candle_nn::ops::sigmoid(&z)?)
+        } else {
+            None
+        };
+        if let Some(g) = gate {
+            y = y.broadcast_mul(&g.unsqueeze(3)?)?;
+        }
+        let y = y.reshape((b, t, d))?;
+        Ok((linear(&y, self.p(blk.attn_proj))?, raw_v))
+    }
+
+    /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd).
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: Pass) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, h, t, hd) = q.dims4()?;
+        let hkv = cfg.num_kv_heads;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
+        if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
             let shape = AttentionShape {
                 batch: b,
                 heads: h,
@@ -390,37 +792,52 @@ impl Gpt {
                 seq_len: t,
                 head_dim: hd,
             };
-            let flat = |z: &Tensor| z.flatten_all().and_then(|z| z.to_vec1::<f32>());
-            let y = causal_attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, shape, scale as f32);
-            Tensor::from_vec(y, (b, h, t, hd), &self.device)?
+            let flat = |z: &Tensor| {
+                z.contiguous()
+                    .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
+            };
+            let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale as f32);
+            return Ok(Tensor::from_vec(y, (b, h, t, hd), &self.device)?);
+        }
+        // Grouped-query: query head h reads kv head h / (H / Hkv).
+        let (k, v) = if hkv != h {
+            let rep = h / hkv;
+            let expand = |z: &Tensor| -> Result<Tensor> {
+                Ok(z.unsqueeze(2)?
+                    .expand((b, hkv, rep, t, hd))?
+                    .reshape((b, h, t, hd))?)
+            };
+            (expand(k)?, expand(v)?)
         } else {
-            // Grouped-query: query head h reads kv head h / (H / Hkv).
-            let (k, v) = if hkv != h {
-                let rep = h / hkv;
-                let expand = |z: Tensor| -> Result<Tensor> {
-                    Ok(z.unsqueeze(2)?
-                        .expand((b, hkv, rep, t, hd))?
-                        .reshape((b, h, t, hd))?)
-                };
-                (expand(k)?, expand(v)?)
-            } else {
-                (k, v)
-            };
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let p = if self.device.is_cpu() && self.dtype == DType::F32 {
-                super::attention::causal_softmax(&scores)?
-            } else {
-                let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
-                match pass {
-                    Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
-                    Pass::Train => softmax_last_dim_differentiable(&masked)?,
-                }
-            };
-            p.matmul(&v)?
+            (k.contiguous()?, v.contiguous()?)
         };
-        let y = y.transpose(1, 2)?.reshape((b, t, d))?;
-        linear(&y, self.p(blk.attn_proj))
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
+        let p = if self.device.is_cpu() && self.dtype == DType::F32 {
+            super::attention::causal_softmax(&scores)?
+        } else {
+            let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
+            match pass {
+                Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
+                Pass::Train => softmax_last_dim_differentiable(&masked)?,
+            }
+        };
+        Ok(p.matmul(&v)?)
     }
+}
+
+/// XSA (architectures §1.5): each head's output loses its component along its position's own (normalized) value
+/// vector: with v̂ = v / max(‖v‖, 1e-12) of the head's kv group, y ← y − (y·v̂)v̂. y [B, T, H, hd], v [B, T, Hkv, hd].
+fn xsa(y: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, t, h, hd) = y.dims4()?;
+    let hkv = v.dim(2)?;
+    let y_g = y.reshape((b, t, hkv, h / hkv, hd))?;
+    let norm = v.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    let vn = v.broadcast_div(&norm)?.unsqueeze(3)?;
+    let proj = y_g
+        .broadcast_mul(&vn)?
+        .sum_keepdim(D::Minus1)?
+        .broadcast_mul(&vn)?;
+    Ok((y_g - proj)?.reshape((b, t, h, hd))?)
 }
 
 /// [T, T] with 0 on and below the diagonal and −∞ above it.

@@ -42,8 +42,9 @@ pub fn check_state_dict(
     dtype: DType,
     source: &Path,
 ) -> Result<StateDict> {
-    let expected = cfg.expected_tensors();
     let mut problems = Vec::new();
+    let state = unbank(state, cfg.num_layers, &mut problems)?;
+    let expected = cfg.expected_tensors();
     for (name, shape) in &expected {
         match state.get(name) {
             None => problems.push(format!("missing {name} {shape:?}")),
@@ -77,4 +78,45 @@ pub fn check_state_dict(
         out.insert(name, t.to_dtype(dtype)?);
     }
     Ok(out)
+}
+
+/// The records' parameter banks (architectures §1.14) and the per-block names each slice becomes, as
+/// `_unbank_state_dict` renames them: (bank, [(first slice, name pattern)]).
+const BANKS: [(&str, &[(usize, &str)]); 4] = [
+    (
+        "qo_bank",
+        &[(0, "attn.c_q.weight"), (1, "attn.proj.weight")],
+    ),
+    ("kv_bank", &[(0, "attn.c_k.weight"), (1, "attn.c_v.weight")]),
+    ("mlp_up_bank", &[(0, "mlp.fc.weight")]),
+    ("mlp_down_bank", &[(0, "mlp.proj.weight")]),
+];
+
+/// Splits parameter banks into per-block tensors: `qo_bank[i]` is block i's c_q and `qo_bank[n+i]` its out-proj,
+/// `kv_bank[i]`/`[n+i]` its c_k/c_v, `mlp_up_bank[i]`/`mlp_down_bank[i]` its fc/proj. A bank of the wrong depth is
+/// reported among `problems`.
+pub fn unbank(
+    mut state: StateDict,
+    num_layers: usize,
+    problems: &mut Vec<String>,
+) -> Result<StateDict> {
+    for (bank, parts) in BANKS {
+        let Some(t) = state.remove(bank) else {
+            continue;
+        };
+        let depth = parts.len() * num_layers;
+        if t.rank() != 3 || t.dim(0)? != depth {
+            problems.push(format!(
+                "{bank} has shape {:?}; {num_layers} layers need [{depth}, _, _]",
+                t.dims()
+            ));
+            continue;
+        }
+        for &(part, name) in parts {
+            for i in 0..num_layers {
+                state.insert(format!("blocks.{i}.{name}"), t.get(part * num_layers + i)?);
+            }
+        }
+    }
+    Ok(state)
 }

@@ -21,6 +21,10 @@ pub enum WindowForm {
     /// The older sliding form (rec/2026-03-19): every start `ws < T`, scoring from `max(wlen − S, 0)`, so tail windows
     /// re-score the last targets. Only to reproduce old records; never exactly once.
     LegacySliding { stride: usize },
+    /// The records' VarLen `eval_val` (rec/2026-04-10 on): flat buffers of `batch_seqs` sequences of L, attention
+    /// isolated to each document (split at BOS, and into pieces of at most L), every target of a buffer scored.
+    /// Like the records, only whole buffers are scored: the last `total_seqs mod batch_seqs` sequences are not.
+    DocIsolated { batch_seqs: usize },
 }
 
 impl WindowForm {
@@ -29,6 +33,7 @@ impl WindowForm {
             WindowForm::NonOverlapping => "non_overlapping",
             WindowForm::Sliding { .. } => "sliding",
             WindowForm::LegacySliding { .. } => "legacy_sliding",
+            WindowForm::DocIsolated { .. } => "doc_isolated",
         }
     }
 }
@@ -81,6 +86,21 @@ pub fn plan_windows(targets: usize, seq_len: usize, form: WindowForm) -> Result<
                     start: ws,
                     len: (ws + seq_len).min(targets) - ws,
                     score_from: if ws == 0 { 0 } else { context },
+                })
+                .collect()
+        }
+        WindowForm::DocIsolated { batch_seqs } => {
+            if batch_seqs == 0 {
+                return Err(VerifyError::Setup(
+                    "doc-isolated batch_seqs must be positive".into(),
+                ));
+            }
+            let buffer = seq_len * batch_seqs;
+            (0..targets / seq_len / batch_seqs)
+                .map(|k| Window {
+                    start: k * buffer,
+                    len: buffer,
+                    score_from: 0,
                 })
                 .collect()
         }

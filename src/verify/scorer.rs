@@ -4,7 +4,7 @@ use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
-use crate::infer::model::Gpt;
+use crate::infer::model::{BOS_ID, Gpt};
 
 /// Scores a batch of windows: for window `i`, the NLL (nats) of `targets[i][p]` given `inputs[i][..=p]`, for every
 /// position `p`. Inputs and targets of a window have the same length.
@@ -79,6 +79,88 @@ impl WindowScorer for ModelScorer<'_> {
                 .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
                 .collect(),
             rows,
+        })
+    }
+}
+
+/// Scores each window as one flat buffer whose attention never crosses a document boundary, as the records'
+/// VarLen evaluation does (architectures §1.16): segments start at position 0 and at every BOS, and a document
+/// longer than `max_doc_len` is cut into pieces of that length; RoPE runs at flat-buffer positions.
+pub struct DocIsolatedScorer<'a> {
+    pub model: &'a Gpt,
+    pub max_doc_len: usize,
+}
+
+/// The records' `_build_cu_seqlens` as (start, len) segments of a buffer of `ids`.
+pub fn doc_segments(ids: &[u16], max_doc_len: usize) -> Vec<(usize, usize)> {
+    let n = ids.len();
+    let mut starts: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|&(_, &t)| t as u32 == BOS_ID)
+        .map(|(i, _)| i)
+        .collect();
+    if starts.first() != Some(&0) {
+        starts.insert(0, 0);
+    }
+    let mut segments = Vec::new();
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(n);
+        let mut pos = start;
+        while pos < end {
+            let len = if max_doc_len > 0 {
+                max_doc_len.min(end - pos)
+            } else {
+                end - pos
+            };
+            segments.push((pos, len));
+            pos += len;
+        }
+    }
+    segments
+}
+
+impl WindowScorer for DocIsolatedScorer<'_> {
+    fn score(
+        &self,
+        inputs: &[&[u16]],
+        targets: &[&[u16]],
+        rows: &[(usize, usize)],
+    ) -> Result<Scored> {
+        let model = self.model;
+        let mut nll = Vec::with_capacity(inputs.len());
+        let mut wanted_rows = vec![Vec::new(); rows.len()];
+        for (i, (inp, tgt)) in inputs.iter().zip(targets).enumerate() {
+            if inp.is_empty() {
+                nll.push(Vec::new());
+                continue;
+            }
+            let ids: Vec<u32> = inp.iter().map(|&t| t as u32).collect();
+            let ids = Tensor::from_vec(ids, (1, inp.len()), model.device())?;
+            let logits =
+                model.uncapped_logits_segmented(&ids, &doc_segments(inp, self.max_doc_len))?;
+            let v = logits.dim(D::Minus1)?;
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            nll.push(
+                logits
+                    .par_chunks(v)
+                    .zip(tgt.par_iter())
+                    .map(|(row, &target)| {
+                        capped_cross_entropy(row, target as usize, |z| model.softcap(z))
+                    })
+                    .collect(),
+            );
+            for (k, &(w, p)) in rows.iter().enumerate() {
+                if w == i {
+                    let at = p * v;
+                    wanted_rows[k] =
+                        log_softmax_row(logits[at..at + v].iter().map(|&z| model.softcap(z)));
+                }
+            }
+        }
+        Ok(Scored {
+            nll,
+            rows: wanted_rows,
         })
     }
 }

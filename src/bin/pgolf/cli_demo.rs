@@ -75,12 +75,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         model_dim: 64,
         num_heads: 4,
         num_kv_heads: 2,
-        mlp_mult: 2,
+        mlp_mult: 2.0,
         tie_embeddings: true,
         logit_softcap: 30.0,
         rope_base: 10000.0,
         qk_gain_init: 1.5,
         train_seq_len: 128,
+        ..ModelConfig::default()
     };
     let baseline = ModelConfig {
         num_layers: 9,

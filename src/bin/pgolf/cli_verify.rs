@@ -20,7 +20,7 @@ use pgolf::verify::ledger::{RunRecord, weights_digest};
 use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
 use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
 use pgolf::verify::procedure::{Procedure, WindowProcedure};
-use pgolf::verify::scorer::ModelScorer;
+use pgolf::verify::scorer::{DocIsolatedScorer, ModelScorer, WindowScorer};
 use pgolf::verify::ttt::{ScoreFirstTtt, TttOrder, TttRecipe};
 use serde_json::{Value, json};
 
@@ -62,6 +62,10 @@ pub struct VerifyArgs {
     /// With --stride: the older sliding form that re-scores the tail (to reproduce old records; not exactly once).
     #[arg(long, requires = "stride")]
     legacy_sliding: bool,
+    /// The records' VarLen eval_val (rec/2026-04-10 on): flat buffers of --batch-seqs sequences of --seq-len,
+    /// attention isolated to each document (split at BOS and into pieces of at most --seq-len).
+    #[arg(long, conflicts_with = "stride")]
+    doc_isolated: bool,
     /// CaseOps per-token byte sidecar shards (glob): bytes come from it instead of the tokenizer's table.
     #[arg(long)]
     byte_sidecar: Option<String>,
@@ -209,6 +213,9 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         None => ByteSource::Table(tokenizer.byte_table(cfg.vocab_size)),
     };
     let form = match (args.stride, args.legacy_sliding) {
+        (None, _) if args.doc_isolated => WindowForm::DocIsolated {
+            batch_seqs: args.batch_seqs,
+        },
         (None, _) => WindowForm::NonOverlapping,
         (Some(stride), false) => WindowForm::Sliding { stride },
         (Some(stride), true) => WindowForm::LegacySliding { stride },
@@ -232,11 +239,17 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         _ if args.ttt => Some(TttOrder::ScoreFirst),
         _ => None,
     };
+    if args.doc_isolated && (ttt_order.is_some() || args.planted.is_some()) {
+        bail!(
+            "--doc-isolated is an evaluation form of its own; it does not combine with --ttt or --planted"
+        );
+    }
     if ttt_order.is_some() && matches!(args.planted, Some(Planted::NgramCache | Planted::Slot)) {
         bail!("--planted ngram-cache and slot are window procedures; drop --ttt");
     }
 
     let scorer;
+    let isolated_scorer;
     let window_procedure;
     let ngram;
     let slot;
@@ -273,9 +286,18 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             &slot
         }
         (None, _) => {
-            scorer = ModelScorer { model: &model };
+            let chosen: &dyn WindowScorer = if args.doc_isolated {
+                isolated_scorer = DocIsolatedScorer {
+                    model: &model,
+                    max_doc_len: seq_len,
+                };
+                &isolated_scorer
+            } else {
+                scorer = ModelScorer { model: &model };
+                &scorer
+            };
             window_procedure = WindowProcedure {
-                scorer: &scorer,
+                scorer: chosen,
                 seq_len,
                 form,
                 batch_seqs: args.batch_seqs,
@@ -440,7 +462,7 @@ impl Summary<'_> {
             "method": self.form.name(),
             "seq_len": self.seq_len,
             "stride": match self.form {
-                WindowForm::NonOverlapping => None,
+                WindowForm::NonOverlapping | WindowForm::DocIsolated { .. } => None,
                 WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => Some(stride),
             },
             "windows": self.windows,
@@ -486,6 +508,9 @@ impl Summary<'_> {
         );
         let stride = match self.form {
             WindowForm::NonOverlapping => String::new(),
+            WindowForm::DocIsolated { batch_seqs } => {
+                format!(", {batch_seqs} sequences per document-isolated buffer")
+            }
             WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => {
                 format!(", stride {stride}")
             }
