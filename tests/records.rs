@@ -48,12 +48,16 @@ fn config(case: &str) -> ModelConfig {
 fn stream(case: &str) -> Vec<u16> {
     let g = records_golden();
     let name = g[case]["stream"].as_str().unwrap();
-    shard::read_shard(&fixture(&format!("records/streams/{name}/fineweb_val_000000.bin"))).unwrap()
+    shard::read_shard(&fixture(&format!(
+        "records/streams/{name}/fineweb_val_000000.bin"
+    )))
+    .unwrap()
 }
 
 /// (positions, golden rows [P, V], golden per-position NLL).
 fn golden_rows(case: &str) -> (Vec<usize>, Vec<Vec<f32>>, Vec<f32>) {
-    let g = weights::load_safetensors(&case_dir(case).join("golden.safetensors"), &Device::Cpu).unwrap();
+    let g = weights::load_safetensors(&case_dir(case).join("golden.safetensors"), &Device::Cpu)
+        .unwrap();
     let positions: Vec<usize> = g["positions"]
         .to_vec1::<i64>()
         .unwrap()
@@ -72,7 +76,13 @@ fn window_logits(model: &Gpt, case: &str) -> Vec<Vec<f32>> {
     let window = records_golden()[case]["window"].as_u64().unwrap() as usize;
     let ids: Vec<u32> = stream(case)[..window].iter().map(|&t| t as u32).collect();
     let ids = Tensor::from_vec(ids, (1, window), &Device::Cpu).unwrap();
-    model.logits(&ids).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+    model
+        .logits(&ids)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
 }
 
 fn max_row_diff(logits: &[Vec<f32>], positions: &[usize], rows: &[Vec<f32>]) -> f32 {
@@ -89,7 +99,12 @@ fn nll_of(logits: &[Vec<f32>], targets: &[u16]) -> Vec<f32> {
         .zip(targets)
         .map(|(row, &t)| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row.iter().map(|z| ((z - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+            let lse = row
+                .iter()
+                .map(|z| ((z - max) as f64).exp())
+                .sum::<f64>()
+                .ln() as f32
+                + max;
             lse - row[t as usize]
         })
         .collect()
@@ -105,8 +120,15 @@ fn check_case(case: &str) -> f32 {
     assert!(worst < LOGIT_TOLERANCE, "{case}: logits differ by {worst}");
     let tokens = stream(case);
     let ours = nll_of(&logits, &tokens[1..=logits.len()]);
-    let worst_nll = ours.iter().zip(&nll).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(worst_nll < LOGIT_TOLERANCE, "{case}: NLL differs by {worst_nll}");
+    let worst_nll = ours
+        .iter()
+        .zip(&nll)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst_nll < LOGIT_TOLERANCE,
+        "{case}: NLL differs by {worst_nll}"
+    );
     worst
 }
 
@@ -124,7 +146,10 @@ fn every_case_matches_its_record_logits() {
 /// tolerance: the golden exercises it.
 fn assert_component_matters(case: &str, component: &str, switch_off: impl Fn(&mut ModelConfig)) {
     let mut cfg = config(case);
-    assert!(cfg.components().contains(&component), "{case} lacks {component}");
+    assert!(
+        cfg.components().contains(&component),
+        "{case} lacks {component}"
+    );
     switch_off(&mut cfg);
     let logits = window_logits(&load(case, &cfg), case);
     let (positions, rows, _) = golden_rows(case);
@@ -155,7 +180,8 @@ fn components_of_the_03_23_stack_each_matter() {
 fn value_residual_legacy_gate_and_banks_match_the_03_23_code() {
     let case = "rec_2026_03_23_vr_gate_banked";
     assert!(records_golden()[case]["banked"].as_bool().unwrap());
-    let names = weights::load_safetensors(&case_dir(case).join("model.safetensors"), &Device::Cpu).unwrap();
+    let names =
+        weights::load_safetensors(&case_dir(case).join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(names.contains_key("qo_bank") && !names.contains_key("blocks.0.attn.c_q.weight"));
     check_case(case);
     assert_component_matters(case, "value_residual", |c| c.value_residual = false);
@@ -176,10 +202,15 @@ fn recurrence_parallel_residuals_and_skip_gates_of_04_09() {
     // The record's log line: encoder:[0, 1, 2, 3, 4, 5, 3, 4] decoder:[5, 3, 4, 5, 6, 7, 8, 9, 10].
     assert_eq!(
         cfg.layer_schedule(),
-        (vec![0, 1, 2, 3, 4, 5, 3, 4], vec![5, 3, 4, 5, 6, 7, 8, 9, 10])
+        (
+            vec![0, 1, 2, 3, 4, 5, 3, 4],
+            vec![5, 3, 4, 5, 6, 7, 8, 9, 10]
+        )
     );
     assert_eq!(cfg.num_skip_weights(), 8);
-    assert_component_matters(case, "parallel_residual_gptj", |c| c.parallel_residual_start = None);
+    assert_component_matters(case, "parallel_residual_gptj", |c| {
+        c.parallel_residual_start = None
+    });
     assert_component_matters(case, "skip_gates", |c| c.skip_gates = false);
     // Recurrence cannot be switched off on these weights (skip_weights is sized for the 17 virtual layers); the
     // schedule above and the golden match are its test.
@@ -190,7 +221,9 @@ fn recurrence_parallel_residuals_and_skip_gates_of_04_09() {
 #[test]
 fn two_lane_smear_v2_and_sparse_gate_of_04_27() {
     let case = "rec_2026_04_27";
-    assert_component_matters(case, "parallel_residual_two_lane", |c| c.parallel_start_layer = None);
+    assert_component_matters(case, "parallel_residual_two_lane", |c| {
+        c.parallel_start_layer = None
+    });
     assert_component_matters(case, "smear_gate_v2", |c| {
         c.smear_gate = pgolf::infer::config::SmearGate::None;
         c.smear_gate_bos_fix = false
@@ -201,11 +234,18 @@ fn two_lane_smear_v2_and_sparse_gate_of_04_27() {
 #[test]
 fn attention_output_gates_match_the_04_27_code() {
     check_case("rec_2026_04_27_attn_out_gate");
-    assert_component_matters("rec_2026_04_27_attn_out_gate", "attn_out_gate", |c| c.attn_out_gate = false);
+    assert_component_matters("rec_2026_04_27_attn_out_gate", "attn_out_gate", |c| {
+        c.attn_out_gate = false
+    });
     check_case("rec_2026_04_27_gated_attn");
-    assert_component_matters("rec_2026_04_27_gated_attn", "gated_attn", |c| c.gated_attn = false);
+    assert_component_matters("rec_2026_04_27_gated_attn", "gated_attn", |c| {
+        c.gated_attn = false
+    });
     let cfg = config("rec_2026_04_27_gated_attn");
-    assert_eq!(cfg.parallel_final_lane, pgolf::infer::config::FinalLane::Attn);
+    assert_eq!(
+        cfg.parallel_final_lane,
+        pgolf::infer::config::FinalLane::Attn
+    );
 }
 
 #[test]
@@ -219,7 +259,12 @@ fn smear_gate_bos_fix_changes_exactly_the_bos_positions() {
     let a = window_logits(&load("rec_2026_04_27", &fixed), "rec_2026_04_27");
     let b = window_logits(&load("rec_2026_04_27", &unfixed), "rec_2026_04_27");
     let first_inner_bos = (1..a.len()).find(|&p| tokens[p] == 1).unwrap();
-    let diff = |p: usize| a[p].iter().zip(&b[p]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let diff = |p: usize| {
+        a[p].iter()
+            .zip(&b[p])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
     // Up to the first BOS after position 0 the two agree exactly; at that BOS they differ.
     assert!((0..first_inner_bos).all(|p| diff(p) == 0.0));
     assert!(diff(first_inner_bos) > 100.0 * LOGIT_TOLERANCE);
@@ -236,7 +281,10 @@ fn verify_case(case: &str, extra: &[&str]) -> Value {
     let dir = case_dir(case);
     let model = dir.join("model.safetensors");
     let config = dir.join("config.json");
-    let val = format!("{}/fineweb_val_0*.bin", s(&fixture(&format!("records/streams/{stream}"))));
+    let val = format!(
+        "{}/fineweb_val_0*.bin",
+        s(&fixture(&format!("records/streams/{stream}")))
+    );
     let tokenizer = match stream {
         "sp1024" => tokenizer_path(1024),
         "sp8192" => tokenizer_path(8192),
@@ -293,13 +341,22 @@ fn verify_reproduces_the_04_27_doc_isolated_caseops_bpb() {
     );
     let out = verify_case(
         "rec_2026_04_27",
-        &["--doc-isolated", "--batch-seqs", "4", "--byte-sidecar", &sidecar],
+        &[
+            "--doc-isolated",
+            "--batch-seqs",
+            "4",
+            "--byte-sidecar",
+            &sidecar,
+        ],
     );
     assert_eq!(out["coverage"]["unscored"], 0);
     // Without the sidecar the SentencePiece table counts the case operators' bytes: a different (wrong) BPB.
     let g = &records_golden()["rec_2026_04_27"];
     let dir = case_dir("rec_2026_04_27");
-    let val = format!("{}/fineweb_val_0*.bin", s(&fixture("records/streams/caseops")));
+    let val = format!(
+        "{}/fineweb_val_0*.bin",
+        s(&fixture("records/streams/caseops"))
+    );
     let plain = pgolf_json(&[
         "verify",
         s(&dir.join("model.safetensors")),
@@ -316,5 +373,230 @@ fn verify_reproduces_the_04_27_doc_isolated_caseops_bpb() {
         "4",
         "--json",
     ]);
-    assert!(rel_err(plain["val_bpb"].as_f64().unwrap(), g["val_bpb"].as_f64().unwrap()) > 1e-3);
+    assert!(
+        rel_err(
+            plain["val_bpb"].as_f64().unwrap(),
+            g["val_bpb"].as_f64().unwrap()
+        ) > 1e-3
+    );
+}
+
+/// `pgolf verify --doc-isolated --probes` on the 04-27 weights under `config_case`'s config.
+fn doc_isolation_probe(config_case: &str) -> (i32, Value) {
+    let dir = case_dir("rec_2026_04_27");
+    let streams = fixture("records/streams/caseops");
+    let val = format!("{}/fineweb_val_0*.bin", s(&streams));
+    let sidecar = format!("{}/fineweb_val_bytes_*.bin", s(&streams));
+    let out = pgolf(&[
+        "verify",
+        s(&dir.join("model.safetensors")),
+        "--config",
+        s(&case_dir(config_case).join("config.json")),
+        "--val",
+        &val,
+        "--byte-sidecar",
+        &sidecar,
+        "--tokenizer",
+        s(&streams.join("tokenizer.model")),
+        "--seq-len",
+        "512",
+        "--doc-isolated",
+        "--batch-seqs",
+        "4",
+        "--probes",
+        "--probe-targets",
+        "4096",
+        "--probe-perturbations",
+        "2",
+        "--json",
+    ]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probe = json["probes"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "doc_isolation")
+        .cloned()
+        .expect("a doc-isolated procedure gets the isolation probe");
+    (out.status.code().unwrap(), probe)
+}
+
+#[test]
+fn doc_isolation_probe_passes_the_bos_fix_and_flags_smear_gate_without_it() {
+    let (code, probe) = doc_isolation_probe("rec_2026_04_27");
+    assert_eq!(code, 0);
+    assert_eq!(probe["passed"], true, "{probe}");
+    let (code, probe) = doc_isolation_probe("rec_2026_04_27_smear_no_bos_fix");
+    assert_eq!(code, 2);
+    assert_eq!(probe["passed"], false);
+    // The evidence names the documents whose losses moved.
+    let evidence = probe["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 2);
+    assert!(
+        evidence
+            .iter()
+            .all(|e| e.as_str().unwrap().contains("next document's targets"))
+    );
+}
+
+#[test]
+fn window_procedures_do_not_claim_isolation_so_get_no_isolation_probe() {
+    let dir = case_dir("rec_2026_04_09");
+    let val = format!(
+        "{}/fineweb_val_0*.bin",
+        s(&fixture("records/streams/sp8192"))
+    );
+    let out = pgolf_json(&[
+        "verify",
+        s(&dir.join("model.safetensors")),
+        "--config",
+        s(&dir.join("config.json")),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer_path(8192)),
+        "--seq-len",
+        "1024",
+        "--probes",
+        "--probe-targets",
+        "2048",
+        "--probe-perturbations",
+        "1",
+        "--probe-rows",
+        "2",
+        "--json",
+    ]);
+    let ids: Vec<&str> = out["probes"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.contains(&"doc_isolation"));
+}
+
+/// The fixtures are each preset's stack at small widths: apart from the widths, the configs are the presets'.
+#[test]
+fn preset_goldens_are_the_presets_at_small_width() {
+    for (case, name) in [
+        ("rec_2026_03_23", "rec-2026-03-23"),
+        ("rec_2026_03_29", "rec-2026-03-29"),
+        ("rec_2026_04_09", "rec-2026-04-09"),
+        ("rec_2026_04_27", "rec-2026-04-27"),
+    ] {
+        let preset = pgolf::infer::presets::preset(name).unwrap();
+        let mut small = config(case);
+        small.model_dim = preset.config.model_dim;
+        small.num_heads = preset.config.num_heads;
+        small.num_kv_heads = preset.config.num_kv_heads;
+        small.rope_dims = preset.config.rope_dims;
+        small.bigram_vocab_size = preset.config.bigram_vocab_size;
+        small.bigram_dim = preset.config.bigram_dim;
+        small.ve_dim = preset.config.ve_dim;
+        assert_eq!(small, preset.config, "{case} vs {name}");
+        let declared = &preset.eval;
+        let eval = &records_golden()[case]["eval"];
+        let form = eval["form"].as_str().unwrap();
+        match form {
+            "legacy_sliding" => assert!(declared.legacy_sliding && declared.stride.is_some()),
+            "sliding" => assert!(!declared.legacy_sliding && declared.stride.is_some()),
+            "doc_isolated" => {
+                assert!(declared.doc_isolated_batch_seqs.is_some() && declared.byte_sidecar)
+            }
+            other => panic!("unknown form {other}"),
+        }
+    }
+}
+
+#[test]
+fn inspect_names_the_preset_a_state_dict_matches() {
+    let out = pgolf_json(&[
+        "inspect",
+        s(&case_dir("rec_2026_04_09").join("model.safetensors")),
+        "--json",
+    ]);
+    // Same names as rec-2026-04-09 at other widths: the closest preset, not an exact match.
+    assert_eq!(out["preset"]["name"], "rec-2026-04-09");
+    assert_eq!(out["preset"]["exact"], false);
+    assert_eq!(out["preset"]["missing"], 0);
+    assert_eq!(out["preset"]["extra"], 0);
+    let banked = pgolf_json(&[
+        "inspect",
+        s(&case_dir("rec_2026_03_23_vr_gate_banked").join("model.safetensors")),
+        "--json",
+    ]);
+    // Banks are split into per-block names before matching; vr_lambda and the legacy gate are extra.
+    assert_eq!(banked["preset"]["name"], "rec-2026-03-23");
+    assert_eq!(banked["preset"]["missing"], 0);
+    assert_eq!(banked["preset"]["extra"], 11 * 3);
+}
+
+#[test]
+fn an_unknown_preset_and_a_mismatched_preset_are_one_line_errors() {
+    let dir = case_dir("rec_2026_04_09");
+    let val = format!(
+        "{}/fineweb_val_0*.bin",
+        s(&fixture("records/streams/sp8192"))
+    );
+    let tok = tokenizer_path(8192);
+    let model = dir.join("model.safetensors");
+    let err = pgolf_err(&[
+        "verify",
+        s(&model),
+        "--preset",
+        "rec-1999",
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tok),
+    ]);
+    assert!(
+        err.contains("no preset named \"rec-1999\"") && err.contains("rec-2026-04-09"),
+        "{err}"
+    );
+    let err = pgolf_err(&[
+        "verify",
+        s(&model),
+        "--preset",
+        "rec-2026-04-09",
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tok),
+    ]);
+    assert!(
+        err.contains("model.safetensors") && err.contains("tok_emb.weight has shape [8192, 32]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_component_configs_are_rejected_with_the_reason() {
+    let dir = temp_dir("bad_component_configs");
+    for (json, want) in [
+        (
+            r#"{"num_loops": 2, "loop_start": 3, "loop_end": 9}"#,
+            "loop segment 3..=9",
+        ),
+        (
+            r#"{"sparse_attn_gate": true, "gated_attn": true}"#,
+            "exclude each other",
+        ),
+        (r#"{"smear_gate_bos_fix": true}"#, "v2"),
+        (r#"{"ve_layers": [12]}"#, "ve_layers names block 12"),
+        (r#"{"rope_dims": 7}"#, "rope_dims 7"),
+        (
+            r#"{"parallel_residual_start": 3, "parallel_start_layer": 4}"#,
+            "exclude each other",
+        ),
+        (r#"{"smear_gate": "v3"}"#, "unknown variant"),
+    ] {
+        let path = dir.join("config.json");
+        std::fs::write(&path, json).unwrap();
+        let err = ModelConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains(want),
+            "{json}: {err}"
+        );
+    }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod presets;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -120,3 +120,23 @@ pub fn unbank(
     }
     Ok(state)
 }
+
+/// [`unbank`] on names and shapes only: each bank [k·n, a, b] becomes n per-block [a, b] entries per part.
+pub fn unbank_shapes(tensors: &[(String, Vec<usize>)]) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, shape) in tensors {
+        let bank = BANKS.iter().find(|(b, _)| b == name);
+        match bank {
+            Some((_, parts)) if shape.len() == 3 && shape[0].is_multiple_of(parts.len()) => {
+                let n = shape[0] / parts.len();
+                for &(_, part) in parts.iter() {
+                    for i in 0..n {
+                        out.push((format!("blocks.{i}.{part}"), shape[1..].to_vec()));
+                    }
+                }
+            }
+            _ => out.push((name.clone(), shape.clone())),
+        }
+    }
+    out
+}

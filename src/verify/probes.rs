@@ -10,6 +10,8 @@
 //! - TTT ordering: every optimizer step trained only on already-scored targets, none before the first score, none
 //!   after the last.
 //! - Determinism: two identical runs give identical receipts.
+//! - Document isolation (only for procedures that claim it): replacing the last token of document N leaves every
+//!   loss of document N + 1 unchanged.
 
 use serde::Serialize;
 
@@ -154,7 +156,36 @@ pub fn run_probes(
         .chain(perturbations.iter().map(|p| p.position - 1))
         .collect();
 
-    let runs = 2 + perturbations.len();
+    // Document boundaries for the isolation probe: BOS positions p whose previous token (the end of document N) is
+    // not itself a BOS, spread over the prefix.
+    let boundaries: Vec<usize> = if procedure.claims_doc_isolation() {
+        let all: Vec<usize> = (2..=t)
+            .filter(|&p| prefix[p] == opts.bos && prefix[p - 1] != opts.bos)
+            .collect();
+        let k = opts.perturbations.max(1).min(all.len());
+        (0..k).map(|i| all[i * all.len() / k]).collect()
+    } else {
+        Vec::new()
+    };
+    let doc_ends: Vec<Perturbation> = boundaries
+        .iter()
+        .map(|&b| {
+            let from = prefix[b - 1];
+            let to = loop {
+                let c = rng.below(vocab) as u16;
+                if c != from && c != opts.bos {
+                    break c;
+                }
+            };
+            Perturbation {
+                position: b - 1,
+                from,
+                to,
+            }
+        })
+        .collect();
+
+    let runs = 2 + perturbations.len() + doc_ends.len();
     let mut done = 0;
     let mut tick = |progress: &mut dyn FnMut(usize, usize)| {
         done += 1;
@@ -194,7 +225,16 @@ pub fn run_probes(
         tick(progress);
     }
 
-    let probes = vec![
+    let mut isolated_runs = Vec::new();
+    for p in &doc_ends {
+        let mut toks = prefix.to_vec();
+        toks[p.position] = p.to;
+        let (r, _) = run_procedure(procedure, &toks, bytes, true, [], &mut |_, _| {})?;
+        isolated_runs.push(r);
+        tick(progress);
+    }
+
+    let mut probes = vec![
         causality(&base, &perturbations, &altered, opts),
         normalization(&base, prefix, &samples, opts),
         score_before_update(&base, &perturbations, &altered, opts),
@@ -202,6 +242,15 @@ pub fn run_probes(
         ttt_ordering(&base, procedure.trains()),
         determinism(&base, &again),
     ];
+    if procedure.claims_doc_isolation() {
+        probes.push(doc_isolation(
+            &base,
+            prefix,
+            &doc_ends,
+            &isolated_runs,
+            opts,
+        ));
+    }
     Ok(ProbeReport {
         procedure: procedure.name(),
         prefix_targets: t,
@@ -418,5 +467,67 @@ fn determinism(a: &RunRecord, b: &RunRecord) -> ProbeResult {
             &b.chain_head()[..16]
         ),
         evidence: Vec::new(),
+    }
+}
+
+/// Document isolation: for each boundary, the last token of document N (position b − 1, before the BOS at b) was
+/// replaced; document N + 1's targets are b .. (its end), and none of their losses may move.
+fn doc_isolation(
+    base: &RunRecord,
+    prefix: &[u16],
+    doc_ends: &[Perturbation],
+    altered: &[RunRecord],
+    o: &ProbeOptions,
+) -> ProbeResult {
+    let targets = prefix.len() - 1;
+    let mut worst = 0.0f64;
+    let mut compared = 0usize;
+    let mut evidence = Vec::new();
+    for (p, r) in doc_ends.iter().zip(altered) {
+        let bos = p.position + 1;
+        let end = (bos + 1..prefix.len())
+            .find(|&q| prefix[q] == o.bos)
+            .unwrap_or(prefix.len())
+            .min(targets);
+        let (a, b) = (nll_of(base), nll_of(r));
+        let mut local = (0.0f64, bos);
+        for j in bos..end {
+            if a[j].is_finite() && b[j].is_finite() {
+                compared += 1;
+                let d = (a[j] - b[j]).abs();
+                if d > local.0 {
+                    local = (d, j);
+                }
+            }
+        }
+        evidence.push(format!(
+            "last token of the document ending at {} changed {}→{}: max |ΔNLL| {:.3e} over the next document's \
+             targets {bos}..{end}{}",
+            p.position,
+            p.from,
+            p.to,
+            local.0,
+            if local.0 > o.tolerance {
+                format!(" (target {})", local.1)
+            } else {
+                String::new()
+            }
+        ));
+        worst = worst.max(local.0);
+    }
+    ProbeResult {
+        id: "doc_isolation",
+        title: "Document isolation: a document's losses do not depend on the document before it",
+        passed: !doc_ends.is_empty() && worst <= o.tolerance,
+        measured: if doc_ends.is_empty() {
+            "no document boundary in the probes' prefix".into()
+        } else {
+            format!(
+                "{} re-runs, {compared} next-document targets compared, max |ΔNLL| {worst:.3e} (tolerance {:.0e})",
+                doc_ends.len(),
+                o.tolerance
+            )
+        },
+        evidence,
     }
 }

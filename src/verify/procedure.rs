@@ -21,6 +21,11 @@ pub trait Procedure {
     fn trains(&self) -> bool {
         false
     }
+    /// Whether the procedure claims that no document sees another: attention (and everything else) never crosses a
+    /// BOS, so a document's losses do not depend on the documents before it.
+    fn claims_doc_isolation(&self) -> bool {
+        false
+    }
     /// Runs on `tokens` (targets `0 .. tokens.len() − 1`). `progress(done, total)` reports the procedure's own units.
     fn run(
         &self,
@@ -102,6 +107,10 @@ impl Procedure for WindowProcedure<'_> {
 
     fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    fn claims_doc_isolation(&self) -> bool {
+        matches!(self.form, WindowForm::DocIsolated { .. })
     }
 
     fn run(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use pgolf::infer::presets;
 use pgolf::pack::inspect::{self, BUDGET_BYTES, TensorStats};
 use serde_json::json;
 
@@ -61,9 +62,27 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         ),
         None => "not measured (no compression layer)".into(),
     };
+    let named: Vec<(String, Vec<usize>)> = stats
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    let preset = presets::closest_preset(&named).map(|m| {
+        let record = presets::preset(m.name)
+            .map(|p| p.record)
+            .unwrap_or_default();
+        (m, record)
+    });
     if args.json {
         let obj = json!({
             "file": args.file.display().to_string(),
+            "preset": preset.as_ref().map(|(m, record)| json!({
+                "name": m.name,
+                "record": record,
+                "exact": m.exact(),
+                "missing": m.missing,
+                "extra": m.extra,
+                "reshaped": m.reshaped,
+            })),
             "container": artifact.container,
             "format": artifact.format,
             "layers": artifact.layers,
@@ -130,6 +149,19 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         }
     }
     println!("shares: {how}; floor% = rows whose scale sits at the legacy floor 1/clip_range");
+    match &preset {
+        Some((m, record)) if m.exact() => {
+            println!(
+                "architecture matches preset {} (records/track_10min_16mb/{record})",
+                m.name
+            )
+        }
+        Some((m, _)) => println!(
+            "closest preset {}: {} tensors missing, {} extra, {} of another shape",
+            m.name, m.missing, m.extra, m.reshaped
+        ),
+        None => {}
+    }
     println!(
         "parameters   {params} ({:.3} bits/parameter in the file)",
         8.0 * model_bytes as f64 / params.max(1) as f64

@@ -13,6 +13,7 @@ use pgolf::data::shard;
 use pgolf::data::tokenizer::Tokenizer;
 use pgolf::infer::config::ModelConfig;
 use pgolf::infer::model::Gpt;
+use pgolf::infer::presets;
 use pgolf::infer::weights;
 use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
 use pgolf::verify::eval::{self, EvalReport, WindowForm, plan_windows};
@@ -45,8 +46,12 @@ pub struct VerifyArgs {
     /// under zlib/zstd/xz/brotli/BSHF in the baseline int8 or the `{"w","m"}` schemas), dequantized in memory.
     model: PathBuf,
     /// Model config JSON (the challenge's hyperparameter names); not needed for a pgolf artifact, which carries it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
+    /// A named record config instead of --config (`baseline`, `rec-2026-03-23`, `rec-2026-03-29`, `rec-2026-04-09`,
+    /// `rec-2026-04-27`; docs/ARCHITECTURES.md).
+    #[arg(long)]
+    preset: Option<String>,
     /// Validation shards (glob; sorted; `*_bytes_*` sidecars skipped).
     #[arg(long)]
     val: String,
@@ -160,6 +165,20 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let device = Device::Cpu;
     let (state, carried, is_artifact) = load_weights(&args.model, &device)?;
     let cfg = match (&args.config, carried) {
+        _ if args.preset.is_some() => {
+            let name = args.preset.as_deref().unwrap_or_default();
+            match presets::preset(name) {
+                Some(p) => p.config,
+                None => bail!(
+                    "no preset named {name:?}; known: {}",
+                    presets::presets()
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
         (Some(p), _) => ModelConfig::load(p)?,
         (None, Some(v)) => {
             let cfg: ModelConfig = serde_json::from_value(v)
