@@ -600,3 +600,53 @@ fn bad_component_configs_are_rejected_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn train_refuses_record_components_and_names_the_config() {
+    let config = case_dir("rec_2026_04_09").join("config.json");
+    let stream = format!(
+        "{}/fineweb_val_0*.bin",
+        s(&fixture("records/streams/sp8192"))
+    );
+    let out = temp_dir("train_refuses_components");
+    let err = pgolf_err(&[
+        "train",
+        "--config",
+        s(&config),
+        "--train",
+        &stream,
+        "--val",
+        &stream,
+        "--tokenizer",
+        s(&tokenizer_path(8192)),
+        "-o",
+        s(&out.join("run")),
+    ]);
+    assert!(
+        err.contains("config.json") && err.contains("depth_recurrence"),
+        "{err}"
+    );
+    assert!(!out.join("run").exists());
+}
+
+#[test]
+fn doc_isolated_buffers_are_whole_per_rank_as_the_records_truncate_them() {
+    use pgolf::verify::eval::{WindowForm, plan_windows};
+    let form = |world_size| WindowForm::DocIsolated {
+        batch_seqs: 4,
+        world_size,
+    };
+    // 13 sequences of 512: one rank scores 3 buffers (12 sequences) and drops 1.
+    let one = plan_windows(13 * 512, 512, form(1)).unwrap();
+    assert_eq!(
+        one.iter().map(|w| (w.start, w.len)).collect::<Vec<_>>(),
+        vec![(0, 2048), (2048, 2048), (4096, 2048)]
+    );
+    // Two ranks take sequences 0..6 and 6..13 and each scores one whole buffer of 4.
+    let two = plan_windows(13 * 512, 512, form(2)).unwrap();
+    assert_eq!(
+        two.iter().map(|w| w.start).collect::<Vec<_>>(),
+        vec![0, 6 * 512]
+    );
+    assert!(plan_windows(13 * 512, 512, form(0)).is_err());
+}

@@ -254,7 +254,7 @@ fn bad_configs_and_weight_files_are_rejected() {
     let g = model_golden("sp1024_tied");
     let dir = temp_dir("badcfg");
     let unknown = dir.join("unknown.json");
-    std::fs::write(&unknown, r#"{"vocab_size": 1024, "rope_dims": 16}"#).unwrap();
+    std::fs::write(&unknown, r#"{"vocab_size": 1024, "rope_yarn_factor": 16}"#).unwrap();
     let e = verify_err(
         s(&fixture("models/sp1024_tied.safetensors")),
         s(&unknown),
@@ -263,7 +263,7 @@ fn bad_configs_and_weight_files_are_rejected() {
         &[],
     );
     assert!(
-        e.contains("unknown.json") && e.contains("unknown field `rope_dims`"),
+        e.contains("unknown.json") && e.contains("unknown field `rope_yarn_factor`"),
         "{e}"
     );
 

@@ -92,6 +92,22 @@ const BANKS: [(&str, &[(usize, &str)]); 4] = [
     ("mlp_down_bank", &[(0, "mlp.proj.weight")]),
 ];
 
+/// For a parameter bank (architectures §1.14) of `shape` [k·n, a, b], the per-block name of each slice along its
+/// first dimension, in order; None for any other tensor.
+pub fn bank_slice_names(name: &str, shape: &[usize]) -> Option<Vec<String>> {
+    let (_, parts) = BANKS.iter().find(|(b, _)| *b == name)?;
+    if shape.len() != 3 || !shape[0].is_multiple_of(parts.len()) {
+        return None;
+    }
+    let n = shape[0] / parts.len();
+    Some(
+        parts
+            .iter()
+            .flat_map(|&(_, part)| (0..n).map(move |i| format!("blocks.{i}.{part}")))
+            .collect(),
+    )
+}
+
 /// Splits parameter banks into per-block tensors: `qo_bank[i]` is block i's c_q and `qo_bank[n+i]` its out-proj,
 /// `kv_bank[i]`/`[n+i]` its c_k/c_v, `mlp_up_bank[i]`/`mlp_down_bank[i]` its fc/proj. A bank of the wrong depth is
 /// reported among `problems`.
@@ -105,17 +121,16 @@ pub fn unbank(
             continue;
         };
         let depth = parts.len() * num_layers;
-        if t.rank() != 3 || t.dim(0)? != depth {
+        let names = bank_slice_names(bank, t.dims()).filter(|_| t.dim(0).ok() == Some(depth));
+        let Some(names) = names else {
             problems.push(format!(
                 "{bank} has shape {:?}; {num_layers} layers need [{depth}, _, _]",
                 t.dims()
             ));
             continue;
-        }
-        for &(part, name) in parts {
-            for i in 0..num_layers {
-                state.insert(format!("blocks.{i}.{name}"), t.get(part * num_layers + i)?);
-            }
+        };
+        for (k, name) in names.into_iter().enumerate() {
+            state.insert(name, t.get(k)?);
         }
     }
     Ok(state)
@@ -125,17 +140,9 @@ pub fn unbank(
 pub fn unbank_shapes(tensors: &[(String, Vec<usize>)]) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::with_capacity(tensors.len());
     for (name, shape) in tensors {
-        let bank = BANKS.iter().find(|(b, _)| b == name);
-        match bank {
-            Some((_, parts)) if shape.len() == 3 && shape[0].is_multiple_of(parts.len()) => {
-                let n = shape[0] / parts.len();
-                for &(_, part) in parts.iter() {
-                    for i in 0..n {
-                        out.push((format!("blocks.{i}.{part}"), shape[1..].to_vec()));
-                    }
-                }
-            }
-            _ => out.push((name.clone(), shape.clone())),
+        match bank_slice_names(name, shape) {
+            Some(names) => out.extend(names.into_iter().map(|n| (n, shape[1..].to_vec()))),
+            None => out.push((name.clone(), shape.clone())),
         }
     }
     out

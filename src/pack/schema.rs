@@ -558,36 +558,26 @@ fn lowrank_of(path: &Path, w: &Obj, name: &str, kind: &str, q: &HostTensor) -> R
     Ok(lr)
 }
 
-/// Parameter banks (rec/2026-03-23 "Parallel Muon" lineage) split into the per-block names:
-/// qo_bank [2L,d,d] → c_q (first L), proj (last L); kv_bank [2L,kv,d] → c_k, c_v; mlp_up_bank [L,h,d] → mlp.fc;
-/// mlp_down_bank [L,d,h] → mlp.proj.
+/// Parameter banks (rec/2026-03-23 "Parallel Muon" lineage) split into the per-block names
+/// ([`crate::infer::weights::bank_slice_names`]): qo_bank [2L,d,d] → c_q (first L), proj (last L); kv_bank
+/// [2L,kv,d] → c_k, c_v; mlp_up_bank [L,h,d] → mlp.fc; mlp_down_bank [L,d,h] → mlp.proj.
 fn unbank(name: &str, t: &HostTensor) -> Option<Vec<QTensor>> {
-    let (first, second): (&str, Option<&str>) = match name {
-        "qo_bank" => ("attn.c_q.weight", Some("attn.proj.weight")),
-        "kv_bank" => ("attn.c_k.weight", Some("attn.c_v.weight")),
-        "mlp_up_bank" => ("mlp.fc.weight", None),
-        "mlp_down_bank" => ("mlp.proj.weight", None),
-        _ => return None,
-    };
-    if t.shape.len() != 3 || t.shape[0] == 0 {
-        return None;
-    }
-    let n = t.shape[0];
-    let layers = if second.is_some() { n / 2 } else { n };
-    let slice_bytes = t.data.len() / n;
-    let part = |i: usize, suffix: &str, layer: usize| {
-        let values = HostTensor {
-            dtype: t.dtype.clone(),
-            shape: t.shape[1..].to_vec(),
-            data: t.data[i * slice_bytes..(i + 1) * slice_bytes].to_vec(),
-        };
-        passthrough(&format!("blocks.{layer}.{suffix}"), &values, None)
-    };
-    let mut out: Vec<QTensor> = (0..layers).map(|i| part(i, first, i)).collect();
-    if let Some(sfx) = second {
-        out.extend((0..layers).map(|i| part(layers + i, sfx, i)));
-    }
-    Some(out)
+    let names = crate::infer::weights::bank_slice_names(name, &t.shape)?;
+    let slice_bytes = t.data.len() / t.shape[0].max(1);
+    Some(
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, block_name)| {
+                let values = HostTensor {
+                    dtype: t.dtype.clone(),
+                    shape: t.shape[1..].to_vec(),
+                    data: t.data[k * slice_bytes..(k + 1) * slice_bytes].to_vec(),
+                };
+                passthrough(block_name, &values, None)
+            })
+            .collect(),
+    )
 }
 
 fn usize_of(path: &Path, e: &Obj, key: &str, name: &str) -> Result<usize> {
@@ -822,4 +812,20 @@ fn unpack_binary(data: &[u8], n: usize) -> Option<Vec<i8>> {
             })
             .collect(),
     )
+}
+
+/// Splits the records' parameter banks among unquantized tensors into per-block tensors, as their
+/// `_unbank_state_dict` does before quantizing, so every matrix is quantized per row under its per-block name.
+pub fn unbank_tensors(tensors: Vec<QTensor>) -> Vec<QTensor> {
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        match &t.payload {
+            Payload::Passthrough { values } => match unbank(&t.name, values) {
+                Some(parts) => out.extend(parts),
+                None => out.push(t),
+            },
+            _ => out.push(t),
+        }
+    }
+    out
 }

@@ -250,6 +250,16 @@ impl Trainer {
         state: crate::infer::weights::StateDict,
         opts: TrainOptions,
     ) -> Result<Self> {
+        let components = cfg.components();
+        if !components.is_empty() {
+            // The optimizer groups and initialisation follow the baseline's train_gpt.py; the records' components
+            // bring their own (banks, gate inits, lane lambdas), which the trainer does not reproduce.
+            return Err(TrainError::Setup(format!(
+                "pgolf train builds the challenge's baseline architecture; this config enables {} \
+                 (pgolf verify runs them)",
+                components.join(", ")
+            )));
+        }
         if opts.train_batch_tokens == 0 || opts.grad_accum_steps == 0 {
             return Err(TrainError::Setup(
                 "train batch tokens and gradient-accumulation steps must be positive".into(),

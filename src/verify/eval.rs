@@ -23,8 +23,12 @@ pub enum WindowForm {
     LegacySliding { stride: usize },
     /// The records' VarLen `eval_val` (rec/2026-04-10 on): flat buffers of `batch_seqs` sequences of L, attention
     /// isolated to each document (split at BOS, and into pieces of at most L), every target of a buffer scored.
-    /// Like the records, only whole buffers are scored: the last `total_seqs mod batch_seqs` sequences are not.
-    DocIsolated { batch_seqs: usize },
+    /// Like the records, each of `world_size` ranks takes sequences [n·r/W, n·(r+1)/W) and scores whole buffers
+    /// only: the last (range mod batch_seqs) sequences of every rank are never scored.
+    DocIsolated {
+        batch_seqs: usize,
+        world_size: usize,
+    },
 }
 
 impl WindowForm {
@@ -89,20 +93,28 @@ pub fn plan_windows(targets: usize, seq_len: usize, form: WindowForm) -> Result<
                 })
                 .collect()
         }
-        WindowForm::DocIsolated { batch_seqs } => {
-            if batch_seqs == 0 {
+        WindowForm::DocIsolated {
+            batch_seqs,
+            world_size,
+        } => {
+            if batch_seqs == 0 || world_size == 0 {
                 return Err(VerifyError::Setup(
-                    "doc-isolated batch_seqs must be positive".into(),
+                    "doc-isolated batch_seqs and world size must be positive".into(),
                 ));
             }
-            let buffer = seq_len * batch_seqs;
-            (0..targets / seq_len / batch_seqs)
-                .map(|k| Window {
-                    start: k * buffer,
-                    len: buffer,
+            let total_seqs = targets / seq_len;
+            let mut windows = Vec::new();
+            for rank in 0..world_size {
+                let first = total_seqs * rank / world_size;
+                let end = total_seqs * (rank + 1) / world_size;
+                let end = first + (end - first) / batch_seqs * batch_seqs;
+                windows.extend((first..end).step_by(batch_seqs).map(|seq| Window {
+                    start: seq * seq_len,
+                    len: seq_len * batch_seqs,
                     score_from: 0,
-                })
-                .collect()
+                }));
+            }
+            windows
         }
         WindowForm::LegacySliding { stride } => {
             check_stride(stride)?;

@@ -107,6 +107,9 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             t.bits = 32;
         }
     }
+    // Banked checkpoints (rec/2026-03-23 on) are split into per-block matrices first, as the records do.
+    checkpoint.tensors =
+        pgolf::pack::schema::unbank_tensors(std::mem::take(&mut checkpoint.tensors));
     let config = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;

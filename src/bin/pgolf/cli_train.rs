@@ -121,6 +121,15 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let cfg = ModelConfig::load(&args.config)?;
+    let components = cfg.components();
+    if !components.is_empty() {
+        bail!(
+            "{}: pgolf train builds the challenge's baseline architecture; this config enables {} (pgolf verify \
+             runs them)",
+            args.config.display(),
+            components.join(", ")
+        );
+    }
     if !(2..=8).contains(&args.qat_bits) {
         bail!("--qat-bits must be in 2..=8, got {}", args.qat_bits);
     }

@@ -104,7 +104,8 @@ pub struct VerifyArgs {
     /// TTT: keep the first N blocks fixed (TTT_FREEZE_BLOCKS).
     #[arg(long, default_value_t = 0)]
     ttt_freeze_blocks: usize,
-    /// TTT: replay W ranks (per-rank sequence ranges, averaged gradients), e.g. 8 to reproduce an 8×H100 run.
+    /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
+    /// and --doc-isolated's per-rank ranges, each truncated to whole buffers.
     #[arg(long, default_value_t = 1)]
     world_size: usize,
     /// Run the legality probes (C1–C4, TTT ordering, determinism) on a prefix of the stream.
@@ -234,6 +235,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let form = match (args.stride, args.legacy_sliding) {
         (None, _) if args.doc_isolated => WindowForm::DocIsolated {
             batch_seqs: args.batch_seqs,
+            world_size: args.world_size,
         },
         (None, _) => WindowForm::NonOverlapping,
         (Some(stride), false) => WindowForm::Sliding { stride },
@@ -527,9 +529,12 @@ impl Summary<'_> {
         );
         let stride = match self.form {
             WindowForm::NonOverlapping => String::new(),
-            WindowForm::DocIsolated { batch_seqs } => {
-                format!(", {batch_seqs} sequences per document-isolated buffer")
-            }
+            WindowForm::DocIsolated {
+                batch_seqs,
+                world_size,
+            } => format!(
+                ", {batch_seqs} sequences per document-isolated buffer, {world_size} rank(s)"
+            ),
             WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => {
                 format!(", stride {stride}")
             }
