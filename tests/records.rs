@@ -5,7 +5,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
@@ -13,7 +13,8 @@ use pgolf::infer::model::Gpt;
 use pgolf::infer::weights;
 use serde_json::Value;
 
-const LOGIT_TOLERANCE: f32 = 1e-4;
+use common::logit_golden::{self, LOGIT_TOLERANCE, max_row_diff};
+
 const BPB_TOLERANCE: f64 = 1e-5;
 
 fn records_golden() -> Value {
@@ -24,21 +25,13 @@ fn case_dir(case: &str) -> std::path::PathBuf {
     fixture(&format!("records/{case}"))
 }
 
-/// The case's model under `cfg` (its own config, perhaps with a component switched off): tensors the config does
-/// not name are dropped, so a switched-off component's weights are simply unused.
+/// The case's weights (perhaps another case's: the variants share) under `cfg`.
 fn load(case: &str, cfg: &ModelConfig) -> Gpt {
-    let g = records_golden();
-    let weights_of = g[case]["weights"].as_str().unwrap();
-    let path = case_dir(weights_of).join("model.safetensors");
-    let mut state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
-    let mut problems = Vec::new();
-    state = weights::unbank(state, cfg.num_layers, &mut problems).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
-    let names: std::collections::HashSet<String> =
-        cfg.expected_tensors().into_iter().map(|(n, _)| n).collect();
-    state.retain(|k, _| names.contains(k));
-    let state = weights::check_state_dict(cfg, state, DType::F32, &path).unwrap();
-    Gpt::new(cfg.clone(), state, &Device::Cpu, DType::F32).unwrap()
+    let weights_of = records_golden()[case]["weights"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    logit_golden::load(cfg, &case_dir(&weights_of).join("model.safetensors"))
 }
 
 fn config(case: &str) -> ModelConfig {
@@ -54,82 +47,29 @@ fn stream(case: &str) -> Vec<u16> {
     .unwrap()
 }
 
-/// (positions, golden rows [P, V], golden per-position NLL).
+fn window(case: &str) -> usize {
+    records_golden()[case]["window"].as_u64().unwrap() as usize
+}
+
 fn golden_rows(case: &str) -> (Vec<usize>, Vec<Vec<f32>>, Vec<f32>) {
-    let g = weights::load_safetensors(&case_dir(case).join("golden.safetensors"), &Device::Cpu)
-        .unwrap();
-    let positions: Vec<usize> = g["positions"]
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|p| p as usize)
-        .collect();
-    (
-        positions,
-        g["rows"].to_vec2::<f32>().unwrap(),
-        g["nll"].to_vec1::<f32>().unwrap(),
-    )
+    logit_golden::rows(&case_dir(case).join("golden.safetensors"))
 }
 
-/// Soft-capped logits [T, V] of the golden window.
 fn window_logits(model: &Gpt, case: &str) -> Vec<Vec<f32>> {
-    let window = records_golden()[case]["window"].as_u64().unwrap() as usize;
-    let ids: Vec<u32> = stream(case)[..window].iter().map(|&t| t as u32).collect();
-    let ids = Tensor::from_vec(ids, (1, window), &Device::Cpu).unwrap();
-    model
-        .logits(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
+    logit_golden::window_logits(model, &stream(case), window(case))
 }
 
-fn max_row_diff(logits: &[Vec<f32>], positions: &[usize], rows: &[Vec<f32>]) -> f32 {
-    positions
-        .iter()
-        .zip(rows)
-        .flat_map(|(&p, row)| logits[p].iter().zip(row).map(|(a, b)| (a - b).abs()))
-        .fold(0.0, f32::max)
-}
-
-fn nll_of(logits: &[Vec<f32>], targets: &[u16]) -> Vec<f32> {
-    logits
-        .iter()
-        .zip(targets)
-        .map(|(row, &t)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = row
-                .iter()
-                .map(|z| ((z - max) as f64).exp())
-                .sum::<f64>()
-                .ln() as f32
-                + max;
-            lse - row[t as usize]
-        })
-        .collect()
-}
-
-/// The case's logits under its own config match the record code's at every golden row (1e-4 absolute) and its
-/// NLL at every position of the window; returns the worst row difference.
+/// The case's logits under its own config match the record code's (1e-4 absolute) at every golden row and its
+/// NLL at every position of the window.
 fn check_case(case: &str) -> f32 {
     let model = load(case, &config(case));
-    let logits = window_logits(&model, case);
-    let (positions, rows, nll) = golden_rows(case);
-    let worst = max_row_diff(&logits, &positions, &rows);
-    assert!(worst < LOGIT_TOLERANCE, "{case}: logits differ by {worst}");
-    let tokens = stream(case);
-    let ours = nll_of(&logits, &tokens[1..=logits.len()]);
-    let worst_nll = ours
-        .iter()
-        .zip(&nll)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(
-        worst_nll < LOGIT_TOLERANCE,
-        "{case}: NLL differs by {worst_nll}"
-    );
-    worst
+    logit_golden::check(
+        &model,
+        &stream(case),
+        window(case),
+        &case_dir(case).join("golden.safetensors"),
+        case,
+    )
 }
 
 #[test]

@@ -162,6 +162,14 @@ pub struct ModelConfig {
     /// CaseOps (§1.15): the tokens are of the case-folded text; BPB needs the byte sidecar. The model is unchanged.
     #[serde(default, skip_serializing_if = "is_default")]
     pub caseops: bool,
+    /// Seed 000's JEPA latent injection (architectures §2.1) after the last block: chunks of this many positions
+    /// (0 = off), a projector and predictor of `jepa_proj_hidden`/`jepa_latent_dim` widths.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub jepa_chunk_size: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub jepa_latent_dim: usize,
+    #[serde(default = "d_jepa_hidden", skip_serializing_if = "is_jepa_hidden")]
+    pub jepa_proj_hidden: usize,
 }
 
 fn d_vocab() -> usize {
@@ -208,6 +216,12 @@ fn d_gate_window() -> usize {
 }
 fn is_gate_window(v: &usize) -> bool {
     *v == d_gate_window()
+}
+fn d_jepa_hidden() -> usize {
+    256
+}
+fn is_jepa_hidden(v: &usize) -> bool {
+    *v == d_jepa_hidden()
 }
 fn d_sparse_scale() -> f64 {
     1.0
@@ -370,6 +384,11 @@ impl ModelConfig {
                 self.gate_window
             ));
         }
+        if self.jepa_chunk_size > 0 && (self.jepa_latent_dim == 0 || self.jepa_proj_hidden == 0) {
+            return Err(
+                "jepa_chunk_size needs a positive jepa_latent_dim and jepa_proj_hidden".into(),
+            );
+        }
         if !self.sparse_attn_gate_scale.is_finite() {
             return Err("sparse_attn_gate_scale must be finite".into());
         }
@@ -413,6 +432,7 @@ impl ModelConfig {
         on(self.gated_attn, "gated_attn");
         on(self.sparse_attn_gate, "sparse_attn_gate");
         on(self.caseops, "caseops");
+        on(self.jepa_chunk_size > 0, "jepa_injection");
         c
     }
 
@@ -539,6 +559,15 @@ impl ModelConfig {
             for k in 0..self.ve_layers.len() {
                 t.push((format!("ve_layer_scales.{k}"), vec![1]));
             }
+        }
+        if self.jepa_chunk_size > 0 {
+            let (latent, hidden) = (self.jepa_latent_dim, self.jepa_proj_hidden);
+            t.push(("jepa_projector.fc1.weight".into(), vec![hidden, d]));
+            t.push(("jepa_projector.fc2.weight".into(), vec![latent, hidden]));
+            t.push(("jepa_predictor.fc1.weight".into(), vec![latent, latent]));
+            t.push(("jepa_predictor.fc2.weight".into(), vec![latent, latent]));
+            t.push(("jepa_predictor.start_token".into(), vec![latent]));
+            t.push(("jepa_injection.weight".into(), vec![d, latent]));
         }
         if self.parallel_start_layer.is_some() {
             t.push(("parallel_post_lambdas".into(), vec![self.num_layers, 2, 2]));

@@ -70,6 +70,15 @@ struct Globals {
     value_embedding: Option<(usize, Option<usize>, usize)>,
     /// `parallel_post_lambdas` [L, 2, 2], `parallel_resid_lambdas` [L, 2].
     lanes: Option<(usize, usize)>,
+    jepa: Option<JepaParams>,
+}
+
+/// Seed 000's JEPA latent injection: projector fc1/fc2, predictor fc1/fc2/start_token, injection.
+struct JepaParams {
+    projector: (usize, usize),
+    predictor: (usize, usize),
+    start_token: usize,
+    injection: usize,
 }
 
 /// What every block of one forward pass shares: the RoPE tables, the cached value embedding, the
@@ -212,6 +221,18 @@ impl Gpt {
             value_embedding: find("ve_shared.embed.weight")
                 .map(|e| (e, find("ve_shared.proj.weight"), at("ve_shared.scale"))),
             lanes: find("parallel_post_lambdas").map(|p| (p, at("parallel_resid_lambdas"))),
+            jepa: find("jepa_injection.weight").map(|injection| JepaParams {
+                projector: (
+                    at("jepa_projector.fc1.weight"),
+                    at("jepa_projector.fc2.weight"),
+                ),
+                predictor: (
+                    at("jepa_predictor.fc1.weight"),
+                    at("jepa_predictor.fc2.weight"),
+                ),
+                start_token: at("jepa_predictor.start_token"),
+                injection,
+            }),
         };
         let (encoder, decoder) = cfg.layer_schedule();
         Ok(Gpt {
@@ -477,7 +498,50 @@ impl Gpt {
                 FinalLane::Mlp => lane1,
             };
         }
+        if let Some(jepa) = &self.globals.jepa {
+            x = (&x + self.jepa_injection(jepa, &x)?)?;
+        }
         self.rms_norm(&x, &self.ones_model, pass)
+    }
+
+    /// Seed 000's latent injection (architectures §2.1) on the final hidden x [B, T, d] (before the final norm):
+    /// chunk means h_c over cs positions, z_c = P(h_c), p_c = Q(c = 0 ? start : z_{c−1}) with
+    /// P, Q = fc2(silu(rmsnorm(fc1(·)))), and positions of chunk c get p_c·injectionᵀ (those past the last whole
+    /// chunk get 0). Chunk c sees only chunk c − 1's hidden states, which are all in the past.
+    fn jepa_injection(&self, jepa: &JepaParams, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let cs = self.cfg.jepa_chunk_size;
+        let chunks = t / cs;
+        if chunks == 0 {
+            return Ok(x.zeros_like()?);
+        }
+        let mlp = |h: &Tensor, (fc1, fc2): (usize, usize)| -> Result<Tensor> {
+            let u = linear(h, self.p(fc1))?;
+            let ones = Tensor::ones(u.dim(D::Minus1)?, u.dtype(), u.device())?;
+            let n = candle_nn::ops::rms_norm(&u.contiguous()?, &ones, RMS_NORM_EPS)?;
+            linear(&candle_nn::ops::silu(&n)?, self.p(fc2))
+        };
+        let pooled = x
+            .narrow(1, 0, chunks * cs)?
+            .reshape((b, chunks, cs, d))?
+            .mean(2)?;
+        let z = mlp(&pooled, jepa.projector)?;
+        let latent = self.cfg.jepa_latent_dim;
+        let start = self
+            .p(jepa.start_token)
+            .reshape((1, 1, latent))?
+            .broadcast_as((b, 1, latent))?;
+        let inputs = Tensor::cat(&[&start.contiguous()?, &z.narrow(1, 0, chunks - 1)?], 1)?;
+        let predicted = mlp(&inputs, jepa.predictor)?;
+        let injected = linear(&predicted, self.p(jepa.injection))?
+            .unsqueeze(2)?
+            .broadcast_as((b, chunks, cs, d))?
+            .reshape((b, chunks * cs, d))?;
+        if chunks * cs == t {
+            return Ok(injected);
+        }
+        let pad = Tensor::zeros((b, t - chunks * cs, d), injected.dtype(), injected.device())?;
+        Ok(Tensor::cat(&[&injected, &pad], 1)?)
     }
 
     /// The embedding stream x0: tok_emb (+ BigramHash) → (SmearGate v2) → RMSNorm → (SmearGate v1).

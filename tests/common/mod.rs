@@ -76,3 +76,104 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Logit goldens written by the fixture generators (`golden.safetensors`: `positions` i64, `rows` [P, V] f32 and
+/// `nll` [T] f32) and the model-side helpers that compare against them.
+pub mod logit_golden {
+    use candle_core::{DType, Device, Tensor};
+    use pgolf::infer::config::ModelConfig;
+    use pgolf::infer::model::Gpt;
+    use pgolf::infer::weights;
+    use std::path::Path;
+
+    pub const LOGIT_TOLERANCE: f32 = 1e-4;
+
+    /// The model in `weights` under `cfg`; tensors the config does not name are dropped (a switched-off component's
+    /// weights are simply unused).
+    pub fn load(cfg: &ModelConfig, path: &Path) -> Gpt {
+        let mut state = weights::load_safetensors(path, &Device::Cpu).unwrap();
+        let mut problems = Vec::new();
+        state = weights::unbank(state, cfg.num_layers, &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let names: std::collections::HashSet<String> =
+            cfg.expected_tensors().into_iter().map(|(n, _)| n).collect();
+        state.retain(|k, _| names.contains(k));
+        let state = weights::check_state_dict(cfg, state, DType::F32, path).unwrap();
+        Gpt::new(cfg.clone(), state, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// (positions, golden rows [P, V], golden per-position NLL).
+    pub fn rows(path: &Path) -> (Vec<usize>, Vec<Vec<f32>>, Vec<f32>) {
+        let g = weights::load_safetensors(path, &Device::Cpu).unwrap();
+        let positions = g["positions"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
+        (
+            positions,
+            g["rows"].to_vec2::<f32>().unwrap(),
+            g["nll"].to_vec1::<f32>().unwrap(),
+        )
+    }
+
+    /// Soft-capped logits [T, V] of `tokens[..window]`.
+    pub fn window_logits(model: &Gpt, tokens: &[u16], window: usize) -> Vec<Vec<f32>> {
+        let ids: Vec<u32> = tokens[..window].iter().map(|&t| t as u32).collect();
+        let ids = Tensor::from_vec(ids, (1, window), &Device::Cpu).unwrap();
+        model
+            .logits(&ids)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    }
+
+    pub fn max_row_diff(logits: &[Vec<f32>], positions: &[usize], rows: &[Vec<f32>]) -> f32 {
+        positions
+            .iter()
+            .zip(rows)
+            .flat_map(|(&p, row)| logits[p].iter().zip(row).map(|(a, b)| (a - b).abs()))
+            .fold(0.0, f32::max)
+    }
+
+    /// Cross-entropy of each row against its target.
+    pub fn nll_of(logits: &[Vec<f32>], targets: &[u16]) -> Vec<f32> {
+        logits
+            .iter()
+            .zip(targets)
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = row
+                    .iter()
+                    .map(|z| ((z - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln() as f32
+                    + max;
+                lse - row[t as usize]
+            })
+            .collect()
+    }
+
+    /// Logits within the tolerance at every golden row and NLL at every position of the window; returns the
+    /// worst row difference.
+    pub fn check(model: &Gpt, tokens: &[u16], window: usize, golden: &Path, label: &str) -> f32 {
+        let logits = window_logits(model, tokens, window);
+        let (positions, rows, nll) = rows(golden);
+        let worst = max_row_diff(&logits, &positions, &rows);
+        assert!(worst < LOGIT_TOLERANCE, "{label}: logits differ by {worst}");
+        let ours = nll_of(&logits, &tokens[1..=window]);
+        let worst_nll = ours
+            .iter()
+            .zip(&nll)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst_nll < LOGIT_TOLERANCE,
+            "{label}: NLL differs by {worst_nll}"
+        );
+        worst
+    }
+}
