@@ -141,6 +141,14 @@ fn seed_000_findings_tail_rescoring_fails_single_pass_next_to_the_canonical_proc
     assert!(!probe("c4_single_pass"));
     assert!(probe("c1_causal") && probe("c2_normalized") && probe("c3_score_before_update"));
     assert_eq!(declared["compliance"]["single_pass"], false);
+    let findings = declared["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| {
+        f["id"] == "targets_scored_more_than_once"
+            && f["title"]
+                .as_str()
+                .unwrap()
+                .contains("128 targets scored more than once (up to 8 times)")
+    }));
     assert_eq!(declared["compliance"]["causal"], true);
     // The canonical legal procedure: exactly-once sliding windows with the same stride.
     let (code, canonical) = verify_000("model.safetensors", &["--stride", "128"]);
@@ -151,4 +159,97 @@ fn seed_000_findings_tail_rescoring_fails_single_pass_next_to_the_canonical_proc
         canonical["val_bpb"].as_f64().unwrap(),
     );
     assert!(a != b, "re-scoring the tail changes the score ({a} vs {b})");
+}
+
+fn verify_004(config: &std::path::Path) -> Value {
+    let dir = seed_dir("004");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    pgolf_json(&[
+        "verify",
+        s(&dir.join("final_model.int8.ptz")),
+        "--config",
+        s(config),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer_path(8192)),
+        "--seq-len",
+        "1024",
+        "--json",
+    ])
+}
+
+#[test]
+fn seed_004_forward_matches_its_own_code_with_and_without_eval_time_rounding() {
+    let dir = seed_dir("004");
+    let cfg = ModelConfig::load(&dir.join("config.json")).unwrap();
+    for component in [
+        "mlp_hidden_gain",
+        "v_lambda",
+        "xsa_diag",
+        "post_stack_recurrence",
+        "eval_fake_quant",
+    ] {
+        assert!(cfg.components().contains(&component), "{component}");
+    }
+    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let window = seed_golden("004")["window"].as_u64().unwrap() as usize;
+    let artifact = dir.join("final_model.int8.ptz");
+    let model = common::logit_golden::load(&cfg, &artifact);
+    assert!(!model.regridded.is_empty());
+    common::logit_golden::check(
+        &model,
+        &tokens,
+        window,
+        &dir.join("golden_logits.safetensors"),
+        "seed 004",
+    );
+    let mut plain = cfg.clone();
+    plain.eval_fake_quant = false;
+    let model = common::logit_golden::load(&plain, &artifact);
+    assert!(model.regridded.is_empty());
+    common::logit_golden::check(
+        &model,
+        &tokens,
+        window,
+        &dir.join("golden_no_fake_quant_logits.safetensors"),
+        "seed 004 without fake quantization",
+    );
+}
+
+#[test]
+fn seed_004_declared_evaluation_from_its_brotli_shuffled_artifact_and_the_rounding_finding() {
+    let g = seed_golden("004");
+    let dir = seed_dir("004");
+    let declared = verify_004(&dir.join("config.json"));
+    let got = declared["val_bpb"].as_f64().unwrap();
+    let want = g["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    let finding = declared["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "evaluation_time_rounding")
+        .expect("the report names the evaluation-time rounding");
+    assert!(finding["title"].as_str().unwrap().contains("re-gridded"));
+    assert!(!finding["evidence"].as_array().unwrap().is_empty());
+    // The canonical procedure scores the stored weights as they are: the seed's code with the flag off.
+    let mut plain = ModelConfig::load(&dir.join("config.json")).unwrap();
+    plain.eval_fake_quant = false;
+    let tmp = temp_dir("seed_004_plain").join("config.json");
+    std::fs::write(&tmp, serde_json::to_string(&plain).unwrap()).unwrap();
+    let canonical = verify_004(&tmp);
+    let got = canonical["val_bpb"].as_f64().unwrap();
+    let want = g["no_fake_quant_val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    assert!(canonical["findings"].as_array().unwrap().is_empty());
+    assert!((declared["val_bpb"].as_f64().unwrap() - got).abs() > 1e-4);
+    // The headerless shuffle under brotli is recognized by inspect.
+    let info = pgolf_json(&["inspect", s(&dir.join("final_model.int8.ptz")), "--json"]);
+    assert_eq!(info["model_bytes"], g["artifact_bytes"]);
+    let layers = info["layers"].to_string();
+    assert!(
+        layers.contains("Brotli") || layers.contains("brotli"),
+        "{layers}"
+    );
 }

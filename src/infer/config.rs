@@ -170,6 +170,30 @@ pub struct ModelConfig {
     pub jepa_latent_dim: usize,
     #[serde(default = "d_jepa_hidden", skip_serializing_if = "is_jepa_hidden")]
     pub jepa_proj_hidden: usize,
+    /// Seed 004's `mlp.hidden_gain` [hidden] (architectures §1.1): out = (h⊙hidden_gain)·projᵀ.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mlp_hidden_gain: bool,
+    /// Seed 004's value residual (§1.10 d): `attn.v_lambda` [2] on blocks ≥ 1, v = softmax(λ)₀·v + softmax(λ)₁·v₀,
+    /// v₀ block 0's raw values.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub v_lambda: bool,
+    /// Seed 004's XSA (§1.5): on the last `xsa_last_n` blocks an explicit causal softmax A and y = A·V − diag(A)⊙v,
+    /// instead of the efficient projection form.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub xsa_diag: bool,
+    /// Seed 004's recurrence (§1.11 D): after the whole U-Net stack, blocks depth_recur_start..=depth_recur_end run
+    /// depth_recur_count − 1 more times, without skips (count ≤ 1 = off; the reported run evaluated with it off).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub depth_recur_start: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub depth_recur_end: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub depth_recur_count: usize,
+    /// Seed 004's evaluation-time fake quantization (its global `_QAT_ACTIVE`, never reset, so active when it
+    /// scored): every CastedLinear weight with more than 8192 elements is re-gridded per row, w' = clamp(round(w/s),
+    /// −c, c)·s with s = max(rowmax|w|/c, 1e−12), c = 15 for the MLP and 31 otherwise.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub eval_fake_quant: bool,
 }
 
 fn d_vocab() -> usize {
@@ -389,6 +413,23 @@ impl ModelConfig {
                 "jepa_chunk_size needs a positive jepa_latent_dim and jepa_proj_hidden".into(),
             );
         }
+        if self.depth_recur_count > 1
+            && (self.depth_recur_start > self.depth_recur_end || self.depth_recur_end >= l)
+        {
+            return Err(format!(
+                "the recurrence segment {}..={} must lie inside the {l} layers",
+                self.depth_recur_start, self.depth_recur_end
+            ));
+        }
+        if self.depth_recur_count > 64 {
+            return Err(format!(
+                "depth_recur_count {} is absurd (at most 64)",
+                self.depth_recur_count
+            ));
+        }
+        if self.v_lambda && self.value_residual {
+            return Err("v_lambda and value_residual exclude each other".into());
+        }
         if !self.sparse_attn_gate_scale.is_finite() {
             return Err("sparse_attn_gate_scale must be finite".into());
         }
@@ -433,6 +474,11 @@ impl ModelConfig {
         on(self.sparse_attn_gate, "sparse_attn_gate");
         on(self.caseops, "caseops");
         on(self.jepa_chunk_size > 0, "jepa_injection");
+        on(self.mlp_hidden_gain, "mlp_hidden_gain");
+        on(self.v_lambda, "v_lambda");
+        on(self.xsa_diag, "xsa_diag");
+        on(self.depth_recur_count > 1, "post_stack_recurrence");
+        on(self.eval_fake_quant, "eval_fake_quant");
         c
     }
 
@@ -528,6 +574,9 @@ impl ModelConfig {
             if self.value_residual {
                 t.push((format!("{b}.attn.vr_lambda"), vec![2]));
             }
+            if self.v_lambda && i > 0 {
+                t.push((format!("{b}.attn.v_lambda"), vec![2]));
+            }
             if self.gated_attention {
                 t.push((format!("{b}.attn.attn_gate.weight"), vec![heads, d]));
                 t.push((format!("{b}.attn.attn_gate.bias"), vec![heads]));
@@ -549,6 +598,9 @@ impl ModelConfig {
             }
             t.push((format!("{b}.mlp.fc.weight"), vec![h, d]));
             t.push((format!("{b}.mlp.proj.weight"), vec![d, h]));
+            if self.mlp_hidden_gain {
+                t.push((format!("{b}.mlp.hidden_gain"), vec![h]));
+            }
         }
         if !self.ve_layers.is_empty() {
             t.push(("ve_shared.embed.weight".into(), vec![v, self.ve_dim]));

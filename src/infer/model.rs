@@ -51,6 +51,10 @@ struct BlockParams {
     head_gate: Option<usize>,
     /// `ve_layer_scales.{k}` [1] when this block takes the value embedding.
     ve_scale: Option<usize>,
+    /// `attn.v_lambda` [2] (seed 004's value residual).
+    v_lambda: Option<usize>,
+    /// `mlp.hidden_gain` [hidden].
+    hidden_gain: Option<usize>,
     /// LN scale 1/√(i+1) of the physical index (1 without LN scale).
     ln_scale: f64,
     xsa: bool,
@@ -96,6 +100,8 @@ struct Context<'a> {
 /// callers can enumerate, hash, or make them trainable by name.
 pub struct Gpt {
     pub cfg: ModelConfig,
+    /// Weights re-gridded at load by the config's evaluation-time fake quantization: (name, clip, max |Δw|).
+    pub regridded: Vec<(String, f32, f32)>,
     device: Device,
     dtype: DType,
     names: Vec<String>,
@@ -193,6 +199,8 @@ impl Gpt {
                     fc: at(&format!("{b}.mlp.fc.weight")),
                     mlp_proj: at(&format!("{b}.mlp.proj.weight")),
                     vr_lambda: find(&format!("{b}.attn.vr_lambda")),
+                    v_lambda: find(&format!("{b}.attn.v_lambda")),
+                    hidden_gain: find(&format!("{b}.mlp.hidden_gain")),
                     legacy_gate: find(&format!("{b}.attn.attn_gate.weight"))
                         .zip(find(&format!("{b}.attn.attn_gate.bias"))),
                     out_gate: find(&format!("{b}.attn.attn_gate_proj.weight")),
@@ -235,7 +243,23 @@ impl Gpt {
             }),
         };
         let (encoder, decoder) = cfg.layer_schedule();
+        let mut regridded = Vec::new();
+        if cfg.eval_fake_quant {
+            for (name, t) in names.iter().zip(params.iter_mut()) {
+                if let Some(clip) = fake_quant_clip(name, t.elem_count()) {
+                    let q = fake_quantize_rows(t, clip)?;
+                    let change = (&q - &*t)?
+                        .abs()?
+                        .flatten_all()?
+                        .max(0)?
+                        .to_dtype(DType::F32)?;
+                    regridded.push((name.clone(), clip, change.to_scalar::<f32>()?));
+                    *t = q;
+                }
+            }
+        }
         Ok(Gpt {
+            regridded,
             tok_emb: at("tok_emb.weight"),
             lm_head: (!cfg.tie_embeddings).then(|| at("lm_head.weight")),
             skip_weights: at("skip_weights"),
@@ -498,6 +522,12 @@ impl Gpt {
                 FinalLane::Mlp => lane1,
             };
         }
+        // Seed 004: the segment re-runs after the whole stack, with block 0's values, without skips.
+        for _ in 1..cfg.depth_recur_count.max(1) {
+            for i in cfg.depth_recur_start..=cfg.depth_recur_end {
+                x = self.block(i, &x, &x0, &ctx, v0.as_ref())?.0;
+            }
+        }
         if let Some(jepa) = &self.globals.jepa {
             x = (&x + self.jepa_injection(jepa, &x)?)?;
         }
@@ -727,7 +757,11 @@ impl Gpt {
         } else {
             (u.relu()? - (u.neg()?.relu()? * slope)?)?
         };
-        linear(&h.sqr()?, self.p(blk.mlp_proj))
+        let mut h = h.sqr()?;
+        if let Some(gain) = blk.hidden_gain {
+            h = h.broadcast_mul(self.p(gain))?;
+        }
+        linear(&h, self.p(blk.mlp_proj))
     }
 
     /// Applies RoPE to the first rd dims of [B, H, T, hd] (all of them without partial RoPE).
@@ -784,25 +818,38 @@ impl Gpt {
         }
         // [B, T, Hkv, hd]: the values as XSA and the value residual see them.
         let mut v = v_flat.reshape((b, t, hkv, hd))?;
-        let raw_v = blk.vr_lambda.map(|_| v.clone());
+        let raw_v = (cfg.value_residual || cfg.v_lambda).then(|| v.clone());
         if let (Some(lam), Some(v0)) = (blk.vr_lambda, v0) {
             let lam = self.p(lam);
             v = (v0.broadcast_mul(&lam.narrow(0, 0, 1)?)?
                 + v.broadcast_mul(&lam.narrow(0, 1, 1)?)?)?;
         }
+        if let (Some(lam), Some(v0)) = (blk.v_lambda, v0) {
+            let lam = softmax_last_dim_differentiable(self.p(lam))?;
+            v = (v.broadcast_mul(&lam.narrow(0, 0, 1)?)?
+                + v0.broadcast_mul(&lam.narrow(0, 1, 1)?)?)?;
+        }
         let q = self.rope(&q, ctx)?;
         let k = self.rope(&k, ctx)?;
         let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
         let v_heads = v.transpose(1, 2)?.contiguous()?;
+        let minus_self = blk.xsa && cfg.xsa_diag;
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            if minus_self {
+                self.causal_attention_minus_self(q, k, v, pass)
+            } else {
+                self.causal_attention(q, k, v, pass)
+            }
+        };
         let y = match ctx.segments {
-            None => self.causal_attention(&q, &k, &v_heads, pass)?,
+            None => attend(&q, &k, &v_heads)?,
             Some(segments) => {
                 let parts = segments
                     .iter()
                     .filter(|&&(_, len)| len > 0)
                     .map(|&(start, len)| {
                         let part = |z: &Tensor| z.narrow(2, start, len);
-                        self.causal_attention(&part(&q)?, &part(&k)?, &part(&v_heads)?, pass)
+                        attend(&part(&q)?, &part(&k)?, &part(&v_heads)?)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 2)?
@@ -810,7 +857,7 @@ impl Gpt {
         };
         // [B, T, H, hd]
         let mut y = y.transpose(1, 2)?;
-        if blk.xsa {
+        if blk.xsa && !cfg.xsa_diag {
             y = xsa(&y, &v)?;
         }
         let gate = if let Some((w, bias)) = blk.legacy_gate {
@@ -840,6 +887,38 @@ impl Gpt {
         }
         let y = y.reshape((b, t, d))?;
         Ok((linear(&y, self.p(blk.attn_proj))?, raw_v))
+    }
+
+    /// Seed 004's XSA: the causal softmax A made explicit, y = A·V − diag(A)⊙v (the self term removed without
+    /// renormalizing). q [B, H, T, hd], k, v [B, Hkv, T, hd].
+    fn causal_attention_minus_self(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, h, t, hd) = q.dims4()?;
+        let rep = h / self.cfg.num_kv_heads;
+        let expand = |z: &Tensor| -> Result<Tensor> {
+            Ok(z.unsqueeze(2)?
+                .expand((b, h / rep, rep, t, hd))?
+                .reshape((b, h, t, hd))?)
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let p = if self.device.is_cpu() && self.dtype == DType::F32 {
+            super::attention::causal_softmax(&scores)?
+        } else {
+            let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
+            match pass {
+                Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
+                Pass::Train => softmax_last_dim_differentiable(&masked)?,
+            }
+        };
+        let eye = Tensor::eye(t, p.dtype(), p.device())?;
+        let diag = p.broadcast_mul(&eye)?.sum_keepdim(D::Minus1)?;
+        Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
     }
 
     /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd).
@@ -887,6 +966,42 @@ impl Gpt {
         };
         Ok(p.matmul(&v)?)
     }
+}
+
+/// The clip range of seed 004's evaluation-time fake quantization for a weight, if it gets one: its CastedLinear
+/// weights (attention and MLP matrices, the bigram projection, an untied head) with more than 8192 elements;
+/// 15 for the MLP, 31 otherwise.
+fn fake_quant_clip(name: &str, numel: usize) -> Option<f32> {
+    let casted = name.ends_with(".attn.c_q.weight")
+        || name.ends_with(".attn.c_k.weight")
+        || name.ends_with(".attn.c_v.weight")
+        || name.ends_with(".attn.proj.weight")
+        || name.ends_with(".mlp.fc.weight")
+        || name.ends_with(".mlp.proj.weight")
+        || name == "bigram.proj.weight"
+        || name == "lm_head.weight";
+    if !casted || numel <= 8192 {
+        return None;
+    }
+    Some(if name.contains(".mlp.") { 15.0 } else { 31.0 })
+}
+
+/// `_ste_fake_quantize` as its forward computes it in f32: s = max(rowmax|w|/c, 1e−12), q = clamp(round(w/s), −c, c)
+/// (round half to even, as torch.round), and w + (q·s − w), the straight-through form, evaluated as written.
+fn fake_quantize_rows(w: &Tensor, clip: f32) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let dtype = w.dtype();
+    let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(values.len());
+    for row in values.chunks(cols) {
+        let row_max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = (row_max / clip).max(1e-12);
+        out.extend(row.iter().map(|&v| {
+            let q = (v / scale).round_ties_even().clamp(-clip, clip);
+            v + (q * scale - v)
+        }));
+    }
+    Ok(Tensor::from_vec(out, (rows, cols), w.device())?.to_dtype(dtype)?)
 }
 
 /// XSA (architectures §1.5): each head's output loses its component along its position's own (normalized) value

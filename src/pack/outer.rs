@@ -39,6 +39,9 @@ impl Layer {
             Layer::Xz => "xz".into(),
             Layer::RawLzma2 => "raw-lzma2".into(),
             Layer::Brotli => "brotli".into(),
+            Layer::ByteShuffle { version: 0, stride } => {
+                format!("headerless-shuffle(stride {stride})")
+            }
             Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
             Layer::PerGroup => "pgrp(lrzip groups + brotli remainder)".into(),
             Layer::Pgolf { codec } => format!("pgolf({codec})"),
@@ -92,6 +95,21 @@ pub fn unshuffle(data: &[u8], stride: usize) -> Vec<u8> {
             i += stride;
         }
     }
+    out
+}
+
+/// Undoes seed 004's headerless `byte_shuffle` (PR #1499): with chunk = n div stride, plane s holds bytes
+/// s, s+stride, … of the first chunk·stride bytes, and the last n mod stride bytes follow unshuffled.
+pub fn unshuffle_headerless(data: &[u8], stride: usize) -> Vec<u8> {
+    let n = data.len();
+    let chunk = n / stride.max(1);
+    let mut out = vec![0u8; n];
+    for s in 0..stride {
+        for i in 0..chunk {
+            out[i * stride + s] = data[s * chunk + i];
+        }
+    }
+    out[stride * chunk..].copy_from_slice(&data[stride * chunk..]);
     out
 }
 
@@ -177,6 +195,16 @@ pub fn peel_one(path: &Path, bytes: Vec<u8>, limit: u64) -> Result<Option<(Layer
                 path: path.into(),
                 what: "an lrzip stream: decompress it with `lrzip -d` first (lrzip is not built into pgolf)".into(),
             });
+    } else if let Some(out) = Some(unshuffle_headerless(&bytes, 2)).filter(|u| torchfile::is_zip(u))
+    {
+        // No magic: recognized only when undoing the shuffle yields a torch.save zip.
+        (
+            Layer::ByteShuffle {
+                version: 0,
+                stride: 2,
+            },
+            out,
+        )
     } else if let Some(out) = raw_lzma2(&bytes, limit) {
         (Layer::RawLzma2, out)
     } else {
@@ -254,5 +282,29 @@ mod tests {
             .flat_map(|p| data.iter().skip(p).step_by(2).copied().collect::<Vec<_>>())
             .collect();
         assert_eq!(unshuffle(&shuffled, 2), data);
+    }
+
+    #[test]
+    fn headerless_unshuffle_inverts_seed_004_byte_shuffle_at_every_length() {
+        // PR #1499's byte_shuffle: out[s·chunk + i] = in[i·stride + s] for i < chunk = n div stride, then the
+        // n mod stride tail bytes unchanged.
+        for n in 0..23usize {
+            for stride in 1..4usize {
+                let data: Vec<u8> = (0..n as u8).map(|b| b.wrapping_mul(37)).collect();
+                let chunk = n / stride;
+                let mut shuffled = vec![0u8; n];
+                for s in 0..stride {
+                    for i in 0..chunk {
+                        shuffled[s * chunk + i] = data[i * stride + s];
+                    }
+                }
+                shuffled[stride * chunk..].copy_from_slice(&data[stride * chunk..]);
+                assert_eq!(
+                    unshuffle_headerless(&shuffled, stride),
+                    data,
+                    "n {n} stride {stride}"
+                );
+            }
+        }
     }
 }

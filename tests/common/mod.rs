@@ -91,7 +91,22 @@ pub mod logit_golden {
     /// The model in `weights` under `cfg`; tensors the config does not name are dropped (a switched-off component's
     /// weights are simply unused).
     pub fn load(cfg: &ModelConfig, path: &Path) -> Gpt {
-        let mut state = weights::load_safetensors(path, &Device::Cpu).unwrap();
+        let mut state = if path.extension().is_some_and(|e| e == "ptz") {
+            // An artifact, dequantized as `pgolf verify` reads it.
+            let artifact =
+                pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current()).unwrap();
+            artifact
+                .tensors
+                .iter()
+                .map(|t| {
+                    let values =
+                        Tensor::from_vec(t.dequantize(), t.shape.clone(), &Device::Cpu).unwrap();
+                    (t.name.clone(), values)
+                })
+                .collect()
+        } else {
+            weights::load_safetensors(path, &Device::Cpu).unwrap()
+        };
         let mut problems = Vec::new();
         state = weights::unbank(state, cfg.num_layers, &mut problems).unwrap();
         assert!(problems.is_empty(), "{problems:?}");

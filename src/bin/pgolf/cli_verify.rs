@@ -227,6 +227,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     };
     let state = weights::check_state_dict(&cfg, state, dtype, &args.model)?;
     let model = Gpt::new(cfg.clone(), state, &device, dtype)?;
+    let regridded = model.regridded.clone();
     let weights = weights_digest(&model)?;
     let bytes = match &args.byte_sidecar {
         Some(glob) => ByteSource::load_sidecar(glob, tokens.len())?,
@@ -372,7 +373,9 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
 
     let ttt_info = ttt_order.map(|_| (recipe.clone(), trainable));
+    let notes = report_notes(&report, &cfg, &regridded, args.byte_sidecar.is_some());
     let findings = Findings {
+        notes: &notes,
         report: &report,
         record: &record,
         probes: probes.as_ref(),
@@ -403,7 +406,70 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     })
 }
 
+/// Something the evaluation measured that a reviewer must weigh, with its evidence.
+struct Note {
+    id: &'static str,
+    title: String,
+    evidence: Vec<String>,
+}
+
+/// The findings a run's own measurements support: targets scored more than once or never, weights the model
+/// changes at evaluation time, CaseOps tokens scored without their byte sidecar.
+fn report_notes(
+    r: &EvalReport,
+    cfg: &ModelConfig,
+    regridded: &[(String, f32, f32)],
+    sidecar: bool,
+) -> Vec<Note> {
+    let mut notes = Vec::new();
+    let c = &r.coverage;
+    if c.scored_more_than_once > 0 {
+        notes.push(Note {
+            id: "targets_scored_more_than_once",
+            title: format!(
+                "{} targets scored more than once (up to {} times): the score is not single-pass (C4)",
+                c.scored_more_than_once, c.max_times
+            ),
+            evidence: vec![format!("{} targets, {} scored exactly once", c.targets, c.scored_once)],
+        });
+    }
+    if c.unscored > 0 {
+        notes.push(Note {
+            id: "targets_never_scored",
+            title: format!("{} of {} targets are never scored", c.unscored, c.targets),
+            evidence: vec![format!("{} scored at least once", c.targets - c.unscored)],
+        });
+    }
+    if !regridded.is_empty() {
+        let mut worst: Vec<&(String, f32, f32)> = regridded.iter().collect();
+        worst.sort_by(|a, b| b.2.total_cmp(&a.2));
+        notes.push(Note {
+            id: "evaluation_time_rounding",
+            title: format!(
+                "{} weight matrices are re-gridded per row at evaluation (fake quantization left active)",
+                regridded.len()
+            ),
+            evidence: worst
+                .iter()
+                .take(3)
+                .map(|(name, clip, change)| format!("{name}: clip ±{clip}, max |Δw| {change:.3e}"))
+                .collect(),
+        });
+    }
+    if cfg.caseops && !sidecar {
+        notes.push(Note {
+            id: "caseops_without_sidecar",
+            title: "CaseOps tokens scored with the tokenizer's byte table; the record counts original bytes from \
+                    its byte sidecar (--byte-sidecar)"
+                .into(),
+            evidence: Vec::new(),
+        });
+    }
+    notes
+}
+
 struct Findings<'a> {
+    notes: &'a [Note],
     report: &'a EvalReport,
     record: &'a RunRecord,
     probes: Option<&'a ProbeReport>,
@@ -517,6 +583,11 @@ impl Summary<'_> {
             })),
             "compliance": values,
             "compliance_basis": basis,
+            "findings": f.notes.iter().map(|n| json!({
+                "id": n.id,
+                "title": n.title,
+                "evidence": n.evidence,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -636,6 +707,12 @@ impl Summary<'_> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!("compliance   {}", shown.join(" "));
+        for n in f.notes {
+            println!("finding      {}", n.title);
+            for e in &n.evidence {
+                println!("               {e}");
+            }
+        }
     }
 }
 
