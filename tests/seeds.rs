@@ -253,3 +253,133 @@ fn seed_004_declared_evaluation_from_its_brotli_shuffled_artifact_and_the_roundi
         "{layers}"
     );
 }
+
+#[test]
+fn seed_003_forward_matches_its_own_code() {
+    let dir = seed_dir("003");
+    let cfg = ModelConfig::load(&dir.join("config.json")).unwrap();
+    assert!(cfg.components().contains(&"vrl"));
+    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let window = seed_golden("003")["window"].as_u64().unwrap() as usize;
+    let model = common::logit_golden::load(&cfg, &dir.join("model.safetensors"));
+    common::logit_golden::check(
+        &model,
+        &tokens,
+        window,
+        &dir.join("golden.safetensors"),
+        "seed 003",
+    );
+}
+
+fn verify_003(extra: &[&str]) -> (i32, Value) {
+    let dir = seed_dir("003");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let g = seed_golden("003");
+    let m = &g["mixer"];
+    let buckets = m["buckets"].to_string();
+    let min_tokens = m["min_tokens"].to_string();
+    let chunk = m["chunk_tokens"].to_string();
+    let (model, config, tokenizer) = (
+        dir.join("model.safetensors"),
+        dir.join("config.json"),
+        tokenizer_path(1024),
+    );
+    let mut args = vec![
+        "verify",
+        s(&model),
+        "--config",
+        s(&config),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer),
+        "--seq-len",
+        "512",
+        "--stride",
+        "64",
+        "--legacy-sliding-full",
+        "--mixer",
+        "--mixer-buckets",
+        &buckets,
+        "--mixer-min-tokens",
+        &min_tokens,
+        "--mixer-chunk-tokens",
+        &chunk,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = pgolf(&args);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), json)
+}
+
+fn probe_of<'a>(out: &'a Value, id: &str) -> &'a Value {
+    out["probes"]["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap()
+}
+
+#[test]
+fn seed_003_mixer_is_reproduced_and_fails_normalization_while_the_normalized_mixture_passes() {
+    let g = seed_golden("003");
+    let probes = [
+        "--probes",
+        "--probe-targets",
+        "4096",
+        "--probe-perturbations",
+        "1",
+        "--probe-rows",
+        "8",
+    ];
+    // Declared: the seed's mixer, scored at the realized token only.
+    let (code, declared) = verify_003(&probes);
+    let got = declared["val_bpb"].as_f64().unwrap();
+    let want = g["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    assert_eq!(code, 2);
+    let c2 = probe_of(&declared, "c2_normalized");
+    assert_eq!(c2["passed"], false, "{c2}");
+    assert_eq!(declared["compliance"]["normalized"], false);
+    assert_eq!(declared["compliance"]["no_ngram_cache"], false);
+    // Its window form re-scores the tail too.
+    assert!(
+        declared["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "targets_scored_more_than_once")
+    );
+    // The properly normalized mixture: a distribution (C2 passes), and a worse score than the claimed one.
+    let mut normalized_args = probes.to_vec();
+    normalized_args.push("--mixer-normalized");
+    let (_, normalized) = verify_003(&normalized_args);
+    assert_eq!(probe_of(&normalized, "c2_normalized")["passed"], true);
+    assert_eq!(probe_of(&normalized, "c1_causal")["passed"], true);
+    assert!(normalized["val_bpb"].as_f64().unwrap() > got + 0.01);
+}
+
+#[test]
+fn bad_mixer_knobs_are_one_line_errors() {
+    let err = {
+        let dir = seed_dir("003");
+        let val = format!("{}/fineweb_val_*.bin", s(&dir));
+        pgolf_err(&[
+            "verify",
+            s(&dir.join("model.safetensors")),
+            "--config",
+            s(&dir.join("config.json")),
+            "--val",
+            &val,
+            "--tokenizer",
+            s(&tokenizer_path(1024)),
+            "--mixer",
+            "--mixer-buckets",
+            "1000",
+        ])
+    };
+    assert!(err.contains("power of two"), "{err}");
+}

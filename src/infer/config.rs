@@ -194,6 +194,10 @@ pub struct ModelConfig {
     /// −c, c)·s with s = max(rowmax|w|/c, 1e−12), c = 15 for the MLP and 31 otherwise.
     #[serde(default, skip_serializing_if = "is_default")]
     pub eval_fake_quant: bool,
+    /// Seed 003's VRL (§1.10 c): v0 = block 0's c_v of its own normed input, added to every later block's values as
+    /// v0·vrl_scales[i−1] (`vrl_scales.{0..L−2}` [1]) together with the value embedding.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub vrl: bool,
 }
 
 fn d_vocab() -> usize {
@@ -427,8 +431,8 @@ impl ModelConfig {
                 self.depth_recur_count
             ));
         }
-        if self.v_lambda && self.value_residual {
-            return Err("v_lambda and value_residual exclude each other".into());
+        if u8::from(self.v_lambda) + u8::from(self.value_residual) + u8::from(self.vrl) > 1 {
+            return Err("v_lambda, value_residual and vrl exclude each other".into());
         }
         if !self.sparse_attn_gate_scale.is_finite() {
             return Err("sparse_attn_gate_scale must be finite".into());
@@ -479,6 +483,7 @@ impl ModelConfig {
         on(self.xsa_diag, "xsa_diag");
         on(self.depth_recur_count > 1, "post_stack_recurrence");
         on(self.eval_fake_quant, "eval_fake_quant");
+        on(self.vrl, "vrl");
         c
     }
 
@@ -610,6 +615,11 @@ impl ModelConfig {
             t.push(("ve_shared.scale".into(), vec![]));
             for k in 0..self.ve_layers.len() {
                 t.push((format!("ve_layer_scales.{k}"), vec![1]));
+            }
+        }
+        if self.vrl {
+            for k in 0..self.num_layers.saturating_sub(1) {
+                t.push((format!("vrl_scales.{k}"), vec![1]));
             }
         }
         if self.jepa_chunk_size > 0 {

@@ -55,6 +55,8 @@ struct BlockParams {
     v_lambda: Option<usize>,
     /// `mlp.hidden_gain` [hidden].
     hidden_gain: Option<usize>,
+    /// `vrl_scales.{i−1}` [1] (seed 003's VRL) for blocks i ≥ 1.
+    vrl_scale: Option<usize>,
     /// LN scale 1/√(i+1) of the physical index (1 without LN scale).
     ln_scale: f64,
     xsa: bool,
@@ -88,6 +90,8 @@ struct JepaParams {
 /// What every block of one forward pass shares: the RoPE tables, the cached value embedding, the
 /// document segments when attention is isolated per document, and block 0's values for the value residual.
 struct Context<'a> {
+    /// Seed 003's VRL values: block 0's c_v of its own normed input [B, T, kv_dim].
+    vrl_v0: Option<Tensor>,
     cos: Tensor,
     neg_sin: Tensor,
     value_embedding: Option<Tensor>,
@@ -201,6 +205,9 @@ impl Gpt {
                     vr_lambda: find(&format!("{b}.attn.vr_lambda")),
                     v_lambda: find(&format!("{b}.attn.v_lambda")),
                     hidden_gain: find(&format!("{b}.mlp.hidden_gain")),
+                    vrl_scale: i
+                        .checked_sub(1)
+                        .and_then(|k| find(&format!("vrl_scales.{k}"))),
                     legacy_gate: find(&format!("{b}.attn.attn_gate.weight"))
                         .zip(find(&format!("{b}.attn.attn_gate.bias"))),
                     out_gate: find(&format!("{b}.attn.attn_gate_proj.weight")),
@@ -478,7 +485,15 @@ impl Gpt {
             }
             None => None,
         };
+        let vrl_v0 = if cfg.vrl {
+            let blk = &self.blocks[0];
+            let n = self.block_norm(blk, &self.residual_mix(blk, &x0, &x0, pass)?, pass)?;
+            Some(linear(&n, self.p(blk.c_v))?)
+        } else {
+            None
+        };
         let ctx = Context {
+            vrl_v0,
             cos,
             neg_sin: sin.neg()?,
             value_embedding,
@@ -813,8 +828,21 @@ impl Gpt {
             pass,
         )?;
         let mut v_flat = linear(x, self.p(blk.c_v))?;
-        if let (Some(scale), Some(ve)) = (blk.ve_scale, &ctx.value_embedding) {
-            v_flat = (v_flat + ve.broadcast_mul(self.p(scale))?)?;
+        // The value embedding and seed 003's VRL term are summed first and added together, as the seed does.
+        let ve = match (blk.ve_scale, &ctx.value_embedding) {
+            (Some(scale), Some(ve)) => Some(ve.broadcast_mul(self.p(scale))?),
+            _ => None,
+        };
+        let vrl = match (blk.vrl_scale, &ctx.vrl_v0) {
+            (Some(scale), Some(v0)) => Some(v0.broadcast_mul(self.p(scale))?),
+            _ => None,
+        };
+        let extra = match (ve, vrl) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        };
+        if let Some(extra) = extra {
+            v_flat = (v_flat + extra)?;
         }
         // [B, T, Hkv, hd]: the values as XSA and the value residual see them.
         let mut v = v_flat.reshape((b, t, hkv, hd))?;

@@ -21,6 +21,9 @@ pub enum WindowForm {
     /// The older sliding form (rec/2026-03-19): every start `ws < T`, scoring from `max(wlen − S, 0)`, so tail windows
     /// re-score the last targets. Only to reproduce old records; never exactly once.
     LegacySliding { stride: usize },
+    /// Seed 003's form: every start `ws < T` whose window holds at least S targets (or ws = 0), scoring the last S
+    /// of each window, so the windows that run into the end of the stream re-score its last S targets.
+    LegacySlidingFull { stride: usize },
     /// The records' VarLen `eval_val` (rec/2026-04-10 on): flat buffers of `batch_seqs` sequences of L, attention
     /// isolated to each document (split at BOS, and into pieces of at most L), every target of a buffer scored.
     /// Like the records, each of `world_size` ranks takes sequences [n·r/W, n·(r+1)/W) and scores whole buffers
@@ -37,6 +40,7 @@ impl WindowForm {
             WindowForm::NonOverlapping => "non_overlapping",
             WindowForm::Sliding { .. } => "sliding",
             WindowForm::LegacySliding { .. } => "legacy_sliding",
+            WindowForm::LegacySlidingFull { .. } => "legacy_sliding_full",
             WindowForm::DocIsolated { .. } => "doc_isolated",
         }
     }
@@ -115,6 +119,21 @@ pub fn plan_windows(targets: usize, seq_len: usize, form: WindowForm) -> Result<
                 }));
             }
             windows
+        }
+        WindowForm::LegacySlidingFull { stride } => {
+            check_stride(stride)?;
+            (0..targets)
+                .step_by(stride)
+                .filter(|&ws| ws == 0 || (ws + seq_len).min(targets) - ws >= stride)
+                .map(|ws| {
+                    let len = (ws + seq_len).min(targets) - ws;
+                    Window {
+                        start: ws,
+                        len,
+                        score_from: if ws == 0 { 0 } else { len - stride },
+                    }
+                })
+                .collect()
         }
         WindowForm::LegacySliding { stride } => {
             check_stride(stride)?;

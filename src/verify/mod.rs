@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod ledger;
+pub mod mixer;
 pub mod planted;
 pub mod probes;
 pub mod procedure;

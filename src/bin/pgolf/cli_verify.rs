@@ -18,6 +18,7 @@ use pgolf::infer::weights;
 use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
 use pgolf::verify::eval::{self, EvalReport, WindowForm, plan_windows};
 use pgolf::verify::ledger::{RunRecord, weights_digest};
+use pgolf::verify::mixer::{BackoffMixerProcedure, MixerOptions};
 use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
 use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
 use pgolf::verify::procedure::{Procedure, WindowProcedure};
@@ -67,6 +68,39 @@ pub struct VerifyArgs {
     /// With --stride: the older sliding form that re-scores the tail (to reproduce old records; not exactly once).
     #[arg(long, requires = "stride")]
     legacy_sliding: bool,
+    /// With --stride: seed 003's form, every window holding at least a stride of targets, each scoring its last
+    /// stride (the windows that reach the end re-score the last targets).
+    #[arg(long, requires = "stride", conflicts_with = "legacy_sliding")]
+    legacy_sliding_full: bool,
+    /// Seed 003's backoff n-gram mixer over the model (PR #1033), scored as the seed does; with
+    /// --mixer-normalized, the properly normalized mixture.
+    #[arg(long)]
+    mixer: bool,
+    /// Mixer: divide the n-gram distribution by its sum over the vocabulary (a proper distribution).
+    #[arg(long, requires = "mixer")]
+    mixer_normalized: bool,
+    /// Mixer: highest n-gram order (NGRAM_ORDER).
+    #[arg(long, default_value_t = 10)]
+    mixer_order: usize,
+    /// Mixer: hash buckets per order, a power of two (NGRAM_BUCKETS).
+    #[arg(long, default_value_t = 4_194_304)]
+    mixer_buckets: usize,
+    /// Mixer: tokens counted before it switches on (MIXER_MIN_TOKENS).
+    #[arg(long, default_value_t = 10_000)]
+    mixer_min_tokens: usize,
+    /// Mixer: targets per chunk; counts are updated after each chunk is scored (TTT_CHUNK_TOKENS).
+    #[arg(long, default_value_t = 32_768)]
+    mixer_chunk_tokens: usize,
+    /// Mixer: logit temperature (TTT_TEMPERATURE).
+    #[arg(long, default_value_t = 0.98)]
+    mixer_temperature: f32,
+    /// Mixer: α = base + range·σ(2(H − center)) (ALPHA_BASE, ALPHA_RANGE, ALPHA_CENTER).
+    #[arg(long, default_value_t = 0.20)]
+    mixer_alpha_base: f32,
+    #[arg(long, default_value_t = 0.55)]
+    mixer_alpha_range: f32,
+    #[arg(long, default_value_t = 3.0)]
+    mixer_alpha_center: f32,
     /// The records' VarLen eval_val (rec/2026-04-10 on): flat buffers of --batch-seqs sequences of --seq-len,
     /// attention isolated to each document (split at BOS and into pieces of at most --seq-len).
     #[arg(long, conflicts_with = "stride")]
@@ -239,6 +273,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             world_size: args.world_size,
         },
         (None, _) => WindowForm::NonOverlapping,
+        (Some(stride), _) if args.legacy_sliding_full => WindowForm::LegacySlidingFull { stride },
         (Some(stride), false) => WindowForm::Sliding { stride },
         (Some(stride), true) => WindowForm::LegacySliding { stride },
     };
@@ -261,6 +296,20 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         _ if args.ttt => Some(TttOrder::ScoreFirst),
         _ => None,
     };
+    if args.mixer && (ttt_order.is_some() || args.planted.is_some() || args.doc_isolated) {
+        bail!(
+            "--mixer is an evaluation procedure of its own; it does not combine with --ttt, --planted or --doc-isolated"
+        );
+    }
+    if args.mixer
+        && (!args.mixer_buckets.is_power_of_two() || args.mixer_order < 2 || args.mixer_order > 64)
+    {
+        bail!(
+            "--mixer-buckets must be a power of two and --mixer-order in 2..=64 (got {} and {})",
+            args.mixer_buckets,
+            args.mixer_order
+        );
+    }
     if args.doc_isolated && (ttt_order.is_some() || args.planted.is_some()) {
         bail!(
             "--doc-isolated is an evaluation form of its own; it does not combine with --ttt or --planted"
@@ -271,6 +320,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
 
     let scorer;
+    let mixer;
     let isolated_scorer;
     let window_procedure;
     let ngram;
@@ -282,6 +332,28 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
             trainable = ttt.trainable_parameters();
             &ttt
+        }
+        (None, None) if args.mixer => {
+            mixer = BackoffMixerProcedure {
+                model: &model,
+                seq_len,
+                form,
+                batch_seqs: args.batch_seqs,
+                opts: MixerOptions {
+                    max_order: args.mixer_order,
+                    buckets: args.mixer_buckets,
+                    min_count: 2.0,
+                    min_tokens: args.mixer_min_tokens,
+                    alpha_base: args.mixer_alpha_base,
+                    alpha_range: args.mixer_alpha_range,
+                    alpha_center: args.mixer_alpha_center,
+                    temperature: args.mixer_temperature,
+                    chunk_tokens: args.mixer_chunk_tokens,
+                    normalized: args.mixer_normalized,
+                },
+                weights,
+            };
+            &mixer
         }
         (None, Some(Planted::NgramCache)) => {
             ngram = HashedNgramCache {
@@ -550,7 +622,9 @@ impl Summary<'_> {
             "seq_len": self.seq_len,
             "stride": match self.form {
                 WindowForm::NonOverlapping | WindowForm::DocIsolated { .. } => None,
-                WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => Some(stride),
+                WindowForm::Sliding { stride }
+                | WindowForm::LegacySliding { stride }
+                | WindowForm::LegacySlidingFull { stride } => Some(stride),
             },
             "windows": self.windows,
             "val_loss": r.val_loss,
@@ -606,7 +680,9 @@ impl Summary<'_> {
             } => format!(
                 ", {batch_seqs} sequences per document-isolated buffer, {world_size} rank(s)"
             ),
-            WindowForm::Sliding { stride } | WindowForm::LegacySliding { stride } => {
+            WindowForm::Sliding { stride }
+            | WindowForm::LegacySliding { stride }
+            | WindowForm::LegacySlidingFull { stride } => {
                 format!(", stride {stride}")
             }
         };

@@ -1,0 +1,326 @@
+//! Seed 003's backoff n-gram mixer (PR #1033, architectures §2.4) as an evaluation procedure, exactly as the seed
+//! scores, and its properly normalized counterpart.
+//!
+//! Hashed counts of orders 2..=max_order (float32, `buckets` entries per order, bucket = hash & (buckets − 1)),
+//! updated chunk by chunk after the chunk is scored; for each target, the highest order whose context count is at
+//! least `min_count` gives p_ng = min(F, C)/C (else the add-½ unigram), mixed with the neural probability of the
+//! temperature-scaled logits with the entropy-adaptive weight α = base + range·σ(2(H − center)). The seed evaluates
+//! the mixture only at the realized target; over the whole vocabulary it sums to far more than 1 (hash collisions
+//! and min(F, C)/C per candidate), which the C2 probe measures. `normalized` divides p_ng by its sum over the
+//! vocabulary first, which makes the mixture a distribution.
+
+use candle_core::{D, Tensor};
+
+use super::Result;
+use super::eval::{Window, WindowForm, plan_windows};
+use super::ledger::{Ledger, WeightsDigest};
+use super::procedure::Procedure;
+use super::scorer::log_softmax_row;
+use crate::infer::model::Gpt;
+
+const PRIMES: [i64; 7] = [36313, 27191, 51647, 81929, 131071, 174763, 233017];
+
+/// The mixer's knobs, with the seed's run values as defaults.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MixerOptions {
+    pub max_order: usize,
+    /// A power of two.
+    pub buckets: usize,
+    pub min_count: f32,
+    /// The mixer stays off (neural only) until this many tokens have been added.
+    pub min_tokens: usize,
+    pub alpha_base: f32,
+    pub alpha_range: f32,
+    pub alpha_center: f32,
+    /// Logits are divided by this before every probability (TTT_TEMPERATURE).
+    pub temperature: f32,
+    /// Targets per chunk; the counts are updated with each chunk's tokens after it is scored.
+    pub chunk_tokens: usize,
+    /// Divide p_ng by its sum over the vocabulary (the legal, normalized mixture).
+    pub normalized: bool,
+}
+
+impl Default for MixerOptions {
+    fn default() -> Self {
+        MixerOptions {
+            max_order: 10,
+            buckets: 1 << 22,
+            min_count: 2.0,
+            min_tokens: 10_000,
+            alpha_base: 0.20,
+            alpha_range: 0.55,
+            alpha_center: 3.0,
+            temperature: 0.98,
+            chunk_tokens: 32_768,
+            normalized: false,
+        }
+    }
+}
+
+/// The hashed n-gram counts.
+struct Counts {
+    opts: MixerOptions,
+    unigram: Vec<f32>,
+    unigram_total: f64,
+    /// Per order 2..=max_order: context counts and (context, next) counts.
+    context: Vec<Vec<f32>>,
+    full: Vec<Vec<f32>>,
+    tokens_seen: usize,
+}
+
+impl Counts {
+    fn new(opts: &MixerOptions, vocab: usize) -> Self {
+        let orders = opts.max_order.saturating_sub(1);
+        Counts {
+            opts: opts.clone(),
+            unigram: vec![0.0; vocab],
+            unigram_total: 0.0,
+            context: vec![vec![0.0; opts.buckets]; orders],
+            full: vec![vec![0.0; opts.buckets]; orders],
+            tokens_seen: 0,
+        }
+    }
+
+    fn mask(&self) -> i64 {
+        self.opts.buckets as i64 - 1
+    }
+
+    /// The context hash of tokens `ctx` (oldest first): ctx[0]·P0 XOR ctx[k]·P[k mod 7].
+    fn context_hash(ctx: &[i64]) -> i64 {
+        let mut h = ctx[0] * PRIMES[0];
+        for (k, &t) in ctx.iter().enumerate().skip(1) {
+            h ^= t * PRIMES[k % PRIMES.len()];
+        }
+        h
+    }
+
+    fn full_hash(context_hash: i64, next: i64, order: usize) -> i64 {
+        context_hash ^ (next * PRIMES[(order - 1) % PRIMES.len()])
+    }
+
+    /// `update(tokens)`: unigrams, and every full n-gram inside `tokens` for each order.
+    fn update(&mut self, tokens: &[u16]) {
+        let t: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+        let n = t.len();
+        self.tokens_seen += n;
+        for &x in &t {
+            self.unigram[x as usize] += 1.0;
+        }
+        self.unigram_total += n as f64;
+        let mask = self.mask();
+        for order in 2..=self.opts.max_order {
+            if n < order {
+                continue;
+            }
+            for i in 0..=n - order {
+                let h = Self::context_hash(&t[i..i + order - 1]);
+                self.context[order - 2][(h & mask) as usize] += 1.0;
+                let f = Self::full_hash(h, t[i + order - 1], order);
+                self.full[order - 2][(f & mask) as usize] += 1.0;
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.tokens_seen >= self.opts.min_tokens
+    }
+
+    /// The backoff for a position whose window-local context is `ctx` (tokens up to and including the current
+    /// input, oldest first, zero-padded at the window start as the seed's shifted stacks are): the order chosen by
+    /// context counts alone, as (order, its context hash, C), or None for the unigram fallback.
+    fn backoff(&self, ctx: &[i64], position: usize) -> Option<(usize, i64, f32)> {
+        let mask = self.mask();
+        for order in (2..=self.opts.max_order).rev() {
+            if position < order - 2 {
+                continue;
+            }
+            let cw = order - 1;
+            let h = Self::context_hash(&ctx[ctx.len() - cw..]);
+            let c = self.context[order - 2][(h & mask) as usize];
+            if c >= self.opts.min_count {
+                return Some((order, h, c));
+            }
+        }
+        None
+    }
+
+    /// p_ng of candidate `y` under a chosen backoff.
+    fn p_ngram(&self, chosen: Option<(usize, i64, f32)>, y: usize) -> f32 {
+        match chosen {
+            Some((order, h, c)) => {
+                let f = self.full[order - 2]
+                    [(Self::full_hash(h, y as i64, order) & self.mask()) as usize];
+                (f.min(c) / c.max(1.0)).clamp(0.0, 1.0)
+            }
+            None => {
+                let v = self.unigram.len() as f64;
+                ((self.unigram[y] + 0.5) as f64 / (self.unigram_total + 0.5 * v)) as f32
+            }
+        }
+    }
+}
+
+/// Seed 003's evaluation: `form` windows (its own is [`WindowForm::LegacySlidingFull`]) scored chunk by chunk with
+/// the mixer, the counts updated after each chunk. Its TTT (AdamW on a subset, Polyak averaging) is not part of this
+/// procedure: this is the seed's `eval_val_sliding_ttt` with TTT_EPOCHS=0.
+pub struct BackoffMixerProcedure<'a> {
+    pub model: &'a Gpt,
+    pub seq_len: usize,
+    pub form: WindowForm,
+    pub batch_seqs: usize,
+    pub opts: MixerOptions,
+    pub weights: WeightsDigest,
+}
+
+impl BackoffMixerProcedure<'_> {
+    /// Per-position NLL (and, for `want` positions, full log rows) of one window's uncapped logits.
+    #[allow(clippy::too_many_arguments)]
+    fn score_window(
+        &self,
+        counts: &Counts,
+        uncapped: &[f32],
+        vocab: usize,
+        inputs: &[u16],
+        targets: &[u16],
+        from: usize,
+        want: &dyn Fn(usize) -> bool,
+        rows: &mut Vec<(usize, Vec<f64>)>,
+    ) -> Vec<f32> {
+        let model = self.model;
+        let temperature = self.opts.temperature;
+        let max_ctx = self.opts.max_order - 1;
+        let mut nll = vec![0.0f32; targets.len()];
+        for p in from..targets.len() {
+            let row: Vec<f32> = uncapped[p * vocab..(p + 1) * vocab]
+                .iter()
+                .map(|&z| model.softcap(z) / temperature)
+                .collect();
+            let logp = log_softmax_f32(&row);
+            let y = targets[p] as usize;
+            if !counts.active() {
+                nll[p] = -logp[y];
+                if want(p) {
+                    rows.push((p, log_softmax_row(row.iter().copied())));
+                }
+                continue;
+            }
+            let ctx: Vec<i64> = (0..max_ctx)
+                .rev()
+                .map(|k| if p >= k { inputs[p - k] as i64 } else { 0 })
+                .collect();
+            let chosen = counts.backoff(&ctx, p);
+            let entropy: f32 = -logp.iter().map(|&l| l.exp() * l).sum::<f32>();
+            let alpha = self.opts.alpha_base
+                + self.opts.alpha_range * sigmoid(2.0 * (entropy - self.opts.alpha_center));
+            let norm = if self.opts.normalized {
+                (0..vocab)
+                    .map(|v| counts.p_ngram(chosen, v) as f64)
+                    .sum::<f64>() as f32
+            } else {
+                1.0
+            };
+            let mixed = |v: usize| {
+                let p_nn = logp[v].exp();
+                (1.0 - alpha) * p_nn + alpha * (counts.p_ngram(chosen, v) / norm)
+            };
+            nll[p] = -mixed(y).max(1e-12).ln();
+            if want(p) {
+                rows.push((
+                    p,
+                    (0..vocab)
+                        .map(|v| (mixed(v).max(1e-12) as f64).ln())
+                        .collect(),
+                ));
+            }
+        }
+        nll
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn log_softmax_f32(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln() + max;
+    row.iter().map(|&z| z - lse).collect()
+}
+
+impl Procedure for BackoffMixerProcedure<'_> {
+    fn name(&self) -> String {
+        if self.opts.normalized {
+            "backoff_mixer_normalized".into()
+        } else {
+            "backoff_mixer".into()
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn run(
+        &self,
+        tokens: &[u16],
+        ledger: &mut Ledger,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let targets = ledger.targets();
+        let windows = plan_windows(targets, self.seq_len, self.form)?;
+        let chunk = self.opts.chunk_tokens.max(1);
+        let num_chunks = targets.div_ceil(chunk).max(1);
+        let mut by_chunk: Vec<Vec<Window>> = vec![Vec::new(); num_chunks];
+        for w in &windows {
+            by_chunk[((w.start + w.score_from) / chunk).min(num_chunks - 1)].push(*w);
+        }
+        let mut counts = Counts::new(&self.opts, self.model.cfg.vocab_size);
+        let device = self.model.device();
+        let mut done = 0;
+        for (ci, chunk_windows) in by_chunk.iter().enumerate() {
+            if chunk_windows.is_empty() {
+                continue;
+            }
+            for batch in chunk_windows.chunks(self.batch_seqs.max(1)) {
+                let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
+                let mut x = vec![0u32; batch.len() * len];
+                for (i, w) in batch.iter().enumerate() {
+                    for p in 0..w.len {
+                        x[i * len + p] = tokens[w.start + p] as u32;
+                    }
+                }
+                let x = Tensor::from_vec(x, (batch.len(), len), device)?;
+                let logits = self.model.uncapped_logits(&x)?;
+                let vocab = logits.dim(D::Minus1)?;
+                let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+                for (i, w) in batch.iter().enumerate() {
+                    let inputs = &tokens[w.start..w.start + w.len];
+                    let outs = &tokens[w.start + 1..w.start + w.len + 1];
+                    let mut rows = Vec::new();
+                    let want = |p: usize| ledger.wants_row(w.start + p);
+                    let nll = self.score_window(
+                        &counts,
+                        &logits[i * len * vocab..(i * len + w.len) * vocab],
+                        vocab,
+                        inputs,
+                        outs,
+                        w.score_from,
+                        &want,
+                        &mut rows,
+                    );
+                    ledger.score(w.start + w.score_from, &nll[w.score_from..]);
+                    for (p, row) in rows {
+                        ledger.row(w.start + p, row);
+                    }
+                }
+                done += batch.len();
+                progress(done, windows.len());
+            }
+            let start = ci * chunk;
+            let end = ((ci + 1) * chunk).min(targets);
+            counts.update(&tokens[start..end]);
+        }
+        ledger.receipt(self.name(), &self.weights, &self.weights);
+        Ok(())
+    }
+}
