@@ -327,7 +327,7 @@ fn doc_isolation_probe(config_case: &str) -> (i32, Value) {
     let streams = fixture("records/streams/caseops");
     let val = format!("{}/fineweb_val_0*.bin", s(&streams));
     let sidecar = format!("{}/fineweb_val_bytes_*.bin", s(&streams));
-    let out = pgolf(&[
+    let (code, json) = pgolf_report(&[
         "verify",
         s(&dir.join("model.safetensors")),
         "--config",
@@ -350,7 +350,6 @@ fn doc_isolation_probe(config_case: &str) -> (i32, Value) {
         "2",
         "--json",
     ]);
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let probe = json["probes"]["probes"]
         .as_array()
         .unwrap()
@@ -358,7 +357,7 @@ fn doc_isolation_probe(config_case: &str) -> (i32, Value) {
         .find(|p| p["id"] == "doc_isolation")
         .cloned()
         .expect("a doc-isolated procedure gets the isolation probe");
-    (out.status.code().unwrap(), probe)
+    (code, probe)
 }
 
 #[test]

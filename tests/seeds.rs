@@ -41,10 +41,7 @@ fn verify_000(model: &str, extra: &[&str]) -> (i32, Value) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = pgolf(&args);
-    let json: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), json)
+    pgolf_report(&args)
 }
 
 #[test]
@@ -308,10 +305,7 @@ fn verify_003(extra: &[&str]) -> (i32, Value) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = pgolf(&args);
-    let json: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), json)
+    pgolf_report(&args)
 }
 
 fn probe_of<'a>(out: &'a Value, id: &str) -> &'a Value {

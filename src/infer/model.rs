@@ -926,14 +926,57 @@ impl Gpt {
         v: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
+        let (p, v) = self.causal_probabilities(q, k, v, pass)?;
+        let t = p.dim(D::Minus1)?;
+        let eye = Tensor::eye(t, p.dtype(), p.device())?;
+        let diag = p.broadcast_mul(&eye)?.sum_keepdim(D::Minus1)?;
+        Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
+    }
+
+    /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd).
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: Pass) -> Result<Tensor> {
         let (b, h, t, hd) = q.dims4()?;
-        let rep = h / self.cfg.num_kv_heads;
-        let expand = |z: &Tensor| -> Result<Tensor> {
-            Ok(z.unsqueeze(2)?
-                .expand((b, h / rep, rep, t, hd))?
-                .reshape((b, h, t, hd))?)
+        if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
+            let shape = AttentionShape {
+                batch: b,
+                heads: h,
+                kv_heads: self.cfg.num_kv_heads,
+                seq_len: t,
+                head_dim: hd,
+            };
+            let flat = |z: &Tensor| {
+                z.contiguous()
+                    .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
+            };
+            let scale = (1.0 / (hd as f64).sqrt()) as f32;
+            let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
+            return Ok(Tensor::from_vec(y, (b, h, t, hd), &self.device)?);
+        }
+        let (p, v) = self.causal_probabilities(q, k, v, pass)?;
+        Ok(p.matmul(&v)?)
+    }
+
+    /// The causal softmax A = softmax(q·kᵀ/√hd) [B, H, T, T] with grouped-query keys (query head h reads kv head
+    /// h / (H / Hkv)), and the values expanded to the H heads.
+    fn causal_probabilities(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pass: Pass,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, hd) = q.dims4()?;
+        let hkv = self.cfg.num_kv_heads;
+        let (k, v) = if hkv != h {
+            let expand = |z: &Tensor| -> Result<Tensor> {
+                Ok(z.unsqueeze(2)?
+                    .expand((b, hkv, h / hkv, t, hd))?
+                    .reshape((b, h, t, hd))?)
+            };
+            (expand(k)?, expand(v)?)
+        } else {
+            (k.contiguous()?, v.contiguous()?)
         };
-        let (k, v) = (expand(k)?, expand(v)?);
         let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let p = if self.device.is_cpu() && self.dtype == DType::F32 {
             super::attention::causal_softmax(&scores)?
@@ -944,55 +987,7 @@ impl Gpt {
                 Pass::Train => softmax_last_dim_differentiable(&masked)?,
             }
         };
-        let eye = Tensor::eye(t, p.dtype(), p.device())?;
-        let diag = p.broadcast_mul(&eye)?.sum_keepdim(D::Minus1)?;
-        Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
-    }
-
-    /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd).
-    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: Pass) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (b, h, t, hd) = q.dims4()?;
-        let hkv = cfg.num_kv_heads;
-        let scale = 1.0 / (hd as f64).sqrt();
-        if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
-            let shape = AttentionShape {
-                batch: b,
-                heads: h,
-                kv_heads: hkv,
-                seq_len: t,
-                head_dim: hd,
-            };
-            let flat = |z: &Tensor| {
-                z.contiguous()
-                    .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
-            };
-            let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale as f32);
-            return Ok(Tensor::from_vec(y, (b, h, t, hd), &self.device)?);
-        }
-        // Grouped-query: query head h reads kv head h / (H / Hkv).
-        let (k, v) = if hkv != h {
-            let rep = h / hkv;
-            let expand = |z: &Tensor| -> Result<Tensor> {
-                Ok(z.unsqueeze(2)?
-                    .expand((b, hkv, rep, t, hd))?
-                    .reshape((b, h, t, hd))?)
-            };
-            (expand(k)?, expand(v)?)
-        } else {
-            (k.contiguous()?, v.contiguous()?)
-        };
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
-        let p = if self.device.is_cpu() && self.dtype == DType::F32 {
-            super::attention::causal_softmax(&scores)?
-        } else {
-            let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
-            match pass {
-                Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
-                Pass::Train => softmax_last_dim_differentiable(&masked)?,
-            }
-        };
-        Ok(p.matmul(&v)?)
+        Ok((p, v))
     }
 }
 

@@ -260,6 +260,22 @@ pub fn run_probes(
     })
 }
 
+/// The largest |a[j] − b[j]| over `range` among targets both runs scored, with its target, and how many were compared.
+fn largest_change(a: &[f64], b: &[f64], range: std::ops::Range<usize>) -> ((f64, usize), usize) {
+    let mut worst = (0.0f64, range.start);
+    let mut compared = 0;
+    for j in range {
+        if a[j].is_finite() && b[j].is_finite() {
+            compared += 1;
+            let d = (a[j] - b[j]).abs();
+            if d > worst.0 {
+                worst = (d, j);
+            }
+        }
+    }
+    (worst, compared)
+}
+
 fn nll_of(r: &RunRecord) -> &[f64] {
     r.nll.as_deref().expect("probe runs keep per-target NLL")
 }
@@ -274,17 +290,8 @@ fn causality(
     let mut compared = 0usize;
     let mut evidence = Vec::new();
     for (p, r) in ps.iter().zip(altered) {
-        let (a, b) = (nll_of(base), nll_of(r));
-        let mut local = (0.0f64, 0usize);
-        for j in 0..p.position - 1 {
-            if a[j].is_finite() && b[j].is_finite() {
-                compared += 1;
-                let d = (a[j] - b[j]).abs();
-                if d > local.0 {
-                    local = (d, j);
-                }
-            }
-        }
+        let (local, n) = largest_change(nll_of(base), nll_of(r), 0..p.position - 1);
+        compared += n;
         evidence.push(format!(
             "token {} changed {}→{}: max |ΔNLL| {:.3e} over earlier targets{}",
             p.position,
@@ -489,17 +496,8 @@ fn doc_isolation(
             .find(|&q| prefix[q] == o.bos)
             .unwrap_or(prefix.len())
             .min(targets);
-        let (a, b) = (nll_of(base), nll_of(r));
-        let mut local = (0.0f64, bos);
-        for j in bos..end {
-            if a[j].is_finite() && b[j].is_finite() {
-                compared += 1;
-                let d = (a[j] - b[j]).abs();
-                if d > local.0 {
-                    local = (d, j);
-                }
-            }
-        }
+        let (local, n) = largest_change(nll_of(base), nll_of(r), bos..end);
+        compared += n;
         evidence.push(format!(
             "last token of the document ending at {} changed {}→{}: max |ΔNLL| {:.3e} over the next document's \
              targets {bos}..{end}{}",

@@ -66,6 +66,18 @@ pub fn pgolf_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
+/// The exit code and the JSON report of a run that may exit non-zero on purpose (a failing probe exits 2).
+pub fn pgolf_report(args: &[&str]) -> (i32, serde_json::Value) {
+    let out = pgolf(args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "pgolf {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().expect("exited"), json)
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pgolf-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
