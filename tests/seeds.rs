@@ -377,3 +377,100 @@ fn bad_mixer_knobs_are_one_line_errors() {
     };
     assert!(err.contains("power of two"), "{err}");
 }
+
+#[test]
+fn seed_002_bese_tokenizer_is_its_encode_fast_quirk_included() {
+    let g = seed_golden("002_tokenizer");
+    let dir = seed_dir("002");
+    let model = pgolf::data::bese::BeseModel::load(&dir.join("tokenizer.json")).unwrap();
+    assert_eq!(model.vocab_size(), 288);
+    let texts = g["texts"].as_array().unwrap();
+    let ids = g["ids"].as_array().unwrap();
+    for (i, (text, want)) in texts.iter().zip(ids).enumerate() {
+        let got = model.encode(text.as_str().unwrap());
+        let want: Vec<u16> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u16)
+            .collect();
+        assert_eq!(got, want, "text {i}: {:?}", text.as_str().unwrap());
+    }
+    // Where the seed's heap encoder departs from rank-ordered sequential BPE, pgolf follows the seed.
+    let differs = g["differs_from_sequential_bpe"].as_array().unwrap();
+    assert!(
+        differs.iter().any(|i| i == 3),
+        "the spec's example string is among them"
+    );
+    // Its byte table (the seed's build_luts_for_training): bytes(merge) = bytes(a) + bytes(b), no leading space,
+    // ids 0..=3 boundaries.
+    let lut: Vec<u16> = g["bytes_lut"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u16)
+        .collect();
+    assert_eq!(model.bytes, lut);
+    let table = pgolf::data::tokenizer::Tokenizer::Bese(model.clone()).byte_table(288);
+    let boundaries: Vec<usize> = (0..288).filter(|&i| table.is_boundary[i]).collect();
+    assert_eq!(serde_json::to_value(&boundaries).unwrap(), g["boundaries"]);
+    // The table counts the true UTF-8 bytes of the text: Σ bytes over the encoded documents.
+    let stream = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let total: u64 = stream.iter().map(|&t| model.bytes[t as usize] as u64).sum();
+    assert_eq!(total, g["stream_utf8_bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn seed_002_audit_reports_the_lossy_tokenizer_and_the_undelimited_stream() {
+    let dir = seed_dir("002");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let tok = format!("bese:{}", s(&dir.join("tokenizer.json")));
+    let out = pgolf_json(&[
+        "data",
+        "stats",
+        "--val",
+        &val,
+        "--tokenizer",
+        &tok,
+        "--seq-len",
+        "512",
+        "--json",
+    ]);
+    let codes: Vec<&str> = out["audit"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"not_invertible"), "{codes:?}");
+    assert!(codes.contains(&"documents_not_delimited"), "{codes:?}");
+    assert_eq!(out["documents"], 0);
+    // Warnings, not errors: the byte counts are right; the comparison is what is lost.
+    let err = pgolf_err(&[
+        "data",
+        "stats",
+        "--val",
+        &val,
+        "--tokenizer",
+        "bese:/nonexistent/tokenizer.json",
+    ]);
+    assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");
+    let bad = temp_dir("bese_bad").join("tokenizer.json");
+    std::fs::write(
+        &bad,
+        r#"{"tokenizer_type": "bpe", "base_vocab_size": 40, "vocab_size": 40, "merges": []}"#,
+    )
+    .unwrap();
+    let err = pgolf_err(&[
+        "data",
+        "stats",
+        "--val",
+        &val,
+        "--tokenizer",
+        &format!("bese:{}", s(&bad)),
+    ]);
+    assert!(
+        err.contains("tokenizer.json") && err.contains("bese_bpe"),
+        "{err}"
+    );
+}

@@ -87,12 +87,60 @@ impl Audit {
 }
 
 /// Audits `table` (the canonical one, or a submission's own) for `tokenizer` over the token stream `tokens`.
+/// The document-start token of every challenge tokenizer.
+const BOS: u16 = 1;
+
 pub fn audit(tokenizer: &Tokenizer, table: &ByteTable, tokens: &[u16]) -> Audit {
     let mut audit = Audit::default();
     let canonical = tokenizer.byte_table(table.len());
     audit_table(tokenizer, &canonical, table, &mut audit);
     audit_documents(tokenizer, table, tokens, &mut audit);
+    if !tokens.is_empty() && tokens[0] != BOS {
+        let bos = tokens.iter().filter(|&&t| t == BOS).count();
+        audit.push(
+            "documents_not_delimited",
+            Severity::Warning,
+            format!(
+                "the stream does not open with BOS (id {BOS}) and holds {bos} BOS tokens: documents are not \
+                 delimited as in the challenge's export, so this is not the canonical validation set"
+            ),
+        );
+    }
     audit
+}
+
+/// Sentences the invertibility check encodes and decodes: upper case, curly quotes and non-ASCII letters, all
+/// common in FineWeb.
+pub const INVERTIBILITY_PROBES: [&str; 3] = [
+    "The Quick Brown Fox, said Dr. Smith.",
+    "\u{201c}Quoted,\u{201d} she wrote \u{2014} it\u{2019}s 100% true!",
+    "Caf\u{e9} na\u{ef}ve r\u{e9}sum\u{e9} \u{2192} \u{65e5}\u{672c}",
+];
+
+/// BESE discards case and merges punctuation: decoding does not give the text back. Measured on
+/// [`INVERTIBILITY_PROBES`]; the BPB still counts the true UTF-8 bytes, but it scores a lossy projection of the
+/// text, not the text, so it is not comparable with an invertible tokenizer's.
+fn audit_invertibility(model: &super::bese::BeseModel, audit: &mut Audit) {
+    let lossy: Vec<String> = INVERTIBILITY_PROBES
+        .iter()
+        .filter_map(|&text| {
+            let back = model.decode(&model.encode(text));
+            (back != text).then(|| format!("{text:?} decodes as {back:?}"))
+        })
+        .collect();
+    if let Some(example) = lossy.first() {
+        audit.push(
+            "not_invertible",
+            Severity::Warning,
+            format!(
+                "the tokenizer is not invertible ({} of {} probe sentences do not survive encode/decode, e.g. \
+                 {example}): case is discarded and other punctuation merged, so the score is of a lossy \
+                 projection of the text and not comparable with the challenge's tokenizers",
+                lossy.len(),
+                INVERTIBILITY_PROBES.len()
+            ),
+        );
+    }
 }
 
 fn audit_table(tokenizer: &Tokenizer, canonical: &ByteTable, table: &ByteTable, audit: &mut Audit) {
@@ -114,7 +162,11 @@ fn audit_table(tokenizer: &Tokenizer, canonical: &ByteTable, table: &ByteTable, 
             .map(|p| p.piece.clone())
             .unwrap_or_default(),
         Tokenizer::Byte260 => format!("byte {id}"),
+        Tokenizer::Bese(m) => format!("{:?}", m.decode(&[id as u16])),
     };
+    if let Tokenizer::Bese(model) = tokenizer {
+        audit_invertibility(model, audit);
+    }
     if let Tokenizer::SentencePiece(model) = tokenizer {
         audit.space_piece_id = model.piece_to_id(&SPACE_MARK.to_string());
         if audit.space_piece_id.is_none() {

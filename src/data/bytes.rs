@@ -56,6 +56,17 @@ impl ByteTable {
         table
     }
 
+    /// A table of fixed byte counts per id with no leading-space flags, where the first `specials` ids are
+    /// boundaries (seed 002's BESE: bytes(target) only).
+    pub fn from_counts(bytes: &[u16], specials: usize, model_vocab: usize) -> Self {
+        let mut table = Self::all_boundary(bytes.len().max(model_vocab));
+        for (id, &b) in bytes.iter().enumerate() {
+            table.base_bytes[id] = b;
+            table.is_boundary[id] = id < specials;
+        }
+        table
+    }
+
     fn all_boundary(size: usize) -> Self {
         ByteTable {
             base_bytes: vec![0; size],

@@ -3,6 +3,7 @@
 //! This module imports nothing else from pgolf. Every error names the file it concerns.
 
 pub mod audit;
+pub mod bese;
 pub mod bpb;
 pub mod bytes;
 pub mod sentencepiece;
@@ -58,6 +59,8 @@ pub enum DataError {
     },
     #[error("sequence length must be positive")]
     ZeroSeqLen,
+    #[error("{path}: bad tokenizer: {message}")]
+    BadTokenizer { path: PathBuf, message: String },
     #[error("{path}: not a SentencePiece model: {message}")]
     SentencePiece { path: PathBuf, message: String },
     #[error(

@@ -1,10 +1,15 @@
-//! The tokenizers a validation stream can come from: a SentencePiece model or the byte260 byte tokenizer.
+//! The tokenizers a validation stream can come from: a SentencePiece model, the byte260 byte tokenizer, or seed
+//! 002's BESE tokenizer.
 
 use std::path::Path;
 
+use super::bese::BeseModel;
 use super::bytes::{BYTE260_OFFSET, BYTE260_VOCAB, ByteTable};
 use super::sentencepiece::{PieceType, SpModel};
 use super::{DataError, Result};
+
+/// The prefix that selects a BESE tokenizer.json on the command line.
+pub const BESE_PREFIX: &str = "bese:";
 
 /// The name that selects the byte tokenizer on the command line.
 pub const BYTE260_NAME: &str = "byte260";
@@ -14,6 +19,8 @@ pub enum Tokenizer {
     SentencePiece(SpModel),
     /// pad 0, BOS 1, EOS 2, UNK 3, byte b → b + 4; encoding is raw UTF-8 (no normalization).
     Byte260,
+    /// Seed 002's BESE tokenizer (`bese:PATH/tokenizer.json`).
+    Bese(BeseModel),
 }
 
 impl Tokenizer {
@@ -22,6 +29,9 @@ impl Tokenizer {
         if spec == BYTE260_NAME {
             return Ok(Tokenizer::Byte260);
         }
+        if let Some(path) = spec.strip_prefix(BESE_PREFIX) {
+            return Ok(Tokenizer::Bese(BeseModel::load(Path::new(path))?));
+        }
         Ok(Tokenizer::SentencePiece(SpModel::load(Path::new(spec))?))
     }
 
@@ -29,6 +39,7 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(m) => m.path.display().to_string(),
             Tokenizer::Byte260 => BYTE260_NAME.into(),
+            Tokenizer::Bese(m) => format!("{BESE_PREFIX}{}", m.path.display()),
         }
     }
 
@@ -36,6 +47,7 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(m) => m.vocab_size(),
             Tokenizer::Byte260 => BYTE260_VOCAB,
+            Tokenizer::Bese(m) => m.vocab_size(),
         }
     }
 
@@ -44,13 +56,14 @@ impl Tokenizer {
         match self {
             Tokenizer::SentencePiece(m) => ByteTable::from_sentencepiece(m, model_vocab),
             Tokenizer::Byte260 => ByteTable::byte260(model_vocab),
+            Tokenizer::Bese(m) => ByteTable::from_counts(&m.bytes, 4, model_vocab),
         }
     }
 
     pub fn is_unknown(&self, id: u16) -> bool {
         match self {
             Tokenizer::SentencePiece(m) => m.kind(id as usize) == Some(PieceType::Unknown),
-            Tokenizer::Byte260 => id == 3,
+            Tokenizer::Byte260 | Tokenizer::Bese(_) => id == 3,
         }
     }
 
@@ -63,6 +76,7 @@ impl Tokenizer {
                 .filter(|&&i| i as usize >= BYTE260_OFFSET)
                 .map(|&i| (i as usize - BYTE260_OFFSET) as u8)
                 .collect(),
+            Tokenizer::Bese(m) => m.decode(ids).into_bytes(),
         }
     }
 

@@ -149,6 +149,12 @@ fn describe_tokenizer(t: &Tokenizer) -> String {
             m.normalizer_name
         ),
         Tokenizer::Byte260 => "byte260 (pad 0, BOS 1, EOS 2, UNK 3, byte b -> b+4)".into(),
+        Tokenizer::Bese(m) => format!(
+            "{} (BESE: {} base ids + {} merges, PR #1666)",
+            m.path.display(),
+            pgolf::data::bese::BESE_BASE_VOCAB,
+            m.merges.len()
+        ),
     }
 }
 
