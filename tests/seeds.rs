@@ -474,3 +474,54 @@ fn seed_002_audit_reports_the_lossy_tokenizer_and_the_undelimited_stream() {
         "{err}"
     );
 }
+
+#[test]
+fn seed_004_default_ngram_blend_is_reproduced_and_fails_normalization() {
+    let g = seed_golden("004");
+    let b = &g["ngram_blend"];
+    let dir = seed_dir("004");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let prefill = format!("{}/prefill_*.bin", s(&dir));
+    let prefill_tokens = b["prefill_tokens"].to_string();
+    let (model, config, tokenizer) = (
+        dir.join("final_model.int8.ptz"),
+        dir.join("config.json"),
+        tokenizer_path(8192),
+    );
+    let (code, out) = pgolf_report(&[
+        "verify",
+        s(&model),
+        "--config",
+        s(&config),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer),
+        "--seq-len",
+        "1024",
+        "--stride",
+        "64",
+        "--legacy-sliding-full",
+        "--ngram-blend",
+        "--ngram-prefill",
+        &prefill,
+        "--ngram-prefill-tokens",
+        &prefill_tokens,
+        "--probes",
+        "--probe-targets",
+        "1024",
+        "--probe-perturbations",
+        "1",
+        "--probe-rows",
+        "8",
+        "--json",
+    ]);
+    let got = out["val_bpb"].as_f64().unwrap();
+    let want = b["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    // The blend weight depends on the target's own loss: rows are not distributions.
+    assert_eq!(code, 2);
+    assert_eq!(probe_of(&out, "c2_normalized")["passed"], false);
+    assert_eq!(probe_of(&out, "c1_causal")["passed"], true);
+    assert_eq!(out["compliance"]["normalized"], false);
+}

@@ -928,8 +928,10 @@ impl Gpt {
     ) -> Result<Tensor> {
         let (p, v) = self.causal_probabilities(q, k, v, pass)?;
         let t = p.dim(D::Minus1)?;
-        let eye = Tensor::eye(t, p.dtype(), p.device())?;
-        let diag = p.broadcast_mul(&eye)?.sum_keepdim(D::Minus1)?;
+        // diag(A): entries t·T + t of each flattened [T, T] map.
+        let at: Vec<u32> = (0..t).map(|i| (i * t + i) as u32).collect();
+        let at = Tensor::from_vec(at, t, p.device())?;
+        let diag = p.flatten_from(2)?.index_select(&at, 2)?.unsqueeze(3)?;
         Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
     }
 

@@ -9,6 +9,8 @@
 //! and min(F, C)/C per candidate), which the C2 probe measures. `normalized` divides p_ng by its sum over the
 //! vocabulary first, which makes the mixture a distribution.
 
+use std::collections::HashMap;
+
 use candle_core::{D, Tensor};
 
 use super::Result;
@@ -319,6 +321,136 @@ impl Procedure for BackoffMixerProcedure<'_> {
             let start = ci * chunk;
             let end = ((ci + 1) * chunk).min(targets);
             counts.update(&tokens[start..end]);
+        }
+        ledger.receipt(self.name(), &self.weights, &self.weights);
+        Ok(())
+    }
+}
+
+/// Seed 004's `NGramCache` blend (PR #1499, its default sliding evaluation): exact counts of every context of 1 to
+/// max_order − 1 tokens and the token that followed, pre-filled from training tokens and extended with each window's
+/// scored targets after the window is scored. For a target, the longest context of the global stream that has been
+/// seen gives p_ng = count(target)/total, blended as (1 − α)·e^{−NLL} + α·p_ng with α = min(0.5, alpha·(1 + NLL/3)).
+/// α depends on the target's own NLL, so over the vocabulary the blend is not a distribution (C2).
+pub struct NgramCacheBlend<'a> {
+    pub model: &'a Gpt,
+    pub seq_len: usize,
+    pub form: WindowForm,
+    pub batch_seqs: usize,
+    pub max_order: usize,
+    pub alpha: f64,
+    /// The training tokens the cache starts from (NGRAM_PRETRAIN_TOKENS of them).
+    pub prefill: Vec<u16>,
+    pub weights: WeightsDigest,
+}
+
+type ContextCounts = HashMap<Vec<u16>, HashMap<u16, u64>>;
+
+impl NgramCacheBlend<'_> {
+    /// `update(stream, start, end)`: for each i in start..end, every context stream[i−k..i] (k = 1..max_order−1,
+    /// as far as the stream reaches back) counts stream[i].
+    fn update(&self, counts: &mut ContextCounts, stream: &[u16], start: usize, end: usize) {
+        for i in start..end {
+            for order in 2..(self.max_order + 1).min(i + 2) {
+                let ctx = stream[i + 1 - order..i].to_vec();
+                *counts.entry(ctx).or_default().entry(stream[i]).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// `blend(nll, target, ctx_end, stream)` in f64, as the seed computes it in Python floats.
+    fn blend(
+        &self,
+        counts: &ContextCounts,
+        nll: f64,
+        target: u16,
+        ctx_end: usize,
+        stream: &[u16],
+    ) -> f64 {
+        for order in (1..=(self.max_order - 1).min(ctx_end)).rev() {
+            if let Some(c) = counts.get(&stream[ctx_end - order..ctx_end]) {
+                let total: u64 = c.values().sum();
+                if total > 0 {
+                    let p_ng = *c.get(&target).unwrap_or(&0) as f64 / total as f64;
+                    let alpha = (self.alpha * (1.0 + nll / 3.0)).min(0.5);
+                    let mixed = (1.0 - alpha) * (-nll).exp() + alpha * p_ng;
+                    return -mixed.max(1e-40).ln();
+                }
+            }
+        }
+        nll
+    }
+}
+
+impl Procedure for NgramCacheBlend<'_> {
+    fn name(&self) -> String {
+        "ngram_cache_blend".into()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn run(
+        &self,
+        tokens: &[u16],
+        ledger: &mut Ledger,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let windows = plan_windows(ledger.targets(), self.seq_len, self.form)?;
+        let mut counts = ContextCounts::new();
+        self.update(&mut counts, &self.prefill, 0, self.prefill.len());
+        let device = self.model.device();
+        let model = self.model;
+        let mut done = 0;
+        for batch in windows.chunks(self.batch_seqs.max(1)) {
+            let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
+            let mut x = vec![0u32; batch.len() * len];
+            for (i, w) in batch.iter().enumerate() {
+                for p in 0..w.len {
+                    x[i * len + p] = tokens[w.start + p] as u32;
+                }
+            }
+            let x = Tensor::from_vec(x, (batch.len(), len), device)?;
+            // Only the scored positions go through the head (a window scores its last stride of positions).
+            let hidden = model.final_hidden(&x, crate::infer::model::Pass::Score)?;
+            for (i, w) in batch.iter().enumerate() {
+                let scored = w.len - w.score_from;
+                let logits = model
+                    .head(&hidden.get(i)?.narrow(0, w.score_from, scored)?)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let vocab = logits.len() / scored.max(1);
+                let mut nll = Vec::with_capacity(scored);
+                for p in w.score_from..w.len {
+                    let at = (p - w.score_from) * vocab;
+                    let row: Vec<f32> = logits[at..at + vocab]
+                        .iter()
+                        .map(|&z| model.softcap(z))
+                        .collect();
+                    let target = tokens[w.start + p + 1];
+                    let ctx_end = w.start + p + 1;
+                    let neural =
+                        super::scorer::capped_cross_entropy(&row, target as usize, |z| z) as f64;
+                    nll.push(self.blend(&counts, neural, target, ctx_end, tokens) as f32);
+                    if ledger.wants_row(w.start + p) {
+                        let logp = log_softmax_row(row.iter().copied());
+                        let full = (0..vocab)
+                            .map(|v| -self.blend(&counts, -logp[v], v as u16, ctx_end, tokens))
+                            .collect();
+                        ledger.row(w.start + p, full);
+                    }
+                }
+                ledger.score(w.start + w.score_from, &nll);
+                self.update(
+                    &mut counts,
+                    tokens,
+                    w.start + w.score_from + 1,
+                    w.start + w.len + 1,
+                );
+            }
+            done += batch.len();
+            progress(done, windows.len());
         }
         ledger.receipt(self.name(), &self.weights, &self.weights);
         Ok(())

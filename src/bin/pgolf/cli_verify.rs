@@ -18,7 +18,7 @@ use pgolf::infer::weights;
 use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
 use pgolf::verify::eval::{self, EvalReport, WindowForm, plan_windows};
 use pgolf::verify::ledger::{RunRecord, weights_digest};
-use pgolf::verify::mixer::{BackoffMixerProcedure, MixerOptions};
+use pgolf::verify::mixer::{BackoffMixerProcedure, MixerOptions, NgramCacheBlend};
 use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
 use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
 use pgolf::verify::procedure::{Procedure, WindowProcedure};
@@ -101,6 +101,23 @@ pub struct VerifyArgs {
     mixer_alpha_range: f32,
     #[arg(long, default_value_t = 3.0)]
     mixer_alpha_center: f32,
+    /// Seed 004's NGramCache blend (PR #1499's default sliding evaluation): exact context counts pre-filled from
+    /// training tokens (--ngram-prefill) and extended with scored targets, blended with a weight that depends on
+    /// the target's own loss.
+    #[arg(long)]
+    ngram_blend: bool,
+    /// NGramCache: highest order (NGRAM_ORDER; contexts of up to order − 1 tokens).
+    #[arg(long, default_value_t = 7)]
+    ngram_order: usize,
+    /// NGramCache: base blend weight (NGRAM_ALPHA).
+    #[arg(long, default_value_t = 0.20)]
+    ngram_alpha: f64,
+    /// NGramCache: training shards (glob) the cache is pre-filled from, as the seed reads fineweb_train_*.bin.
+    #[arg(long, requires = "ngram_blend")]
+    ngram_prefill: Option<String>,
+    /// NGramCache: how many training tokens pre-fill it (NGRAM_PRETRAIN_TOKENS).
+    #[arg(long, default_value_t = 2_000_000)]
+    ngram_prefill_tokens: usize,
     /// The records' VarLen eval_val (rec/2026-04-10 on): flat buffers of --batch-seqs sequences of --seq-len,
     /// attention isolated to each document (split at BOS and into pieces of at most --seq-len).
     #[arg(long, conflicts_with = "stride")]
@@ -296,6 +313,16 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         _ if args.ttt => Some(TttOrder::ScoreFirst),
         _ => None,
     };
+    if args.ngram_blend
+        && (ttt_order.is_some() || args.planted.is_some() || args.doc_isolated || args.mixer)
+    {
+        bail!(
+            "--ngram-blend is an evaluation procedure of its own; it does not combine with --ttt, --planted, --mixer or --doc-isolated"
+        );
+    }
+    if args.ngram_blend && !(2..=64).contains(&args.ngram_order) {
+        bail!("--ngram-order must be in 2..=64, got {}", args.ngram_order);
+    }
     if args.mixer && (ttt_order.is_some() || args.planted.is_some() || args.doc_isolated) {
         bail!(
             "--mixer is an evaluation procedure of its own; it does not combine with --ttt, --planted or --doc-isolated"
@@ -321,6 +348,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
 
     let scorer;
     let mixer;
+    let blend;
     let isolated_scorer;
     let window_procedure;
     let ngram;
@@ -332,6 +360,36 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
             trainable = ttt.trainable_parameters();
             &ttt
+        }
+        (None, None) if args.ngram_blend => {
+            let prefill = match &args.ngram_prefill {
+                Some(glob) => {
+                    let files = shard::expand_glob(glob)?;
+                    let all = shard::read_shards(&files)?;
+                    // TokenStream.take: the first N tokens, wrapping around the shards if they hold fewer.
+                    all.iter()
+                        .copied()
+                        .cycle()
+                        .take(if all.is_empty() {
+                            0
+                        } else {
+                            args.ngram_prefill_tokens
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            blend = NgramCacheBlend {
+                model: &model,
+                seq_len,
+                form,
+                batch_seqs: args.batch_seqs,
+                max_order: args.ngram_order,
+                alpha: args.ngram_alpha,
+                prefill,
+                weights,
+            };
+            &blend
         }
         (None, None) if args.mixer => {
             mixer = BackoffMixerProcedure {
