@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Tensor};
+use candle_core::D;
 
 use super::Result;
 use super::eval::{Window, WindowForm, plan_windows};
@@ -284,14 +284,7 @@ impl Procedure for BackoffMixerProcedure<'_> {
                 continue;
             }
             for batch in chunk_windows.chunks(self.batch_seqs.max(1)) {
-                let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
-                let mut x = vec![0u32; batch.len() * len];
-                for (i, w) in batch.iter().enumerate() {
-                    for p in 0..w.len {
-                        x[i * len + p] = tokens[w.start + p] as u32;
-                    }
-                }
-                let x = Tensor::from_vec(x, (batch.len(), len), device)?;
+                let (x, len) = super::procedure::padded_inputs(tokens, batch, device)?;
                 let logits = self.model.uncapped_logits(&x)?;
                 let vocab = logits.dim(D::Minus1)?;
                 let logits = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -404,14 +397,7 @@ impl Procedure for NgramCacheBlend<'_> {
         let model = self.model;
         let mut done = 0;
         for batch in windows.chunks(self.batch_seqs.max(1)) {
-            let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
-            let mut x = vec![0u32; batch.len() * len];
-            for (i, w) in batch.iter().enumerate() {
-                for p in 0..w.len {
-                    x[i * len + p] = tokens[w.start + p] as u32;
-                }
-            }
-            let x = Tensor::from_vec(x, (batch.len(), len), device)?;
+            let (x, _) = super::procedure::padded_inputs(tokens, batch, device)?;
             // Only the scored positions go through the head (a window scores its last stride of positions).
             let hidden = model.final_hidden(&x, crate::infer::model::Pass::Score)?;
             for (i, w) in batch.iter().enumerate() {

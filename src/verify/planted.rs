@@ -61,14 +61,7 @@ impl Procedure for HashedNgramCache<'_> {
         let mut ctx = vec![0u32; self.buckets];
         let v = self.model.cfg.vocab_size;
         for (bi, batch) in windows.chunks(self.batch_seqs.max(1)).enumerate() {
-            let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
-            let mut x = vec![0u32; batch.len() * len];
-            for (i, w) in batch.iter().enumerate() {
-                for p in 0..w.len {
-                    x[i * len + p] = tokens[w.start + p] as u32;
-                }
-            }
-            let x = Tensor::from_vec(x, (batch.len(), len), self.model.device())?;
+            let (x, len) = super::procedure::padded_inputs(tokens, batch, self.model.device())?;
             let logits = self.model.logits(&x)?.flatten_all()?.to_vec1::<f32>()?;
             for (i, w) in batch.iter().enumerate() {
                 let mut nll = Vec::with_capacity(w.len - w.score_from);

@@ -50,6 +50,26 @@ pub fn run_procedure(
     Ok((ledger.finish(), started.elapsed().as_secs_f64()))
 }
 
+/// The inputs of a batch of windows as one zero-padded [B, L] id tensor (L the longest window); causal models keep
+/// the padding out of every real position. Returns the tensor and L.
+pub fn padded_inputs(
+    tokens: &[u16],
+    batch: &[Window],
+    device: &candle_core::Device,
+) -> Result<(candle_core::Tensor, usize)> {
+    let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
+    let mut x = vec![0u32; batch.len() * len];
+    for (i, w) in batch.iter().enumerate() {
+        for (p, &t) in tokens[w.start..w.start + w.len].iter().enumerate() {
+            x[i * len + p] = t as u32;
+        }
+    }
+    Ok((
+        candle_core::Tensor::from_vec(x, (batch.len(), len), device)?,
+        len,
+    ))
+}
+
 /// Scores `windows` in batches of `batch_seqs` through `scorer`, recording the scored part of each window and the
 /// rows the ledger wants. The plain evaluation forms, and the scoring phase of TTT, are this loop.
 pub fn score_windows(
