@@ -45,10 +45,13 @@ fn forward_pass_matches_the_reference_per_target() {
         let l = g["seq_len"].as_u64().unwrap() as usize;
         let tokens = shard::load_validation_tokens(&val_glob(&g), l).unwrap();
         let model = load_model(name);
-        let nll = ModelScorer { model: &model }
-            .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])
-            .unwrap()
-            .nll;
+        let nll = ModelScorer {
+            model: &model,
+            pad_to: l,
+        }
+        .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])
+        .unwrap()
+        .nll;
         let expected: Vec<f64> = g["first_sequence_nll"]
             .as_array()
             .unwrap()

@@ -60,6 +60,17 @@ fn serialize_mlp_mult<S: serde::Serializer>(v: &f64, s: S) -> std::result::Resul
     }
 }
 
+/// One block run of the forward pass and its U-Net skip operations ([`ModelConfig::layer_steps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerStep {
+    /// The physical block.
+    pub block: usize,
+    /// Push the block's output on the skip stack.
+    pub push: bool,
+    /// Before the block: x += skip_weights[j]⊙pop().
+    pub skip: Option<usize>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -189,6 +200,15 @@ pub struct ModelConfig {
     pub depth_recur_end: usize,
     #[serde(default, skip_serializing_if = "is_default")]
     pub depth_recur_count: usize,
+    /// Seed 002's recurrence zone (§2.3): blocks recurrence_zone_start..=recurrence_zone_end run
+    /// recurrence_zone_loops times in place; the first pass pushes and pops the U-Net skips of the physical layers,
+    /// the later passes touch no skip (loops ≤ 1 = off).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub recurrence_zone_start: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub recurrence_zone_end: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub recurrence_zone_loops: usize,
     /// Seed 004's evaluation-time fake quantization (its global `_QAT_ACTIVE`, never reset, so active when it
     /// scored): every CastedLinear weight with more than 8192 elements is re-gridded per row, w' = clamp(round(w/s),
     /// −c, c)·s with s = max(rowmax|w|/c, 1e−12), c = 15 for the MLP and 31 otherwise.
@@ -431,6 +451,27 @@ impl ModelConfig {
                 self.depth_recur_count
             ));
         }
+        if self.recurrence_zone_loops > 1 {
+            if self.recurrence_zone_start > self.recurrence_zone_end
+                || self.recurrence_zone_end >= l
+            {
+                return Err(format!(
+                    "the recurrence zone {}..={} must lie inside the {l} layers",
+                    self.recurrence_zone_start, self.recurrence_zone_end
+                ));
+            }
+            if self.recurrence_zone_loops > 64 {
+                return Err(format!(
+                    "recurrence_zone_loops {} is absurd (at most 64)",
+                    self.recurrence_zone_loops
+                ));
+            }
+            if self.num_loops > 0 || self.parallel_start_layer.is_some() {
+                return Err(
+                    "the recurrence zone excludes the loop segment and two-lane residuals".into(),
+                );
+            }
+        }
         if u8::from(self.v_lambda) + u8::from(self.value_residual) + u8::from(self.vrl) > 1 {
             return Err("v_lambda, value_residual and vrl exclude each other".into());
         }
@@ -482,6 +523,7 @@ impl ModelConfig {
         on(self.v_lambda, "v_lambda");
         on(self.xsa_diag, "xsa_diag");
         on(self.depth_recur_count > 1, "post_stack_recurrence");
+        on(self.recurrence_zone_loops > 1, "recurrence_zone");
         on(self.eval_fake_quant, "eval_fake_quant");
         on(self.vrl, "vrl");
         c
@@ -529,8 +571,66 @@ impl ModelConfig {
     }
 
     pub fn num_skip_weights(&self) -> usize {
+        if self.recurrence_zone_loops > 1 {
+            let n_enc = self.num_layers / 2;
+            return n_enc.min(self.num_layers - n_enc);
+        }
         let (encoder, decoder) = self.layer_schedule();
         encoder.len().min(decoder.len())
+    }
+
+    /// The blocks in execution order, each with what it does to the U-Net's skip stack: the encoder steps push
+    /// their output, decoder step j first adds skip_weights[j]⊙pop(). With seed 002's recurrence zone the rules
+    /// are the physical layer's (push below L/2, pop skip i − L/2 above it while the stack is not empty), applied
+    /// on the zone's first pass only, as its `_run_layers`.
+    pub fn layer_steps(&self) -> Vec<LayerStep> {
+        if self.recurrence_zone_loops <= 1 {
+            let (encoder, decoder) = self.layer_schedule();
+            let n_skip = encoder.len().min(decoder.len());
+            let pushes = encoder.into_iter().map(|block| LayerStep {
+                block,
+                push: true,
+                skip: None,
+            });
+            let pops = decoder.into_iter().enumerate().map(|(j, block)| LayerStep {
+                block,
+                push: false,
+                skip: (j < n_skip).then_some(j),
+            });
+            return pushes.chain(pops).collect();
+        }
+        let l = self.num_layers;
+        let (n_enc, n_skip) = (l / 2, self.num_skip_weights());
+        let (zs, ze) = (self.recurrence_zone_start, self.recurrence_zone_end);
+        let mut depth = 0usize;
+        let mut physical = |block: usize| {
+            if block < n_enc {
+                depth += 1;
+                return LayerStep {
+                    block,
+                    push: true,
+                    skip: None,
+                };
+            }
+            let di = block - n_enc;
+            let skip = (depth > 0 && di < n_skip).then_some(di);
+            depth -= usize::from(skip.is_some());
+            LayerStep {
+                block,
+                push: false,
+                skip,
+            }
+        };
+        let mut steps: Vec<LayerStep> = (0..=ze).map(&mut physical).collect();
+        for _ in 1..self.recurrence_zone_loops {
+            steps.extend((zs..=ze).map(|block| LayerStep {
+                block,
+                push: false,
+                skip: None,
+            }));
+        }
+        steps.extend((ze + 1..l).map(physical));
+        steps
     }
 
     /// Every tensor of the state dict with its shape, in the challenge's names (unbanked: parameter banks are

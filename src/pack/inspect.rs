@@ -26,6 +26,8 @@ pub struct Artifact {
     pub tensors: Vec<QTensor>,
     /// The model config a pgolf artifact carries.
     pub config: Option<serde_json::Value>,
+    /// Byte strings stored next to the weights in a torch.save dictionary (seed 002's `"ngram"` prior).
+    pub bundled: Vec<(String, Vec<u8>)>,
 }
 
 impl Artifact {
@@ -74,6 +76,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
             container: "safetensors",
             format: "state_dict".into(),
             tensors,
+            bundled: Vec::new(),
         });
     }
     if container::is_pgolf(&bytes) {
@@ -87,6 +90,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
             format: header.format,
             tensors,
             config: header.config,
+            bundled: Vec::new(),
         });
     }
     let (mut layers, inner) = outer::peel(path, bytes, limits)?;
@@ -97,6 +101,14 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
         (torchfile::load_torch(path, &inner, limits)?, "torch.save")
     };
     let (format, tensors) = schema::interpret(path, &obj)?;
+    let bundled = obj
+        .entries()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            torchfile::Obj::Bytes(b) => Some((k.to_string(), b.clone())),
+            _ => None,
+        })
+        .collect();
     Ok(Artifact {
         file_bytes,
         layers,
@@ -104,6 +116,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
         format,
         tensors,
         config: None,
+        bundled,
     })
 }
 

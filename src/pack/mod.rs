@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod outer;
 pub mod pgrp;
 pub mod pickle;
+pub mod prior;
 pub mod quantize;
 pub mod rans;
 pub mod schema;

@@ -489,7 +489,10 @@ pub struct ValSet {
 }
 
 fn eval_val(model: &Gpt, val: &ValSet, seq_len: usize) -> Result<(f64, f64)> {
-    let scorer = ModelScorer { model };
+    let scorer = ModelScorer {
+        model,
+        pad_to: seq_len,
+    };
     let procedure = WindowProcedure {
         scorer: &scorer,
         seq_len,

@@ -284,7 +284,8 @@ impl Procedure for BackoffMixerProcedure<'_> {
                 continue;
             }
             for batch in chunk_windows.chunks(self.batch_seqs.max(1)) {
-                let (x, len) = super::procedure::padded_inputs(tokens, batch, device)?;
+                let (x, len) =
+                    super::procedure::padded_inputs(tokens, batch, self.seq_len, device)?;
                 let logits = self.model.uncapped_logits(&x)?;
                 let vocab = logits.dim(D::Minus1)?;
                 let logits = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -397,7 +398,7 @@ impl Procedure for NgramCacheBlend<'_> {
         let model = self.model;
         let mut done = 0;
         for batch in windows.chunks(self.batch_seqs.max(1)) {
-            let (x, _) = super::procedure::padded_inputs(tokens, batch, device)?;
+            let (x, _) = super::procedure::padded_inputs(tokens, batch, self.seq_len, device)?;
             // Only the scored positions go through the head (a window scores its last stride of positions).
             let hidden = model.final_hidden(&x, crate::infer::model::Pass::Score)?;
             for (i, w) in batch.iter().enumerate() {

@@ -61,7 +61,8 @@ impl Procedure for HashedNgramCache<'_> {
         let mut ctx = vec![0u32; self.buckets];
         let v = self.model.cfg.vocab_size;
         for (bi, batch) in windows.chunks(self.batch_seqs.max(1)).enumerate() {
-            let (x, len) = super::procedure::padded_inputs(tokens, batch, self.model.device())?;
+            let (x, len) =
+                super::procedure::padded_inputs(tokens, batch, self.seq_len, self.model.device())?;
             let logits = self.model.logits(&x)?.flatten_all()?.to_vec1::<f32>()?;
             for (i, w) in batch.iter().enumerate() {
                 let mut nll = Vec::with_capacity(w.len - w.score_from);

@@ -50,14 +50,16 @@ pub fn run_procedure(
     Ok((ledger.finish(), started.elapsed().as_secs_f64()))
 }
 
-/// The inputs of a batch of windows as one zero-padded [B, L] id tensor (L the longest window); causal models keep
-/// the padding out of every real position. Returns the tensor and L.
+/// The inputs of a batch of windows as one zero-padded [B, L] id tensor (L the longest window, at least `pad_to`, as
+/// the records pad every batch to the evaluation length); causal models keep the padding out of every real position.
+/// Returns the tensor and L.
 pub fn padded_inputs(
     tokens: &[u16],
     batch: &[Window],
+    pad_to: usize,
     device: &candle_core::Device,
 ) -> Result<(candle_core::Tensor, usize)> {
-    let len = batch.iter().map(|w| w.len).max().unwrap_or(0);
+    let len = batch.iter().map(|w| w.len).max().unwrap_or(0).max(pad_to);
     let mut x = vec![0u32; batch.len() * len];
     for (i, w) in batch.iter().enumerate() {
         for (p, &t) in tokens[w.start..w.start + w.len].iter().enumerate() {

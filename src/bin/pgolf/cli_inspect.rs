@@ -86,6 +86,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             "container": artifact.container,
             "format": artifact.format,
             "layers": artifact.layers,
+            "bundled": artifact.bundled.iter().map(|(name, b)| json!({"name": name, "bytes": b.len()})).collect::<Vec<_>>(),
             "tensors": stats,
             "parameters": params,
             "bits_per_parameter": 8.0 * model_bytes as f64 / params.max(1) as f64,
@@ -118,6 +119,12 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             format!(" under {}", layers.join(" > "))
         }
     );
+    for (name, b) in &artifact.bundled {
+        println!(
+            "bundled next to the weights: {name:?}, {} bytes (inside the compressed model bytes)",
+            b.len()
+        );
+    }
     println!(
         "{:<34} {:>13} {:<18} {:>4} {:>9} {:>11} {:>7} {:>6} {:>10} {:>6} {:>9} {:>9} {:>6}",
         "tensor",
