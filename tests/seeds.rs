@@ -525,3 +525,402 @@ fn seed_004_default_ngram_blend_is_reproduced_and_fails_normalization() {
     assert_eq!(probe_of(&out, "c1_causal")["passed"], true);
     assert_eq!(out["compliance"]["normalized"], false);
 }
+
+/// `pgolf verify` of seed 002's own artifact (lzma {"w","m","ngram"}) at the golden's evaluation length.
+fn verify_002(extra: &[&str]) -> (i32, Value) {
+    let dir = seed_dir("002");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let tok = format!("bese:{}", s(&dir.join("tokenizer.json")));
+    let config = dir.join("config.json");
+    let model = dir.join("final_model.int6.ptz");
+    let mut args = vec![
+        "verify",
+        s(&model),
+        "--config",
+        s(&config),
+        "--val",
+        &val,
+        "--tokenizer",
+        &tok,
+        "--seq-len",
+        "1536",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    pgolf_report(&args)
+}
+
+#[test]
+fn seed_002_forward_with_its_recurrence_zone_matches_its_own_code() {
+    let dir = seed_dir("002");
+    let cfg = ModelConfig::load(&dir.join("config.json")).unwrap();
+    assert!(cfg.components().contains(&"recurrence_zone"));
+    // The seed's _run_layers at its real shape (11 layers, zone 3..5 looped 3 times): the zone's first pass pushes
+    // and pops like the physical layers, the later passes touch no skip; skip 4 pops block 0 and block 10 gets none.
+    let real = ModelConfig {
+        num_layers: 11,
+        ..cfg.clone()
+    };
+    let steps = real.layer_steps();
+    let blocks: Vec<usize> = steps.iter().map(|s| s.block).collect();
+    assert_eq!(blocks, [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]);
+    let pushes: Vec<usize> = steps.iter().filter(|s| s.push).map(|s| s.block).collect();
+    assert_eq!(pushes, [0, 1, 2, 3, 4]);
+    let skips: Vec<(usize, usize)> = steps
+        .iter()
+        .filter_map(|s| s.skip.map(|j| (s.block, j)))
+        .collect();
+    assert_eq!(skips, [(5, 0), (6, 1), (7, 2), (8, 3), (9, 4)]);
+    assert_eq!(real.num_skip_weights(), 5);
+
+    // The logits of the seed's own GPT (dequantized from its artifact) on the first window.
+    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let window = seed_golden("002")["window"].as_u64().unwrap() as usize;
+    let model = common::logit_golden::load(&cfg, &dir.join("final_model.int6.ptz"));
+    common::logit_golden::check(
+        &model,
+        &tokens,
+        window,
+        &dir.join("golden.safetensors"),
+        "seed 002",
+    );
+    // The zone matters: run once, the logits move far beyond the tolerance.
+    let mut once = cfg.clone();
+    once.recurrence_zone_loops = 1;
+    let plain = common::logit_golden::load(&once, &dir.join("final_model.int6.ptz"));
+    let logits = common::logit_golden::window_logits(&plain, &tokens, window);
+    let (positions, rows, _) = common::logit_golden::rows(&dir.join("golden.safetensors"));
+    assert!(common::logit_golden::max_row_diff(&logits, &positions, &rows) > 1e-3);
+}
+
+#[test]
+fn seed_002_declared_tilted_evaluation_is_reproduced_from_its_artifact_with_its_findings() {
+    let g = seed_golden("002");
+    // Declared: the older sliding form at stride 128, the n-gram tilt from the prior bundled in the artifact.
+    let (code, tilted) = verify_002(&[
+        "--stride",
+        "128",
+        "--legacy-sliding",
+        "--ngram-tilt",
+        "--probes",
+        "--probe-targets",
+        "1536",
+        "--probe-perturbations",
+        "1",
+        "--probe-rows",
+        "4",
+    ]);
+    assert_eq!(code, 2, "the legacy form fails C4");
+    let want = g["tilt_val_bpb"].as_f64().unwrap();
+    let got = tilted["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    // The tilt is a renormalized distribution over past tokens and a fixed prior: C1–C3 pass; the tail re-scoring
+    // of the legacy form fails C4.
+    let compliance = &tilted["compliance"];
+    assert_eq!(compliance["normalized"], true);
+    assert_eq!(compliance["causal"], true);
+    assert_eq!(compliance["score_before_update"], true);
+    assert_eq!(compliance["single_pass"], false);
+    let findings = tilted["findings"].as_array().unwrap();
+    let finding = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no finding {id}: {findings:?}"))
+    };
+    let tilt = finding("ngram_tilt");
+    let prior_bytes = g["prior_bytes"].as_u64().unwrap();
+    assert!(
+        tilt["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("prior of {prior_bytes} bytes")),
+        "{tilt}"
+    );
+    let entries = &g["prior_entries"];
+    assert!(tilt["evidence"][0].as_str().unwrap().contains(&format!(
+        "{} one-token and {} two-token prefixes",
+        entries["2"], entries["3"]
+    )));
+    // BESE case-folds (the byte audit's invertibility probes), and the seed's validation stream has no BOS at all.
+    assert!(
+        finding("tokenizer_not_invertible")["title"]
+            .as_str()
+            .unwrap()
+            .contains("decodes as \"the quick brown fox")
+    );
+    assert!(
+        finding("validation_set_not_canonical")["title"]
+            .as_str()
+            .unwrap()
+            .contains("holds 0 BOS tokens")
+    );
+    assert!(finding("targets_scored_more_than_once")["title"].is_string());
+
+    // Without the tilt: the seed's own untilted number, so the tilt's effect is measured, not assumed.
+    let (_, plain) = verify_002(&["--stride", "128", "--legacy-sliding"]);
+    let want_plain = g["val_bpb"].as_f64().unwrap();
+    let got_plain = plain["val_bpb"].as_f64().unwrap();
+    assert!(
+        rel_err(got_plain, want_plain) < 1e-5,
+        "{got_plain} vs {want_plain}"
+    );
+    assert!(rel_err(got, got_plain) > 1e-4, "the tilt moves the score");
+    assert!(
+        plain["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["id"] != "ngram_tilt")
+    );
+}
+
+#[test]
+fn seed_002_canonical_procedure_scores_each_target_once_and_a_missing_prior_is_an_error() {
+    // The canonical form next to the declared one: exactly-once sliding windows with the same tilt.
+    let (code, canonical) = verify_002(&["--stride", "128", "--ngram-tilt"]);
+    assert_eq!(code, 0);
+    assert_eq!(canonical["coverage"]["exactly_once"], true);
+    assert_eq!(canonical["targets"], canonical["coverage"]["targets"]);
+    // Seed 000's artifact bundles no prior: --ngram-tilt refuses it by name, and leaves nothing behind.
+    let err = pgolf_err(&[
+        "verify",
+        s(&seed_dir("000").join("final_model.int6.ptz")),
+        "--config",
+        s(&seed_dir("000").join("config.json")),
+        "--val",
+        &format!("{}/fineweb_val_*.bin", s(&seed_dir("000"))),
+        "--tokenizer",
+        "byte260",
+        "--seq-len",
+        "1024",
+        "--ngram-tilt",
+    ]);
+    assert!(
+        err.contains("final_model.int6.ptz") && err.contains("bundles none"),
+        "{err}"
+    );
+    // A prior file that is not zlib-over-pickle is refused with its name.
+    let bad = std::env::temp_dir().join(format!("pgolf-bad-prior-{}.bin", std::process::id()));
+    std::fs::write(&bad, b"not a prior").unwrap();
+    let err = pgolf_err(&[
+        "verify",
+        s(&seed_dir("002").join("final_model.int6.ptz")),
+        "--config",
+        s(&seed_dir("002").join("config.json")),
+        "--val",
+        &format!("{}/fineweb_val_*.bin", s(&seed_dir("002"))),
+        "--tokenizer",
+        &format!("bese:{}", s(&seed_dir("002").join("tokenizer.json"))),
+        "--ngram-tilt",
+        "--ngram-prior",
+        s(&bad),
+    ]);
+    std::fs::remove_file(&bad).unwrap();
+    assert!(
+        err.contains("pgolf-bad-prior") && err.contains("n-gram prior"),
+        "{err}"
+    );
+}
+
+#[test]
+fn seed_002_inspect_names_the_bundled_prior() {
+    let g = seed_golden("002");
+    let info = pgolf_json(&[
+        "inspect",
+        s(&seed_dir("002").join("final_model.int6.ptz")),
+        "--json",
+    ]);
+    assert_eq!(info["model_bytes"], g["artifact_bytes"]);
+    assert_eq!(info["format"], "w_m_mixed");
+    assert!(info["layers"].to_string().contains("xz"));
+    assert_eq!(info["bundled"][0]["name"], "ngram");
+    assert_eq!(info["bundled"][0]["bytes"], g["prior_bytes"]);
+}
+
+/// `pgolf verify` of seed 001's own artifact (lzma {"w","m"}) under its byte-patch JEPA config.
+fn verify_001(extra: &[&str]) -> (i32, Value) {
+    let dir = seed_dir("001");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let config = dir.join("config.json");
+    let model = dir.join("final_model.int6.ptz");
+    let mut args = vec![
+        "verify",
+        s(&model),
+        "--config",
+        s(&config),
+        "--val",
+        &val,
+        "--tokenizer",
+        "byte260",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    pgolf_report(&args)
+}
+
+/// Seed 001's declared TTT recipe (its defaults; the fixture's chunks are 1024 tokens).
+const SEED_001_TTT: [&str; 12] = [
+    "--ttt",
+    "--ttt-epochs",
+    "2",
+    "--ttt-lr",
+    "0.002",
+    "--ttt-chunk-tokens",
+    "1024",
+    "--ttt-batch-seqs",
+    "32",
+    "--batch-seqs",
+    "32",
+    "--ttt-grad-clip=1.0",
+];
+
+#[test]
+fn seed_001_encoder_decoder_forward_matches_its_own_code() {
+    use pgolf::infer::patch_jepa::{BytePatchJepa, PatchJepaConfig};
+    let dir = seed_dir("001");
+    let cfg = PatchJepaConfig::load(&dir.join("config.json")).unwrap();
+    let artifact = dir.join("final_model.int6.ptz");
+    let state = common::logit_golden::artifact_state(&artifact);
+    let model =
+        BytePatchJepa::new(cfg.clone(), state, &candle_core::Device::Cpu, &artifact).unwrap();
+    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let window = seed_golden("001")["seq_len"].as_u64().unwrap() as usize;
+    // Output p of pgolf's causal view is the seed's forward_logits(x, y)[:, p + 1].
+    common::logit_golden::check(
+        &model,
+        &tokens,
+        window,
+        &dir.join("golden.safetensors"),
+        "seed 001",
+    );
+    // The state dict is the seed's, projector (a training-only target network) included.
+    assert_eq!(
+        cfg.parameter_count(),
+        common::logit_golden::artifact_state(&artifact)
+            .values()
+            .map(|t| t.elem_count())
+            .sum::<usize>()
+    );
+}
+
+#[test]
+fn seed_001_declared_ttt_is_reproduced_from_its_artifact_and_never_scores_the_tail() {
+    let g = seed_golden("001");
+    let stride = g["eval"]["stride"].as_u64().unwrap().to_string();
+    let seq_len = g["seq_len"].as_u64().unwrap().to_string();
+    let base = ["--seq-len", &seq_len, "--stride", &stride, "--full-windows"];
+    // Scoring alone (TTT epochs 0 in the seed's own function) and the declared score-first TTT.
+    let (code, scored) = verify_001(&base);
+    assert_eq!(code, 0);
+    let want = g["score_only_val_bpb"].as_f64().unwrap();
+    let got = scored["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "scoring: {got} vs {want}");
+    let mut args = base.to_vec();
+    args.extend_from_slice(&SEED_001_TTT);
+    args.extend_from_slice(&[
+        "--probes",
+        "--probe-targets",
+        "3066",
+        "--probe-perturbations",
+        "1",
+        "--probe-rows",
+        "4",
+    ]);
+    let (_, ttt) = verify_001(&args);
+    let want = g["val_bpb"].as_f64().unwrap();
+    let got = ttt["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "TTT: {got} vs the seed's {want}");
+    assert!(
+        rel_err(got, scored["val_bpb"].as_f64().unwrap()) > 1e-3,
+        "TTT moves the score"
+    );
+    // Every weight trains (TTT_FREEZE_BLOCKS=0), and no step uses a target before it is scored.
+    assert_eq!(ttt["ttt"]["trainable_parameters"], ttt["parameters"]);
+    assert_eq!(ttt["ttt"]["training"]["steps_using_unscored_targets"], 0);
+    let compliance = &ttt["compliance"];
+    assert_eq!(compliance["causal"], true);
+    assert_eq!(compliance["normalized"], true);
+    assert_eq!(compliance["score_before_update"], true);
+    assert_eq!(compliance["score_first_ttt"], true);
+    // Coverage: full-length windows only, so the targets after the last one are never scored (4088 targets, last
+    // window [3520, 4031)); none is scored twice.
+    let cov = &ttt["coverage"];
+    assert_eq!(cov["targets"], 4088);
+    assert_eq!(cov["unscored"], 57);
+    assert_eq!(cov["scored_more_than_once"], 0);
+    let never = ttt["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "targets_never_scored")
+        .unwrap();
+    assert!(
+        never["title"]
+            .as_str()
+            .unwrap()
+            .contains("57 of 4088 targets are never scored"),
+        "{never}"
+    );
+}
+
+#[test]
+fn seed_001_canonical_procedure_scores_every_target_and_gpt_only_procedures_are_refused() {
+    let g = seed_golden("001");
+    let seq_len = g["seq_len"].as_u64().unwrap().to_string();
+    // The canonical legal recipe on the same model: exactly-once sliding windows, score-first TTT.
+    let mut args = vec!["--seq-len", &seq_len, "--stride", "64"];
+    args.extend_from_slice(&SEED_001_TTT);
+    let (code, canonical) = verify_001(&args);
+    assert_eq!(code, 0);
+    assert_eq!(canonical["coverage"]["exactly_once"], true);
+    assert_eq!(canonical["coverage"]["unscored"], 0);
+    assert!(canonical["findings"].as_array().unwrap().is_empty());
+    // Procedures written for the records' GPT name themselves when asked of this model.
+    let dir = seed_dir("001");
+    let val = format!("{}/fineweb_val_*.bin", s(&dir));
+    let err = pgolf_err(&[
+        "verify",
+        s(&dir.join("final_model.int6.ptz")),
+        "--config",
+        s(&dir.join("config.json")),
+        "--val",
+        &val,
+        "--tokenizer",
+        "byte260",
+        "--mixer",
+    ]);
+    assert!(
+        err.contains("--mixer runs on the records' GPT only"),
+        "{err}"
+    );
+    // Another seed's weights under this config: every missing tensor is named with the file.
+    let err = pgolf_err(&[
+        "verify",
+        s(&seed_dir("000").join("final_model.int6.ptz")),
+        "--config",
+        s(&dir.join("config.json")),
+        "--val",
+        &val,
+        "--tokenizer",
+        "byte260",
+    ]);
+    assert!(
+        err.contains("final_model.int6.ptz") && err.contains("missing tensor patch_pos"),
+        "{err}"
+    );
+}
+
+#[test]
+fn seed_001_inspect_opens_its_lzma_artifact() {
+    let g = seed_golden("001");
+    let info = pgolf_json(&[
+        "inspect",
+        s(&seed_dir("001").join("final_model.int6.ptz")),
+        "--json",
+    ]);
+    assert_eq!(info["model_bytes"], g["artifact_bytes"]);
+    assert_eq!(info["format"], "w_m_mixed");
+    assert!(info["layers"].to_string().contains("xz"));
+    assert_eq!(info["parameters"], 81386);
+}

@@ -2,9 +2,11 @@
 
 pub mod attention;
 pub mod config;
+pub mod lm;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod patch_jepa;
 pub mod presets;
 pub mod weights;
 

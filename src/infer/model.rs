@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
 use super::attention::{AttentionShape, causal_attention};
-use super::config::{FinalLane, GateSource, ModelConfig};
+use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
 use super::weights::StateDict;
 
 /// The BOS token id of every tokenizer the challenge uses.
@@ -116,15 +116,14 @@ pub struct Gpt {
     skip_weights: usize,
     blocks: Vec<BlockParams>,
     globals: Globals,
-    /// The U-Net halves over physical block indices (with recurrence, blocks repeat).
-    encoder: Vec<usize>,
-    decoder: Vec<usize>,
+    /// The blocks in execution order with their skip operations (with recurrence, blocks repeat).
+    steps: Vec<LayerStep>,
     /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
     ones_model: Tensor,
     ones_head: Tensor,
 }
 
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
     let dims = x.dims();
     let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
@@ -249,7 +248,7 @@ impl Gpt {
                 injection,
             }),
         };
-        let (encoder, decoder) = cfg.layer_schedule();
+        let steps = cfg.layer_steps();
         let mut regridded = Vec::new();
         if cfg.eval_fake_quant {
             for (name, t) in names.iter().zip(params.iter_mut()) {
@@ -272,8 +271,7 @@ impl Gpt {
             skip_weights: at("skip_weights"),
             blocks,
             globals,
-            encoder,
-            decoder,
+            steps,
             ones_model: Tensor::ones(cfg.model_dim, dtype, device)?,
             ones_head: Tensor::ones(cfg.head_dim(), dtype, device)?,
             cfg,
@@ -352,32 +350,11 @@ impl Gpt {
             }
             _ => self.cfg.rope_base,
         } as f32;
-        let inv_freq: Vec<f32> = (0..rd / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
-            .collect();
-        let mut freqs = Vec::with_capacity(seq_len * rd / 2);
-        for t in 0..seq_len {
-            for f in &inv_freq {
-                freqs.push(t as f32 * f);
-            }
-        }
-        let freqs = Tensor::from_vec(freqs, (seq_len, rd / 2), &self.device)?;
-        Ok((
-            freqs.cos()?.to_dtype(self.dtype)?,
-            freqs.sin()?.to_dtype(self.dtype)?,
-        ))
+        rope_tables(rd, base, seq_len, &self.device, self.dtype)
     }
 
     fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
-        Ok(match pass {
-            Pass::Score => candle_nn::ops::rms_norm(&x.contiguous()?, ones, RMS_NORM_EPS)?,
-            Pass::Train if self.fused_training_ops() => super::ops::rms_norm(x, RMS_NORM_EPS)?,
-            Pass::Train => {
-                // x · rsqrt(mean(x²) + eps), as F.rms_norm.
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_mul(&(ms + RMS_NORM_EPS as f64)?.sqrt()?.recip()?)?
-            }
-        })
+        rms_norm(x, ones, pass, self.fused_training_ops())
     }
 
     /// The training pass on the CPU in f32 uses the hand-differentiated operations of [`super::ops`].
@@ -387,11 +364,7 @@ impl Gpt {
 
     /// `x · s` with a per-channel vector `s` [d].
     fn channel_scale(&self, x: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
-        Ok(if pass == Pass::Train && self.fused_training_ops() {
-            super::ops::channel_scale(x, s)?
-        } else {
-            x.broadcast_mul(s)?
-        })
+        channel_scale(x, s, pass, self.fused_training_ops())
     }
 
     /// Logits [B, T, V] (f32, soft-capped) for token ids [B, T] (u32).
@@ -502,32 +475,31 @@ impl Gpt {
         };
         let mut x = x0.clone();
         let mut v0: Option<Tensor> = None;
-        let mut skips = Vec::with_capacity(self.encoder.len());
-        for &i in &self.encoder {
-            let (out, raw_v) = self.block(i, &x, &x0, &ctx, v0.as_ref())?;
-            x = out;
-            if v0.is_none() {
-                v0 = raw_v;
-            }
-            skips.push(x.clone());
-        }
-        let n_skip = cfg.num_skip_weights();
+        let mut skips = Vec::new();
         let mut lanes: Option<(Tensor, Tensor)> = None;
-        for (j, &i) in self.decoder.iter().enumerate() {
-            let skip = if j < n_skip { skips.pop() } else { None };
+        for step in &self.steps {
+            let i = step.block;
+            let skip = step.skip.and_then(|j| skips.pop().map(|s| (j, s)));
             let two_lane = cfg.parallel_start_layer.is_some_and(|s| i >= s);
             if two_lane {
                 let (lane0, lane1) = lanes.take().unwrap_or_else(|| (x.clone(), x.clone()));
                 let lane0 = match skip {
-                    Some(skip) => self.add_skip(j, &skip, &lane0, pass)?,
+                    Some((j, skip)) => self.add_skip(j, &skip, &lane0, pass)?,
                     None => lane0,
                 };
                 lanes = Some(self.two_lane_block(i, &lane0, &lane1, &x0, &ctx, v0.as_ref())?);
             } else {
-                if let Some(skip) = skip {
+                if let Some((j, skip)) = skip {
                     x = self.add_skip(j, &skip, &x, pass)?;
                 }
-                x = self.block(i, &x, &x0, &ctx, v0.as_ref())?.0;
+                let (out, raw_v) = self.block(i, &x, &x0, &ctx, v0.as_ref())?;
+                x = out;
+                if v0.is_none() {
+                    v0 = raw_v;
+                }
+            }
+            if step.push {
+                skips.push(x.clone());
             }
         }
         if let Some((lane0, lane1)) = lanes {
@@ -783,15 +755,14 @@ impl Gpt {
     fn rope(&self, z: &Tensor, ctx: &Context) -> Result<Tensor> {
         let hd = self.cfg.head_dim();
         let rd = self.cfg.rotary_dims();
-        let rotate = |z: &Tensor| -> Result<Tensor> {
-            let z = z.contiguous()?;
-            Ok(match ctx.pass {
-                Pass::Score => candle_nn::rotary_emb::rope(&z, &ctx.cos, &ctx.neg_sin)?,
-                Pass::Train if self.fused_training_ops() => {
-                    super::ops::rope(&z, &ctx.cos, &ctx.neg_sin.neg()?)?
-                }
-                Pass::Train => candle_nn::rotary_emb::rope_slow(&z, &ctx.cos, &ctx.neg_sin)?,
-            })
+        let rotate = |z: &Tensor| {
+            rope(
+                z,
+                &ctx.cos,
+                &ctx.neg_sin,
+                ctx.pass,
+                self.fused_training_ops(),
+            )
         };
         if rd == hd {
             return rotate(z);
@@ -866,7 +837,7 @@ impl Gpt {
             if minus_self {
                 self.causal_attention_minus_self(q, k, v, pass)
             } else {
-                self.causal_attention(q, k, v, pass)
+                grouped_causal_attention(q, k, v, pass)
             }
         };
         let y = match ctx.segments {
@@ -926,7 +897,7 @@ impl Gpt {
         v: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (p, v) = self.causal_probabilities(q, k, v, pass)?;
+        let (p, v) = causal_probabilities(q, k, v, pass)?;
         let t = p.dim(D::Minus1)?;
         // diag(A): entries t·T + t of each flattened [T, T] map.
         let at: Vec<u32> = (0..t).map(|i| (i * t + i) as u32).collect();
@@ -934,63 +905,129 @@ impl Gpt {
         let diag = p.flatten_from(2)?.index_select(&at, 2)?.unsqueeze(3)?;
         Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
     }
+}
 
-    /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd).
-    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, pass: Pass) -> Result<Tensor> {
-        let (b, h, t, hd) = q.dims4()?;
-        if pass == Pass::Score && self.device.is_cpu() && self.dtype == DType::F32 {
-            let shape = AttentionShape {
-                batch: b,
-                heads: h,
-                kv_heads: self.cfg.num_kv_heads,
-                seq_len: t,
-                head_dim: hd,
-            };
-            let flat = |z: &Tensor| {
-                z.contiguous()
-                    .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
-            };
-            let scale = (1.0 / (hd as f64).sqrt()) as f32;
-            let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
-            return Ok(Tensor::from_vec(y, (b, h, t, hd), &self.device)?);
+/// RoPE tables for positions 0..T over `rd` rotated dims with base `base`: inv_freq[i] = base^(−2i/rd) and
+/// freqs = t ⊗ inv_freq in f32, as the records' `Rotary`; (cos, sin) of [T, rd/2] in `dtype`.
+pub(crate) fn rope_tables(
+    rd: usize,
+    base: f32,
+    seq_len: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let inv_freq: Vec<f32> = (0..rd / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
+        .collect();
+    let mut freqs = Vec::with_capacity(seq_len * rd / 2);
+    for t in 0..seq_len {
+        for f in &inv_freq {
+            freqs.push(t as f32 * f);
         }
-        let (p, v) = self.causal_probabilities(q, k, v, pass)?;
-        Ok(p.matmul(&v)?)
     }
+    let freqs = Tensor::from_vec(freqs, (seq_len, rd / 2), device)?;
+    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+}
 
-    /// The causal softmax A = softmax(q·kᵀ/√hd) [B, H, T, T] with grouped-query keys (query head h reads kv head
-    /// h / (H / Hkv)), and the values expanded to the H heads.
-    fn causal_probabilities(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        pass: Pass,
-    ) -> Result<(Tensor, Tensor)> {
-        let (b, h, t, hd) = q.dims4()?;
-        let hkv = self.cfg.num_kv_heads;
-        let (k, v) = if hkv != h {
-            let expand = |z: &Tensor| -> Result<Tensor> {
-                Ok(z.unsqueeze(2)?
-                    .expand((b, hkv, h / hkv, t, hd))?
-                    .reshape((b, h, t, hd))?)
-            };
-            (expand(k)?, expand(v)?)
-        } else {
-            (k.contiguous()?, v.contiguous()?)
+/// `F.rms_norm` over the last dimension (eps = FLT_EPSILON). `fused`: the hand-differentiated CPU f32 kernel for
+/// training passes.
+pub(crate) fn rms_norm(x: &Tensor, ones: &Tensor, pass: Pass, fused: bool) -> Result<Tensor> {
+    Ok(match pass {
+        Pass::Score => candle_nn::ops::rms_norm(&x.contiguous()?, ones, RMS_NORM_EPS)?,
+        Pass::Train if fused => super::ops::rms_norm(x, RMS_NORM_EPS)?,
+        Pass::Train => {
+            // x · rsqrt(mean(x²) + eps), as F.rms_norm.
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_mul(&(ms + RMS_NORM_EPS as f64)?.sqrt()?.recip()?)?
+        }
+    })
+}
+
+/// `x · s` with a per-channel vector `s` [d].
+pub(crate) fn channel_scale(x: &Tensor, s: &Tensor, pass: Pass, fused: bool) -> Result<Tensor> {
+    Ok(if pass == Pass::Train && fused {
+        super::ops::channel_scale(x, s)?
+    } else {
+        x.broadcast_mul(s)?
+    })
+}
+
+/// Half-split RoPE over all of the last dimension of z [B, H, T, hd] with tables [T, hd/2].
+pub(crate) fn rope(
+    z: &Tensor,
+    cos: &Tensor,
+    neg_sin: &Tensor,
+    pass: Pass,
+    fused: bool,
+) -> Result<Tensor> {
+    let z = z.contiguous()?;
+    Ok(match pass {
+        Pass::Score => candle_nn::rotary_emb::rope(&z, cos, neg_sin)?,
+        Pass::Train if fused => super::ops::rope(&z, cos, &neg_sin.neg()?)?,
+        Pass::Train => candle_nn::rotary_emb::rope_slow(&z, cos, neg_sin)?,
+    })
+}
+
+/// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd): the blocked
+/// CPU kernel when scoring in f32, the explicit softmax otherwise.
+pub(crate) fn grouped_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pass: Pass,
+) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    if pass == Pass::Score && q.device().is_cpu() && q.dtype() == DType::F32 {
+        let shape = AttentionShape {
+            batch: b,
+            heads: h,
+            kv_heads: k.dim(1)?,
+            seq_len: t,
+            head_dim: hd,
         };
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let p = if self.device.is_cpu() && self.dtype == DType::F32 {
-            super::attention::causal_softmax(&scores)?
-        } else {
-            let masked = scores.broadcast_add(&causal_mask(t, &self.device, self.dtype)?)?;
-            match pass {
-                Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
-                Pass::Train => softmax_last_dim_differentiable(&masked)?,
-            }
+        let flat = |z: &Tensor| {
+            z.contiguous()
+                .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
         };
-        Ok((p, v))
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
+        return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
     }
+    let (p, v) = causal_probabilities(q, k, v, pass)?;
+    Ok(p.matmul(&v)?)
+}
+
+/// The causal softmax A = softmax(q·kᵀ/√hd) [B, H, T, T] with grouped-query keys (query head h reads kv head
+/// h / (H / Hkv)), and the values expanded to the H heads.
+fn causal_probabilities(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pass: Pass,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, t, hd) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    let (k, v) = if hkv != h {
+        let expand = |z: &Tensor| -> Result<Tensor> {
+            Ok(z.unsqueeze(2)?
+                .expand((b, hkv, h / hkv, t, hd))?
+                .reshape((b, h, t, hd))?)
+        };
+        (expand(k)?, expand(v)?)
+    } else {
+        (k.contiguous()?, v.contiguous()?)
+    };
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let p = if q.device().is_cpu() && q.dtype() == DType::F32 {
+        super::attention::causal_softmax(&scores)?
+    } else {
+        let masked = scores.broadcast_add(&causal_mask(t, q.device(), q.dtype())?)?;
+        match pass {
+            Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
+            Pass::Train => softmax_last_dim_differentiable(&masked)?,
+        }
+    };
+    Ok((p, v))
 }
 
 /// The clip range of seed 004's evaluation-time fake quantization for a weight, if it gets one: its CastedLinear

@@ -24,6 +24,10 @@ pub enum WindowForm {
     /// Seed 003's form: every start `ws < T` whose window holds at least S targets (or ws = 0), scoring the last S
     /// of each window, so the windows that run into the end of the stream re-score its last S targets.
     LegacySlidingFull { stride: usize },
+    /// Seed 001's TTT form (PR #696 `eval_val_sliding_ttt`): only full-length windows, starts every S with
+    /// `ws + L ≤ T`; the first scores all its targets, later ones the last S. Each target is scored at most once,
+    /// and the targets after the last full window are never scored.
+    FullWindows { stride: usize },
     /// The records' VarLen `eval_val` (rec/2026-04-10 on): flat buffers of `batch_seqs` sequences of L, attention
     /// isolated to each document (split at BOS, and into pieces of at most L), every target of a buffer scored.
     /// Like the records, each of `world_size` ranks takes sequences [n·r/W, n·(r+1)/W) and scores whole buffers
@@ -41,6 +45,7 @@ impl WindowForm {
             WindowForm::Sliding { .. } => "sliding",
             WindowForm::LegacySliding { .. } => "legacy_sliding",
             WindowForm::LegacySlidingFull { .. } => "legacy_sliding_full",
+            WindowForm::FullWindows { .. } => "full_windows",
             WindowForm::DocIsolated { .. } => "doc_isolated",
         }
     }
@@ -119,6 +124,18 @@ pub fn plan_windows(targets: usize, seq_len: usize, form: WindowForm) -> Result<
                 }));
             }
             windows
+        }
+        WindowForm::FullWindows { stride } => {
+            check_stride(stride)?;
+            (0..targets)
+                .step_by(stride)
+                .filter(|ws| ws + seq_len <= targets)
+                .map(|ws| Window {
+                    start: ws,
+                    len: seq_len,
+                    score_from: if ws == 0 { 0 } else { seq_len - stride },
+                })
+                .collect()
         }
         WindowForm::LegacySlidingFull { stride } => {
             check_stride(stride)?;

@@ -11,15 +11,15 @@ use sha2::{Digest, Sha256};
 use super::eval::Coverage;
 use crate::data::bpb::BpbAccumulator;
 use crate::data::bytes::ByteSource;
-use crate::infer::model::Gpt;
+use crate::infer::lm::CausalLm;
 
 pub type WeightsDigest = [u8; 32];
 
 /// SHA-256 over every weight in the model's state-dict order: the name, a zero byte, the shape as little-endian
 /// u64s, then the values as little-endian f32.
-pub fn weights_digest(model: &Gpt) -> crate::infer::Result<WeightsDigest> {
+pub fn weights_digest(model: &dyn CausalLm) -> crate::infer::Result<WeightsDigest> {
     let mut h = Sha256::new();
-    for (name, t) in model.parameters() {
+    for (name, t) in model.named_weights() {
         h.update(name.as_bytes());
         h.update([0u8]);
         for d in t.dims() {

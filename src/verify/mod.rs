@@ -8,6 +8,7 @@ pub mod planted;
 pub mod probes;
 pub mod procedure;
 pub mod scorer;
+pub mod tilt;
 pub mod ttt;
 
 #[derive(Debug, thiserror::Error)]

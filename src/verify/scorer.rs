@@ -4,6 +4,7 @@ use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
+use crate::infer::lm::CausalLm;
 use crate::infer::model::{BOS_ID, Gpt};
 
 /// Scores a batch of windows: for window `i`, the NLL (nats) of `targets[i][p]` given `inputs[i][..=p]`, for every
@@ -24,11 +25,13 @@ pub struct Scored {
     pub rows: Vec<Vec<f64>>,
 }
 
-/// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch (causal attention
-/// keeps padding out of every scored position), and each NLL is `logsumexp(logits) − logit[target]` in f32, as
+/// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch, or to `pad_to`
+/// when that is longer (the records pad every batch to the evaluation length, and with the NTK rule the RoPE base
+/// depends on that length; causal attention keeps padding out of every scored position), and each NLL is `logsumexp(logits) − logit[target]` in f32, as
 /// `F.cross_entropy(logits.float(), y, reduction="none")`.
 pub struct ModelScorer<'a> {
-    pub model: &'a Gpt,
+    pub model: &'a dyn CausalLm,
+    pub pad_to: usize,
 }
 
 impl WindowScorer for ModelScorer<'_> {
@@ -46,6 +49,7 @@ impl WindowScorer for ModelScorer<'_> {
                 rows: Vec::new(),
             });
         }
+        let len = len.max(self.pad_to);
         let mut x = vec![0u32; b * len];
         let mut y = vec![0u32; b * len];
         for (i, (inp, tgt)) in inputs.iter().zip(targets).enumerate() {
@@ -169,9 +173,14 @@ impl WindowScorer for DocIsolatedScorer<'_> {
 /// applied on the fly so the row is read once and never written.
 pub fn capped_cross_entropy(uncapped: &[f32], target: usize, cap: impl Fn(f32) -> f32) -> f32 {
     let capped: Vec<f32> = uncapped.iter().map(|&z| cap(z)).collect();
-    let max = capped.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = capped.iter().map(|&z| (z - max).exp()).sum();
-    sum.ln() + max - capped[target]
+    cross_entropy_row(&capped, target)
+}
+
+/// `F.cross_entropy` of one row of logits, in f32: `log Σ exp(z − max) + max − z[target]`.
+pub fn cross_entropy_row(logits: &[f32], target: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&z| (z - max).exp()).sum();
+    sum.ln() + max - logits[target]
 }
 
 /// Log-probabilities (f64) of one row of logits: `z − max − log Σ exp(z − max)`.

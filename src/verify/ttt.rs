@@ -15,7 +15,7 @@ use super::ledger::{Ledger, weights_digest};
 use super::procedure::{Procedure, score_windows};
 use super::scorer::ModelScorer;
 use super::{Result, VerifyError};
-use crate::infer::model::Gpt;
+use crate::infer::lm::CausalLm;
 use crate::optim::{Sgd, clip_grad_norm};
 
 /// The recipe's knobs, defaulting to the records' values (rec/2026-03-23 ran lr 0.002 with no frozen blocks;
@@ -68,7 +68,7 @@ pub enum TttOrder {
 }
 
 pub struct ScoreFirstTtt {
-    model: Gpt,
+    model: Box<dyn CausalLm + Send>,
     params: Vec<Var>,
     initial: Vec<Tensor>,
     pub recipe: TttRecipe,
@@ -83,7 +83,7 @@ impl ScoreFirstTtt {
     /// Takes the model; every weight outside the first `recipe.freeze_blocks` blocks becomes trainable. Each run
     /// starts again from the weights given here.
     pub fn new(
-        mut model: Gpt,
+        mut model: Box<dyn CausalLm + Send>,
         recipe: TttRecipe,
         seq_len: usize,
         form: WindowForm,
@@ -101,11 +101,14 @@ impl ScoreFirstTtt {
                     .into(),
             ));
         }
-        let frozen: Vec<String> = (0..recipe.freeze_blocks.min(model.cfg.num_layers))
-            .map(|i| format!("blocks.{i}."))
+        let freeze = recipe.freeze_blocks;
+        let frozen: Vec<String> = model
+            .named_weights()
+            .into_iter()
+            .filter(|(name, _)| model.frozen_for_ttt(name, freeze))
+            .map(|(name, _)| name.to_string())
             .collect();
-        let vars =
-            model.make_trainable(|name| !frozen.iter().any(|f| name.starts_with(f.as_str())))?;
+        let vars = model.make_trainable(&|name| !frozen.iter().any(|f| f == name))?;
         let params: Vec<Var> = vars.into_iter().map(|(_, v)| v).collect();
         let initial = params
             .iter()
@@ -227,7 +230,7 @@ impl Procedure for ScoreFirstTtt {
     }
 
     fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
+        self.model.vocab_size()
     }
 
     fn trains(&self) -> bool {
@@ -253,7 +256,10 @@ impl Procedure for ScoreFirstTtt {
             chunk_windows[ci].push(w);
         }
         let mut opt = Sgd::new(self.params.len(), self.recipe.lr, self.recipe.momentum);
-        let scorer = ModelScorer { model: &self.model };
+        let scorer = ModelScorer {
+            model: self.model.as_ref(),
+            pad_to: self.seq_len,
+        };
         let cosine = |ci: usize| {
             self.recipe.lr
                 * 0.5
@@ -264,7 +270,7 @@ impl Procedure for ScoreFirstTtt {
                 (self.recipe.batch_seqs * self.seq_len).min(targets / self.seq_len * self.seq_len);
             self.step(tokens, std::slice::from_ref(&(0..n)), &mut opt, ledger)?;
         }
-        let mut weights = weights_digest(&self.model)?;
+        let mut weights = weights_digest(self.model.as_ref())?;
         for (ci, chunk) in chunk_windows.iter().enumerate() {
             if chunk.is_empty() {
                 continue;
@@ -275,7 +281,7 @@ impl Procedure for ScoreFirstTtt {
             let train = self.recipe.epochs > 0 && (self.order == TttOrder::AdaptThenScore || !last);
             if train && self.order == TttOrder::AdaptThenScore {
                 self.train_chunk(tokens, chunk_start, chunk_end, cosine(ci), &mut opt, ledger)?;
-                weights = weights_digest(&self.model)?;
+                weights = weights_digest(self.model.as_ref())?;
             }
             score_windows(
                 &scorer,
@@ -288,7 +294,7 @@ impl Procedure for ScoreFirstTtt {
             let scored_with = weights;
             if train && self.order != TttOrder::AdaptThenScore {
                 self.train_chunk(tokens, chunk_start, chunk_end, cosine(ci), &mut opt, ledger)?;
-                weights = weights_digest(&self.model)?;
+                weights = weights_digest(self.model.as_ref())?;
             }
             ledger.receipt(format!("chunk {ci}"), &scored_with, &weights);
             progress(ci + 1, num_chunks);

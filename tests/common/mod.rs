@@ -94,6 +94,7 @@ pub fn s(p: &Path) -> &str {
 pub mod logit_golden {
     use candle_core::{DType, Device, Tensor};
     use pgolf::infer::config::ModelConfig;
+    use pgolf::infer::lm::CausalLm;
     use pgolf::infer::model::Gpt;
     use pgolf::infer::weights;
     use std::path::Path;
@@ -104,18 +105,7 @@ pub mod logit_golden {
     /// weights are simply unused).
     pub fn load(cfg: &ModelConfig, path: &Path) -> Gpt {
         let mut state = if path.extension().is_some_and(|e| e == "ptz") {
-            // An artifact, dequantized as `pgolf verify` reads it.
-            let artifact =
-                pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current()).unwrap();
-            artifact
-                .tensors
-                .iter()
-                .map(|t| {
-                    let values =
-                        Tensor::from_vec(t.dequantize(), t.shape.clone(), &Device::Cpu).unwrap();
-                    (t.name.clone(), values)
-                })
-                .collect()
+            artifact_state(path)
         } else {
             weights::load_safetensors(path, &Device::Cpu).unwrap()
         };
@@ -127,6 +117,21 @@ pub mod logit_golden {
         state.retain(|k, _| names.contains(k));
         let state = weights::check_state_dict(cfg, state, DType::F32, path).unwrap();
         Gpt::new(cfg.clone(), state, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// The tensors of an artifact, dequantized as `pgolf verify` reads them.
+    pub fn artifact_state(path: &Path) -> weights::StateDict {
+        let artifact =
+            pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current()).unwrap();
+        artifact
+            .tensors
+            .iter()
+            .map(|t| {
+                let values =
+                    Tensor::from_vec(t.dequantize(), t.shape.clone(), &Device::Cpu).unwrap();
+                (t.name.clone(), values)
+            })
+            .collect()
     }
 
     /// (positions, golden rows [P, V], golden per-position NLL).
@@ -146,16 +151,19 @@ pub mod logit_golden {
     }
 
     /// Soft-capped logits [T, V] of `tokens[..window]`.
-    pub fn window_logits(model: &Gpt, tokens: &[u16], window: usize) -> Vec<Vec<f32>> {
+    pub fn window_logits(model: &dyn CausalLm, tokens: &[u16], window: usize) -> Vec<Vec<f32>> {
         let ids: Vec<u32> = tokens[..window].iter().map(|&t| t as u32).collect();
         let ids = Tensor::from_vec(ids, (1, window), &Device::Cpu).unwrap();
         model
-            .logits(&ids)
+            .uncapped_logits(&ids)
             .unwrap()
             .squeeze(0)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap()
+            .into_iter()
+            .map(|row| row.into_iter().map(|z| model.softcap(z)).collect())
+            .collect()
     }
 
     pub fn max_row_diff(logits: &[Vec<f32>], positions: &[usize], rows: &[Vec<f32>]) -> f32 {
@@ -186,7 +194,13 @@ pub mod logit_golden {
 
     /// Logits within the tolerance at every golden row and NLL at every position of the window; returns the
     /// worst row difference.
-    pub fn check(model: &Gpt, tokens: &[u16], window: usize, golden: &Path, label: &str) -> f32 {
+    pub fn check(
+        model: &dyn CausalLm,
+        tokens: &[u16],
+        window: usize,
+        golden: &Path,
+        label: &str,
+    ) -> f32 {
         let logits = window_logits(model, tokens, window);
         let (positions, rows, nll) = rows(golden);
         let worst = max_row_diff(&logits, &positions, &rows);

@@ -8,11 +8,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
+use pgolf::data::audit;
 use pgolf::data::bytes::ByteSource;
 use pgolf::data::shard;
 use pgolf::data::tokenizer::Tokenizer;
 use pgolf::infer::config::ModelConfig;
+use pgolf::infer::lm::CausalLm;
 use pgolf::infer::model::Gpt;
+use pgolf::infer::patch_jepa::{BytePatchJepa, PatchJepaConfig};
 use pgolf::infer::presets;
 use pgolf::infer::weights;
 use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
@@ -23,6 +26,7 @@ use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
 use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
 use pgolf::verify::procedure::{Procedure, WindowProcedure};
 use pgolf::verify::scorer::{DocIsolatedScorer, ModelScorer, WindowScorer};
+use pgolf::verify::tilt::{NgramTiltPrior, NgramTiltScorer};
 use pgolf::verify::ttt::{ScoreFirstTtt, TttOrder, TttRecipe};
 use serde_json::{Value, json};
 
@@ -72,6 +76,10 @@ pub struct VerifyArgs {
     /// stride (the windows that reach the end re-score the last targets).
     #[arg(long, requires = "stride", conflicts_with = "legacy_sliding")]
     legacy_sliding_full: bool,
+    /// With --stride: seed 001's form, full-length windows only, each after the first scoring its last stride
+    /// (each target at most once; the targets after the last full window are never scored).
+    #[arg(long, requires = "stride", conflicts_with_all = ["legacy_sliding", "legacy_sliding_full"])]
+    full_windows: bool,
     /// Seed 003's backoff n-gram mixer over the model (PR #1033), scored as the seed does; with
     /// --mixer-normalized, the properly normalized mixture.
     #[arg(long)]
@@ -118,6 +126,17 @@ pub struct VerifyArgs {
     /// NGramCache: how many training tokens pre-fill it (NGRAM_PRETRAIN_TOKENS).
     #[arg(long, default_value_t = 2_000_000)]
     ngram_prefill_tokens: usize,
+    /// Seed 002's n-gram logit tilt (PR #1666): the soft-capped logits raised by β/2 at the next token a fixed
+    /// prior predicts from the previous one and two tokens (the artifact's bundled "ngram" entry, or --ngram-prior).
+    #[arg(long, conflicts_with_all = ["ngram_blend", "mixer", "ttt", "planted", "doc_isolated"])]
+    ngram_tilt: bool,
+    /// The tilt's prior as a file (zlib over a pickle, as the seed's build_ngram_table.py writes it), instead of
+    /// the artifact's bundled one.
+    #[arg(long, requires = "ngram_tilt")]
+    ngram_prior: Option<std::path::PathBuf>,
+    /// The tilt's β (NGRAM_TILT_BETA); each matching prefix adds β/2.
+    #[arg(long, default_value_t = 0.3, requires = "ngram_tilt")]
+    ngram_tilt_beta: f64,
     /// The records' VarLen eval_val (rec/2026-04-10 on): flat buffers of --batch-seqs sequences of --seq-len,
     /// attention isolated to each document (split at BOS and into pieces of at most --seq-len).
     #[arg(long, conflicts_with = "stride")]
@@ -215,46 +234,24 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         other => bail!("--dtype must be f32 or bf16, got {other:?}"),
     };
     let device = Device::Cpu;
-    let (state, carried, is_artifact) = load_weights(&args.model, &device)?;
-    let cfg = match (&args.config, carried) {
-        _ if args.preset.is_some() => {
-            let name = args.preset.as_deref().unwrap_or_default();
-            match presets::preset(name) {
-                Some(p) => p.config,
-                None => bail!(
-                    "no preset named {name:?}; known: {}",
-                    presets::presets()
-                        .iter()
-                        .map(|p| p.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
+    let (state, carried_config, is_artifact, bundled) = load_weights(&args.model, &device)?;
+    let arch = match &args.config {
+        Some(p) if args.preset.is_none() && names_patch_jepa(p)? => {
+            Architecture::PatchJepa(PatchJepaConfig::load(p)?)
         }
-        (Some(p), _) => ModelConfig::load(p)?,
-        (None, Some(v)) => {
-            let cfg: ModelConfig = serde_json::from_value(v)
-                .with_context(|| format!("{}: the config it carries", args.model.display()))?;
-            cfg.validate().map_err(|m| {
-                anyhow::anyhow!("{}: the config it carries: {m}", args.model.display())
-            })?;
-            cfg
-        }
-        (None, None) => bail!(
-            "{}: carries no model config; pass --config CONFIG.json",
-            args.model.display()
-        ),
+        _ => Architecture::Gpt(gpt_config(&args, carried_config)?),
     };
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
-    let seq_len = args.seq_len.unwrap_or(cfg.train_seq_len);
+    let seq_len = args.seq_len.unwrap_or(arch.train_seq_len());
+    let vocab_size = arch.vocab_size();
     let files = shard::validation_files(&args.val)?;
     let tokens = shard::truncate_to_usable(shard::read_shards(&files)?, seq_len, &args.val)?;
-    if let Some(pos) = tokens.iter().position(|&t| t as usize >= cfg.vocab_size) {
+    if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
         bail!(
             "{}: token id {} at position {pos} is outside the model's vocab_size {} ({})",
             args.val,
             tokens[pos],
-            cfg.vocab_size,
+            vocab_size,
             args.config
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -276,13 +273,33 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let state = weights::check_state_dict(&cfg, state, dtype, &args.model)?;
-    let model = Gpt::new(cfg.clone(), state, &device, dtype)?;
-    let regridded = model.regridded.clone();
-    let weights = weights_digest(&model)?;
+    let built = match &arch {
+        Architecture::Gpt(cfg) => {
+            let state = weights::check_state_dict(cfg, state, dtype, &args.model)?;
+            Built::Gpt(Gpt::new(cfg.clone(), state, &device, dtype)?)
+        }
+        Architecture::PatchJepa(cfg) => {
+            if dtype != DType::F32 {
+                bail!("the byte-patch JEPA runs in f32 only (drop --dtype)");
+            }
+            Built::PatchJepa(BytePatchJepa::new(
+                cfg.clone(),
+                state,
+                &device,
+                &args.model,
+            )?)
+        }
+    };
+    let regridded = match &built {
+        Built::Gpt(m) => m.regridded.clone(),
+        Built::PatchJepa(_) => Vec::new(),
+    };
+    let caseops = matches!(&arch, Architecture::Gpt(c) if c.caseops);
+    let weights = weights_digest(built.lm())?;
+    let mut built = Some(built);
     let bytes = match &args.byte_sidecar {
         Some(glob) => ByteSource::load_sidecar(glob, tokens.len())?,
-        None => ByteSource::Table(tokenizer.byte_table(cfg.vocab_size)),
+        None => ByteSource::Table(tokenizer.byte_table(vocab_size)),
     };
     let form = match (args.stride, args.legacy_sliding) {
         (None, _) if args.doc_isolated => WindowForm::DocIsolated {
@@ -291,6 +308,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         },
         (None, _) => WindowForm::NonOverlapping,
         (Some(stride), _) if args.legacy_sliding_full => WindowForm::LegacySlidingFull { stride },
+        (Some(stride), _) if args.full_windows => WindowForm::FullWindows { stride },
         (Some(stride), false) => WindowForm::Sliding { stride },
         (Some(stride), true) => WindowForm::LegacySliding { stride },
     };
@@ -346,7 +364,33 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         bail!("--planted ngram-cache and slot are window procedures; drop --ttt");
     }
 
+    let tilt_prior = if args.ngram_tilt {
+        let (source, bytes) = match &args.ngram_prior {
+            Some(p) => (
+                p.clone(),
+                std::fs::read(p).with_context(|| format!("{}", p.display()))?,
+            ),
+            None => match bundled.iter().find(|(k, _)| k == "ngram") {
+                Some((_, b)) => (args.model.clone(), b.clone()),
+                None => bail!(
+                    "{}: --ngram-tilt needs an n-gram prior, and the artifact bundles none (no \"ngram\" entry); pass --ngram-prior FILE",
+                    args.model.display()
+                ),
+            },
+        };
+        let entries =
+            pgolf::pack::prior::read_ngram_prior(&source, &bytes, &pgolf::limits::current())?;
+        let prior = NgramTiltPrior::from_entries(
+            vocab_size,
+            entries.into_iter().map(|e| (e.prefix, e.next)),
+        )
+        .with_context(|| format!("{}", source.display()))?;
+        Some((prior, bytes.len()))
+    } else {
+        None
+    };
     let scorer;
+    let tilt_scorer;
     let mixer;
     let blend;
     let isolated_scorer;
@@ -357,6 +401,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut trainable = 0;
     let procedure: &dyn Procedure = match (ttt_order, args.planted) {
         (Some(order), _) => {
+            let model = built.take().expect("built above").boxed();
             ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
             trainable = ttt.trainable_parameters();
             &ttt
@@ -380,7 +425,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 None => Vec::new(),
             };
             blend = NgramCacheBlend {
-                model: &model,
+                model: gpt_only(&built, "--ngram-blend")?,
                 seq_len,
                 form,
                 batch_seqs: args.batch_seqs,
@@ -393,7 +438,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         }
         (None, None) if args.mixer => {
             mixer = BackoffMixerProcedure {
-                model: &model,
+                model: gpt_only(&built, "--mixer")?,
                 seq_len,
                 form,
                 batch_seqs: args.batch_seqs,
@@ -415,7 +460,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         }
         (None, Some(Planted::NgramCache)) => {
             ngram = HashedNgramCache {
-                model: &model,
+                model: gpt_only(&built, "--planted ngram-cache")?,
                 seq_len,
                 form,
                 batch_seqs: args.batch_seqs,
@@ -428,7 +473,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         }
         (None, Some(Planted::Slot)) => {
             slot = SlotDelta {
-                model: &model,
+                model: gpt_only(&built, "--planted slot")?,
                 seq_len,
                 form,
                 steps: 5,
@@ -438,14 +483,25 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             &slot
         }
         (None, _) => {
-            let chosen: &dyn WindowScorer = if args.doc_isolated {
+            let chosen: &dyn WindowScorer = if let Some((prior, _)) = &tilt_prior {
+                tilt_scorer = NgramTiltScorer {
+                    model: gpt_only(&built, "--ngram-tilt")?,
+                    prior,
+                    beta: args.ngram_tilt_beta,
+                    pad_to: seq_len,
+                };
+                &tilt_scorer
+            } else if args.doc_isolated {
                 isolated_scorer = DocIsolatedScorer {
-                    model: &model,
+                    model: gpt_only(&built, "--doc-isolated")?,
                     max_doc_len: seq_len,
                 };
                 &isolated_scorer
             } else {
-                scorer = ModelScorer { model: &model };
+                scorer = ModelScorer {
+                    model: built.as_ref().expect("built above").lm(),
+                    pad_to: seq_len,
+                };
                 &scorer
             };
             window_procedure = WindowProcedure {
@@ -453,7 +509,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 seq_len,
                 form,
                 batch_seqs: args.batch_seqs,
-                vocab_size: cfg.vocab_size,
+                vocab_size,
                 weights,
             };
             &window_procedure
@@ -503,7 +559,25 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
 
     let ttt_info = ttt_order.map(|_| (recipe.clone(), trainable));
-    let notes = report_notes(&report, &cfg, &regridded, args.byte_sidecar.is_some());
+    let mut notes = report_notes(&report, caseops, &regridded, args.byte_sidecar.is_some());
+    notes.extend(stream_notes(&tokenizer, vocab_size, &tokens));
+    if let Some((prior, prior_bytes)) = &tilt_prior {
+        let (one, two) = prior.entries();
+        notes.push(Note {
+            id: "ngram_tilt",
+            title: format!(
+                "logits tilted by a fixed n-gram prior of {prior_bytes} bytes carried next to the weights (+{} per \
+                 matching prefix); the tilted row is renormalized by the softmax",
+                args.ngram_tilt_beta * 0.5
+            ),
+            evidence: vec![
+                format!("{one} one-token and {two} two-token prefixes with a predicted next token"),
+                "the row predicting x[t+1] is tilted by the prefixes ending at x[t−1], as the seed indexes them \
+                 (off by one: x[t] is ignored)"
+                    .into(),
+            ],
+        });
+    }
     let findings = Findings {
         notes: &notes,
         report: &report,
@@ -514,7 +588,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     };
     let out = Summary {
         args: &args,
-        cfg: &cfg,
+        arch: &arch,
         tokenizer: &tokenizer,
         seq_len,
         form,
@@ -536,6 +610,106 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     })
 }
 
+fn gpt_config(args: &VerifyArgs, carried: Option<serde_json::Value>) -> Result<ModelConfig> {
+    Ok(match (&args.config, carried) {
+        _ if args.preset.is_some() => {
+            let name = args.preset.as_deref().unwrap_or_default();
+            match presets::preset(name) {
+                Some(p) => p.config,
+                None => bail!(
+                    "no preset named {name:?}; known: {}",
+                    presets::presets()
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        (Some(p), _) => ModelConfig::load(p)?,
+        (None, Some(v)) => {
+            let cfg: ModelConfig = serde_json::from_value(v)
+                .with_context(|| format!("{}: the config it carries", args.model.display()))?;
+            cfg.validate().map_err(|m| {
+                anyhow::anyhow!("{}: the config it carries: {m}", args.model.display())
+            })?;
+            cfg
+        }
+        (None, None) => bail!(
+            "{}: carries no model config; pass --config CONFIG.json",
+            args.model.display()
+        ),
+    })
+}
+
+/// Whether a config file names seed 001's byte-patch JEPA (`"architecture": "byte_patch_jepa"`).
+fn names_patch_jepa(path: &std::path::Path) -> Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: bad model config", path.display()))?;
+    Ok(PatchJepaConfig::is_named_in(&json))
+}
+
+/// The model family a config describes.
+enum Architecture {
+    Gpt(ModelConfig),
+    PatchJepa(PatchJepaConfig),
+}
+
+impl Architecture {
+    fn vocab_size(&self) -> usize {
+        match self {
+            Architecture::Gpt(c) => c.vocab_size,
+            Architecture::PatchJepa(c) => c.vocab_size,
+        }
+    }
+
+    fn train_seq_len(&self) -> usize {
+        match self {
+            Architecture::Gpt(c) => c.train_seq_len,
+            Architecture::PatchJepa(c) => c.train_seq_len,
+        }
+    }
+
+    fn parameter_count(&self) -> usize {
+        match self {
+            Architecture::Gpt(c) => c.parameter_count(),
+            Architecture::PatchJepa(c) => c.parameter_count(),
+        }
+    }
+}
+
+/// The built model: the records' GPT, or seed 001's encoder–decoder (one value per run, so its size is no concern).
+#[allow(clippy::large_enum_variant)]
+enum Built {
+    Gpt(Gpt),
+    PatchJepa(BytePatchJepa),
+}
+
+impl Built {
+    fn lm(&self) -> &dyn CausalLm {
+        match self {
+            Built::Gpt(m) => m,
+            Built::PatchJepa(m) => m,
+        }
+    }
+
+    fn boxed(self) -> Box<dyn CausalLm + Send> {
+        match self {
+            Built::Gpt(m) => Box::new(m),
+            Built::PatchJepa(m) => Box::new(m),
+        }
+    }
+}
+
+/// The GPT a procedure written for the records' model needs, or an error naming the procedure.
+fn gpt_only<'a>(built: &'a Option<Built>, what: &str) -> Result<&'a Gpt> {
+    match built {
+        Some(Built::Gpt(m)) => Ok(m),
+        _ => bail!("{what} runs on the records' GPT only, not on the byte-patch JEPA"),
+    }
+}
+
 /// Something the evaluation measured that a reviewer must weigh, with its evidence.
 struct Note {
     id: &'static str,
@@ -547,7 +721,7 @@ struct Note {
 /// changes at evaluation time, CaseOps tokens scored without their byte sidecar.
 fn report_notes(
     r: &EvalReport,
-    cfg: &ModelConfig,
+    caseops: bool,
     regridded: &[(String, f32, f32)],
     sidecar: bool,
 ) -> Vec<Note> {
@@ -586,7 +760,7 @@ fn report_notes(
                 .collect(),
         });
     }
-    if cfg.caseops && !sidecar {
+    if caseops && !sidecar {
         notes.push(Note {
             id: "caseops_without_sidecar",
             title: "CaseOps tokens scored with the tokenizer's byte table; the record counts original bytes from \
@@ -596,6 +770,28 @@ fn report_notes(
         });
     }
     notes
+}
+
+/// What the byte audit finds in the stream and the tokenizer that makes a score non-comparable: documents not
+/// delimited by BOS (a validation set that is not the challenge's export), a tokenizer that does not invert.
+fn stream_notes(tokenizer: &Tokenizer, vocab_size: usize, tokens: &[u16]) -> Vec<Note> {
+    let table = tokenizer.byte_table(vocab_size);
+    audit::audit(tokenizer, &table, tokens)
+        .findings
+        .into_iter()
+        .filter_map(|f| {
+            let id = match f.code {
+                "documents_not_delimited" => "validation_set_not_canonical",
+                "not_invertible" => "tokenizer_not_invertible",
+                _ => return None,
+            };
+            Some(Note {
+                id,
+                title: f.message,
+                evidence: vec![format!("byte audit finding {}", f.code)],
+            })
+        })
+        .collect()
 }
 
 struct Findings<'a> {
@@ -609,7 +805,7 @@ struct Findings<'a> {
 
 struct Summary<'a> {
     args: &'a VerifyArgs,
-    cfg: &'a ModelConfig,
+    arch: &'a Architecture,
     tokenizer: &'a Tokenizer,
     seq_len: usize,
     form: WindowForm,
@@ -674,7 +870,7 @@ impl Summary<'_> {
         json!({
             "model": self.args.model.display().to_string(),
             "tokenizer": self.tokenizer.name(),
-            "parameters": self.cfg.parameter_count(),
+            "parameters": self.arch.parameter_count(),
             "procedure": r.method,
             "method": self.form.name(),
             "seq_len": self.seq_len,
@@ -682,7 +878,8 @@ impl Summary<'_> {
                 WindowForm::NonOverlapping | WindowForm::DocIsolated { .. } => None,
                 WindowForm::Sliding { stride }
                 | WindowForm::LegacySliding { stride }
-                | WindowForm::LegacySlidingFull { stride } => Some(stride),
+                | WindowForm::LegacySlidingFull { stride }
+                | WindowForm::FullWindows { stride } => Some(stride),
             },
             "windows": self.windows,
             "val_loss": r.val_loss,
@@ -728,7 +925,7 @@ impl Summary<'_> {
         println!(
             "model        {} ({} parameters)",
             self.args.model.display(),
-            self.cfg.parameter_count()
+            self.arch.parameter_count()
         );
         let stride = match self.form {
             WindowForm::NonOverlapping => String::new(),
@@ -740,7 +937,8 @@ impl Summary<'_> {
             ),
             WindowForm::Sliding { stride }
             | WindowForm::LegacySliding { stride }
-            | WindowForm::LegacySlidingFull { stride } => {
+            | WindowForm::LegacySlidingFull { stride }
+            | WindowForm::FullWindows { stride } => {
                 format!(", stride {stride}")
             }
         };
@@ -852,10 +1050,16 @@ impl Summary<'_> {
 
 /// Safetensors load as stored; anything else goes through the artifact reader and is dequantized to f32. Returns the
 /// config a pgolf artifact carries, if any.
+#[allow(clippy::type_complexity)]
 fn load_weights(
     path: &std::path::Path,
     device: &Device,
-) -> Result<(weights::StateDict, Option<serde_json::Value>, bool)> {
+) -> Result<(
+    weights::StateDict,
+    Option<serde_json::Value>,
+    bool,
+    Vec<(String, Vec<u8>)>,
+)> {
     let head = {
         use std::io::Read;
         let mut h = [0u8; 9];
@@ -867,7 +1071,12 @@ fn load_weights(
     };
     let is_safetensors = head.len() == 9 && head[8] == b'{';
     if is_safetensors {
-        return Ok((weights::load_safetensors(path, device)?, None, false));
+        return Ok((
+            weights::load_safetensors(path, device)?,
+            None,
+            false,
+            Vec::new(),
+        ));
     }
     let artifact = pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current())?;
     let mut state = weights::StateDict::new();
@@ -878,5 +1087,5 @@ fn load_weights(
             candle_core::Tensor::from_vec(values, t.shape.clone(), device)?,
         );
     }
-    Ok((state, artifact.config, true))
+    Ok((state, artifact.config, true, artifact.bundled))
 }

@@ -1,0 +1,62 @@
+//! What evaluation and test-time training need from a model, whatever its graph: the records' GPT ([`Gpt`]) and
+//! seed 001's byte-patch encoder–decoder ([`super::patch_jepa::BytePatchJepa`]) both answer it.
+
+use candle_core::{Device, Tensor, Var};
+
+use super::Result;
+use super::model::Gpt;
+
+/// A causal language model over token ids: output position p predicts the token after input position p and reads
+/// inputs 0..=p only.
+pub trait CausalLm: Sync {
+    fn vocab_size(&self) -> usize;
+    fn device(&self) -> &Device;
+    /// Logits [B, T, V] (f32) before any soft-cap, for ids [B, T] (u32).
+    fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The soft-cap applied to one logit (the identity for a model without one).
+    fn softcap(&self, z: f32) -> f32;
+    /// The mean cross-entropy of the (capped) logits against `targets` [B, T], differentiable with respect to every
+    /// trainable weight.
+    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor>;
+    /// Every weight with its state-dict name, in the reference's order.
+    fn named_weights(&self) -> Vec<(&str, &Tensor)>;
+    /// Turns the weights `selected` by name into variables the model reads; the others become constants.
+    fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>>;
+    /// Whether the reference's TTT_FREEZE_BLOCKS = `blocks` keeps the weight `name` fixed.
+    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool;
+}
+
+impl CausalLm for Gpt {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn device(&self) -> &Device {
+        Gpt::device(self)
+    }
+
+    fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor> {
+        Gpt::uncapped_logits(self, ids)
+    }
+
+    fn softcap(&self, z: f32) -> f32 {
+        Gpt::softcap(self, z)
+    }
+
+    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Gpt::train_loss(self, ids, targets)
+    }
+
+    fn named_weights(&self) -> Vec<(&str, &Tensor)> {
+        self.parameters().collect()
+    }
+
+    fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
+        Gpt::make_trainable(self, selected)
+    }
+
+    /// The records freeze the first `blocks` blocks by prefix.
+    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool {
+        (0..blocks.min(self.cfg.num_layers)).any(|i| name.starts_with(&format!("blocks.{i}.")))
+    }
+}

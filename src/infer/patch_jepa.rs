@@ -1,0 +1,539 @@
+//! Seed 001 (PR #696, architectures §2.2): a byte-level JEPA encoder–decoder. Bytes are grouped into patches of P;
+//! a patch encoder (blocks looped R times over the patch sequence, causal across patches) produces one context per
+//! patch; a predictor maps the context of patch p − 1 to a latent that conditions every byte of patch p; a causal
+//! byte decoder reads the previous byte plus that condition and predicts the byte.
+//!
+//! The seed's `forward_logits(x, y)` runs on full = [x_0, y_0 .. y_{T−1}] (T + 1 a multiple of P) and logits[j]
+//! predicts full[j] from full[..j]; its NLL of y_j is logits[j + 1]. So output j + 1 reads x_0..x_j only, and pgolf
+//! runs it as a causal model of the inputs alone: full = the inputs, zero-padded past the end to a multiple of P
+//! (positions after the last input never reach an earlier output), and output p = logits[p + 1].
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::lm::CausalLm;
+use super::model::{
+    BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, rms_norm, rope, rope_tables,
+};
+use super::weights::StateDict;
+use super::{InferError, Result};
+
+/// The `architecture` value of a seed-001 config.
+pub const ARCHITECTURE: &str = "byte_patch_jepa";
+
+/// The seed's hyperparameters (its env names in the comments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchJepaConfig {
+    /// Always "byte_patch_jepa".
+    pub architecture: String,
+    /// VOCAB_SIZE (260: byte260).
+    pub vocab_size: usize,
+    /// MODEL_DIM, shared by encoder and decoder.
+    pub model_dim: usize,
+    /// NUM_LAYERS: encoder blocks.
+    pub encoder_layers: usize,
+    /// ENCODER_REPEATS: passes over all encoder blocks.
+    pub encoder_repeats: usize,
+    /// NUM_HEADS, NUM_KV_HEADS of the encoder.
+    pub encoder_heads: usize,
+    pub encoder_kv_heads: usize,
+    /// DECODER_LAYERS, DECODER_HEADS (the decoder has as many kv heads as heads).
+    pub decoder_layers: usize,
+    pub decoder_heads: usize,
+    /// MLP_MULT (hidden = mlp_mult · model_dim; LeakyReLU(0.5)²).
+    pub mlp_mult: usize,
+    pub rope_base: f64,
+    /// QK_GAIN_INIT (the q_gain tensors carry the trained values).
+    pub qk_gain_init: f64,
+    /// PATCH_SIZE.
+    pub patch_size: usize,
+    /// LATENT_DIM.
+    pub latent_dim: usize,
+    /// TRAIN_SEQ_LEN (the evaluation length; + 1 is a multiple of the patch size).
+    pub train_seq_len: usize,
+}
+
+impl PatchJepaConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| InferError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: PatchJepaConfig = serde_json::from_str(&text).map_err(|e| InferError::Config {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| InferError::Config {
+            path: path.into(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Whether a config file's JSON names this architecture.
+    pub fn is_named_in(json: &serde_json::Value) -> bool {
+        json.get("architecture").and_then(|v| v.as_str()) == Some(ARCHITECTURE)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.architecture != ARCHITECTURE {
+            return Err(format!(
+                "architecture must be {ARCHITECTURE:?}, got {:?}",
+                self.architecture
+            ));
+        }
+        let d = self.model_dim;
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("model_dim", d),
+            ("encoder_layers", self.encoder_layers),
+            ("encoder_repeats", self.encoder_repeats),
+            ("encoder_heads", self.encoder_heads),
+            ("encoder_kv_heads", self.encoder_kv_heads),
+            ("decoder_layers", self.decoder_layers),
+            ("decoder_heads", self.decoder_heads),
+            ("mlp_mult", self.mlp_mult),
+            ("latent_dim", self.latent_dim),
+            ("train_seq_len", self.train_seq_len),
+        ];
+        for (name, v) in sizes {
+            if v == 0 || v > 1 << 20 {
+                return Err(format!("{name} {v} is absurd"));
+            }
+        }
+        if self.encoder_repeats > 64 || self.encoder_layers > 256 || self.decoder_layers > 256 {
+            return Err("layer counts are absurd".into());
+        }
+        if !(2..=64).contains(&self.patch_size) {
+            return Err(format!(
+                "patch_size must be in 2..=64, got {}",
+                self.patch_size
+            ));
+        }
+        for (what, heads, kv) in [
+            ("encoder", self.encoder_heads, self.encoder_kv_heads),
+            ("decoder", self.decoder_heads, self.decoder_heads),
+        ] {
+            if !d.is_multiple_of(heads)
+                || !heads.is_multiple_of(kv)
+                || !(d / heads).is_multiple_of(2)
+            {
+                return Err(format!(
+                    "{what}: model_dim {d} with {heads} heads and {kv} kv heads needs whole, even head dims and \
+                     heads divisible by kv heads"
+                ));
+            }
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err("rope_base must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn block_tensors(
+        &self,
+        prefix: &str,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Vec<(String, Vec<usize>)> {
+        let d = self.model_dim;
+        let kv = kv_heads * (d / heads);
+        let h = self.mlp_mult * d;
+        [
+            ("attn_scale", vec![d]),
+            ("mlp_scale", vec![d]),
+            ("resid_mix", vec![2, d]),
+            ("attn.q_gain", vec![heads]),
+            ("attn.c_q.weight", vec![d, d]),
+            ("attn.c_k.weight", vec![kv, d]),
+            ("attn.c_v.weight", vec![kv, d]),
+            ("attn.proj.weight", vec![d, d]),
+            ("mlp.fc.weight", vec![h, d]),
+            ("mlp.proj.weight", vec![d, h]),
+        ]
+        .into_iter()
+        .map(|(n, s)| (format!("{prefix}.{n}"), s))
+        .collect()
+    }
+
+    /// Every tensor of the state dict with its shape, in the seed's `state_dict()` order (a module's own parameters
+    /// before its children's). `projector.*` is a training-only target network, but it is saved, so it is expected.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, v, p, l) = (
+            self.model_dim,
+            self.vocab_size,
+            self.patch_size,
+            self.latent_dim,
+        );
+        let mut t = vec![
+            ("patch_pos".to_string(), vec![p, d]),
+            ("start_latent".to_string(), vec![l]),
+            ("tok_emb.weight".to_string(), vec![v, d]),
+            ("patch_in.weight".to_string(), vec![d, p * d]),
+        ];
+        for i in 0..self.encoder_layers {
+            t.extend(self.block_tensors(
+                &format!("blocks.{i}"),
+                self.encoder_heads,
+                self.encoder_kv_heads,
+            ));
+        }
+        for mlp in ["projector", "predictor"] {
+            t.push((format!("{mlp}.fc.weight"), vec![2 * d, d]));
+            t.push((format!("{mlp}.proj.weight"), vec![l, 2 * d]));
+        }
+        t.push(("decoder_token_emb.weight".into(), vec![v, d]));
+        t.push(("decoder_cond.weight".into(), vec![d, l]));
+        for j in 0..self.decoder_layers {
+            t.extend(self.block_tensors(
+                &format!("decoder_blocks.{j}"),
+                self.decoder_heads,
+                self.decoder_heads,
+            ));
+        }
+        t.push(("decoder_out.weight".into(), vec![v, d]));
+        t
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.expected_tensors()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// One plain block's weights (the challenge's baseline block: resid_mix, attention with q/k RMSNorm, full RoPE and
+/// q_gain, LeakyReLU(0.5)² MLP) as positions in the weight list.
+struct PlainBlock {
+    attn_scale: usize,
+    mlp_scale: usize,
+    resid_mix: usize,
+    q_gain: usize,
+    c_q: usize,
+    c_k: usize,
+    c_v: usize,
+    proj: usize,
+    fc: usize,
+    mlp_proj: usize,
+}
+
+/// A stack's head layout and its RoPE tables.
+struct Heads {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+pub struct BytePatchJepa {
+    pub cfg: PatchJepaConfig,
+    device: Device,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    encoder: Vec<PlainBlock>,
+    decoder: Vec<PlainBlock>,
+}
+
+impl BytePatchJepa {
+    /// Builds the model from a state dict holding exactly the expected tensors (kept in f32 on `device`);
+    /// `source` names the weights in errors, which list every missing, misshapen and unexpected tensor.
+    pub fn new(
+        cfg: PatchJepaConfig,
+        mut state: StateDict,
+        device: &Device,
+        source: &Path,
+    ) -> Result<Self> {
+        cfg.validate().map_err(|message| InferError::Config {
+            path: source.into(),
+            message,
+        })?;
+        let mut names = Vec::new();
+        let mut params = Vec::new();
+        let mut problems = Vec::new();
+        for (name, shape) in cfg.expected_tensors() {
+            match state.remove(&name) {
+                None => problems.push(format!("missing tensor {name}")),
+                Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                    "{name} has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )),
+                Some(t) => {
+                    names.push(name);
+                    params.push(t.to_device(device)?.to_dtype(DType::F32)?);
+                }
+            }
+        }
+        let mut extra: Vec<&String> = state.keys().collect();
+        extra.sort();
+        problems.extend(
+            extra
+                .iter()
+                .map(|n| format!("unexpected tensor {n} for the byte-patch JEPA")),
+        );
+        if !problems.is_empty() {
+            return Err(InferError::Mismatch {
+                path: source.into(),
+                problems,
+            });
+        }
+        let at = |name: &str| names.iter().position(|n| n == name).expect("expected");
+        let block = |prefix: &str| PlainBlock {
+            attn_scale: at(&format!("{prefix}.attn_scale")),
+            mlp_scale: at(&format!("{prefix}.mlp_scale")),
+            resid_mix: at(&format!("{prefix}.resid_mix")),
+            q_gain: at(&format!("{prefix}.attn.q_gain")),
+            c_q: at(&format!("{prefix}.attn.c_q.weight")),
+            c_k: at(&format!("{prefix}.attn.c_k.weight")),
+            c_v: at(&format!("{prefix}.attn.c_v.weight")),
+            proj: at(&format!("{prefix}.attn.proj.weight")),
+            fc: at(&format!("{prefix}.mlp.fc.weight")),
+            mlp_proj: at(&format!("{prefix}.mlp.proj.weight")),
+        };
+        let encoder = (0..cfg.encoder_layers)
+            .map(|i| block(&format!("blocks.{i}")))
+            .collect();
+        let decoder = (0..cfg.decoder_layers)
+            .map(|j| block(&format!("decoder_blocks.{j}")))
+            .collect();
+        Ok(BytePatchJepa {
+            cfg,
+            device: device.clone(),
+            names,
+            params,
+            encoder,
+            decoder,
+        })
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        &self.params[self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .expect("expected tensor")]
+    }
+
+    fn fused(&self) -> bool {
+        self.device.is_cpu()
+    }
+
+    fn norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let ones = Tensor::ones(x.dim(D::Minus1)?, DType::F32, &self.device)?;
+        rms_norm(x, &ones, pass, self.fused())
+    }
+
+    /// The baseline block: x = mix₀·x + mix₁·x0; x += attn_scale·Attn(norm(x)); x += mlp_scale·MLP(norm(x)).
+    fn block(
+        &self,
+        blk: &PlainBlock,
+        x: &Tensor,
+        x0: &Tensor,
+        heads: &Heads,
+        tables: &(Tensor, Tensor),
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let fused = self.fused();
+        let mix = &self.params[blk.resid_mix];
+        let x = (channel_scale(x, &mix.get(0)?, pass, fused)?
+            + channel_scale(x0, &mix.get(1)?, pass, fused)?)?;
+        let a = self.attention(blk, &self.norm(&x, pass)?, heads, tables, pass)?;
+        let x = (&x + channel_scale(&a, &self.params[blk.attn_scale], pass, fused)?)?;
+        let u = linear(&self.norm(&x, pass)?, &self.params[blk.fc])?;
+        // leaky_relu(u, 0.5)² = (max(u, 0) + 0.5·min(u, 0))²
+        let h = (u.relu()? - (u.neg()?.relu()? * 0.5)?)?.sqr()?;
+        let m = linear(&h, &self.params[blk.mlp_proj])?;
+        Ok((&x + channel_scale(&m, &self.params[blk.mlp_scale], pass, fused)?)?)
+    }
+
+    fn attention(
+        &self,
+        blk: &PlainBlock,
+        x: &Tensor,
+        heads: &Heads,
+        (cos, neg_sin): &(Tensor, Tensor),
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let hd = heads.head_dim;
+        let split = |w: usize, n: usize| -> Result<Tensor> {
+            Ok(linear(x, &self.params[w])?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self.norm(&split(blk.c_q, heads.heads)?, pass)?;
+        let k = self.norm(&split(blk.c_k, heads.kv_heads)?, pass)?;
+        let v = split(blk.c_v, heads.kv_heads)?;
+        let q = rope(&q, cos, neg_sin, pass, self.fused())?;
+        let k = rope(&k, cos, neg_sin, pass, self.fused())?;
+        let q = q.broadcast_mul(&self.params[blk.q_gain].reshape((1, heads.heads, 1, 1))?)?;
+        let y = grouped_causal_attention(&q, &k, &v, pass)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, d))?;
+        linear(&y, &self.params[blk.proj])
+    }
+
+    /// LatentMLP: proj(silu(fc(rmsnorm(x)))).
+    fn latent_mlp(&self, prefix: &str, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let u = linear(&self.norm(x, pass)?, self.p(&format!("{prefix}.fc.weight")))?;
+        linear(
+            &candle_nn::ops::silu(&u)?,
+            self.p(&format!("{prefix}.proj.weight")),
+        )
+    }
+
+    fn tables(&self, head_dim: usize, positions: usize) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = rope_tables(
+            head_dim,
+            self.cfg.rope_base as f32,
+            positions,
+            &self.device,
+            DType::F32,
+        )?;
+        Ok((cos, sin.neg()?))
+    }
+
+    /// Logits [B, T, V] for ids [B, T]: output p predicts the byte after ids[p].
+    fn forward(&self, ids: &Tensor, pass: Pass) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t) = ids.dims2()?;
+        let (p, d) = (cfg.patch_size, cfg.model_dim);
+        // full = ids zero-padded past the end to a multiple of P, with room for position T.
+        let full_len = (t + 1).div_ceil(p) * p;
+        let full = Tensor::cat(
+            &[
+                ids.clone(),
+                Tensor::zeros((b, full_len - t), DType::U32, &self.device)?,
+            ],
+            1,
+        )?;
+        let np = full_len / p;
+        // Patch encoder: per-byte embedding + in-patch position, RMSNorm per byte, the patch's bytes
+        // concatenated (byte-major) and projected.
+        let e = self
+            .p("tok_emb.weight")
+            .embedding(&full.flatten_all()?)?
+            .reshape((b, np, p, d))?
+            .broadcast_add(self.p("patch_pos"))?;
+        let e = self.norm(&e, pass)?.reshape((b, np, p * d))?;
+        let c = self.norm(&linear(&e, self.p("patch_in.weight"))?, pass)?;
+        let enc_heads = Heads {
+            heads: cfg.encoder_heads,
+            kv_heads: cfg.encoder_kv_heads,
+            head_dim: d / cfg.encoder_heads,
+        };
+        let enc_tables = self.tables(enc_heads.head_dim, np)?;
+        let c0 = c.clone();
+        let mut c = c;
+        for _ in 0..cfg.encoder_repeats {
+            for blk in &self.encoder {
+                c = self.block(blk, &c, &c0, &enc_heads, &enc_tables, pass)?;
+            }
+        }
+        let c = self.norm(&c, pass)?;
+        // Patch p is conditioned on the prediction from patch p − 1's context (patch 0 on the start latent).
+        let l = cfg.latent_dim;
+        let start = self
+            .p("start_latent")
+            .reshape((1, 1, l))?
+            .broadcast_as((b, 1, l))?
+            .contiguous()?;
+        let cond = if np > 1 {
+            let pred = self.latent_mlp("predictor", &c.narrow(1, 0, np - 1)?, pass)?;
+            Tensor::cat(&[&start, &pred], 1)?
+        } else {
+            start
+        };
+        let cond = linear(&cond, self.p("decoder_cond.weight"))?
+            .unsqueeze(2)?
+            .broadcast_as((b, np, p, d))?
+            .reshape((b, full_len, d))?;
+        // Byte decoder: the previous byte (BOS before the first) plus the patch condition.
+        let prev = Tensor::cat(
+            &[
+                Tensor::full(BOS_ID, (b, 1), &self.device)?,
+                full.narrow(1, 0, full_len - 1)?,
+            ],
+            1,
+        )?;
+        let h = (self
+            .p("decoder_token_emb.weight")
+            .embedding(&prev.flatten_all()?)?
+            .reshape((b, full_len, d))?
+            + cond)?;
+        let dec_heads = Heads {
+            heads: cfg.decoder_heads,
+            kv_heads: cfg.decoder_heads,
+            head_dim: d / cfg.decoder_heads,
+        };
+        let dec_tables = self.tables(dec_heads.head_dim, full_len)?;
+        let h0 = h.clone();
+        let mut h = h;
+        for blk in &self.decoder {
+            h = self.block(blk, &h, &h0, &dec_heads, &dec_tables, pass)?;
+        }
+        let logits = linear(&self.norm(&h, pass)?, self.p("decoder_out.weight"))?;
+        // logits[j] predicts full[j]; output p (the byte after ids[p]) is logits[p + 1].
+        Ok(logits.narrow(1, 1, t)?)
+    }
+}
+
+impl CausalLm for BytePatchJepa {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward(ids, Pass::Score)
+    }
+
+    /// The decoder's head has no soft-cap.
+    fn softcap(&self, z: f32) -> f32 {
+        z
+    }
+
+    /// The seed's TTT loss: `F.cross_entropy(logits[:, 1:], y)`, the mean over every target.
+    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let z = self.forward(ids, Pass::Train)?;
+        let v = z.dim(D::Minus1)?;
+        Ok(candle_nn::loss::cross_entropy(
+            &z.reshape(((), v))?,
+            &targets.flatten_all()?,
+        )?)
+    }
+
+    fn named_weights(&self) -> Vec<(&str, &Tensor)> {
+        self.names
+            .iter()
+            .map(|n| n.as_str())
+            .zip(&self.params)
+            .collect()
+    }
+
+    fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        for (name, t) in self.names.iter().zip(self.params.iter_mut()) {
+            if selected(name) {
+                let var = Var::from_tensor(t)?;
+                *t = var.as_tensor().clone();
+                vars.push((name.clone(), var));
+            } else {
+                *t = t.detach();
+            }
+        }
+        Ok(vars)
+    }
+
+    /// The seed freezes by substring: `blocks.{i}.` also matches `decoder_blocks.{i}.`, as its
+    /// `any(f"blocks.{bi}." in name …)` does.
+    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool {
+        (0..blocks.min(self.cfg.encoder_layers)).any(|i| name.contains(&format!("blocks.{i}.")))
+    }
+}
