@@ -357,6 +357,77 @@ fn seed_003_mixer_is_reproduced_and_fails_normalization_while_the_normalized_mix
 }
 
 #[test]
+fn seed_003_declared_adamw_polyak_ttt_with_the_mixer_is_reproduced() {
+    let g = seed_golden("003");
+    let t = &g["ttt"];
+    let (epochs, lr, freeze, batch, clip) = (
+        t["epochs"].to_string(),
+        t["lr"].to_string(),
+        t["freeze_blocks"].to_string(),
+        t["batch_seqs"].to_string(),
+        t["grad_clip"].to_string(),
+    );
+    let (polyak, adaptive) = (
+        t["polyak_decay"].to_string(),
+        t["adaptive_lr_max"].to_string(),
+    );
+    assert_eq!(t["optimizer"], "adamw");
+    assert_eq!(t["byte_weighted"], true);
+    let (_, out) = verify_003(&[
+        "--ttt",
+        "--ttt-epochs",
+        &epochs,
+        "--ttt-lr",
+        &lr,
+        "--ttt-freeze-blocks",
+        &freeze,
+        "--ttt-batch-seqs",
+        &batch,
+        "--ttt-grad-clip",
+        &clip,
+        "--ttt-polyak",
+        &polyak,
+        "--ttt-adaptive-lr-max",
+        &adaptive,
+        "--ttt-byte-weighted",
+    ]);
+    let want = t["val_bpb"].as_f64().unwrap();
+    let got = out["val_bpb"].as_f64().unwrap();
+    assert!(rel_err(got, want) < 1e-5, "{got} vs the seed's {want}");
+    // The TTT counts: the score moves well beyond the tolerance from the mixer alone.
+    assert!(rel_err(got, g["val_bpb"].as_f64().unwrap()) > 1e-3);
+    assert_eq!(out["procedure"], "backoff_mixer+ttt");
+    // Three trained chunks of the fixture's four, one batch per epoch; no step uses a target before it is scored.
+    let training = &out["ttt"]["training"];
+    assert_eq!(training["steps"], 9);
+    assert_eq!(training["steps_using_unscored_targets"], 0);
+    assert_eq!(out["ttt"]["recipe"]["trained_last_blocks"], 2);
+    // Trained: the last two blocks and every norm/scale/tok_emb weight, not the other blocks' matrices.
+    let trainable = out["ttt"]["trainable_parameters"].as_u64().unwrap();
+    let total = out["parameters"].as_u64().unwrap();
+    assert!(
+        trainable > 0 && trainable < total / 2,
+        "{trainable} of {total}"
+    );
+    // The seed-003 knobs alone are refused without --mixer.
+    let dir = seed_dir("003");
+    let err = pgolf_err(&[
+        "verify",
+        s(&dir.join("model.safetensors")),
+        "--config",
+        s(&dir.join("config.json")),
+        "--val",
+        &format!("{}/fineweb_val_*.bin", s(&dir)),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--ttt",
+        "--ttt-polyak",
+        "0.998",
+    ]);
+    assert!(err.contains("belong to --mixer --ttt"), "{err}");
+}
+
+#[test]
 fn bad_mixer_knobs_are_one_line_errors() {
     let err = {
         let dir = seed_dir("003");

@@ -284,21 +284,29 @@ impl Default for ModelConfig {
     }
 }
 
+/// Reads a JSON config file and checks it with `validate`; errors name the file.
+pub(crate) fn load_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| InferError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let cfg: T = serde_json::from_str(&text).map_err(|e| InferError::Config {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    validate(&cfg).map_err(|message| InferError::Config {
+        path: path.into(),
+        message,
+    })?;
+    Ok(cfg)
+}
+
 impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| InferError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| InferError::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate().map_err(|message| InferError::Config {
-            path: path.into(),
-            message,
-        })?;
-        Ok(cfg)
+        load_config(path, ModelConfig::validate)
     }
 
     /// The constraints the challenge's constructors enforce, plus sanity bounds.

@@ -17,7 +17,11 @@ pub trait CausalLm: Sync {
     fn softcap(&self, z: f32) -> f32;
     /// The mean cross-entropy of the (capped) logits against `targets` [B, T], differentiable with respect to every
     /// trainable weight.
-    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor>;
+    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(self.train_token_losses(ids, targets)?.mean_all()?)
+    }
+    /// The cross-entropy of every target [B·T], differentiable (for weighted training losses).
+    fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor>;
     /// Every weight with its state-dict name, in the reference's order.
     fn named_weights(&self) -> Vec<(&str, &Tensor)>;
     /// Turns the weights `selected` by name into variables the model reads; the others become constants.
@@ -43,8 +47,8 @@ impl CausalLm for Gpt {
         Gpt::softcap(self, z)
     }
 
-    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Gpt::train_loss(self, ids, targets)
+    fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Gpt::train_token_losses(self, ids, targets)
     }
 
     fn named_weights(&self) -> Vec<(&str, &Tensor)> {

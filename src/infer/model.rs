@@ -293,17 +293,7 @@ impl Gpt {
         &mut self,
         selected: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
-        let mut vars = Vec::new();
-        for (name, t) in self.names.iter().zip(self.params.iter_mut()) {
-            if selected(name) {
-                let var = Var::from_tensor(t)?;
-                *t = var.as_tensor().clone();
-                vars.push((name.clone(), var));
-            } else {
-                *t = t.detach();
-            }
-        }
-        Ok(vars)
+        make_trainable(&self.names, &mut self.params, &selected)
     }
 
     /// Replaces the weight `name` by `t` (same shape) and returns what it held; the trainer swaps fake-quantized
@@ -399,13 +389,18 @@ impl Gpt {
     /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
     /// to every trainable weight: the reference's `GPT.forward(x, y)`.
     pub fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(self.train_token_losses(ids, targets)?.mean_all()?)
+    }
+
+    /// The cross-entropy of every target [B·T], differentiable like [`Gpt::train_loss`] (for weighted losses).
+    pub fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let z = self.head(&self.final_hidden(ids, Pass::Train)?)?;
         let v = z.dim(D::Minus1)?;
         let z = z.reshape(((), v))?;
         let targets = targets.flatten_all()?;
         if self.device.is_cpu() {
             let cap = self.cfg.logit_softcap as f32;
-            return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?.mean_all()?);
+            return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?);
         }
         let logits = self.softcap_tensor(&z)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -416,7 +411,7 @@ impl Gpt {
             .log()?
             + &max)?;
         let picked = logits.gather(&targets.unsqueeze(1)?, D::Minus1)?;
-        Ok((lse - picked)?.mean_all()?)
+        Ok((lse - picked)?.squeeze(1)?)
     }
 
     /// The final hidden states [B, T, d] (after the last RMSNorm) for token ids [B, T] (u32).
@@ -905,6 +900,26 @@ impl Gpt {
         let diag = p.flatten_from(2)?.index_select(&at, 2)?.unsqueeze(3)?;
         Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
     }
+}
+
+/// Turns the weights `selected` by name into candle variables (the list then holds the variables' tensors, so
+/// updating a variable in place updates the model) and returns them in list order; the others become constants.
+pub(crate) fn make_trainable(
+    names: &[String],
+    params: &mut [Tensor],
+    selected: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, Var)>> {
+    let mut vars = Vec::new();
+    for (name, t) in names.iter().zip(params.iter_mut()) {
+        if selected(name) {
+            let var = Var::from_tensor(t)?;
+            *t = var.as_tensor().clone();
+            vars.push((name.clone(), var));
+        } else {
+            *t = t.detach();
+        }
+    }
+    Ok(vars)
 }
 
 /// RoPE tables for positions 0..T over `rd` rotated dims with base `base`: inv_freq[i] = base^(−2i/rd) and

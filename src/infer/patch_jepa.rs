@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::lm::CausalLm;
 use super::model::{
-    BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, rms_norm, rope, rope_tables,
+    BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
+    rope_tables,
 };
 use super::weights::StateDict;
 use super::{InferError, Result};
@@ -59,19 +60,7 @@ pub struct PatchJepaConfig {
 impl PatchJepaConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| InferError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let cfg: PatchJepaConfig = serde_json::from_str(&text).map_err(|e| InferError::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate().map_err(|message| InferError::Config {
-            path: path.into(),
-            message,
-        })?;
-        Ok(cfg)
+        super::config::load_config(path, PatchJepaConfig::validate)
     }
 
     /// Whether a config file's JSON names this architecture.
@@ -499,14 +488,13 @@ impl CausalLm for BytePatchJepa {
         z
     }
 
-    /// The seed's TTT loss: `F.cross_entropy(logits[:, 1:], y)`, the mean over every target.
-    fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    /// Per target of `F.cross_entropy(logits[:, 1:], y)` (the seed's TTT loss is their mean).
+    fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let z = self.forward(ids, Pass::Train)?;
         let v = z.dim(D::Minus1)?;
-        Ok(candle_nn::loss::cross_entropy(
-            &z.reshape(((), v))?,
-            &targets.flatten_all()?,
-        )?)
+        let logp = candle_nn::ops::log_softmax(&z.reshape(((), v))?, D::Minus1)?;
+        let picked = logp.gather(&targets.flatten_all()?.unsqueeze(1)?, D::Minus1)?;
+        Ok(picked.squeeze(1)?.neg()?)
     }
 
     fn named_weights(&self) -> Vec<(&str, &Tensor)> {
@@ -518,17 +506,7 @@ impl CausalLm for BytePatchJepa {
     }
 
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
-        let mut vars = Vec::new();
-        for (name, t) in self.names.iter().zip(self.params.iter_mut()) {
-            if selected(name) {
-                let var = Var::from_tensor(t)?;
-                *t = var.as_tensor().clone();
-                vars.push((name.clone(), var));
-            } else {
-                *t = t.detach();
-            }
-        }
-        Ok(vars)
+        make_trainable(&self.names, &mut self.params, selected)
     }
 
     /// The seed freezes by substring: `blocks.{i}.` also matches `decoder_blocks.{i}.`, as its

@@ -13,12 +13,16 @@ use std::collections::HashMap;
 
 use candle_core::D;
 
-use super::Result;
+use candle_core::{Tensor, Var};
+
 use super::eval::{Window, WindowForm, plan_windows};
-use super::ledger::{Ledger, WeightsDigest};
+use super::ledger::{Ledger, WeightsDigest, weights_digest};
 use super::procedure::Procedure;
 use super::scorer::log_softmax_row;
+use super::{Result, VerifyError};
+use crate::infer::lm::CausalLm;
 use crate::infer::model::Gpt;
+use crate::optim::{Adam, clip_grad_norm};
 
 const PRIMES: [i64; 7] = [36313, 27191, 51647, 81929, 131071, 174763, 233017];
 
@@ -162,19 +166,190 @@ impl Counts {
     }
 }
 
+/// Seed 003's test-time training between chunks (its `eval_val_sliding_ttt` with TTT_EPOCHS > 0): after a chunk is
+/// scored (with the Polyak average swapped in) and added to the counts, E epochs of AdamW (β 0.9/0.999, no weight
+/// decay) over the chunk's whole sequences, batches of `batch_seqs`, gradient clip, and the Polyak average
+/// P ← P + (1 − decay)·(p − P) after every step. The learning rate is the cosine across chunks, times
+/// 1 + (max − 1)·min(ci / (0.3·chunks), 1) with the adaptive schedule; the loss is the cross-entropy weighted per
+/// target by its base bytes over their batch mean when byte-weighted. Never on the last chunk.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MixerTttRecipe {
+    /// TTT_EPOCHS.
+    pub epochs: usize,
+    /// TTT_LR.
+    pub lr: f64,
+    /// TTT_BATCH_SEQS.
+    pub batch_seqs: usize,
+    /// TTT_GRAD_CLIP.
+    pub grad_clip: f64,
+    /// TTT_FREEZE_BLOCKS as this seed reads it: 0 trains every weight; N > 0 trains the last N blocks and every
+    /// weight whose name holds norm, scale, lm_head or tok_emb.
+    pub trained_last_blocks: usize,
+    /// POLYAK_DECAY when USE_POLYAK=1.
+    pub polyak_decay: Option<f64>,
+    /// ADAPTIVE_LR_MAX when ADAPTIVE_LR=1.
+    pub adaptive_lr_max: Option<f64>,
+    /// BYTE_WEIGHTED_TTT.
+    pub byte_weighted: bool,
+}
+
+/// The seed's TTT state: its trainable weights, where they start, and the base bytes per id (for byte weighting).
+struct MixerTtt {
+    recipe: MixerTttRecipe,
+    params: Vec<Var>,
+    initial: Vec<Tensor>,
+    base_bytes: Vec<f32>,
+}
+
 /// Seed 003's evaluation: `form` windows (its own is [`WindowForm::LegacySlidingFull`]) scored chunk by chunk with
-/// the mixer, the counts updated after each chunk. Its TTT (AdamW on a subset, Polyak averaging) is not part of this
-/// procedure: this is the seed's `eval_val_sliding_ttt` with TTT_EPOCHS=0.
-pub struct BackoffMixerProcedure<'a> {
-    pub model: &'a Gpt,
+/// the mixer, the counts updated after each chunk, and — with a TTT recipe — the model trained on each chunk after
+/// it is scored, its Polyak average scoring the next.
+pub struct BackoffMixerProcedure {
+    model: Box<dyn CausalLm + Send>,
+    ttt: Option<MixerTtt>,
     pub seq_len: usize,
     pub form: WindowForm,
     pub batch_seqs: usize,
     pub opts: MixerOptions,
-    pub weights: WeightsDigest,
 }
 
-impl BackoffMixerProcedure<'_> {
+impl BackoffMixerProcedure {
+    /// Takes the model; with `ttt` (the recipe and the base bytes of every id), the weights the recipe trains become
+    /// variables, and every run starts again from the weights given here.
+    pub fn new(
+        mut model: Box<dyn CausalLm + Send>,
+        seq_len: usize,
+        form: WindowForm,
+        batch_seqs: usize,
+        opts: MixerOptions,
+        ttt: Option<(MixerTttRecipe, Vec<u16>)>,
+    ) -> Result<Self> {
+        let ttt = match ttt {
+            None => None,
+            Some((recipe, base_bytes)) => {
+                if recipe.batch_seqs == 0 || !(recipe.lr.is_finite() && recipe.grad_clip > 0.0) {
+                    return Err(VerifyError::Setup(
+                        "TTT batch sequences must be positive, the learning rate finite and the clip positive"
+                            .into(),
+                    ));
+                }
+                let blocks = model
+                    .named_weights()
+                    .iter()
+                    .filter_map(|(n, _)| n.strip_prefix("blocks.")?.split('.').next()?.parse().ok())
+                    .map(|i: usize| i + 1)
+                    .max()
+                    .unwrap_or(0);
+                let k = recipe.trained_last_blocks;
+                let trained = move |name: &str| {
+                    k == 0
+                        || ["norm", "scale", "lm_head", "tok_emb"]
+                            .iter()
+                            .any(|w| name.contains(w))
+                        || (blocks.saturating_sub(k)..blocks)
+                            .any(|i| name.contains(&format!("blocks.{i}.")))
+                };
+                let params: Vec<Var> = model
+                    .make_trainable(&trained)?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect();
+                let initial = params
+                    .iter()
+                    .map(|v| v.as_tensor().copy())
+                    .collect::<candle_core::Result<_>>()?;
+                Some(MixerTtt {
+                    recipe,
+                    params,
+                    initial,
+                    base_bytes: base_bytes.into_iter().map(f32::from).collect(),
+                })
+            }
+        };
+        Ok(BackoffMixerProcedure {
+            model,
+            ttt,
+            seq_len,
+            form,
+            batch_seqs,
+            opts,
+        })
+    }
+
+    pub fn trainable_parameters(&self) -> usize {
+        self.ttt
+            .as_ref()
+            .map(|t| t.params.iter().map(|v| v.elem_count()).sum())
+            .unwrap_or(0)
+    }
+
+    /// The seed's training on chunk `ci` (targets `start..end`): E epochs over its whole sequences.
+    #[allow(clippy::too_many_arguments)]
+    fn train_chunk(
+        &self,
+        ttt: &MixerTtt,
+        tokens: &[u16],
+        start: usize,
+        end: usize,
+        lr: f64,
+        opt: &mut Adam,
+        polyak: &mut [Tensor],
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let l = self.seq_len;
+        let n = (end - start) / l;
+        opt.lr = lr;
+        let device = self.model.device();
+        for _epoch in 0..ttt.recipe.epochs {
+            for b0 in (0..n).step_by(ttt.recipe.batch_seqs) {
+                let b1 = (b0 + ttt.recipe.batch_seqs).min(n);
+                let (t0, t1) = (start + b0 * l, start + b1 * l);
+                if t1 + 1 > tokens.len() {
+                    continue;
+                }
+                let seqs = b1 - b0;
+                let ids = |from: usize| -> Result<Tensor> {
+                    let v: Vec<u32> = tokens[from..from + seqs * l]
+                        .iter()
+                        .map(|&t| t as u32)
+                        .collect();
+                    Ok(Tensor::from_vec(v, (seqs, l), device)?)
+                };
+                let y = ids(t0 + 1)?;
+                let losses = self.model.train_token_losses(&ids(t0)?, &y)?;
+                let loss = if ttt.recipe.byte_weighted {
+                    // w = base_bytes[y] / max(mean(base_bytes[y]), 1e-6), in f32 as the seed computes it.
+                    let w: Vec<f32> = tokens[t0 + 1..t1 + 1]
+                        .iter()
+                        .map(|&t| ttt.base_bytes.get(t as usize).copied().unwrap_or(0.0))
+                        .collect();
+                    let mean = (w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64) as f32;
+                    let w: Vec<f32> = w.iter().map(|&v| v / mean.max(1e-6)).collect();
+                    let w = Tensor::from_vec(w, losses.dims(), device)?;
+                    (losses * w)?.mean_all()?
+                } else {
+                    losses.mean_all()?
+                };
+                let grads = loss.backward()?;
+                let mut g: Vec<Option<Tensor>> = ttt
+                    .params
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).cloned())
+                    .collect();
+                clip_grad_norm(&mut g, ttt.recipe.grad_clip)?;
+                opt.step(&ttt.params, &g)?;
+                if let Some(decay) = ttt.recipe.polyak_decay {
+                    for (avg, v) in polyak.iter_mut().zip(&ttt.params) {
+                        // torch.lerp_(p, 1 − decay): P + (1 − decay)·(p − P).
+                        *avg = (&*avg + ((v.as_tensor() - &*avg)? * (1.0 - decay))?)?;
+                    }
+                }
+                ledger.train_step(std::slice::from_ref(&(t0..t1)));
+            }
+        }
+        Ok(())
+    }
+
     /// Per-position NLL (and, for `want` positions, full log rows) of one window's uncapped logits.
     #[allow(clippy::too_many_arguments)]
     fn score_window(
@@ -188,7 +363,7 @@ impl BackoffMixerProcedure<'_> {
         want: &dyn Fn(usize) -> bool,
         rows: &mut Vec<(usize, Vec<f64>)>,
     ) -> Vec<f32> {
-        let model = self.model;
+        let model = self.model.as_ref();
         let temperature = self.opts.temperature;
         let max_ctx = self.opts.max_order - 1;
         let mut nll = vec![0.0f32; targets.len()];
@@ -249,17 +424,25 @@ fn log_softmax_f32(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&z| z - lse).collect()
 }
 
-impl Procedure for BackoffMixerProcedure<'_> {
+impl Procedure for BackoffMixerProcedure {
     fn name(&self) -> String {
-        if self.opts.normalized {
-            "backoff_mixer_normalized".into()
+        let mixer = if self.opts.normalized {
+            "backoff_mixer_normalized"
         } else {
-            "backoff_mixer".into()
+            "backoff_mixer"
+        };
+        match &self.ttt {
+            Some(_) => format!("{mixer}+ttt"),
+            None => mixer.into(),
         }
     }
 
     fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
+        self.model.vocab_size()
+    }
+
+    fn trains(&self) -> bool {
+        self.ttt.as_ref().is_some_and(|t| t.recipe.epochs > 0)
     }
 
     fn run(
@@ -276,13 +459,48 @@ impl Procedure for BackoffMixerProcedure<'_> {
         for w in &windows {
             by_chunk[((w.start + w.score_from) / chunk).min(num_chunks - 1)].push(*w);
         }
-        let mut counts = Counts::new(&self.opts, self.model.cfg.vocab_size);
+        let mut counts = Counts::new(&self.opts, self.model.vocab_size());
         let device = self.model.device();
         let mut done = 0;
+        // TTT: every run starts from the given weights, with a fresh optimizer and Polyak average.
+        let mut opt = None;
+        let mut polyak = Vec::new();
+        if let Some(ttt) = &self.ttt {
+            for (v, t) in ttt.params.iter().zip(&ttt.initial) {
+                v.set(t)?;
+            }
+            opt = Some(Adam::new(ttt.params.len(), ttt.recipe.lr, 0.9, 0.999, 1e-8));
+            polyak = ttt
+                .initial
+                .iter()
+                .map(|t| t.copy())
+                .collect::<candle_core::Result<_>>()?;
+        }
+        let mut weights = weights_digest(self.model.as_ref())?;
         for (ci, chunk_windows) in by_chunk.iter().enumerate() {
             if chunk_windows.is_empty() {
                 continue;
             }
+            // Score with the Polyak average swapped in, then put the raw weights back.
+            let raw = match &self.ttt {
+                Some(ttt) if ttt.recipe.polyak_decay.is_some() => {
+                    let raw = ttt
+                        .params
+                        .iter()
+                        .map(|v| v.as_tensor().copy())
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    for (v, avg) in ttt.params.iter().zip(&polyak) {
+                        v.set(avg)?;
+                    }
+                    Some(raw)
+                }
+                _ => None,
+            };
+            let scored_with = if raw.is_some() {
+                weights_digest(self.model.as_ref())?
+            } else {
+                weights
+            };
             for batch in chunk_windows.chunks(self.batch_seqs.max(1)) {
                 let (x, len) =
                     super::procedure::padded_inputs(tokens, batch, self.seq_len, device)?;
@@ -315,8 +533,29 @@ impl Procedure for BackoffMixerProcedure<'_> {
             let start = ci * chunk;
             let end = ((ci + 1) * chunk).min(targets);
             counts.update(&tokens[start..end]);
+            if let (Some(ttt), Some(raw)) = (&self.ttt, raw) {
+                for (v, t) in ttt.params.iter().zip(&raw) {
+                    v.set(t)?;
+                }
+            }
+            if let (Some(ttt), Some(opt)) = (&self.ttt, opt.as_mut())
+                && ci + 1 < num_chunks
+                && ttt.recipe.epochs > 0
+                && (end - start) / self.seq_len > 0
+            {
+                let cosine = 0.5
+                    * (1.0
+                        + (std::f64::consts::PI * ci as f64 / (num_chunks.max(2) - 1) as f64)
+                            .cos());
+                let adaptive = ttt.recipe.adaptive_lr_max.map_or(1.0, |max| {
+                    1.0 + (max - 1.0) * (ci as f64 / (num_chunks as f64 * 0.3)).min(1.0)
+                });
+                let lr = ttt.recipe.lr * cosine * adaptive;
+                self.train_chunk(ttt, tokens, start, end, lr, opt, &mut polyak, ledger)?;
+                weights = weights_digest(self.model.as_ref())?;
+            }
+            ledger.receipt(format!("chunk {ci}"), &scored_with, &weights);
         }
-        ledger.receipt(self.name(), &self.weights, &self.weights);
         Ok(())
     }
 }

@@ -50,16 +50,9 @@ impl WindowScorer for ModelScorer<'_> {
             });
         }
         let len = len.max(self.pad_to);
-        let mut x = vec![0u32; b * len];
-        let mut y = vec![0u32; b * len];
-        for (i, (inp, tgt)) in inputs.iter().zip(targets).enumerate() {
-            for (p, (&a, &t)) in inp.iter().zip(tgt.iter()).enumerate() {
-                x[i * len + p] = a as u32;
-                y[i * len + p] = t as u32;
-            }
-        }
+        let y = padded_ids(targets, len);
         let device = self.model.device();
-        let x = Tensor::from_vec(x, (b, len), device)?;
+        let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), device)?;
         let logits = self.model.uncapped_logits(&x)?;
         let v = logits.dim(D::Minus1)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -167,6 +160,17 @@ impl WindowScorer for DocIsolatedScorer<'_> {
             rows: wanted_rows,
         })
     }
+}
+
+/// Windows of ids laid out as zero-padded rows of `len`, flattened.
+pub fn padded_ids(windows: &[&[u16]], len: usize) -> Vec<u32> {
+    let mut x = vec![0u32; windows.len() * len];
+    for (i, w) in windows.iter().enumerate() {
+        for (p, &t) in w.iter().enumerate() {
+            x[i * len + p] = t as u32;
+        }
+    }
+    x
 }
 
 /// `F.cross_entropy` of one row of soft-capped logits, in f32: `log Σ exp(z − max) + max − z[target]`, with the cap

@@ -10,7 +10,7 @@
 use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
-use super::scorer::{Scored, WindowScorer, cross_entropy_row, log_softmax_row};
+use super::scorer::{Scored, WindowScorer, cross_entropy_row, log_softmax_row, padded_ids};
 use super::{Result, VerifyError};
 use crate::infer::model::Gpt;
 
@@ -100,16 +100,8 @@ impl WindowScorer for NgramTiltScorer<'_> {
             });
         }
         let len = len.max(self.pad_to);
-        let mut x = vec![0u32; b * len];
-        for (i, inp) in inputs.iter().enumerate() {
-            for (p, &a) in inp.iter().enumerate() {
-                x[i * len + p] = a as u32;
-            }
-        }
-        let device = self.model.device();
-        let logits = self
-            .model
-            .uncapped_logits(&Tensor::from_vec(x, (b, len), device)?)?;
+        let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), self.model.device())?;
+        let logits = self.model.uncapped_logits(&x)?;
         let v = logits.dim(D::Minus1)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let delta = (self.beta * 0.5) as f32;

@@ -21,7 +21,7 @@ use pgolf::infer::weights;
 use pgolf::pack::inspect::{BUDGET_BYTES, code_size};
 use pgolf::verify::eval::{self, EvalReport, WindowForm, plan_windows};
 use pgolf::verify::ledger::{RunRecord, weights_digest};
-use pgolf::verify::mixer::{BackoffMixerProcedure, MixerOptions, NgramCacheBlend};
+use pgolf::verify::mixer::{BackoffMixerProcedure, MixerOptions, MixerTttRecipe, NgramCacheBlend};
 use pgolf::verify::planted::{HashedNgramCache, SlotDelta};
 use pgolf::verify::probes::{ProbeOptions, ProbeReport, run_probes};
 use pgolf::verify::procedure::{Procedure, WindowProcedure};
@@ -171,9 +171,20 @@ pub struct VerifyArgs {
     /// TTT: gradient-norm clip (TTT_GRAD_CLIP).
     #[arg(long, default_value_t = 1.0)]
     ttt_grad_clip: f64,
-    /// TTT: keep the first N blocks fixed (TTT_FREEZE_BLOCKS).
+    /// TTT: keep the first N blocks fixed (TTT_FREEZE_BLOCKS). With --mixer, seed 003's reading: the last N
+    /// blocks train, with every weight named norm, scale, lm_head or tok_emb (0: all weights).
     #[arg(long, default_value_t = 0)]
     ttt_freeze_blocks: usize,
+    /// With --mixer --ttt (seed 003's AdamW recipe): score with a Polyak average of decay D (USE_POLYAK,
+    /// POLYAK_DECAY).
+    #[arg(long)]
+    ttt_polyak: Option<f64>,
+    /// With --mixer --ttt: raise the learning rate linearly to MAX× over the first 30% of chunks (ADAPTIVE_LR_MAX).
+    #[arg(long)]
+    ttt_adaptive_lr_max: Option<f64>,
+    /// With --mixer --ttt: weight each target's loss by its base bytes over the batch mean (BYTE_WEIGHTED_TTT).
+    #[arg(long)]
+    ttt_byte_weighted: bool,
     /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
     /// and --doc-isolated's per-rank ranges, each truncated to whole buffers.
     #[arg(long, default_value_t = 1)]
@@ -341,9 +352,18 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     if args.ngram_blend && !(2..=64).contains(&args.ngram_order) {
         bail!("--ngram-order must be in 2..=64, got {}", args.ngram_order);
     }
-    if args.mixer && (ttt_order.is_some() || args.planted.is_some() || args.doc_isolated) {
+    if args.mixer && (args.planted.is_some() || args.doc_isolated) {
         bail!(
-            "--mixer is an evaluation procedure of its own; it does not combine with --ttt, --planted or --doc-isolated"
+            "--mixer is an evaluation procedure of its own; it does not combine with --planted or --doc-isolated"
+        );
+    }
+    if !args.mixer
+        && (args.ttt_polyak.is_some()
+            || args.ttt_adaptive_lr_max.is_some()
+            || args.ttt_byte_weighted)
+    {
+        bail!(
+            "--ttt-polyak, --ttt-adaptive-lr-max and --ttt-byte-weighted belong to --mixer --ttt (seed 003's recipe)"
         );
     }
     if args.mixer
@@ -399,7 +419,48 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let slot;
     let ttt;
     let mut trainable = 0;
+    let mut ttt_recipe = serde_json::to_value(&recipe)?;
     let procedure: &dyn Procedure = match (ttt_order, args.planted) {
+        (_, None) if args.mixer => {
+            let model = built.take().expect("built above").boxed();
+            let seed_ttt = ttt_order.map(|_| {
+                let r = MixerTttRecipe {
+                    epochs: args.ttt_epochs,
+                    lr: args.ttt_lr,
+                    batch_seqs: args.ttt_batch_seqs,
+                    grad_clip: args.ttt_grad_clip,
+                    trained_last_blocks: args.ttt_freeze_blocks,
+                    polyak_decay: args.ttt_polyak,
+                    adaptive_lr_max: args.ttt_adaptive_lr_max,
+                    byte_weighted: args.ttt_byte_weighted,
+                };
+                (r, tokenizer.byte_table(vocab_size).base_bytes)
+            });
+            if let Some((r, _)) = &seed_ttt {
+                ttt_recipe = serde_json::to_value(r)?;
+            }
+            mixer = BackoffMixerProcedure::new(
+                model,
+                seq_len,
+                form,
+                args.batch_seqs,
+                MixerOptions {
+                    max_order: args.mixer_order,
+                    buckets: args.mixer_buckets,
+                    min_count: 2.0,
+                    min_tokens: args.mixer_min_tokens,
+                    alpha_base: args.mixer_alpha_base,
+                    alpha_range: args.mixer_alpha_range,
+                    alpha_center: args.mixer_alpha_center,
+                    temperature: args.mixer_temperature,
+                    chunk_tokens: args.mixer_chunk_tokens,
+                    normalized: args.mixer_normalized,
+                },
+                seed_ttt,
+            )?;
+            trainable = mixer.trainable_parameters();
+            &mixer
+        }
         (Some(order), _) => {
             let model = built.take().expect("built above").boxed();
             ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
@@ -435,28 +496,6 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
                 weights,
             };
             &blend
-        }
-        (None, None) if args.mixer => {
-            mixer = BackoffMixerProcedure {
-                model: gpt_only(&built, "--mixer")?,
-                seq_len,
-                form,
-                batch_seqs: args.batch_seqs,
-                opts: MixerOptions {
-                    max_order: args.mixer_order,
-                    buckets: args.mixer_buckets,
-                    min_count: 2.0,
-                    min_tokens: args.mixer_min_tokens,
-                    alpha_base: args.mixer_alpha_base,
-                    alpha_range: args.mixer_alpha_range,
-                    alpha_center: args.mixer_alpha_center,
-                    temperature: args.mixer_temperature,
-                    chunk_tokens: args.mixer_chunk_tokens,
-                    normalized: args.mixer_normalized,
-                },
-                weights,
-            };
-            &mixer
         }
         (None, Some(Planted::NgramCache)) => {
             ngram = HashedNgramCache {
@@ -558,7 +597,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
     }
 
-    let ttt_info = ttt_order.map(|_| (recipe.clone(), trainable));
+    let ttt_info = ttt_order.map(|_| (ttt_recipe.clone(), trainable));
     let mut notes = report_notes(&report, caseops, &regridded, args.byte_sidecar.is_some());
     notes.extend(stream_notes(&tokenizer, vocab_size, &tokens));
     if let Some((prior, prior_bytes)) = &tilt_prior {
@@ -800,7 +839,7 @@ struct Findings<'a> {
     record: &'a RunRecord,
     probes: Option<&'a ProbeReport>,
     size: Option<&'a SizeCheck>,
-    ttt: Option<&'a (TttRecipe, usize)>,
+    ttt: Option<&'a (Value, usize)>,
 }
 
 struct Summary<'a> {
@@ -954,17 +993,11 @@ impl Summary<'_> {
         if let Some((recipe, trainable)) = f.ttt {
             let t = &f.record.training;
             println!(
-                "ttt          {} chunks of {} targets, {} epochs, lr {} (cosine), momentum {}, clip {}, {} frozen blocks, world size {}: {} steps, {} trainable parameters",
+                "ttt          {} receipts, {} steps, {} trainable parameters; recipe {}",
                 f.record.receipts.len(),
-                recipe.chunk_tokens,
-                recipe.epochs,
-                recipe.lr,
-                recipe.momentum,
-                recipe.grad_clip,
-                recipe.freeze_blocks,
-                recipe.world_size,
                 t.steps,
-                trainable
+                trainable,
+                recipe
             );
         }
         println!("val_loss     {:.8} nats/target", r.val_loss);
