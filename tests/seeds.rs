@@ -995,3 +995,81 @@ fn seed_001_inspect_opens_its_lzma_artifact() {
     assert!(info["layers"].to_string().contains("xz"));
     assert_eq!(info["parameters"], 81386);
 }
+
+#[test]
+fn declared_and_canonical_procedures_in_one_report() {
+    // Seed 000: its legacy window form next to the exactly-once sliding form, on its own artifact.
+    let (_, out) = verify_000(
+        "final_model.int6.ptz",
+        &["--stride", "128", "--legacy-sliding", "--canonical"],
+    );
+    let declared = out["val_bpb"].as_f64().unwrap();
+    let want = seed_golden("000")["artifact_val_bpb"].as_f64().unwrap();
+    assert!(rel_err(declared, want) < 1e-5);
+    let c = &out["canonical"];
+    assert_eq!(c["procedure"], "sliding");
+    assert_eq!(c["coverage"]["exactly_once"], true);
+    assert!(
+        c["changes"][0]
+            .as_str()
+            .unwrap()
+            .contains("legacy_sliding → sliding")
+    );
+    let delta = c["declared_minus_canonical_bpb"].as_f64().unwrap();
+    assert!((declared - c["val_bpb"].as_f64().unwrap() - delta).abs() < 1e-12);
+    assert!(delta.abs() > 1e-4, "the tail re-scoring moves the score");
+    assert!(
+        out["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "declared_vs_canonical")
+    );
+
+    // Seed 004: the declared eval_val with its fake quantization left on, next to the stored weights as they are
+    // (the seed's own eval_val with the flag off).
+    let g = seed_golden("004");
+    let dir = seed_dir("004");
+    let (_, out) = pgolf_report(&[
+        "verify",
+        s(&dir.join("final_model.int8.ptz")),
+        "--config",
+        s(&dir.join("config.json")),
+        "--val",
+        &format!("{}/fineweb_val_*.bin", s(&dir)),
+        "--tokenizer",
+        s(&tokenizer_path(8192)),
+        "--seq-len",
+        "1024",
+        "--canonical",
+        "--json",
+    ]);
+    assert!(
+        rel_err(
+            out["val_bpb"].as_f64().unwrap(),
+            g["val_bpb"].as_f64().unwrap()
+        ) < 1e-5
+    );
+    let c = &out["canonical"];
+    let want = g["no_fake_quant_val_bpb"].as_f64().unwrap();
+    assert!(rel_err(c["val_bpb"].as_f64().unwrap(), want) < 1e-5, "{c}");
+    assert!(
+        c["changes"][0]
+            .as_str()
+            .unwrap()
+            .contains("fake quantization")
+    );
+    // The canonical run has no evaluation-time rounding to report.
+    assert!(
+        c["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["id"] != "evaluation_time_rounding")
+    );
+
+    // An already canonical procedure says so without a second run.
+    let (_, out) = verify_000("final_model.int6.ptz", &["--stride", "128", "--canonical"]);
+    assert_eq!(out["canonical"]["changes"].as_array().unwrap().len(), 0);
+    assert_eq!(out["canonical"]["val_bpb"], out["val_bpb"]);
+}

@@ -45,7 +45,7 @@ enum Planted {
     WarmupOnUnscored,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct VerifyArgs {
     /// Model weights: safetensors with the challenge's state-dict names, or an artifact (torch `.pt`, or a `.ptz`
     /// under zlib/zstd/xz/brotli/BSHF in the baseline int8 or the `{"w","m"}` schemas), dequantized in memory.
@@ -216,6 +216,14 @@ pub struct VerifyArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also run the canonical legal counterpart of the declared procedure on the same model and stream, and report
+    /// both: exactly-once sliding windows instead of a re-scoring or full-windows-only form, the normalized mixture
+    /// instead of the seed's mixer, no n-gram blend, the stored weights without evaluation-time fake quantization.
+    #[arg(long, conflicts_with = "planted")]
+    canonical: bool,
+    /// Score the stored weights as they are: ignore a config's evaluation-time fake quantization (eval_fake_quant).
+    #[arg(long)]
+    score_stored_weights: bool,
 }
 
 /// What the size check found when the model is an artifact.
@@ -239,6 +247,53 @@ impl SizeCheck {
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
+    Ok(run_inner(args, true)?.0)
+}
+
+/// The canonical legal counterpart of the declared procedure, and what changes to reach it; None when the declared
+/// procedure is already canonical.
+fn canonical_args(args: &VerifyArgs, fake_quant: bool) -> Option<(VerifyArgs, Vec<String>)> {
+    let mut c = args.clone();
+    let mut changes = Vec::new();
+    if args.stride.is_some()
+        && (args.legacy_sliding || args.legacy_sliding_full || args.full_windows)
+    {
+        let from = if args.legacy_sliding {
+            "legacy_sliding"
+        } else if args.legacy_sliding_full {
+            "legacy_sliding_full"
+        } else {
+            "full_windows"
+        };
+        changes.push(format!(
+            "window form {from} → sliding (every target exactly once)"
+        ));
+        (c.legacy_sliding, c.legacy_sliding_full, c.full_windows) = (false, false, false);
+    }
+    if args.mixer && !args.mixer_normalized {
+        changes.push(
+            "the mixer → the normalized mixture (p_ng divided by its sum over the vocabulary)"
+                .into(),
+        );
+        c.mixer_normalized = true;
+    }
+    if args.ngram_blend {
+        changes.push("the target-dependent n-gram blend → none".into());
+        c.ngram_blend = false;
+    }
+    if fake_quant && !args.score_stored_weights {
+        changes.push("evaluation-time fake quantization → the stored weights as they are".into());
+        c.score_stored_weights = true;
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    (c.canonical, c.probes, c.receipts, c.json) = (false, false, None, true);
+    Some((c, changes))
+}
+
+/// Runs the evaluation; prints the report when `print`, and returns the exit code and the JSON report.
+fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -617,6 +672,41 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             ],
         });
     }
+    let fake_quant = matches!(&arch, Architecture::Gpt(c) if c.eval_fake_quant);
+    let canonical = match canonical_args(&args, fake_quant) {
+        Some((c, changes)) if args.canonical => {
+            let (_, c_json) = run_inner(c, false)
+                .with_context(|| format!("the canonical counterpart of {}", report.method))?;
+            let c_bpb = c_json["val_bpb"].as_f64().unwrap_or(f64::NAN);
+            notes.push(Note {
+                id: "declared_vs_canonical",
+                title: format!(
+                    "declared {} scores {:.6} bpb, its canonical counterpart {} {c_bpb:.6} ({:+.6})",
+                    report.method,
+                    report.val_bpb,
+                    c_json["procedure"].as_str().unwrap_or("?"),
+                    report.val_bpb - c_bpb
+                ),
+                evidence: changes.clone(),
+            });
+            Some(json!({
+                "procedure": c_json["procedure"],
+                "val_bpb": c_json["val_bpb"],
+                "val_loss": c_json["val_loss"],
+                "coverage": c_json["coverage"],
+                "findings": c_json["findings"],
+                "changes": changes,
+                "declared_minus_canonical_bpb": report.val_bpb - c_bpb,
+            }))
+        }
+        None if args.canonical => Some(json!({
+            "procedure": report.method,
+            "val_bpb": report.val_bpb,
+            "changes": [],
+            "declared_minus_canonical_bpb": 0.0,
+        })),
+        _ => None,
+    };
     let findings = Findings {
         notes: &notes,
         report: &report,
@@ -633,24 +723,31 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         form,
         windows,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out.json(&findings))?);
-    } else {
-        out.print(&findings);
+    let mut report_json = out.json(&findings);
+    if let Some(c) = canonical {
+        report_json["canonical"] = c;
+    }
+    if print {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report_json)?);
+        } else {
+            out.print(&findings);
+        }
     }
     let failed = probes
         .as_ref()
         .is_some_and(|p| p.probes.iter().any(|r| !r.passed))
         || size.as_ref().and_then(|s| s.under_budget()) == Some(false);
-    Ok(if failed {
+    let code = if failed {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((code, report_json))
 }
 
 fn gpt_config(args: &VerifyArgs, carried: Option<serde_json::Value>) -> Result<ModelConfig> {
-    Ok(match (&args.config, carried) {
+    let mut cfg = match (&args.config, carried) {
         _ if args.preset.is_some() => {
             let name = args.preset.as_deref().unwrap_or_default();
             match presets::preset(name) {
@@ -678,7 +775,11 @@ fn gpt_config(args: &VerifyArgs, carried: Option<serde_json::Value>) -> Result<M
             "{}: carries no model config; pass --config CONFIG.json",
             args.model.display()
         ),
-    })
+    };
+    if args.score_stored_weights {
+        cfg.eval_fake_quant = false;
+    }
+    Ok(cfg)
 }
 
 /// Whether a config file names seed 001's byte-patch JEPA (`"architecture": "byte_patch_jepa"`).
