@@ -994,6 +994,48 @@ fn seed_001_inspect_opens_its_lzma_artifact() {
     assert_eq!(info["format"], "w_m_mixed");
     assert!(info["layers"].to_string().contains("xz"));
     assert_eq!(info["parameters"], 81386);
+    // It names the architecture from the tensors (no GPT preset), with the config the shapes imply.
+    assert_eq!(info["architecture"], "byte_patch_jepa");
+    assert!(info["preset"].is_null());
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(seed_dir("001").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "vocab_size",
+        "model_dim",
+        "encoder_layers",
+        "encoder_heads",
+        "encoder_kv_heads",
+        "decoder_layers",
+        "decoder_heads",
+        "mlp_mult",
+        "patch_size",
+        "latent_dim",
+    ] {
+        assert_eq!(info["inferred_config"][key], config[key], "{key}");
+    }
+    // A config with a key the architecture does not have is refused with the file named.
+    let bad = std::env::temp_dir().join(format!("pgolf-jepa-{}.json", std::process::id()));
+    let mut cfg = config.clone();
+    cfg["num_layers"] = 5.into();
+    std::fs::write(&bad, cfg.to_string()).unwrap();
+    let dir = seed_dir("001");
+    let err = pgolf_err(&[
+        "verify",
+        s(&dir.join("final_model.int6.ptz")),
+        "--config",
+        s(&bad),
+        "--val",
+        &format!("{}/fineweb_val_*.bin", s(&dir)),
+        "--tokenizer",
+        "byte260",
+    ]);
+    std::fs::remove_file(&bad).unwrap();
+    assert!(
+        err.contains("pgolf-jepa-") && err.contains("unknown field `num_layers`"),
+        "{err}"
+    );
 }
 
 #[test]

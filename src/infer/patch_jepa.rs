@@ -188,6 +188,55 @@ impl PatchJepaConfig {
         t
     }
 
+    /// The config a state dict's names and shapes imply, when they are exactly those of a byte-patch JEPA (what
+    /// `inspect` reports for seed 001's artifacts). The shapes do not carry encoder_repeats, rope_base,
+    /// qk_gain_init or the evaluation length: those take the seed's defaults (2, 10000, 1.5, 2047).
+    pub fn from_tensors(named: &[(String, Vec<usize>)]) -> Option<Self> {
+        let shape = |n: &str| named.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+        let (v, d) = match shape("tok_emb.weight")?[..] {
+            [v, d] => (v, d),
+            _ => return None,
+        };
+        let patch_size = *shape("patch_pos")?.first()?;
+        let latent_dim = *shape("start_latent")?.first()?;
+        let count = |prefix: &str| {
+            (0..)
+                .take_while(|i| shape(&format!("{prefix}.{i}.attn_scale")).is_some())
+                .count()
+        };
+        let (encoder_layers, decoder_layers) = (count("blocks"), count("decoder_blocks"));
+        let encoder_heads = *shape("blocks.0.attn.q_gain")?.first()?;
+        let decoder_heads = *shape("decoder_blocks.0.attn.q_gain")?.first()?;
+        let kv_rows = *shape("blocks.0.attn.c_k.weight")?.first()?;
+        let hidden = *shape("blocks.0.mlp.fc.weight")?.first()?;
+        if d == 0 || encoder_heads == 0 || d % encoder_heads != 0 {
+            return None;
+        }
+        let cfg = PatchJepaConfig {
+            architecture: ARCHITECTURE.into(),
+            vocab_size: v,
+            model_dim: d,
+            encoder_layers,
+            encoder_repeats: 2,
+            encoder_heads,
+            encoder_kv_heads: kv_rows / (d / encoder_heads),
+            decoder_layers,
+            decoder_heads,
+            mlp_mult: hidden / d,
+            rope_base: 10000.0,
+            qk_gain_init: 1.5,
+            patch_size,
+            latent_dim,
+            train_seq_len: 2047,
+        };
+        cfg.validate().ok()?;
+        let mut want = cfg.expected_tensors();
+        let mut have = named.to_vec();
+        want.sort();
+        have.sort();
+        (want == have).then_some(cfg)
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.expected_tensors()
             .iter()

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use pgolf::infer::patch_jepa::PatchJepaConfig;
 use pgolf::infer::presets;
 use pgolf::pack::inspect::{self, BUDGET_BYTES, TensorStats};
 use serde_json::json;
@@ -66,15 +67,20 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| (s.name.clone(), s.shape.clone()))
         .collect();
-    let preset = presets::closest_preset(&named).map(|m| {
-        let record = presets::preset(m.name)
-            .map(|p| p.record)
-            .unwrap_or_default();
-        (m, record)
-    });
+    let patch_jepa = PatchJepaConfig::from_tensors(&named);
+    let preset = presets::closest_preset(&named)
+        .filter(|_| patch_jepa.is_none())
+        .map(|m| {
+            let record = presets::preset(m.name)
+                .map(|p| p.record)
+                .unwrap_or_default();
+            (m, record)
+        });
     if args.json {
         let obj = json!({
             "file": args.file.display().to_string(),
+            "architecture": if patch_jepa.is_some() { "byte_patch_jepa" } else { "gpt" },
+            "inferred_config": patch_jepa,
             "preset": preset.as_ref().map(|(m, record)| json!({
                 "name": m.name,
                 "record": record,
@@ -156,6 +162,22 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         }
     }
     println!("shares: {how}; floor% = rows whose scale sits at the legacy floor 1/clip_range");
+    if let Some(c) = &patch_jepa {
+        println!(
+            "architecture byte-patch JEPA encoder–decoder (seed 001, PR #696): {} encoder blocks with {}/{} heads, \
+             {} decoder blocks with {} heads, d {}, patches of {}, latent {}; `verify --config` takes \
+             {{\"architecture\": \"byte_patch_jepa\", …}} (encoder_repeats, rope_base, qk_gain_init and the \
+             evaluation length are not in the weights)",
+            c.encoder_layers,
+            c.encoder_heads,
+            c.encoder_kv_heads,
+            c.decoder_layers,
+            c.decoder_heads,
+            c.model_dim,
+            c.patch_size,
+            c.latent_dim
+        );
+    }
     match &preset {
         Some((m, record)) if m.exact() => {
             println!(
