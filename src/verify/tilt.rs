@@ -7,6 +7,8 @@
 //! prefixes (x_{t−1}) and (x_{t−2}, x_{t−1}), not by the ones ending at x_t. The tilt reads only tokens inside the
 //! window, so it is window-relative: positions 0 and 1 get fewer boosts.
 
+use std::collections::HashMap;
+
 use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
@@ -14,13 +16,14 @@ use super::scorer::{Scored, WindowScorer, cross_entropy_row, log_softmax_row, pa
 use super::{Result, VerifyError};
 use crate::infer::model::Gpt;
 
-/// The prior's lookup arrays, as the seed's `_precompute_lookup_arrays` builds them: `next_after_one[prev]` and
-/// `next_after_two[prev2·V + prev1]`, −1 where the prior has no entry.
+/// The prior's lookups, as the seed's `_precompute_lookup_arrays` builds them: `next_after_one[prev]` (−1 where the
+/// prior has no entry) and the two-token prefixes (prev2, prev1) that have one (a map rather than the seed's dense
+/// V×V array, which would take 268 MB at V = 8192).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NgramTiltPrior {
     pub vocab_size: usize,
     pub next_after_one: Vec<i32>,
-    pub next_after_two: Vec<i32>,
+    pub next_after_two: HashMap<(u16, u16), u16>,
 }
 
 impl NgramTiltPrior {
@@ -33,17 +36,23 @@ impl NgramTiltPrior {
         let mut prior = NgramTiltPrior {
             vocab_size,
             next_after_one: vec![-1; vocab_size],
-            next_after_two: vec![-1; vocab_size * vocab_size],
+            next_after_two: HashMap::new(),
         };
         for (prefix, next) in entries {
-            if next >= vocab_size || prefix.iter().any(|&t| t >= vocab_size) {
+            if next >= vocab_size.min(1 << 16)
+                || prefix.iter().any(|&t| t >= vocab_size.min(1 << 16))
+            {
                 return Err(VerifyError::Setup(format!(
                     "n-gram prior entry {prefix:?} → {next} has an id outside the vocabulary of {vocab_size}"
                 )));
             }
             match prefix[..] {
                 [prev] => prior.next_after_one[prev] = next as i32,
-                [prev2, prev1] => prior.next_after_two[prev2 * vocab_size + prev1] = next as i32,
+                [prev2, prev1] => {
+                    prior
+                        .next_after_two
+                        .insert((prev2 as u16, prev1 as u16), next as u16);
+                }
                 _ => {}
             }
         }
@@ -52,8 +61,8 @@ impl NgramTiltPrior {
 
     /// Prefixes with an entry: (one-token, two-token).
     pub fn entries(&self) -> (usize, usize) {
-        let count = |v: &[i32]| v.iter().filter(|&&t| t >= 0).count();
-        (count(&self.next_after_one), count(&self.next_after_two))
+        let one = self.next_after_one.iter().filter(|&&t| t >= 0).count();
+        (one, self.next_after_two.len())
     }
 
     /// Raises `row` (the soft-capped logits at local position t of a window with inputs `x`) by δ at the prior's
@@ -65,11 +74,10 @@ impl NgramTiltPrior {
                 row[next as usize] += delta;
             }
         }
-        if t >= 2 {
-            let next = self.next_after_two[x[t - 2] as usize * self.vocab_size + x[t - 1] as usize];
-            if next >= 0 {
-                row[next as usize] += delta;
-            }
+        if t >= 2
+            && let Some(&next) = self.next_after_two.get(&(x[t - 2], x[t - 1]))
+        {
+            row[next as usize] += delta;
         }
     }
 }
