@@ -959,10 +959,10 @@ fn seed_001_canonical_procedure_scores_every_target_and_gpt_only_procedures_are_
         &val,
         "--tokenizer",
         "byte260",
-        "--mixer",
+        "--doc-isolated",
     ]);
     assert!(
-        err.contains("--mixer runs on the records' GPT only"),
+        err.contains("--doc-isolated runs on the records' GPT only"),
         "{err}"
     );
     // Another seed's weights under this config: every missing tensor is named with the file.
