@@ -274,6 +274,8 @@ pub struct BytePatchJepa {
     params: Vec<Tensor>,
     encoder: Vec<PlainBlock>,
     decoder: Vec<PlainBlock>,
+    /// Ones of every normed width (model dim, both head dims): the weights of candle's fused RMSNorm.
+    ones: Vec<(usize, Tensor)>,
 }
 
 impl BytePatchJepa {
@@ -337,6 +339,11 @@ impl BytePatchJepa {
         let decoder = (0..cfg.decoder_layers)
             .map(|j| block(&format!("decoder_blocks.{j}")))
             .collect();
+        let d = cfg.model_dim;
+        let ones = [d, d / cfg.encoder_heads, d / cfg.decoder_heads]
+            .into_iter()
+            .map(|w| Ok((w, Tensor::ones(w, DType::F32, device)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(BytePatchJepa {
             cfg,
             device: device.clone(),
@@ -344,6 +351,7 @@ impl BytePatchJepa {
             params,
             encoder,
             decoder,
+            ones,
         })
     }
 
@@ -360,7 +368,11 @@ impl BytePatchJepa {
     }
 
     fn norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let ones = Tensor::ones(x.dim(D::Minus1)?, DType::F32, &self.device)?;
+        let width = x.dim(D::Minus1)?;
+        let ones = match self.ones.iter().find(|(w, _)| *w == width) {
+            Some((_, t)) => t.clone(),
+            None => Tensor::ones(width, DType::F32, &self.device)?,
+        };
         rms_norm(x, &ones, pass, self.fused())
     }
 

@@ -25,6 +25,16 @@ pub struct Scored {
     pub rows: Vec<Vec<f64>>,
 }
 
+impl Scored {
+    /// No positions scored for `windows` empty windows.
+    pub fn empty(windows: usize) -> Self {
+        Scored {
+            nll: vec![Vec::new(); windows],
+            rows: Vec::new(),
+        }
+    }
+}
+
 /// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch, or to `pad_to`
 /// when that is longer (the records pad every batch to the evaluation length, and with the NTK rule the RoPE base
 /// depends on that length; causal attention keeps padding out of every scored position), and each NLL is `logsumexp(logits) − logit[target]` in f32, as
@@ -41,21 +51,10 @@ impl WindowScorer for ModelScorer<'_> {
         targets: &[&[u16]],
         rows: &[(usize, usize)],
     ) -> Result<Scored> {
-        let b = inputs.len();
-        let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
-        if b == 0 || len == 0 {
-            return Ok(Scored {
-                nll: vec![Vec::new(); b],
-                rows: Vec::new(),
-            });
-        }
-        let len = len.max(self.pad_to);
+        let Some((logits, len, v)) = batch_logits(self.model, inputs, self.pad_to)? else {
+            return Ok(Scored::empty(inputs.len()));
+        };
         let y = padded_ids(targets, len);
-        let device = self.model.device();
-        let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), device)?;
-        let logits = self.model.uncapped_logits(&x)?;
-        let v = logits.dim(D::Minus1)?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let model = self.model;
         let nll: Vec<f32> = logits
             .par_chunks(v)
@@ -160,6 +159,25 @@ impl WindowScorer for DocIsolatedScorer<'_> {
             rows: wanted_rows,
         })
     }
+}
+
+/// The uncapped logits of a batch of windows run as one zero-padded [B, L] batch (L the longest window, at least
+/// `pad_to`), flattened, with L and the vocabulary size; None for an empty batch.
+pub fn batch_logits(
+    model: &dyn CausalLm,
+    inputs: &[&[u16]],
+    pad_to: usize,
+) -> Result<Option<(Vec<f32>, usize, usize)>> {
+    let b = inputs.len();
+    let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
+    if b == 0 || len == 0 {
+        return Ok(None);
+    }
+    let len = len.max(pad_to);
+    let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), model.device())?;
+    let logits = model.uncapped_logits(&x)?;
+    let v = logits.dim(D::Minus1)?;
+    Ok(Some((logits.flatten_all()?.to_vec1::<f32>()?, len, v)))
 }
 
 /// Windows of ids laid out as zero-padded rows of `len`, flattened.

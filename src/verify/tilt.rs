@@ -9,12 +9,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Tensor};
 use rayon::prelude::*;
 
-use super::scorer::{Scored, WindowScorer, cross_entropy_row, log_softmax_row, padded_ids};
+use super::scorer::{Scored, WindowScorer, batch_logits, cross_entropy_row, log_softmax_row};
 use super::{Result, VerifyError};
-use crate::infer::model::Gpt;
+use crate::infer::lm::CausalLm;
 
 /// The prior's lookups, as the seed's `_precompute_lookup_arrays` builds them: `next_after_one[prev]` (−1 where the
 /// prior has no entry) and the two-token prefixes (prev2, prev1) that have one (a map rather than the seed's dense
@@ -84,7 +83,7 @@ impl NgramTiltPrior {
 
 /// Scores windows with the model's soft-capped logits tilted by the prior (δ = β/2 per matching prefix).
 pub struct NgramTiltScorer<'a> {
-    pub model: &'a Gpt,
+    pub model: &'a dyn CausalLm,
     pub prior: &'a NgramTiltPrior,
     /// NGRAM_TILT_BETA; the seed adds β·0.5 (computed in Python floats, added to f32 logits).
     pub beta: f64,
@@ -100,18 +99,9 @@ impl WindowScorer for NgramTiltScorer<'_> {
         rows: &[(usize, usize)],
     ) -> Result<Scored> {
         let b = inputs.len();
-        let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
-        if b == 0 || len == 0 {
-            return Ok(Scored {
-                nll: vec![Vec::new(); b],
-                rows: Vec::new(),
-            });
-        }
-        let len = len.max(self.pad_to);
-        let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), self.model.device())?;
-        let logits = self.model.uncapped_logits(&x)?;
-        let v = logits.dim(D::Minus1)?;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let Some((logits, len, v)) = batch_logits(self.model, inputs, self.pad_to)? else {
+            return Ok(Scored::empty(b));
+        };
         let delta = (self.beta * 0.5) as f32;
         let tilted = |i: usize, p: usize| -> Vec<f32> {
             let at = (i * len + p) * v;
