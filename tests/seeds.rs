@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
+use pgolf::infer::precision::Precision;
 use serde_json::Value;
 
 fn seed_dir(seed: &str) -> std::path::PathBuf {
@@ -853,8 +854,14 @@ fn seed_001_encoder_decoder_forward_matches_its_own_code() {
     let cfg = PatchJepaConfig::load(&dir.join("config.json")).unwrap();
     let artifact = dir.join("final_model.int6.ptz");
     let state = common::logit_golden::artifact_state(&artifact);
-    let model =
-        BytePatchJepa::new(cfg.clone(), state, &candle_core::Device::Cpu, &artifact).unwrap();
+    let model = BytePatchJepa::new(
+        cfg.clone(),
+        state,
+        &candle_core::Device::Cpu,
+        Precision::Fp32,
+        &artifact,
+    )
+    .unwrap();
     let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
     let window = seed_golden("001")["seq_len"].as_u64().unwrap() as usize;
     // Output p of pgolf's causal view is the seed's forward_logits(x, y)[:, p + 1].

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::*;
+use pgolf::infer::precision::Precision;
 use pgolf::optim::{Adam, Muon};
 use serde_json::Value;
 
@@ -272,7 +273,7 @@ fn qat_forward_uses_the_fake_quantized_weights() {
         qat: Some(qat.clone()),
         ..TrainOptions::default()
     };
-    let mut trainer = Trainer::from_state(cfg.clone(), load(), opts).unwrap();
+    let mut trainer = Trainer::from_state(cfg.clone(), load(), opts, &Device::Cpu).unwrap();
     let toks = pgolf::data::shard::load_validation_tokens(
         &format!(
             "{}/fineweb_val_*.bin",
@@ -303,7 +304,7 @@ fn qat_forward_uses_the_fake_quantized_weights() {
             *t = Tensor::from_vec(d, (r, c), &Device::Cpu).unwrap();
         }
     }
-    let quantized = Gpt::new(cfg, state, &Device::Cpu, DType::F32).unwrap();
+    let quantized = Gpt::new(cfg, state, &Device::Cpu, Precision::Fp32).unwrap();
     let reference = scalar(quantized.train_loss(&x, &y).unwrap());
     assert!(
         (with_qat - reference).abs() < 1e-5,

@@ -8,6 +8,7 @@ use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
 use pgolf::infer::model::Gpt;
+use pgolf::infer::precision::Precision;
 use pgolf::infer::weights;
 use pgolf::verify::scorer::{ModelScorer, WindowScorer};
 use serde_json::Value;
@@ -23,7 +24,7 @@ fn load_model(name: &str) -> Gpt {
     let path = fixture(&format!("models/{name}.safetensors"));
     let state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
     let state = weights::check_state_dict(&cfg, state, DType::F32, &path).unwrap();
-    Gpt::new(cfg, state, &Device::Cpu, DType::F32).unwrap()
+    Gpt::new(cfg, state, &Device::Cpu, Precision::Fp32).unwrap()
 }
 
 fn val_glob(g: &Value) -> String {
@@ -45,13 +46,10 @@ fn forward_pass_matches_the_reference_per_target() {
         let l = g["seq_len"].as_u64().unwrap() as usize;
         let tokens = shard::load_validation_tokens(&val_glob(&g), l).unwrap();
         let model = load_model(name);
-        let nll = ModelScorer {
-            model: &model,
-            pad_to: l,
-        }
-        .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])
-        .unwrap()
-        .nll;
+        let nll = ModelScorer::new(&model, l)
+            .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])
+            .unwrap()
+            .nll;
         let expected: Vec<f64> = g["first_sequence_nll"]
             .as_array()
             .unwrap()

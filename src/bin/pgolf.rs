@@ -16,6 +16,8 @@ mod cli_pack;
 mod cli_train;
 #[path = "pgolf/cli_verify.rs"]
 mod cli_verify;
+#[path = "pgolf/compute.rs"]
+mod compute;
 #[path = "pgolf/progress.rs"]
 mod progress;
 

@@ -15,6 +15,10 @@ pub trait CausalLm: Sync {
     fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor>;
     /// The soft-cap applied to one logit (the identity for a model without one).
     fn softcap(&self, z: f32) -> f32;
+    /// The soft-cap applied to a tensor of logits, where they are (the identity for a model without one).
+    fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(z.clone())
+    }
     /// The mean cross-entropy of the (capped) logits against `targets` [B, T], differentiable with respect to every
     /// trainable weight.
     fn train_loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -45,6 +49,10 @@ impl CausalLm for Gpt {
 
     fn softcap(&self, z: f32) -> f32 {
         Gpt::softcap(self, z)
+    }
+
+    fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {
+        self.softcap_tensor(z)
     }
 
     fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {

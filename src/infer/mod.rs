@@ -2,11 +2,13 @@
 
 pub mod attention;
 pub mod config;
+pub mod device;
 pub mod lm;
 pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod patch_jepa;
+pub mod precision;
 pub mod presets;
 pub mod weights;
 
@@ -29,6 +31,8 @@ pub enum InferError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    #[error("{0}")]
+    Device(String),
     #[error("forward pass: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -11,6 +11,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use super::Result;
 use super::attention::{AttentionShape, causal_attention};
 use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
+use super::precision::Precision;
 use super::weights::StateDict;
 
 /// The BOS token id of every tokenizer the challenge uses.
@@ -107,7 +108,7 @@ pub struct Gpt {
     /// Weights re-gridded at load by the config's evaluation-time fake quantization: (name, clip, max |Δw|).
     pub regridded: Vec<(String, f32, f32)>,
     device: Device,
-    dtype: DType,
+    precision: Precision,
     names: Vec<String>,
     params: Vec<Tensor>,
     tok_emb: usize,
@@ -123,11 +124,11 @@ pub struct Gpt {
     ones_head: Tensor,
 }
 
-pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
     // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
     let dims = x.dims();
     let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
-    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let y = precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
     Ok(y.reshape(out_dims)?)
@@ -166,7 +167,7 @@ impl Gpt {
         cfg: ModelConfig,
         mut state: StateDict,
         device: &Device,
-        dtype: DType,
+        precision: Precision,
     ) -> Result<Self> {
         let mut names = Vec::new();
         let mut params = Vec::new();
@@ -175,7 +176,7 @@ impl Gpt {
                 .remove(&name)
                 .expect("checked by check_state_dict")
                 .to_device(device)?
-                .to_dtype(dtype)?;
+                .to_dtype(DType::F32)?;
             names.push(name);
             params.push(t);
         }
@@ -272,11 +273,11 @@ impl Gpt {
             blocks,
             globals,
             steps,
-            ones_model: Tensor::ones(cfg.model_dim, dtype, device)?,
-            ones_head: Tensor::ones(cfg.head_dim(), dtype, device)?,
+            ones_model: Tensor::ones(cfg.model_dim, DType::F32, device)?,
+            ones_head: Tensor::ones(cfg.head_dim(), DType::F32, device)?,
             cfg,
             device: device.clone(),
-            dtype,
+            precision,
             names,
             params,
         })
@@ -323,8 +324,14 @@ impl Gpt {
         &self.device
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    /// The arithmetic of the forward pass (weights are f32 either way).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `F.linear(x, W)` under the model's precision.
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        linear(x, w, self.precision)
     }
 
     /// RoPE tables for positions 0..T over the rotated dims rd: inv_freq[i] = base^(−2i/rd), freqs = t ⊗ inv_freq
@@ -340,16 +347,17 @@ impl Gpt {
             }
             _ => self.cfg.rope_base,
         } as f32;
-        rope_tables(rd, base, seq_len, &self.device, self.dtype)
+        rope_tables(rd, base, seq_len, &self.device)
     }
 
     fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
         rms_norm(x, ones, pass, self.fused_training_ops())
     }
 
-    /// The training pass on the CPU in f32 uses the hand-differentiated operations of [`super::ops`].
+    /// The training pass on the CPU uses the hand-differentiated f32 operations of [`super::ops`] (they touch no
+    /// matrix product, so they serve both precisions).
     fn fused_training_ops(&self) -> bool {
-        self.device.is_cpu() && self.dtype == DType::F32
+        self.device.is_cpu()
     }
 
     /// `x · s` with a per-channel vector `s` [d].
@@ -362,7 +370,8 @@ impl Gpt {
         self.softcap_tensor(&self.uncapped_logits(ids)?)
     }
 
-    fn softcap_tensor(&self, z: &Tensor) -> Result<Tensor> {
+    /// `c · tanh(z / c)` over a tensor of logits.
+    pub fn softcap_tensor(&self, z: &Tensor) -> Result<Tensor> {
         let c = self.cfg.logit_softcap;
         Ok(((z / c)?.tanh()? * c)?)
     }
@@ -383,7 +392,7 @@ impl Gpt {
     /// The head applied to final hidden states [.., d]: uncapped logits in f32.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
-        Ok(linear(hidden, head)?.to_dtype(DType::F32)?)
+        Ok(self.linear(hidden, head)?.to_dtype(DType::F32)?)
     }
 
     /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
@@ -447,7 +456,7 @@ impl Gpt {
                     .embedding(&ids.flatten_all()?)?
                     .reshape((b, t, cfg.ve_dim))?;
                 if let Some(proj) = proj {
-                    ve = linear(&ve, self.p(proj))?;
+                    ve = self.linear(&ve, self.p(proj))?;
                 }
                 Some(ve.broadcast_mul(self.p(scale))?)
             }
@@ -456,7 +465,7 @@ impl Gpt {
         let vrl_v0 = if cfg.vrl {
             let blk = &self.blocks[0];
             let n = self.block_norm(blk, &self.residual_mix(blk, &x0, &x0, pass)?, pass)?;
-            Some(linear(&n, self.p(blk.c_v))?)
+            Some(self.linear(&n, self.p(blk.c_v))?)
         } else {
             None
         };
@@ -528,10 +537,10 @@ impl Gpt {
             return Ok(x.zeros_like()?);
         }
         let mlp = |h: &Tensor, (fc1, fc2): (usize, usize)| -> Result<Tensor> {
-            let u = linear(h, self.p(fc1))?;
+            let u = self.linear(h, self.p(fc1))?;
             let ones = Tensor::ones(u.dim(D::Minus1)?, u.dtype(), u.device())?;
             let n = candle_nn::ops::rms_norm(&u.contiguous()?, &ones, RMS_NORM_EPS)?;
-            linear(&candle_nn::ops::silu(&n)?, self.p(fc2))
+            self.linear(&candle_nn::ops::silu(&n)?, self.p(fc2))
         };
         let pooled = x
             .narrow(1, 0, chunks * cs)?
@@ -545,7 +554,8 @@ impl Gpt {
             .broadcast_as((b, 1, latent))?;
         let inputs = Tensor::cat(&[&start.contiguous()?, &z.narrow(1, 0, chunks - 1)?], 1)?;
         let predicted = mlp(&inputs, jepa.predictor)?;
-        let injected = linear(&predicted, self.p(jepa.injection))?
+        let injected = self
+            .linear(&predicted, self.p(jepa.injection))?
             .unsqueeze(2)?
             .broadcast_as((b, chunks, cs, d))?
             .reshape((b, chunks * cs, d))?;
@@ -581,7 +591,7 @@ impl Gpt {
                 .embedding(&idx)?
                 .reshape((b, t, self.cfg.bigram_dim))?;
             if let Some(proj) = proj {
-                h = linear(&h, self.p(proj))?;
+                h = self.linear(&h, self.p(proj))?;
             }
             x = (x + h.broadcast_mul(self.p(scale))?)?;
         }
@@ -611,7 +621,7 @@ impl Gpt {
         let cur = x.narrow(1, 1, t - 1)?;
         let prev = x.narrow(1, 0, t - 1)?;
         let gate_in = cur.narrow(2, 0, self.cfg.gate_window)?.contiguous()?;
-        let g = candle_nn::ops::sigmoid(&linear(&gate_in, self.p(w))?)?
+        let g = candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)?
             .broadcast_mul(self.p(lambda))?;
         let mut smear = g.broadcast_mul(&prev)?;
         if self.cfg.smear_gate_bos_fix {
@@ -623,8 +633,7 @@ impl Gpt {
                         .map(|&id| if id == BOS_ID { 0.0 } else { 1.0 })
                 })
                 .collect();
-            let not_bos =
-                Tensor::from_vec(not_bos, (b, t - 1, 1), &self.device)?.to_dtype(self.dtype)?;
+            let not_bos = Tensor::from_vec(not_bos, (b, t - 1, 1), &self.device)?;
             smear = smear.broadcast_mul(&not_bos)?;
         }
         Ok(Tensor::cat(&[&x.narrow(1, 0, 1)?, &(cur + smear)?], 1)?)
@@ -732,7 +741,7 @@ impl Gpt {
 
     /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², then ·projᵀ.
     fn mlp(&self, blk: &BlockParams, x: &Tensor) -> Result<Tensor> {
-        let u = linear(x, self.p(blk.fc))?;
+        let u = self.linear(x, self.p(blk.fc))?;
         let slope = self.cfg.mlp_negative_slope;
         let h = if slope == 0.0 {
             u.relu()?
@@ -743,7 +752,7 @@ impl Gpt {
         if let Some(gain) = blk.hidden_gain {
             h = h.broadcast_mul(self.p(gain))?;
         }
-        linear(&h, self.p(blk.mlp_proj))
+        self.linear(&h, self.p(blk.mlp_proj))
     }
 
     /// Applies RoPE to the first rd dims of [B, H, T, hd] (all of them without partial RoPE).
@@ -783,17 +792,17 @@ impl Gpt {
         let pass = ctx.pass;
         let (b, t, d) = x.dims3()?;
         let (h, hkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
-        let q_raw = linear(x, self.p(blk.c_q))?;
+        let q_raw = self.linear(x, self.p(blk.c_q))?;
         let heads = |z: &Tensor, n: usize| -> Result<Tensor> {
             Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
         let k = self.rms_norm(
-            &heads(&linear(x, self.p(blk.c_k))?, hkv)?,
+            &heads(&self.linear(x, self.p(blk.c_k))?, hkv)?,
             &self.ones_head,
             pass,
         )?;
-        let mut v_flat = linear(x, self.p(blk.c_v))?;
+        let mut v_flat = self.linear(x, self.p(blk.c_v))?;
         // The value embedding and seed 003's VRL term are summed first and added together, as the seed does.
         let ve = match (blk.ve_scale, &ctx.value_embedding) {
             (Some(scale), Some(ve)) => Some(ve.broadcast_mul(self.p(scale))?),
@@ -832,7 +841,7 @@ impl Gpt {
             if minus_self {
                 self.causal_attention_minus_self(q, k, v, pass)
             } else {
-                grouped_causal_attention(q, k, v, pass)
+                grouped_causal_attention(q, k, v, pass, self.precision)
             }
         };
         let y = match ctx.segments {
@@ -856,7 +865,7 @@ impl Gpt {
         }
         let gate = if let Some((w, bias)) = blk.legacy_gate {
             Some(candle_nn::ops::sigmoid(
-                &linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
+                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
             )?)
         } else if let Some(w) = blk.out_gate {
             let src = match cfg.attn_out_gate_src {
@@ -864,13 +873,13 @@ impl Gpt {
                 GateSource::Q => &q_raw,
             };
             let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-            Some((candle_nn::ops::sigmoid(&linear(&gate_in, self.p(w))?)? * 2.0)?)
+            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
         } else if let Some(w) = blk.head_gate {
             let z = if cfg.sparse_attn_gate {
                 let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-                (linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
+                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
             } else {
-                linear(x, self.p(w))?
+                self.linear(x, self.p(w))?
             };
             Some(candle_nn::ops::sigmoid(&z)?)
         } else {
@@ -880,7 +889,7 @@ impl Gpt {
             y = y.broadcast_mul(&g.unsqueeze(3)?)?;
         }
         let y = y.reshape((b, t, d))?;
-        Ok((linear(&y, self.p(blk.attn_proj))?, raw_v))
+        Ok((self.linear(&y, self.p(blk.attn_proj))?, raw_v))
     }
 
     /// Seed 004's XSA: the causal softmax A made explicit, y = A·V − diag(A)⊙v (the self term removed without
@@ -892,13 +901,13 @@ impl Gpt {
         v: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (p, v) = causal_probabilities(q, k, v, pass)?;
+        let (p, v) = causal_probabilities(q, k, v, pass, self.precision)?;
         let t = p.dim(D::Minus1)?;
         // diag(A): entries t·T + t of each flattened [T, T] map.
         let at: Vec<u32> = (0..t).map(|i| (i * t + i) as u32).collect();
         let at = Tensor::from_vec(at, t, p.device())?;
         let diag = p.flatten_from(2)?.index_select(&at, 2)?.unsqueeze(3)?;
-        Ok((p.matmul(&v)? - v.broadcast_mul(&diag)?)?)
+        Ok((self.precision.matmul(&p, &v)? - v.broadcast_mul(&diag)?)?)
     }
 }
 
@@ -923,13 +932,12 @@ pub(crate) fn make_trainable(
 }
 
 /// RoPE tables for positions 0..T over `rd` rotated dims with base `base`: inv_freq[i] = base^(−2i/rd) and
-/// freqs = t ⊗ inv_freq in f32, as the records' `Rotary`; (cos, sin) of [T, rd/2] in `dtype`.
+/// freqs = t ⊗ inv_freq in f32, as the records' `Rotary`; (cos, sin) of [T, rd/2] in f32.
 pub(crate) fn rope_tables(
     rd: usize,
     base: f32,
     seq_len: usize,
     device: &Device,
-    dtype: DType,
 ) -> Result<(Tensor, Tensor)> {
     let inv_freq: Vec<f32> = (0..rd / 2)
         .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
@@ -941,7 +949,7 @@ pub(crate) fn rope_tables(
         }
     }
     let freqs = Tensor::from_vec(freqs, (seq_len, rd / 2), device)?;
-    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+    Ok((freqs.cos()?, freqs.sin()?))
 }
 
 /// `F.rms_norm` over the last dimension (eps = FLT_EPSILON). `fused`: the hand-differentiated CPU f32 kernel for
@@ -984,15 +992,16 @@ pub(crate) fn rope(
 }
 
 /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd): the blocked
-/// CPU kernel when scoring in f32, the explicit softmax otherwise.
+/// CPU kernel when scoring in f32, the explicit softmax otherwise (its two products under `precision`).
 pub(crate) fn grouped_causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     pass: Pass,
+    precision: Precision,
 ) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
-    if pass == Pass::Score && q.device().is_cpu() && q.dtype() == DType::F32 {
+    if pass == Pass::Score && q.device().is_cpu() && precision == Precision::Fp32 {
         let shape = AttentionShape {
             batch: b,
             heads: h,
@@ -1008,17 +1017,19 @@ pub(crate) fn grouped_causal_attention(
         let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
         return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
     }
-    let (p, v) = causal_probabilities(q, k, v, pass)?;
-    Ok(p.matmul(&v)?)
+    let (p, v) = causal_probabilities(q, k, v, pass, precision)?;
+    precision.matmul(&p, &v)
 }
 
 /// The causal softmax A = softmax(q·kᵀ/√hd) [B, H, T, T] with grouped-query keys (query head h reads kv head
-/// h / (H / Hkv)), and the values expanded to the H heads.
+/// h / (H / Hkv)), and the values expanded to the H heads. The scores come from a product under `precision`; the
+/// softmax is f32.
 fn causal_probabilities(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     pass: Pass,
+    precision: Precision,
 ) -> Result<(Tensor, Tensor)> {
     let (b, h, t, hd) = q.dims4()?;
     let hkv = k.dim(1)?;
@@ -1032,11 +1043,11 @@ fn causal_probabilities(
     } else {
         (k.contiguous()?, v.contiguous()?)
     };
-    let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let p = if q.device().is_cpu() && q.dtype() == DType::F32 {
+    let scores = (precision.matmul(&q.contiguous()?, &k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let p = if q.device().is_cpu() {
         super::attention::causal_softmax(&scores)?
     } else {
-        let masked = scores.broadcast_add(&causal_mask(t, q.device(), q.dtype())?)?;
+        let masked = scores.broadcast_add(&causal_mask(t, q.device())?)?;
         match pass {
             Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
             Pass::Train => softmax_last_dim_differentiable(&masked)?,
@@ -1097,9 +1108,9 @@ fn xsa(y: &Tensor, v: &Tensor) -> Result<Tensor> {
 }
 
 /// [T, T] with 0 on and below the diagonal and −∞ above it.
-fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }

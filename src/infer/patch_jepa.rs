@@ -18,6 +18,7 @@ use super::model::{
     BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
     rope_tables,
 };
+use super::precision::Precision;
 use super::weights::StateDict;
 use super::{InferError, Result};
 
@@ -270,6 +271,7 @@ struct Heads {
 pub struct BytePatchJepa {
     pub cfg: PatchJepaConfig,
     device: Device,
+    precision: Precision,
     names: Vec<String>,
     params: Vec<Tensor>,
     encoder: Vec<PlainBlock>,
@@ -279,12 +281,14 @@ pub struct BytePatchJepa {
 }
 
 impl BytePatchJepa {
-    /// Builds the model from a state dict holding exactly the expected tensors (kept in f32 on `device`);
-    /// `source` names the weights in errors, which list every missing, misshapen and unexpected tensor.
+    /// Builds the model from a state dict holding exactly the expected tensors (kept in f32 on `device`, run
+    /// under `precision`); `source` names the weights in errors, which list every missing, misshapen and
+    /// unexpected tensor.
     pub fn new(
         cfg: PatchJepaConfig,
         mut state: StateDict,
         device: &Device,
+        precision: Precision,
         source: &Path,
     ) -> Result<Self> {
         cfg.validate().map_err(|message| InferError::Config {
@@ -347,6 +351,7 @@ impl BytePatchJepa {
         Ok(BytePatchJepa {
             cfg,
             device: device.clone(),
+            precision,
             names,
             params,
             encoder,
@@ -365,6 +370,11 @@ impl BytePatchJepa {
 
     fn fused(&self) -> bool {
         self.device.is_cpu()
+    }
+
+    /// `F.linear(x, W)` under the model's precision.
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        linear(x, w, self.precision)
     }
 
     fn norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
@@ -392,10 +402,10 @@ impl BytePatchJepa {
             + channel_scale(x0, &mix.get(1)?, pass, fused)?)?;
         let a = self.attention(blk, &self.norm(&x, pass)?, heads, tables, pass)?;
         let x = (&x + channel_scale(&a, &self.params[blk.attn_scale], pass, fused)?)?;
-        let u = linear(&self.norm(&x, pass)?, &self.params[blk.fc])?;
+        let u = self.linear(&self.norm(&x, pass)?, &self.params[blk.fc])?;
         // leaky_relu(u, 0.5)² = (max(u, 0) + 0.5·min(u, 0))²
         let h = (u.relu()? - (u.neg()?.relu()? * 0.5)?)?.sqr()?;
-        let m = linear(&h, &self.params[blk.mlp_proj])?;
+        let m = self.linear(&h, &self.params[blk.mlp_proj])?;
         Ok((&x + channel_scale(&m, &self.params[blk.mlp_scale], pass, fused)?)?)
     }
 
@@ -410,7 +420,8 @@ impl BytePatchJepa {
         let (b, t, d) = x.dims3()?;
         let hd = heads.head_dim;
         let split = |w: usize, n: usize| -> Result<Tensor> {
-            Ok(linear(x, &self.params[w])?
+            Ok(self
+                .linear(x, &self.params[w])?
                 .reshape((b, t, n, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
@@ -421,28 +432,22 @@ impl BytePatchJepa {
         let q = rope(&q, cos, neg_sin, pass, self.fused())?;
         let k = rope(&k, cos, neg_sin, pass, self.fused())?;
         let q = q.broadcast_mul(&self.params[blk.q_gain].reshape((1, heads.heads, 1, 1))?)?;
-        let y = grouped_causal_attention(&q, &k, &v, pass)?;
+        let y = grouped_causal_attention(&q, &k, &v, pass, self.precision)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
-        linear(&y, &self.params[blk.proj])
+        self.linear(&y, &self.params[blk.proj])
     }
 
     /// LatentMLP: proj(silu(fc(rmsnorm(x)))).
     fn latent_mlp(&self, prefix: &str, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let u = linear(&self.norm(x, pass)?, self.p(&format!("{prefix}.fc.weight")))?;
-        linear(
+        let u = self.linear(&self.norm(x, pass)?, self.p(&format!("{prefix}.fc.weight")))?;
+        self.linear(
             &candle_nn::ops::silu(&u)?,
             self.p(&format!("{prefix}.proj.weight")),
         )
     }
 
     fn tables(&self, head_dim: usize, positions: usize) -> Result<(Tensor, Tensor)> {
-        let (cos, sin) = rope_tables(
-            head_dim,
-            self.cfg.rope_base as f32,
-            positions,
-            &self.device,
-            DType::F32,
-        )?;
+        let (cos, sin) = rope_tables(head_dim, self.cfg.rope_base as f32, positions, &self.device)?;
         Ok((cos, sin.neg()?))
     }
 
@@ -469,7 +474,7 @@ impl BytePatchJepa {
             .reshape((b, np, p, d))?
             .broadcast_add(self.p("patch_pos"))?;
         let e = self.norm(&e, pass)?.reshape((b, np, p * d))?;
-        let c = self.norm(&linear(&e, self.p("patch_in.weight"))?, pass)?;
+        let c = self.norm(&self.linear(&e, self.p("patch_in.weight"))?, pass)?;
         let enc_heads = Heads {
             heads: cfg.encoder_heads,
             kv_heads: cfg.encoder_kv_heads,
@@ -497,7 +502,8 @@ impl BytePatchJepa {
         } else {
             start
         };
-        let cond = linear(&cond, self.p("decoder_cond.weight"))?
+        let cond = self
+            .linear(&cond, self.p("decoder_cond.weight"))?
             .unsqueeze(2)?
             .broadcast_as((b, np, p, d))?
             .reshape((b, full_len, d))?;
@@ -525,7 +531,7 @@ impl BytePatchJepa {
         for blk in &self.decoder {
             h = self.block(blk, &h, &h0, &dec_heads, &dec_tables, pass)?;
         }
-        let logits = linear(&self.norm(&h, pass)?, self.p("decoder_out.weight"))?;
+        let logits = self.linear(&self.norm(&h, pass)?, self.p("decoder_out.weight"))?;
         // logits[j] predicts full[j]; output p (the byte after ids[p]) is logits[p + 1].
         Ok(logits.narrow(1, 1, t)?)
     }

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::data::bytes::ByteSource;
 use crate::infer::config::ModelConfig;
 use crate::infer::model::Gpt;
+use crate::infer::precision::Precision;
 use crate::optim::{Adam, Muon, clip_grad_norm};
 use crate::pack::fit::{Group, group_of};
 use crate::pack::quantize::sdclip_rows;
@@ -104,6 +105,8 @@ pub struct TrainOptions {
     /// EMA decay of the exported weights (records use 0.997); None exports the live weights.
     pub ema_decay: Option<f64>,
     pub qat: Option<QatOptions>,
+    /// The arithmetic of the forward and backward passes: f32, or the records' autocast (bf16 products).
+    pub precision: Precision,
 }
 
 impl Default for TrainOptions {
@@ -134,6 +137,7 @@ impl Default for TrainOptions {
             train_log_every: 200,
             ema_decay: None,
             qat: None,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -238,17 +242,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A freshly initialised model (the reference's initialisation, drawn from `opts.seed`).
-    pub fn new(cfg: ModelConfig, opts: TrainOptions) -> Result<Self> {
+    /// A freshly initialised model (the reference's initialisation, drawn from `opts.seed` on the host whatever
+    /// the device, so a seed gives the same start everywhere), trained on `device`.
+    pub fn new(cfg: ModelConfig, opts: TrainOptions, device: &Device) -> Result<Self> {
         let state = init::initial_state(&cfg, opts.tied_embed_init_std, opts.seed, &Device::Cpu)?;
-        Self::from_state(cfg, state, opts)
+        Self::from_state(cfg, state, opts, device)
     }
 
-    /// A trainer starting from given weights (checked against the config by the caller).
+    /// A trainer starting from given weights (checked against the config by the caller), trained on `device`.
     pub fn from_state(
         cfg: ModelConfig,
         state: crate::infer::weights::StateDict,
         opts: TrainOptions,
+        device: &Device,
     ) -> Result<Self> {
         let components = cfg.components();
         if !components.is_empty() {
@@ -272,7 +278,7 @@ impl Trainer {
                 cfg.train_seq_len
             )));
         }
-        let mut model = Gpt::new(cfg, state, &Device::Cpu, DType::F32)?;
+        let mut model = Gpt::new(cfg, state, device, opts.precision)?;
         let named = model.make_trainable(|_| true)?;
         let (names, vars): (Vec<String>, Vec<Var>) = named.into_iter().unzip();
         let roles: Vec<Role> = names
@@ -489,10 +495,7 @@ pub struct ValSet {
 }
 
 fn eval_val(model: &Gpt, val: &ValSet, seq_len: usize) -> Result<(f64, f64)> {
-    let scorer = ModelScorer {
-        model,
-        pad_to: seq_len,
-    };
+    let scorer = ModelScorer::new(model, seq_len);
     let procedure = WindowProcedure {
         scorer: &scorer,
         seq_len,
@@ -569,8 +572,8 @@ pub fn train(
             let x: Vec<u32> = span[..used].iter().map(|&t| t as u32).collect();
             let y: Vec<u32> = span[1..used + 1].iter().map(|&t| t as u32).collect();
             batches.push((
-                Tensor::from_vec(x, (seqs, seq_len), &Device::Cpu)?,
-                Tensor::from_vec(y, (seqs, seq_len), &Device::Cpu)?,
+                Tensor::from_vec(x, (seqs, seq_len), trainer.model.device())?,
+                Tensor::from_vec(y, (seqs, seq_len), trainer.model.device())?,
             ));
             tokens_seen += used as u64;
         }

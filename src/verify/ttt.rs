@@ -77,6 +77,11 @@ pub struct ScoreFirstTtt {
     /// Windows per scoring batch.
     pub score_batch_seqs: usize,
     pub order: TttOrder,
+    /// Sequences per backward pass (0: a rank's whole batch at once). A step still averages the whole batch: each
+    /// micro-batch's mean loss is weighted by its share of the rank's sequences and the gradients are summed, which
+    /// is the same gradient up to rounding. It bounds the activations a backward pass holds (on a GPU, 32 sequences
+    /// of 2,048 with explicit attention do not fit).
+    pub micro_batch_seqs: usize,
 }
 
 impl ScoreFirstTtt {
@@ -123,6 +128,7 @@ impl ScoreFirstTtt {
             form,
             score_batch_seqs,
             order,
+            micro_batch_seqs: 0,
         })
     }
 
@@ -141,37 +147,61 @@ impl ScoreFirstTtt {
     ) -> Result<()> {
         let l = self.seq_len;
         let device = self.model.device();
-        let mut total: Option<Tensor> = None;
+        let world = self.recipe.world_size as f64;
         let mut ranges = Vec::new();
+        // (loss, weight) pieces: the gradient is Σ weight · ∇loss.
+        let mut pieces: Vec<(Tensor, f64)> = Vec::new();
+        let mut g: Vec<Option<Tensor>> = vec![None; self.params.len()];
         for r in rank_batches {
             // Tokens r.start .. r.end + 1 (the records skip a batch whose last target would run off the stream).
             if r.is_empty() || r.end + 1 > tokens.len() {
                 continue;
             }
             let n = (r.end - r.start) / l;
-            let x: Vec<u32> = tokens[r.start..r.end].iter().map(|&t| t as u32).collect();
-            let y: Vec<u32> = tokens[r.start + 1..r.end + 1]
-                .iter()
-                .map(|&t| t as u32)
-                .collect();
-            let x = Tensor::from_vec(x, (n, l), device)?;
-            let y = Tensor::from_vec(y, (n, l), device)?;
-            let loss = self.model.train_loss(&x, &y)?;
-            total = Some(match total {
-                None => loss,
-                Some(t) => (t + loss)?,
-            });
+            let m = if self.micro_batch_seqs == 0 {
+                n
+            } else {
+                self.micro_batch_seqs.min(n)
+            };
+            for first in (0..n).step_by(m) {
+                let count = m.min(n - first);
+                let start = r.start + first * l;
+                let end = start + count * l;
+                let x: Vec<u32> = tokens[start..end].iter().map(|&t| t as u32).collect();
+                let y: Vec<u32> = tokens[start + 1..end + 1]
+                    .iter()
+                    .map(|&t| t as u32)
+                    .collect();
+                let x = Tensor::from_vec(x, (count, l), device)?;
+                let y = Tensor::from_vec(y, (count, l), device)?;
+                // all_reduce(AVG) of the per-rank gradients = the gradient of the mean of the per-rank losses.
+                let weight = count as f64 / n as f64 / world;
+                pieces.push((self.model.train_loss(&x, &y)?, weight));
+                if m < n {
+                    // Micro-batches: one backward pass each, gradients summed.
+                    let (loss, weight) = pieces.pop().expect("pushed above");
+                    let grads = (loss * weight)?.backward()?;
+                    add_gradients(&mut g, &grads, &self.params)?;
+                }
+            }
             ranges.push(r.clone());
         }
-        let Some(total) = total else { return Ok(()) };
-        // all_reduce(AVG) of the per-rank gradients = the gradient of the mean of the per-rank losses.
-        let loss = (total / self.recipe.world_size as f64)?;
-        let grads = loss.backward()?;
-        let mut g: Vec<Option<Tensor>> = self
-            .params
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if !pieces.is_empty() {
+            // Whole rank batches: one backward pass over the sum of the per-rank losses, as before micro-batching.
+            let mut total: Option<Tensor> = None;
+            for (loss, _) in pieces {
+                total = Some(match total {
+                    None => loss,
+                    Some(t) => (t + loss)?,
+                });
+            }
+            let loss = (total.expect("non-empty") / world)?;
+            let grads = loss.backward()?;
+            add_gradients(&mut g, &grads, &self.params)?;
+        }
         clip_grad_norm(&mut g, self.recipe.grad_clip)?;
         opt.step(&self.params, &g)?;
         ledger.train_step(&ranges);
@@ -220,6 +250,23 @@ impl ScoreFirstTtt {
     }
 }
 
+/// g[k] += the gradient of `params[k]` in `grads`, where it has one.
+fn add_gradients(
+    g: &mut [Option<Tensor>],
+    grads: &candle_core::backprop::GradStore,
+    params: &[Var],
+) -> Result<()> {
+    for (acc, v) in g.iter_mut().zip(params) {
+        if let Some(gi) = grads.get(v.as_tensor()) {
+            *acc = Some(match acc.take() {
+                None => gi.clone(),
+                Some(a) => (a + gi)?,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Procedure for ScoreFirstTtt {
     fn name(&self) -> String {
         match self.order {
@@ -256,10 +303,7 @@ impl Procedure for ScoreFirstTtt {
             chunk_windows[ci].push(w);
         }
         let mut opt = Sgd::new(self.params.len(), self.recipe.lr, self.recipe.momentum);
-        let scorer = ModelScorer {
-            model: self.model.as_ref(),
-            pad_to: self.seq_len,
-        };
+        let scorer = ModelScorer::new(self.model.as_ref(), self.seq_len);
         let cosine = |ci: usize| {
             self.recipe.lr
                 * 0.5

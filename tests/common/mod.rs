@@ -96,6 +96,7 @@ pub mod logit_golden {
     use pgolf::infer::config::ModelConfig;
     use pgolf::infer::lm::CausalLm;
     use pgolf::infer::model::Gpt;
+    use pgolf::infer::precision::Precision;
     use pgolf::infer::weights;
     use std::path::Path;
 
@@ -116,7 +117,7 @@ pub mod logit_golden {
             cfg.expected_tensors().into_iter().map(|(n, _)| n).collect();
         state.retain(|k, _| names.contains(k));
         let state = weights::check_state_dict(cfg, state, DType::F32, path).unwrap();
-        Gpt::new(cfg.clone(), state, &Device::Cpu, DType::F32).unwrap()
+        Gpt::new(cfg.clone(), state, &Device::Cpu, Precision::Fp32).unwrap()
     }
 
     /// The tensors of an artifact, dequantized as `pgolf verify` reads them.

@@ -15,6 +15,8 @@ use pgolf::train::loader::TokenStream;
 use pgolf::train::{QatOptions, TrainEvent, TrainOptions, Trainer, ValSet, train};
 use serde_json::json;
 
+use crate::compute::ComputeArgs;
+
 #[derive(Args, Clone)]
 pub struct TrainArgs {
     /// Model config JSON (the challenge's hyperparameter names; train_seq_len is the training sequence length).
@@ -23,6 +25,8 @@ pub struct TrainArgs {
     /// Training shards (glob; read in sorted order, wrapping around).
     #[arg(long)]
     pub train: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Validation shards (glob), scored with the challenge's eval_val during and after training.
     #[arg(long)]
     pub val: String,
@@ -120,6 +124,7 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let device = args.compute.open()?;
     let cfg = ModelConfig::load(&args.config)?;
     let components = cfg.components();
     if !components.is_empty() {
@@ -187,6 +192,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             k_other: 12.85,
             threshold: args.qat_threshold,
         }),
+        precision: args.compute.precision,
     };
     if let Some(d) = opts.ema_decay
         && !(0.0..1.0).contains(&d)
@@ -202,9 +208,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 candle_core::DType::F32,
                 path,
             )?;
-            Trainer::from_state(cfg.clone(), state, opts.clone())?
+            Trainer::from_state(cfg.clone(), state, opts.clone(), &device)?
         }
-        None => Trainer::new(cfg.clone(), opts.clone())?,
+        None => Trainer::new(cfg.clone(), opts.clone(), &device)?,
     };
     if !args.json {
         println!(

@@ -30,6 +30,7 @@ use pgolf::verify::tilt::{NgramTiltPrior, NgramTiltScorer};
 use pgolf::verify::ttt::{ScoreFirstTtt, TttOrder, TttRecipe};
 use serde_json::{Value, json};
 
+use crate::compute::ComputeArgs;
 use crate::progress;
 
 /// Deliberately illegal procedures, for seeing each probe fail.
@@ -147,9 +148,8 @@ pub struct VerifyArgs {
     /// Windows per forward batch.
     #[arg(long, default_value_t = 8)]
     batch_seqs: usize,
-    /// Compute dtype of the forward pass (f32 or bf16); logits and losses are always f32.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Score-first test-time training (the records' recipe): score each chunk, then train on it.
     #[arg(long)]
     ttt: bool,
@@ -168,6 +168,10 @@ pub struct VerifyArgs {
     /// TTT: sequences per optimizer step and rank (TTT_BATCH_SEQS).
     #[arg(long, default_value_t = 32)]
     ttt_batch_seqs: usize,
+    /// TTT: sequences per backward pass (0: the whole batch). The step still averages the whole batch (the same
+    /// gradient up to rounding); it bounds GPU memory at full size.
+    #[arg(long, default_value_t = 0)]
+    ttt_micro_batch: usize,
     /// TTT: gradient-norm clip (TTT_GRAD_CLIP).
     #[arg(long, default_value_t = 1.0)]
     ttt_grad_clip: f64,
@@ -294,13 +298,10 @@ fn canonical_args(args: &VerifyArgs, fake_quant: bool) -> Option<(VerifyArgs, Ve
 
 /// Runs the evaluation; prints the report when `print`, and returns the exit code and the JSON report.
 fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => bail!("--dtype must be f32 or bf16, got {other:?}"),
-    };
-    let device = Device::Cpu;
-    let (state, carried_config, is_artifact, bundled) = load_weights(&args.model, &device)?;
+    let device = args.compute.open()?;
+    let precision = args.compute.precision;
+    // Weights are read and checked on the host; the model moves them to its device.
+    let (state, carried_config, is_artifact, bundled) = load_weights(&args.model, &Device::Cpu)?;
     let arch = match &args.config {
         Some(p) if args.preset.is_none() && names_patch_jepa(p)? => {
             Architecture::PatchJepa(PatchJepaConfig::load(p)?)
@@ -341,20 +342,16 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
     };
     let built = match &arch {
         Architecture::Gpt(cfg) => {
-            let state = weights::check_state_dict(cfg, state, dtype, &args.model)?;
-            Built::Gpt(Gpt::new(cfg.clone(), state, &device, dtype)?)
+            let state = weights::check_state_dict(cfg, state, DType::F32, &args.model)?;
+            Built::Gpt(Gpt::new(cfg.clone(), state, &device, precision)?)
         }
-        Architecture::PatchJepa(cfg) => {
-            if dtype != DType::F32 {
-                bail!("the byte-patch JEPA runs in f32 only (drop --dtype)");
-            }
-            Built::PatchJepa(BytePatchJepa::new(
-                cfg.clone(),
-                state,
-                &device,
-                &args.model,
-            )?)
-        }
+        Architecture::PatchJepa(cfg) => Built::PatchJepa(BytePatchJepa::new(
+            cfg.clone(),
+            state,
+            &device,
+            precision,
+            &args.model,
+        )?),
     };
     let regridded = match &built {
         Built::Gpt(m) => m.regridded.clone(),
@@ -472,7 +469,7 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
     let window_procedure;
     let ngram;
     let slot;
-    let ttt;
+    let mut ttt;
     let mut trainable = 0;
     let mut ttt_recipe = serde_json::to_value(&recipe)?;
     let procedure: &dyn Procedure = match (ttt_order, args.planted) {
@@ -519,6 +516,7 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
         (Some(order), _) => {
             let model = built.take().expect("built above").boxed();
             ttt = ScoreFirstTtt::new(model, recipe.clone(), seq_len, form, args.batch_seqs, order)?;
+            ttt.micro_batch_seqs = args.ttt_micro_batch;
             trainable = ttt.trainable_parameters();
             &ttt
         }
@@ -592,10 +590,7 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
                 };
                 &isolated_scorer
             } else {
-                scorer = ModelScorer {
-                    model: built.as_ref().expect("built above").lm(),
-                    pad_to: seq_len,
-                };
+                scorer = ModelScorer::new(built.as_ref().expect("built above").lm(), seq_len);
                 &scorer
             };
             window_procedure = WindowProcedure {
@@ -1013,6 +1008,8 @@ impl Summary<'_> {
             "parameters": self.arch.parameter_count(),
             "procedure": r.method,
             "method": self.form.name(),
+            "device": self.args.compute.device,
+            "precision": self.args.compute.precision,
             "seq_len": self.seq_len,
             "stride": match self.form {
                 WindowForm::NonOverlapping | WindowForm::DocIsolated { .. } => None,

@@ -1,0 +1,73 @@
+//! Where a model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+
+use candle_core::Device;
+
+use super::{InferError, Result};
+
+/// Whether this binary was built with the CUDA backend.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// The device a `--device` value names: `cpu`, `cuda` (ordinal 0) or `cuda:N`.
+pub fn open(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => {
+                return Err(InferError::Device(format!(
+                    "unknown device {spec:?}: expected cpu, cuda or cuda:N"
+                )));
+            }
+        },
+    };
+    open_cuda(spec, ordinal)
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal)
+        .map_err(|e| InferError::Device(format!("{spec}: cannot open the CUDA device: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(spec: &str, _ordinal: usize) -> Result<Device> {
+    Err(InferError::Device(format!(
+        "{spec}: this pgolf was built without CUDA; build it with scripts/build-cuda.sh \
+         (cargo build --release --features cuda) and run it where the NVIDIA driver is (docs/GPU.md)"
+    )))
+}
+
+/// The device in words, for reports: `cpu` or `cuda:N`.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_opens_and_bad_names_are_refused() {
+        assert!(open("cpu").unwrap().is_cpu());
+        let err = open("gpu").unwrap_err().to_string();
+        assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+        let err = open("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("\"cuda:x\""), "{err}");
+        assert_eq!(describe(&Device::Cpu), "cpu");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_in_a_cpu_build_names_the_build_script() {
+        let err = open("cuda:1").unwrap_err().to_string();
+        assert!(
+            err.contains("built without CUDA") && err.contains("scripts/build-cuda.sh"),
+            "{err}"
+        );
+    }
+}
