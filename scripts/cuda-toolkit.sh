@@ -75,6 +75,8 @@ if [ "$compiler_only" = 0 ]; then
     [ "$(wc -l <"$work/stub.c")" -gt 300 ] || { echo "cuda-toolkit.sh: found too few driver functions in cuda.h" >&2; exit 1; }
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub" "$work/stub.c"
   fi
+  # Under its soname too, so the CUDA build can be run here (on the CPU) with lib and lib/stubs on LD_LIBRARY_PATH.
+  ln -sf libcuda.so "$root/lib/stubs/libcuda.so.1"
 fi
 
 echo "export CUDA_HOME=$root"

@@ -221,3 +221,71 @@ fn train_takes_the_same_device_flag() {
     assert!(err.contains("unknown device \"cuda:x\""), "{err}");
     assert!(!out_dir.exists(), "a refused run leaves no output");
 }
+
+#[test]
+fn generic_ops_the_gpu_runs_reproduce_the_references_on_the_cpu() {
+    // --generic-ops: explicit masked-softmax attention, composed RMSNorm / RoPE / cross-entropy, candle's autograd,
+    // the device-side cross-entropy — the code a GPU runs, here on the CPU against the PyTorch references.
+    let golden = golden("models/golden_sp1024_tied.json");
+    let args = model_args("sp1024_tied", 1024, "models/val_sp1024");
+    let stride = golden["stride"].to_string();
+    let sliding = run_json(&args, &["--generic-ops", "--stride", &stride]);
+    assert_eq!(sliding["generic_ops"], true);
+    let reference = golden["sliding"]["val_bpb"].as_f64().unwrap();
+    assert!(
+        rel(bpb(&sliding), reference) < 1e-5,
+        "sliding {} vs {reference}",
+        bpb(&sliding)
+    );
+    let (ttt, reference) = ttt_case();
+    let generic = run_json(&ttt, &["--generic-ops"]);
+    assert!(
+        rel(bpb(&generic), reference) < 1e-5,
+        "TTT {} vs {reference}",
+        bpb(&generic)
+    );
+    // The trainer's step (Muon, Adam, autograd through the composed operations) against the CPU kernels.
+    let out_dir =
+        std::env::temp_dir().join(format!("pgolf-compute-generic-{}", std::process::id()));
+    let train = |extra: &[&str]| {
+        let val = format!(
+            "{}/fineweb_val_*.bin",
+            fixture("models/val_sp1024").display()
+        );
+        let config = fixture("models/sp1024_tied.json");
+        let tokenizer = tokenizer_path(1024);
+        let mut a = vec![
+            "train",
+            "--config",
+            s(&config),
+            "--train",
+            &val,
+            "--val",
+            &val,
+            "--tokenizer",
+            s(&tokenizer),
+            "--output",
+            s(&out_dir),
+            "--iterations",
+            "3",
+            "--warmdown-iters",
+            "0",
+            "--train-batch-tokens",
+            "4096",
+            "--val-loss-every",
+            "0",
+            "--max-wallclock-seconds",
+            "0",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        pgolf_json(&a)["final_val_bpb"].as_f64().unwrap()
+    };
+    let kernels = train(&[]);
+    let generic = train(&["--generic-ops"]);
+    std::fs::remove_dir_all(&out_dir).ok();
+    assert!(
+        rel(generic, kernels) < 1e-4,
+        "train: generic {generic} vs kernels {kernels}"
+    );
+}

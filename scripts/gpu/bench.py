@@ -169,6 +169,20 @@ def forward_flops_per_token(cfg, L):
     return 2 * matmul_params(cfg) + 2 * cfg["num_layers"] * L * cfg["model_dim"]
 
 
+def side_by_side(t, p, flops, vocab, **extra):
+    """PyTorch's run `t` and pgolf's report `p` of the same work (`flops` model FLOPs): rates, MFU, BPBs, and the
+    full validation set projected to seconds."""
+    torch_rate = t["targets"] / t["seconds"]
+    pgolf_rate = p["targets_per_second"]
+    return dict(
+        targets=t["targets"], **extra, torch_targets_per_s=torch_rate, pgolf_targets_per_s=pgolf_rate,
+        pgolf_over_torch=pgolf_rate / torch_rate,
+        torch_mfu=flops / t["seconds"] / H100_BF16_DENSE, pgolf_mfu=flops / p["seconds"] / H100_BF16_DENSE,
+        torch_val_bpb=t["val_bpb"], pgolf_val_bpb=p["val_bpb"],
+        bpb_rel_diff=abs(p["val_bpb"] - t["val_bpb"]) / t["val_bpb"],
+        torch_full_val_seconds=FULL_TARGETS[vocab] / torch_rate, pgolf_full_val_seconds=FULL_TARGETS[vocab] / pgolf_rate)
+
+
 def run_pgolf(pgolf, tmp, cfg, tokenizer, precision, batch, extra):
     cmd = [pgolf, "verify", os.path.join(tmp, "model.safetensors"), "--config", os.path.join(tmp, "config.json"),
            "--val", os.path.join(tmp, "fineweb_val_*.bin"), "--tokenizer", tokenizer, "--stride", str(STRIDE),
@@ -229,38 +243,19 @@ def bench_shape(args, tg, name):
     side.score(side.windows(0, STRIDE * args.batch_seqs))  # warm-up (kernels, allocator), not timed
     t = side.sliding()
     p = run_pgolf(args.pgolf, tmp, cfg, tokenizer, args.precision, args.batch_seqs, [])
-    flops = t["windows"] * L * fwd
-    report["sliding"] = dict(
-        targets=t["targets"], torch_targets_per_s=t["targets"] / t["seconds"],
-        pgolf_targets_per_s=p["targets_per_second"],
-        pgolf_over_torch=p["targets_per_second"] / (t["targets"] / t["seconds"]),
-        torch_mfu=flops / t["seconds"] / H100_BF16_DENSE, pgolf_mfu=flops / p["seconds"] / H100_BF16_DENSE,
-        torch_val_bpb=t["val_bpb"], pgolf_val_bpb=p["val_bpb"],
-        bpb_rel_diff=abs(p["val_bpb"] - t["val_bpb"]) / t["val_bpb"],
-        torch_full_val_seconds=FULL_TARGETS[V] / (t["targets"] / t["seconds"]),
-        pgolf_full_val_seconds=FULL_TARGETS[V] / p["targets_per_second"])
+    report["sliding"] = side_by_side(t, p, t["windows"] * L * fwd, V)
 
     stream = write_stream(tg, tmp, V, args.ttt_targets)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
     side = TorchSide(tg, model, stream.to(DEVICE, torch.int64), luts, L, args.batch_seqs, autocast)
     t = side.ttt()
-    model.load_state_dict(state)
     p = run_pgolf(args.pgolf, tmp, cfg, tokenizer, args.precision, args.batch_seqs,
                   ["--ttt", "--ttt-chunk-tokens", str(TTT["chunk"]), "--ttt-epochs", str(TTT["epochs"]),
                    "--ttt-lr", str(TTT["lr"]), "--ttt-momentum", str(TTT["momentum"]),
                    "--ttt-batch-seqs", str(TTT["batch_seqs"]), "--ttt-grad-clip", str(TTT["clip"]),
                    "--ttt-micro-batch", str(args.ttt_micro_batch)])
     windows = len(side.windows(0, stream.numel()))
-    flops = windows * L * fwd + 3 * fwd * t["trained_tokens"]
-    report["ttt"] = dict(
-        targets=t["targets"], trained_tokens=t["trained_tokens"],
-        torch_targets_per_s=t["targets"] / t["seconds"], pgolf_targets_per_s=p["targets_per_second"],
-        pgolf_over_torch=p["targets_per_second"] / (t["targets"] / t["seconds"]),
-        torch_mfu=flops / t["seconds"] / H100_BF16_DENSE, pgolf_mfu=flops / p["seconds"] / H100_BF16_DENSE,
-        torch_val_bpb=t["val_bpb"], pgolf_val_bpb=p["val_bpb"],
-        bpb_rel_diff=abs(p["val_bpb"] - t["val_bpb"]) / t["val_bpb"],
-        torch_full_val_seconds=FULL_TARGETS[V] / (t["targets"] / t["seconds"]),
-        pgolf_full_val_seconds=FULL_TARGETS[V] / p["targets_per_second"])
+    report["ttt"] = side_by_side(t, p, windows * L * fwd + 3 * fwd * t["trained_tokens"], V,
+                                 trained_tokens=t["trained_tokens"])
     return report
 
 

@@ -26,8 +26,19 @@ pub fn open(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(spec: &str, ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| InferError::Device(format!("{spec}: cannot open the CUDA device: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle's message may carry a backtrace on later lines; the first names the driver's error.
+        let message = e.to_string();
+        let first = message.lines().next().unwrap_or_default().to_string();
+        InferError::Device(if first.contains("CUDA_ERROR_STUB_LIBRARY") {
+            format!(
+                "{spec}: no NVIDIA driver here: libcuda.so.1 is the build's stub (CUDA_ERROR_STUB_LIBRARY); \
+                 run the CUDA build where the driver is installed (docs/GPU.md)"
+            )
+        } else {
+            format!("{spec}: cannot open the CUDA device: {first}")
+        })
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -32,6 +32,10 @@ pub trait CausalLm: Sync {
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>>;
     /// Whether the reference's TTT_FREEZE_BLOCKS = `blocks` keeps the weight `name` fixed.
     fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool;
+    /// Runs the device-generic operations a GPU runs instead of the hand-written CPU kernels.
+    fn use_generic_ops(&mut self);
+    /// Whether the model runs the device-generic operations (always, off the CPU).
+    fn generic_ops(&self) -> bool;
 }
 
 impl CausalLm for Gpt {
@@ -65,6 +69,14 @@ impl CausalLm for Gpt {
 
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
         Gpt::make_trainable(self, selected)
+    }
+
+    fn use_generic_ops(&mut self) {
+        Gpt::use_generic_ops(self)
+    }
+
+    fn generic_ops(&self) -> bool {
+        !self.cpu_kernels()
     }
 
     /// The records freeze the first `blocks` blocks by prefix.

@@ -109,6 +109,8 @@ pub struct Gpt {
     pub regridded: Vec<(String, f32, f32)>,
     device: Device,
     precision: Precision,
+    /// Whether the hand-written CPU kernels run (on the CPU unless [`Gpt::use_generic_ops`] turned them off).
+    cpu_kernels: bool,
     names: Vec<String>,
     params: Vec<Tensor>,
     tok_emb: usize,
@@ -278,6 +280,7 @@ impl Gpt {
             cfg,
             device: device.clone(),
             precision,
+            cpu_kernels: device.is_cpu(),
             names,
             params,
         })
@@ -357,7 +360,19 @@ impl Gpt {
     /// The training pass on the CPU uses the hand-differentiated f32 operations of [`super::ops`] (they touch no
     /// matrix product, so they serve both precisions).
     fn fused_training_ops(&self) -> bool {
-        self.device.is_cpu()
+        self.cpu_kernels
+    }
+
+    /// Runs the device-generic compositions (what a GPU runs: explicit masked softmax attention, composed RMSNorm,
+    /// RoPE and cross-entropy, candle's autograd) instead of the hand-written CPU kernels, so the GPU's code path
+    /// can be checked on the CPU.
+    pub fn use_generic_ops(&mut self) {
+        self.cpu_kernels = false;
+    }
+
+    /// Whether the hand-written CPU kernels run.
+    pub fn cpu_kernels(&self) -> bool {
+        self.cpu_kernels
     }
 
     /// `x · s` with a per-channel vector `s` [d].
@@ -407,7 +422,7 @@ impl Gpt {
         let v = z.dim(D::Minus1)?;
         let z = z.reshape(((), v))?;
         let targets = targets.flatten_all()?;
-        if self.device.is_cpu() {
+        if self.cpu_kernels {
             let cap = self.cfg.logit_softcap as f32;
             return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?);
         }
@@ -841,7 +856,7 @@ impl Gpt {
             if minus_self {
                 self.causal_attention_minus_self(q, k, v, pass)
             } else {
-                grouped_causal_attention(q, k, v, pass, self.precision)
+                grouped_causal_attention(q, k, v, pass, self.precision, self.cpu_kernels)
             }
         };
         let y = match ctx.segments {
@@ -901,7 +916,7 @@ impl Gpt {
         v: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (p, v) = causal_probabilities(q, k, v, pass, self.precision)?;
+        let (p, v) = causal_probabilities(q, k, v, pass, self.precision, self.cpu_kernels)?;
         let t = p.dim(D::Minus1)?;
         // diag(A): entries t·T + t of each flattened [T, T] map.
         let at: Vec<u32> = (0..t).map(|i| (i * t + i) as u32).collect();
@@ -992,16 +1007,18 @@ pub(crate) fn rope(
 }
 
 /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd): the blocked
-/// CPU kernel when scoring in f32, the explicit softmax otherwise (its two products under `precision`).
+/// CPU kernel when scoring in f32 with `cpu_kernels`, the explicit softmax otherwise (its two products under
+/// `precision`).
 pub(crate) fn grouped_causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     pass: Pass,
     precision: Precision,
+    cpu_kernels: bool,
 ) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
-    if pass == Pass::Score && q.device().is_cpu() && precision == Precision::Fp32 {
+    if pass == Pass::Score && cpu_kernels && precision == Precision::Fp32 {
         let shape = AttentionShape {
             batch: b,
             heads: h,
@@ -1017,7 +1034,7 @@ pub(crate) fn grouped_causal_attention(
         let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
         return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
     }
-    let (p, v) = causal_probabilities(q, k, v, pass, precision)?;
+    let (p, v) = causal_probabilities(q, k, v, pass, precision, cpu_kernels)?;
     precision.matmul(&p, &v)
 }
 
@@ -1030,6 +1047,7 @@ fn causal_probabilities(
     v: &Tensor,
     pass: Pass,
     precision: Precision,
+    cpu_kernels: bool,
 ) -> Result<(Tensor, Tensor)> {
     let (b, h, t, hd) = q.dims4()?;
     let hkv = k.dim(1)?;
@@ -1044,7 +1062,7 @@ fn causal_probabilities(
         (k.contiguous()?, v.contiguous()?)
     };
     let scores = (precision.matmul(&q.contiguous()?, &k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let p = if q.device().is_cpu() {
+    let p = if cpu_kernels {
         super::attention::causal_softmax(&scores)?
     } else {
         let masked = scores.broadcast_add(&causal_mask(t, q.device())?)?;

@@ -272,6 +272,8 @@ pub struct BytePatchJepa {
     pub cfg: PatchJepaConfig,
     device: Device,
     precision: Precision,
+    /// Whether the hand-written CPU kernels run (see [`super::model::Gpt::use_generic_ops`]).
+    cpu_kernels: bool,
     names: Vec<String>,
     params: Vec<Tensor>,
     encoder: Vec<PlainBlock>,
@@ -352,6 +354,7 @@ impl BytePatchJepa {
             cfg,
             device: device.clone(),
             precision,
+            cpu_kernels: device.is_cpu(),
             names,
             params,
             encoder,
@@ -369,7 +372,7 @@ impl BytePatchJepa {
     }
 
     fn fused(&self) -> bool {
-        self.device.is_cpu()
+        self.cpu_kernels
     }
 
     /// `F.linear(x, W)` under the model's precision.
@@ -432,7 +435,7 @@ impl BytePatchJepa {
         let q = rope(&q, cos, neg_sin, pass, self.fused())?;
         let k = rope(&k, cos, neg_sin, pass, self.fused())?;
         let q = q.broadcast_mul(&self.params[blk.q_gain].reshape((1, heads.heads, 1, 1))?)?;
-        let y = grouped_causal_attention(&q, &k, &v, pass, self.precision)?;
+        let y = grouped_causal_attention(&q, &k, &v, pass, self.precision, self.cpu_kernels)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         self.linear(&y, &self.params[blk.proj])
     }
@@ -574,6 +577,14 @@ impl CausalLm for BytePatchJepa {
 
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
         make_trainable(&self.names, &mut self.params, selected)
+    }
+
+    fn use_generic_ops(&mut self) {
+        self.cpu_kernels = false;
+    }
+
+    fn generic_ops(&self) -> bool {
+        !self.cpu_kernels
     }
 
     /// The seed freezes by substring: `blocks.{i}.` also matches `decoder_blocks.{i}.`, as its

@@ -346,6 +346,11 @@ impl Trainer {
         self.qat_active
     }
 
+    /// Trains with the device-generic operations a GPU runs (see [`Gpt::use_generic_ops`]).
+    pub fn use_generic_ops(&mut self) {
+        self.model.use_generic_ops();
+    }
+
     pub fn set_qat(&mut self, on: bool) -> Result<()> {
         if on && self.opts.qat.is_none() {
             return Err(TrainError::Setup("QAT was not configured".into()));

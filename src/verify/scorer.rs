@@ -1,6 +1,6 @@
 //! The interface every evaluation procedure scores through, and its implementation for a model's forward pass.
 
-use candle_core::{D, Tensor};
+use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
@@ -33,6 +33,18 @@ impl Scored {
             rows: Vec::new(),
         }
     }
+
+    /// Per-window NLLs cut from a padded [B, len] batch of them: window i keeps its first `inputs[i].len()`.
+    fn from_rows_of(inputs: &[&[u16]], nll: &[f32], len: usize, rows: Vec<Vec<f64>>) -> Self {
+        Scored {
+            nll: inputs
+                .iter()
+                .enumerate()
+                .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
+                .collect(),
+            rows,
+        }
+    }
 }
 
 /// Scores windows with a model's forward pass: windows are zero-padded to the longest in the batch, or to `pad_to`
@@ -46,7 +58,7 @@ impl Scored {
 pub struct ModelScorer<'a> {
     pub model: &'a dyn CausalLm,
     pub pad_to: usize,
-    /// Compute the cross-entropy where the model runs (the default off the CPU).
+    /// Compute the cross-entropy where the model runs (the default off the CPU, or with generic operations).
     pub nll_on_device: bool,
 }
 
@@ -55,7 +67,7 @@ impl<'a> ModelScorer<'a> {
         ModelScorer {
             model,
             pad_to,
-            nll_on_device: !model.device().is_cpu(),
+            nll_on_device: model.generic_ops(),
         }
     }
 
@@ -66,14 +78,11 @@ impl<'a> ModelScorer<'a> {
         targets: &[&[u16]],
         rows: &[(usize, usize)],
     ) -> Result<Scored> {
-        let b = inputs.len();
-        let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
-        if b == 0 || len == 0 {
-            return Ok(Scored::empty(b));
-        }
-        let len = len.max(self.pad_to);
         let device = self.model.device();
-        let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), device)?;
+        let Some((x, len)) = batch_ids(inputs, self.pad_to, device)? else {
+            return Ok(Scored::empty(inputs.len()));
+        };
+        let b = inputs.len();
         let y = Tensor::from_vec(padded_ids(targets, len), b * len, device)?;
         let z = self
             .model
@@ -102,14 +111,7 @@ impl<'a> ModelScorer<'a> {
                 .map(|row| log_softmax_row(row.into_iter()))
                 .collect()
         };
-        Ok(Scored {
-            nll: inputs
-                .iter()
-                .enumerate()
-                .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
-                .collect(),
-            rows,
-        })
+        Ok(Scored::from_rows_of(inputs, &nll, len, rows))
     }
 }
 
@@ -140,14 +142,7 @@ impl WindowScorer for ModelScorer<'_> {
                 log_softmax_row(logits[at..at + v].iter().map(|&z| model.softcap(z)))
             })
             .collect();
-        Ok(Scored {
-            nll: inputs
-                .iter()
-                .enumerate()
-                .map(|(i, w)| nll[i * len..i * len + w.len()].to_vec())
-                .collect(),
-            rows,
-        })
+        Ok(Scored::from_rows_of(inputs, &nll, len, rows))
     }
 }
 
@@ -240,16 +235,27 @@ pub fn batch_logits(
     inputs: &[&[u16]],
     pad_to: usize,
 ) -> Result<Option<(Vec<f32>, usize, usize)>> {
+    let Some((x, len)) = batch_ids(inputs, pad_to, model.device())? else {
+        return Ok(None);
+    };
+    let logits = model.uncapped_logits(&x)?;
+    let v = logits.dim(D::Minus1)?;
+    Ok(Some((logits.flatten_all()?.to_vec1::<f32>()?, len, v)))
+}
+
+/// A batch of windows as one zero-padded [B, L] id tensor on `device` (L the longest window, at least `pad_to`),
+/// with L; None for an empty batch.
+fn batch_ids(inputs: &[&[u16]], pad_to: usize, device: &Device) -> Result<Option<(Tensor, usize)>> {
     let b = inputs.len();
     let len = inputs.iter().map(|w| w.len()).max().unwrap_or(0);
     if b == 0 || len == 0 {
         return Ok(None);
     }
     let len = len.max(pad_to);
-    let x = Tensor::from_vec(padded_ids(inputs, len), (b, len), model.device())?;
-    let logits = model.uncapped_logits(&x)?;
-    let v = logits.dim(D::Minus1)?;
-    Ok(Some((logits.flatten_all()?.to_vec1::<f32>()?, len, v)))
+    Ok(Some((
+        Tensor::from_vec(padded_ids(inputs, len), (b, len), device)?,
+        len,
+    )))
 }
 
 /// Windows of ids laid out as zero-padded rows of `len`, flattened.

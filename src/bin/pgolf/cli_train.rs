@@ -212,6 +212,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         }
         None => Trainer::new(cfg.clone(), opts.clone(), &device)?,
     };
+    if args.compute.generic_ops {
+        trainer.use_generic_ops();
+    }
     if !args.json {
         println!(
             "model_params:{} train_shards:{} val_tokens:{} train_batch_tokens:{} train_seq_len:{} iterations:{} max_wallclock_seconds:{}",

@@ -340,7 +340,7 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
     } else {
         None
     };
-    let built = match &arch {
+    let mut built = match &arch {
         Architecture::Gpt(cfg) => {
             let state = weights::check_state_dict(cfg, state, DType::F32, &args.model)?;
             Built::Gpt(Gpt::new(cfg.clone(), state, &device, precision)?)
@@ -353,6 +353,12 @@ fn run_inner(args: VerifyArgs, print: bool) -> Result<(ExitCode, Value)> {
             &args.model,
         )?),
     };
+    if args.compute.generic_ops {
+        match &mut built {
+            Built::Gpt(m) => m.use_generic_ops(),
+            Built::PatchJepa(m) => CausalLm::use_generic_ops(m),
+        }
+    }
     let regridded = match &built {
         Built::Gpt(m) => m.regridded.clone(),
         Built::PatchJepa(_) => Vec::new(),
@@ -1010,6 +1016,7 @@ impl Summary<'_> {
             "method": self.form.name(),
             "device": self.args.compute.device,
             "precision": self.args.compute.precision,
+            "generic_ops": self.args.compute.generic_ops,
             "seq_len": self.seq_len,
             "stride": match self.form {
                 WindowForm::NonOverlapping | WindowForm::DocIsolated { .. } => None,

@@ -14,6 +14,10 @@ pub struct ComputeArgs {
     /// softmax and losses).
     #[arg(long, default_value = "fp32", value_parser = clap::builder::ValueParser::new(parse_precision))]
     pub precision: Precision,
+    /// Run the device-generic operations a GPU runs (explicit masked-softmax attention, composed RMSNorm, RoPE and
+    /// cross-entropy, candle's autograd) instead of the hand-written CPU kernels: the GPU's code path, on the CPU.
+    #[arg(long)]
+    pub generic_ops: bool,
 }
 
 fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
