@@ -5,9 +5,9 @@
 #
 # The toolkit comes from PyPI (scripts/cuda-toolkit.sh, into .cuda/13.0); candle's kernels are compiled for sm_90
 # (H100). The build has its own target folder, so it never invalidates the default CPU build. The first build takes
-# about 25 minutes on two cores (candle's quantized-matmul kernels dominate); later ones are incremental.
+# about 29 minutes on two cores (candle's quantized-matmul kernels dominate); later ones are incremental.
 #
-# The .xz is what travels to the GPU machine (the binary is 61 MB, 7.7 MB compressed); scripts/gpu/run.sh unpacks it
+# The .xz is what travels to the GPU machine (the binary is 64 MB, 8 MB compressed); scripts/gpu/run.sh unpacks it
 # and finds the CUDA 13 libraries of the machine's PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
