@@ -49,15 +49,6 @@ fn open_cuda(spec: &str, _ordinal: usize) -> Result<Device> {
     )))
 }
 
-/// The device in words, for reports: `cpu` or `cuda:N`.
-pub fn describe(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        other => format!("{other:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,7 +60,6 @@ mod tests {
         assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
         let err = open("cuda:x").unwrap_err().to_string();
         assert!(err.contains("\"cuda:x\""), "{err}");
-        assert_eq!(describe(&Device::Cpu), "cpu");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -109,7 +109,9 @@ pub struct Gpt {
     pub regridded: Vec<(String, f32, f32)>,
     device: Device,
     precision: Precision,
-    /// Whether the hand-written CPU kernels run (on the CPU unless [`Gpt::use_generic_ops`] turned them off).
+    /// Whether the hand-written CPU kernels run (on the CPU unless [`Gpt::use_generic_ops`] turned them off): the
+    /// blocked attention, the capped cross-entropy, and the training pass's hand-differentiated f32 operations of
+    /// [`super::ops`] (they touch no matrix product, so they serve both precisions).
     cpu_kernels: bool,
     names: Vec<String>,
     params: Vec<Tensor>,
@@ -354,13 +356,7 @@ impl Gpt {
     }
 
     fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
-        rms_norm(x, ones, pass, self.fused_training_ops())
-    }
-
-    /// The training pass on the CPU uses the hand-differentiated f32 operations of [`super::ops`] (they touch no
-    /// matrix product, so they serve both precisions).
-    fn fused_training_ops(&self) -> bool {
-        self.cpu_kernels
+        rms_norm(x, ones, pass, self.cpu_kernels)
     }
 
     /// Runs the device-generic compositions (what a GPU runs: explicit masked softmax attention, composed RMSNorm,
@@ -377,7 +373,7 @@ impl Gpt {
 
     /// `x · s` with a per-channel vector `s` [d].
     fn channel_scale(&self, x: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
-        channel_scale(x, s, pass, self.fused_training_ops())
+        channel_scale(x, s, pass, self.cpu_kernels)
     }
 
     /// Logits [B, T, V] (f32, soft-capped) for token ids [B, T] (u32).
@@ -407,7 +403,7 @@ impl Gpt {
     /// The head applied to final hidden states [.., d]: uncapped logits in f32.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
-        Ok(self.linear(hidden, head)?.to_dtype(DType::F32)?)
+        self.linear(hidden, head)
     }
 
     /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
@@ -774,15 +770,7 @@ impl Gpt {
     fn rope(&self, z: &Tensor, ctx: &Context) -> Result<Tensor> {
         let hd = self.cfg.head_dim();
         let rd = self.cfg.rotary_dims();
-        let rotate = |z: &Tensor| {
-            rope(
-                z,
-                &ctx.cos,
-                &ctx.neg_sin,
-                ctx.pass,
-                self.fused_training_ops(),
-            )
-        };
+        let rotate = |z: &Tensor| rope(z, &ctx.cos, &ctx.neg_sin, ctx.pass, self.cpu_kernels);
         if rd == hd {
             return rotate(z);
         }

@@ -7,7 +7,6 @@
 //! weights stay f32 (so test-time training updates f32 masters), the operands of each product are rounded to bf16
 //! (round-to-nearest-even, as torch's cast), and the product comes back as f32.
 
-use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{DType, Tensor};
@@ -35,19 +34,6 @@ impl Precision {
                 .matmul(&b.to_dtype(DType::BF16)?)?
                 .to_dtype(DType::F32)?,
         })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Mixed => "mixed",
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

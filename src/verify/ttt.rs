@@ -149,8 +149,9 @@ impl ScoreFirstTtt {
         let device = self.model.device();
         let world = self.recipe.world_size as f64;
         let mut ranges = Vec::new();
-        // (loss, weight) pieces: the gradient is Σ weight · ∇loss.
-        let mut pieces: Vec<(Tensor, f64)> = Vec::new();
+        // The sum of the whole rank batches' mean losses (one backward pass for all of them, as without
+        // micro-batching); micro-batches each take their own backward pass.
+        let mut whole: Option<Tensor> = None;
         let mut g: Vec<Option<Tensor>> = vec![None; self.params.len()];
         for r in rank_batches {
             // Tokens r.start .. r.end + 1 (the records skip a batch whose last target would run off the stream).
@@ -175,12 +176,15 @@ impl ScoreFirstTtt {
                 let x = Tensor::from_vec(x, (count, l), device)?;
                 let y = Tensor::from_vec(y, (count, l), device)?;
                 // all_reduce(AVG) of the per-rank gradients = the gradient of the mean of the per-rank losses.
-                let weight = count as f64 / n as f64 / world;
-                pieces.push((self.model.train_loss(&x, &y)?, weight));
-                if m < n {
-                    // Micro-batches: one backward pass each, gradients summed.
-                    let (loss, weight) = pieces.pop().expect("pushed above");
-                    let grads = (loss * weight)?.backward()?;
+                let loss = self.model.train_loss(&x, &y)?;
+                if count == n {
+                    whole = Some(match whole {
+                        None => loss,
+                        Some(t) => (t + loss)?,
+                    });
+                } else {
+                    // A micro-batch, weighted by its share of the rank's sequences.
+                    let grads = (loss * (count as f64 / n as f64 / world))?.backward()?;
                     add_gradients(&mut g, &grads, &self.params)?;
                 }
             }
@@ -189,17 +193,8 @@ impl ScoreFirstTtt {
         if ranges.is_empty() {
             return Ok(());
         }
-        if !pieces.is_empty() {
-            // Whole rank batches: one backward pass over the sum of the per-rank losses, as before micro-batching.
-            let mut total: Option<Tensor> = None;
-            for (loss, _) in pieces {
-                total = Some(match total {
-                    None => loss,
-                    Some(t) => (t + loss)?,
-                });
-            }
-            let loss = (total.expect("non-empty") / world)?;
-            let grads = loss.backward()?;
+        if let Some(total) = whole {
+            let grads = (total / world)?.backward()?;
             add_gradients(&mut g, &grads, &self.params)?;
         }
         clip_grad_norm(&mut g, self.recipe.grad_clip)?;
