@@ -12,7 +12,7 @@ seed() {
   mkdir -p "$dir"
   case $t in
     shard) cp fixtures/models/val_sp1024/fineweb_val_000000.bin "$dir/" ;;
-    sentencepiece) cp ../shared/data/tokenizers/fineweb_1024_bpe.model "$dir/" 2>/dev/null || true ;;
+    sentencepiece) cp fixtures/tokenizers/fineweb_1024_bpe.model "$dir/" ;;
     artifact|outer) cp fixtures/artifacts/*.ptz fixtures/artifacts/*.pt fixtures/pack/*.pglf "$dir/" ;;
     pickle) python3 - "$dir" <<'PY'
 import io, sys, zipfile, zlib

@@ -1,12 +1,12 @@
 //! Artifact reading and `pgolf inspect`, against `fixtures/generate_artifacts.py` (the challenge's exporter and a
-//! spec-following int6 writer, dequantized by their own code) and the real artifact in `../shared`.
+//! spec-following int6 writer, dequantized by their own code) and the real published artifact under `fixtures/artifacts/`.
 
 mod common;
 
 use std::io::Write;
 
 use common::*;
-use pgolf::pack::inspect::load_artifact;
+use pgolf::pack::artifact::load_artifact;
 use pgolf::pack::{Limits, PackError};
 use serde_json::Value;
 
@@ -212,12 +212,12 @@ fn every_packed_scheme_is_recognised() {
 fn the_real_published_artifact_opens_and_dequantizes_like_the_challenge() {
     let g = artifacts_golden();
     check_against_golden(
-        &shared("data/artifacts/shared_blocks_int8_zlib.ptz"),
+        &fixture("artifacts/shared_blocks_int8_zlib.ptz"),
         &g["shared:shared_blocks_int8_zlib.ptz"],
     );
     let out = pgolf_json(&[
         "inspect",
-        s(&shared("data/artifacts/shared_blocks_int8_zlib.ptz")),
+        s(&fixture("artifacts/shared_blocks_int8_zlib.ptz")),
         "--json",
     ]);
     // 13 int8 matrices and 9 fp32 passthrough tensors, as the challenge's own dequantization lists them.
@@ -262,15 +262,15 @@ fn inspect_reports_sizes_code_and_margin() {
         let model = g["sp1024_tied.int6.br.ptz"]["bytes"].as_u64().unwrap();
         let code = g[wrapper]["bytes"].as_u64().unwrap();
         assert_eq!(out["model_bytes"].as_u64(), Some(model));
-        assert_eq!(out["code_bytes"].as_u64(), Some(code));
+        assert_eq!(out["size"]["code_bytes"].as_u64(), Some(code));
         assert_eq!(out["code"]["wrapper"], kind);
         assert_eq!(out["code"]["decoded_bytes"], g[wrapper]["decoded_bytes"]);
-        assert_eq!(out["total_bytes"].as_u64(), Some(model + code));
+        assert_eq!(out["size"]["total_bytes"].as_u64(), Some(model + code));
         assert_eq!(
-            out["margin"].as_i64(),
+            out["size"]["headroom_bytes"].as_i64(),
             Some(16_000_000 - (model + code) as i64)
         );
-        assert_eq!(out["verdict"], "fits");
+        assert_eq!(out["size"]["under_budget"], true, "fits");
         let shares: f64 = out["tensors"]
             .as_array()
             .unwrap()
@@ -412,7 +412,7 @@ fn a_truncated_zip_is_refused() {
         e.contains("cut.pt") && e.contains("not a torch.save zip"),
         "{e}"
     );
-    let real = std::fs::read(shared("data/artifacts/shared_blocks_int8_zlib.ptz")).unwrap();
+    let real = std::fs::read(fixture("artifacts/shared_blocks_int8_zlib.ptz")).unwrap();
     let p = write(&dir, "cut.ptz", &real[..real.len() / 2]);
     let e = load_artifact(&p, &Limits::default())
         .unwrap_err()

@@ -1,10 +1,11 @@
 //! Every coder round-trips (property tests over random symbol streams and shapes); pgolf's rANS coder lands within
 //! 0.3% of the order-0 entropy plus its tables on a realistic int6 tensor.
 
-use pgolf::pack::inspect::{Coder, order0_entropy};
+use pgolf::pack::codec::Coder;
 use pgolf::pack::outer::{shuffle, unshuffle};
 use pgolf::pack::quantize;
 use pgolf::pack::rans;
+use pgolf::pack::stats::order0_entropy;
 use proptest::prelude::*;
 
 /// A deterministic normal sample (Box–Muller over a 64-bit LCG).

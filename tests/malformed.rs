@@ -11,7 +11,7 @@ use common::*;
 use pgolf::data::sentencepiece::SpModel;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
-use pgolf::pack::inspect::load_artifact_bytes;
+use pgolf::pack::artifact::load_artifact_bytes;
 use pgolf::pack::{Limits, pickle, rans};
 
 /// Truncations at 40 points and single-bit flips at 200 positions spread over the input.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use pgolf::pack::Limits;
-use pgolf::pack::inspect::load_artifact;
+use pgolf::pack::artifact::load_artifact;
 use serde_json::Value;
 
 fn pack_golden() -> Value {
@@ -116,19 +116,22 @@ fn the_budget_search_lands_under_the_budget() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let artifact = v["artifact_bytes"].as_u64().unwrap();
+    let artifact = v["size"]["artifact_bytes"].as_u64().unwrap();
     assert_eq!(
         std::fs::metadata(dir.join("fit.pglf")).unwrap().len(),
         artifact
     );
-    assert_eq!(v["code_bytes"].as_u64(), Some(code_bytes));
-    assert_eq!(v["total_bytes"].as_u64(), Some(artifact + code_bytes));
+    assert_eq!(v["size"]["code_bytes"].as_u64(), Some(code_bytes));
+    assert_eq!(
+        v["size"]["total_bytes"].as_u64(),
+        Some(artifact + code_bytes)
+    );
     assert!(
         artifact + code_bytes + 500 <= budget,
         "{artifact} + {code_bytes} + 500 > {budget}"
     );
     assert_eq!(
-        v["margin"].as_i64(),
+        v["size"]["headroom_bytes"].as_i64(),
         Some(budget as i64 - (artifact + code_bytes) as i64)
     );
     assert!(
@@ -150,7 +153,7 @@ fn the_budget_search_lands_under_the_budget() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["artifact_bytes"].as_u64().unwrap() <= 100_000);
+    assert!(v["size"]["artifact_bytes"].as_u64().unwrap() <= 100_000);
     let bits: Vec<u64> = v["settings"]["groups"]
         .as_array()
         .unwrap()

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use pgolf::pack::Limits;
-use pgolf::pack::inspect::load_artifact;
+use pgolf::pack::artifact::load_artifact;
 use pgolf::pack::quantize;
 use pgolf::pack::schema::Payload;
 

@@ -570,7 +570,7 @@ fn train_refuses_record_components_and_names_the_config() {
 
 #[test]
 fn doc_isolated_buffers_are_whole_per_rank_as_the_records_truncate_them() {
-    use pgolf::verify::eval::{WindowForm, plan_windows};
+    use pgolf::verify::windows::{WindowForm, plan_windows};
     let form = |world_size| WindowForm::DocIsolated {
         batch_seqs: 4,
         world_size,

@@ -224,7 +224,7 @@ fn loss_falls_and_the_checkpoint_round_trips_through_pack_and_verify() {
         "--json",
     ]);
     assert_eq!(
-        p["artifact_bytes"].as_u64().unwrap(),
+        p["size"]["artifact_bytes"].as_u64().unwrap(),
         std::fs::metadata(&artifact).unwrap().len()
     );
     let q = pgolf_json(&[

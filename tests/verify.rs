@@ -302,3 +302,39 @@ fn bad_configs_and_weight_files_are_rejected() {
     );
     assert!(e.contains("stride must be in 1..=128"), "{e}");
 }
+
+#[test]
+fn an_illegal_combination_is_refused_before_any_file_is_read() {
+    // The model, stream and tokenizer do not exist: the refusal must name the combination, not a missing file.
+    for (flags, want) in [
+        (
+            &["--ngram-blend", "--ttt"][..],
+            "--ngram-blend is an evaluation procedure of its own",
+        ),
+        (
+            &["--mixer", "--doc-isolated"][..],
+            "--mixer is an evaluation procedure of its own",
+        ),
+        (&["--ttt-polyak", "0.9"][..], "belong to --mixer --ttt"),
+        (
+            &["--ttt", "--ttt-chunk-tokens", "0"][..],
+            "must be positive",
+        ),
+    ] {
+        let mut args = vec![
+            "verify",
+            "/nonexistent/model.safetensors",
+            "--val",
+            "/nonexistent/val_*.bin",
+            "--tokenizer",
+            "/nonexistent/tokenizer.model",
+        ];
+        args.extend_from_slice(flags);
+        let e = pgolf_err(&args);
+        assert!(e.contains(want), "{flags:?}: {e}");
+        assert!(
+            !e.contains("nonexistent"),
+            "{flags:?} read a file first: {e}"
+        );
+    }
+}

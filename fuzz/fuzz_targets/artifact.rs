@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         max_external_seconds: 2,
         ..Limits::default()
     };
-    if let Ok(a) = pgolf::pack::inspect::load_artifact_bytes(std::path::Path::new("fuzz.ptz"), data.to_vec(), &limits) {
+    if let Ok(a) = pgolf::pack::artifact::load_artifact_bytes(std::path::Path::new("fuzz.ptz"), data.to_vec(), &limits) {
         for t in &a.tensors {
             let _ = t.dequantize();
         }

@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let stride = data.first().map(|b| (*b as usize % 8) + 1).unwrap_or(1);
     assert_eq!(outer::unshuffle(&outer::shuffle(data, stride), stride), data);
-    let _ = outer::peel(path, data.to_vec(), &pgolf::pack::Limits { max_decompressed_bytes: limit, ..Default::default() });
+    let _ = outer::peel(path, data.to_vec(), &pgolf::pack::Limits { max_decompressed_bytes: limit, ..Default::default() }, pgolf::pack::torchfile::is_zip);
 });

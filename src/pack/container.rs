@@ -7,8 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::inspect::Coder;
-use super::outer::{self, Layer};
+use super::codec::{Codec, Coder};
+use super::outer;
 use super::schema::{Payload, QTensor};
 use super::torchfile::HostTensor;
 use super::{Limits, PackError, Result, rans};
@@ -17,48 +17,6 @@ pub const MAGIC: &[u8; 4] = b"PGLF";
 pub const VERSION: u8 = 1;
 /// magic 4 + version 1 + codec 1 + shuffle 1 + header length 4 + sha256 32.
 pub const PREAMBLE: usize = 43;
-
-/// How the body is coded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    /// pgolf's per-tensor rANS for symbols; scales and passthrough bytes stored raw.
-    Rans,
-    /// One stream of every tensor's bytes through a general-purpose coder (optionally byte-shuffled).
-    General(Coder),
-}
-
-impl Codec {
-    pub fn id(&self) -> u8 {
-        match self {
-            Codec::Rans => 0,
-            Codec::General(Coder::Zlib) => 1,
-            Codec::General(Coder::Zstd) => 2,
-            Codec::General(Coder::Xz) => 3,
-            Codec::General(Coder::Brotli) => 4,
-        }
-    }
-
-    pub fn from_id(id: u8) -> Option<Self> {
-        Some(match id {
-            0 => Codec::Rans,
-            1 => Codec::General(Coder::Zlib),
-            2 => Codec::General(Coder::Zstd),
-            3 => Codec::General(Coder::Xz),
-            4 => Codec::General(Coder::Brotli),
-            _ => return None,
-        })
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Codec::Rans => "rans",
-            Codec::General(Coder::Zlib) => "zlib",
-            Codec::General(Coder::Zstd) => "zstd",
-            Codec::General(Coder::Xz) => "xz",
-            Codec::General(Coder::Brotli) => "brotli",
-        }
-    }
-}
 
 /// A byte range of the body (codec 0) or of the decompressed stream (codecs 1–4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -218,23 +176,15 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
     let header_z = rest
         .get(..header_len)
         .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end")))?;
-    let json = outer::decompress_with(path, &Layer::Zlib, header_z, limits.max_decompressed_bytes)?;
+    let json = Coder::Zlib.decode(path, header_z, limits.max_decompressed_bytes)?;
     let header: Header = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
     let body_raw = &rest[header_len..];
     let body = match codec {
         Codec::Rans => body_raw.to_vec(),
-        Codec::General(c) => {
-            let layer = match c {
-                Coder::Zlib => Layer::Zlib,
-                Coder::Zstd => Layer::Zstd,
-                Coder::Xz => Layer::Xz,
-                Coder::Brotli => Layer::Brotli,
-            };
-            outer::unshuffle(
-                &outer::decompress_with(path, &layer, body_raw, limits.max_decompressed_bytes)?,
-                shuffle,
-            )
-        }
+        Codec::General(c) => outer::unshuffle(
+            &c.decode(path, body_raw, limits.max_decompressed_bytes)?,
+            shuffle,
+        ),
     };
     let slice = |span: &Span, what: &str, name: &str| -> Result<Vec<u8>> {
         let end = span

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::container::{self, Codec};
+use super::codec::Codec;
+use super::container;
 use super::quantize;
 use super::schema::{Payload, QTensor};
 use super::{PackError, Result};

@@ -1,9 +1,15 @@
-//! Artifacts: the torch `.pt` reader (zip + a restricted unpickler), the outer coders and byte-shuffle layer, the
-//! quantization schemas the records ship, and the per-tensor statistics `inspect` reports.
+//! Artifacts, from the bottom up: the restricted unpickler (`pickle`) and torch `.pt` reader (`torchfile`); the
+//! coders, their names and ids (`codec`) and pgolf's rANS (`rans`); the outer layers peeled by magic (`outer`) and the
+//! records' per-group container (`pgrp`); the quantization schemas the records ship (`schema`) and the seed 002
+//! prior (`prior`); pgolf's own container (`container`); the universal loader, to tensors and to a state dict
+//! (`artifact`); the 16,000,000-byte cap and code counting (`budget`); the statistics `inspect` reports (`stats`);
+//! and packing: the quantizers (`quantize`) and the budget search (`fit`).
 
+pub mod artifact;
+pub mod budget;
+pub mod codec;
 pub mod container;
 pub mod fit;
-pub mod inspect;
 pub mod outer;
 pub mod pgrp;
 pub mod pickle;
@@ -11,6 +17,7 @@ pub mod prior;
 pub mod quantize;
 pub mod rans;
 pub mod schema;
+pub mod stats;
 pub mod torchfile;
 
 use std::path::PathBuf;
@@ -53,6 +60,8 @@ pub enum PackError {
     },
     #[error("{path}: pickle refused: {message}")]
     Pickle { path: PathBuf, message: String },
+    #[error(transparent)]
+    Weights(#[from] crate::infer::InferError),
 }
 
 pub type Result<T, E = PackError> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use super::codec::{Codec, Coder, capped};
 use super::{Limits, PackError, Result, torchfile};
 
 /// One layer that was peeled.
@@ -27,7 +28,7 @@ pub enum Layer {
     PerGroup,
     /// pgolf's own artifact (see `container`), with its codec.
     Pgolf {
-        codec: String,
+        codec: Codec,
     },
 }
 
@@ -44,29 +45,36 @@ impl Layer {
             }
             Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
             Layer::PerGroup => "pgrp(lrzip groups + brotli remainder)".into(),
-            Layer::Pgolf { codec } => format!("pgolf({codec})"),
+            Layer::Pgolf { codec } => format!("pgolf({})", codec.name()),
         }
     }
-}
 
-fn capped(path: &Path, layer: &'static str, reader: impl Read, limit: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    reader
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| PackError::Corrupt {
-            path: path.into(),
-            layer,
-            message: e.to_string(),
-        })?;
-    if out.len() as u64 > limit {
-        return Err(PackError::TooLarge {
-            path: path.into(),
-            layer,
-            limit,
-        });
+    /// The compression layer written by one coder.
+    pub fn of(coder: Coder) -> Layer {
+        match coder {
+            Coder::Zlib => Layer::Zlib,
+            Coder::Zstd => Layer::Zstd,
+            Coder::Xz => Layer::Xz,
+            Coder::Brotli => Layer::Brotli,
+        }
     }
-    Ok(out)
+
+    /// The coder that re-compresses what this layer holds at the records' settings (raw LZMA2 is measured with xz);
+    /// None for layers that are not one coder's stream.
+    pub fn coder(&self) -> Option<Coder> {
+        match self {
+            Layer::Zlib => Some(Coder::Zlib),
+            Layer::Zstd => Some(Coder::Zstd),
+            Layer::Xz | Layer::RawLzma2 => Some(Coder::Xz),
+            Layer::Brotli => Some(Coder::Brotli),
+            Layer::Pgolf {
+                codec: Codec::General(c),
+            } => Some(*c),
+            Layer::Pgolf { codec: Codec::Rans } | Layer::ByteShuffle { .. } | Layer::PerGroup => {
+                None
+            }
+        }
+    }
 }
 
 /// The byte shuffle of `stride` (BSHF): plane i holds bytes i, i+stride, … of the input.
@@ -116,22 +124,10 @@ pub fn unshuffle_headerless(data: &[u8], stride: usize) -> Vec<u8> {
 /// Decodes one compression layer whose kind is known (no sniffing), capped at `limit` bytes.
 pub fn decompress_with(path: &Path, layer: &Layer, bytes: &[u8], limit: u64) -> Result<Vec<u8>> {
     match layer {
-        Layer::Zlib => capped(path, "zlib", flate2::read::ZlibDecoder::new(bytes), limit),
-        Layer::Zstd => {
-            let dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| PackError::Corrupt {
-                path: path.into(),
-                layer: "zstd",
-                message: e.to_string(),
-            })?;
-            capped(path, "zstd", dec, limit)
-        }
-        Layer::Xz => capped(path, "xz", liblzma::read::XzDecoder::new(bytes), limit),
-        Layer::Brotli => capped(
-            path,
-            "brotli",
-            brotli::Decompressor::new(bytes, 1 << 16),
-            limit,
-        ),
+        Layer::Zlib => Coder::Zlib.decode(path, bytes, limit),
+        Layer::Zstd => Coder::Zstd.decode(path, bytes, limit),
+        Layer::Xz => Coder::Xz.decode(path, bytes, limit),
+        Layer::Brotli => Coder::Brotli.decode(path, bytes, limit),
         Layer::RawLzma2 => raw_lzma2(bytes, limit).ok_or_else(|| PackError::Corrupt {
             path: path.into(),
             layer: "raw-lzma2",
@@ -231,12 +227,18 @@ pub fn peel_one(path: &Path, bytes: Vec<u8>, limit: u64) -> Result<Option<(Layer
     Ok(Some((layer, next)))
 }
 
-/// Peels every outer layer until a torch.save zip (or a PGRP container) remains; returns the layers (outermost first) and the zip bytes.
-pub fn peel(path: &Path, mut bytes: Vec<u8>, limits: &Limits) -> Result<(Vec<Layer>, Vec<u8>)> {
+/// Peels outer layers until `inner` recognizes what remains (a torch.save zip, say); returns the layers (outermost
+/// first) and the inner bytes.
+pub fn peel(
+    path: &Path,
+    mut bytes: Vec<u8>,
+    limits: &Limits,
+    inner: impl Fn(&[u8]) -> bool,
+) -> Result<(Vec<Layer>, Vec<u8>)> {
     let limit = limits.max_decompressed_bytes;
     let mut layers = Vec::new();
     for _ in 0..8 {
-        if torchfile::is_zip(&bytes) || bytes.starts_with(super::pgrp::MAGIC) {
+        if inner(&bytes) {
             return Ok((layers, bytes));
         }
         let Some((layer, next)) = peel_one(path, bytes, limit)? else {

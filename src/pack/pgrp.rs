@@ -216,7 +216,7 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
     }
     let limit = limits.max_decompressed_bytes;
     let remainder_zip = brotli_capped(path, streams[GROUP_ORDER.len()], limit)?;
-    let (_, remainder_zip) = outer::peel(path, remainder_zip, limits)?;
+    let (_, remainder_zip) = outer::peel(path, remainder_zip, limits, torchfile::is_zip)?;
     let remainder = torchfile::load_torch(path, &remainder_zip, limits)?;
     let (Some(Obj::Dict(r)), Some(meta), Some(manifest)) =
         (remainder.get("r"), remainder.get("m"), remainder.get("s"))

@@ -29,10 +29,11 @@ use crate::infer::precision::Precision;
 use crate::optim::{Adam, Muon, clip_grad_norm};
 use crate::pack::fit::{Group, group_of};
 use crate::pack::quantize::sdclip_rows;
-use crate::verify::eval::{WindowForm, evaluate};
+use crate::verify::eval::evaluate;
 use crate::verify::ledger::weights_digest;
 use crate::verify::procedure::WindowProcedure;
 use crate::verify::scorer::ModelScorer;
+use crate::verify::windows::WindowForm;
 use loader::TokenStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -500,9 +501,8 @@ pub struct ValSet {
 }
 
 fn eval_val(model: &Gpt, val: &ValSet, seq_len: usize) -> Result<(f64, f64)> {
-    let scorer = ModelScorer::new(model, seq_len);
     let procedure = WindowProcedure {
-        scorer: &scorer,
+        scorer: Box::new(ModelScorer::new(model, seq_len)),
         seq_len,
         form: WindowForm::NonOverlapping,
         batch_seqs: 8,

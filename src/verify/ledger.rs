@@ -8,10 +8,37 @@ use std::ops::Range;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::eval::Coverage;
 use crate::data::bpb::BpbAccumulator;
 use crate::data::bytes::ByteSource;
 use crate::infer::lm::CausalLm;
+
+/// How many times each target was scored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Coverage {
+    pub targets: usize,
+    pub scored_once: usize,
+    pub unscored: usize,
+    pub scored_more_than_once: usize,
+    pub max_times: u32,
+    /// Every target in [0, T) scored exactly once.
+    pub exactly_once: bool,
+}
+
+impl Coverage {
+    pub fn from_counts(counts: &[u32]) -> Self {
+        let scored_once = counts.iter().filter(|&&c| c == 1).count();
+        let unscored = counts.iter().filter(|&&c| c == 0).count();
+        let more = counts.len() - scored_once - unscored;
+        Coverage {
+            targets: counts.len(),
+            scored_once,
+            unscored,
+            scored_more_than_once: more,
+            max_times: counts.iter().copied().max().unwrap_or(0),
+            exactly_once: scored_once == counts.len(),
+        }
+    }
+}
 
 pub type WeightsDigest = [u8; 32];
 

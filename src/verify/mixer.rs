@@ -15,10 +15,10 @@ use candle_core::D;
 
 use candle_core::{Tensor, Var};
 
-use super::eval::{Window, WindowForm, plan_windows};
 use super::ledger::{Ledger, WeightsDigest, weights_digest};
 use super::procedure::Procedure;
 use super::scorer::log_softmax_row;
+use super::windows::{Window, WindowForm, plan_windows};
 use super::{Result, VerifyError};
 use crate::infer::lm::CausalLm;
 use crate::infer::model::Gpt;

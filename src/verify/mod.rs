@@ -1,5 +1,10 @@
-//! Evaluation drivers (non-overlapping, exactly-once sliding, legacy sliding) over any [`scorer::WindowScorer`],
-//! accumulating the challenge's BPB sums in f64 and counting how often each target is scored.
+//! Verification, from the bottom up: window geometry (`windows`); the ledger of what a procedure scored and trained
+//! on, with coverage and receipts (`ledger`); window scorers over a model (`scorer`, and seed 002's n-gram tilt in
+//! `tilt`); the procedure interface and the plain window procedure (`procedure`); the procedures that adapt or
+//! blend — score-first TTT (`ttt`), seed 003's mixer and seed 004's n-gram blend (`mixer`), the planted violations
+//! (`planted`); the driver over the whole stream (`eval`); the legality probes (`probes`); and the run a front end
+//! asks for: a spec, validated before anything is read, its canonical counterpart, the built procedure (`run`) and
+//! the typed report with findings and compliance (`report`).
 
 pub mod eval;
 pub mod ledger;
@@ -7,9 +12,12 @@ pub mod mixer;
 pub mod planted;
 pub mod probes;
 pub mod procedure;
+pub mod report;
+pub mod run;
 pub mod scorer;
 pub mod tilt;
 pub mod ttt;
+pub mod windows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -19,8 +27,16 @@ pub enum VerifyError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    #[error(transparent)]
+    Pack(#[from] crate::pack::PackError),
     #[error("{0}")]
     Setup(String),
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<VerifyError>,
+    },
 }
 
 impl From<candle_core::Error> for VerifyError {

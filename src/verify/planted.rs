@@ -5,10 +5,10 @@
 use candle_core::{Tensor, Var};
 
 use super::Result;
-use super::eval::{WindowForm, plan_windows};
 use super::ledger::{Ledger, WeightsDigest};
 use super::procedure::Procedure;
 use super::scorer::log_softmax_row;
+use super::windows::{WindowForm, plan_windows};
 use crate::infer::loss::capped_cross_entropy_rows;
 use crate::infer::model::{Gpt, Pass};
 

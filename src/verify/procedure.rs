@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use super::Result;
-use super::eval::{Window, WindowForm, plan_windows};
 use super::ledger::{Ledger, RunRecord, WeightsDigest};
 use super::scorer::WindowScorer;
+use super::windows::{Window, WindowForm, plan_windows};
 use crate::data::bytes::ByteSource;
 
 /// An evaluation procedure: a deterministic function of the validation stream that scores targets (and perhaps
@@ -113,7 +113,7 @@ pub fn score_windows(
 
 /// A window form over a fixed scorer: `eval_val`, the exactly-once sliding window, or the legacy sliding form.
 pub struct WindowProcedure<'a> {
-    pub scorer: &'a dyn WindowScorer,
+    pub scorer: Box<dyn WindowScorer + 'a>,
     pub seq_len: usize,
     pub form: WindowForm,
     pub batch_seqs: usize,
@@ -145,7 +145,7 @@ impl Procedure for WindowProcedure<'_> {
         let total = windows.len();
         let mut done = 0;
         score_windows(
-            self.scorer,
+            self.scorer.as_ref(),
             tokens,
             &windows,
             self.batch_seqs,

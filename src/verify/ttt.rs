@@ -10,10 +10,10 @@
 use candle_core::{Tensor, Var};
 use serde::Serialize;
 
-use super::eval::{WindowForm, plan_windows};
 use super::ledger::{Ledger, weights_digest};
 use super::procedure::{Procedure, score_windows};
 use super::scorer::ModelScorer;
+use super::windows::{WindowForm, plan_windows};
 use super::{Result, VerifyError};
 use crate::infer::lm::CausalLm;
 use crate::optim::{Sgd, clip_grad_norm};

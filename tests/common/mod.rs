@@ -12,13 +12,9 @@ pub fn fixture(rel: &str) -> PathBuf {
     root().join("fixtures").join(rel)
 }
 
-/// `../shared` beside the checkout (CI puts it there).
-pub fn shared(rel: &str) -> PathBuf {
-    root().join("..").join("shared").join(rel)
-}
-
+/// The challenge's SentencePiece model of this vocabulary, shipped under `fixtures/tokenizers/`.
 pub fn tokenizer_path(vocab: usize) -> PathBuf {
-    shared(&format!("data/tokenizers/fineweb_{vocab}_bpe.model"))
+    fixture(&format!("tokenizers/fineweb_{vocab}_bpe.model"))
 }
 
 pub fn golden(name: &str) -> serde_json::Value {
@@ -120,19 +116,11 @@ pub mod logit_golden {
         Gpt::new(cfg.clone(), state, &Device::Cpu, Precision::Fp32).unwrap()
     }
 
-    /// The tensors of an artifact, dequantized as `pgolf verify` reads them.
+    /// The tensors of an artifact, dequantized as `pgolf verify` reads them (the library's loader).
     pub fn artifact_state(path: &Path) -> weights::StateDict {
-        let artifact =
-            pgolf::pack::inspect::load_artifact(path, &pgolf::limits::current()).unwrap();
-        artifact
-            .tensors
-            .iter()
-            .map(|t| {
-                let values =
-                    Tensor::from_vec(t.dequantize(), t.shape.clone(), &Device::Cpu).unwrap();
-                (t.name.clone(), values)
-            })
-            .collect()
+        pgolf::pack::artifact::load_weights(path, &Device::Cpu, &pgolf::limits::current())
+            .unwrap()
+            .state
     }
 
     /// (positions, golden rows [P, V], golden per-position NLL).

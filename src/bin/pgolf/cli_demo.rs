@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use pgolf::infer::config::ModelConfig;
-use pgolf::pack::inspect::BUDGET_BYTES;
+use pgolf::pack::budget::BUDGET_BYTES;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -18,8 +18,8 @@ pub struct DemoArgs {
     /// Training time on the CPU, in seconds (the learning rate warms down over its last part).
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
-    /// The SentencePiece model of the bundled sp1024 data (default: ../shared/data/tokenizers/fineweb_1024_bpe.model
-    /// beside the repository).
+    /// The SentencePiece model of the bundled sp1024 data (default: the repository's
+    /// fixtures/tokenizers/fineweb_1024_bpe.model).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
 }
@@ -51,7 +51,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let tokenizer = args
         .tokenizer
         .clone()
-        .unwrap_or_else(|| repo_file("../shared/data/tokenizers/fineweb_1024_bpe.model"));
+        .unwrap_or_else(|| repo_file("fixtures/tokenizers/fineweb_1024_bpe.model"));
     if !tokenizer.exists() {
         bail!(
             "{}: the sp1024 tokenizer is not there; pass --tokenizer PATH",

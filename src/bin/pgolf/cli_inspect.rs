@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::Args;
 use pgolf::infer::patch_jepa::PatchJepaConfig;
 use pgolf::infer::presets;
-use pgolf::pack::inspect::{self, BUDGET_BYTES, TensorStats};
+use pgolf::pack::artifact::load_artifact;
+use pgolf::pack::budget::{SizeCheck, code_size};
+use pgolf::pack::stats::{self, TensorStats};
 use serde_json::json;
 
 use crate::progress;
@@ -33,29 +35,26 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> Result<ExitCode> {
     let limits = pgolf::limits::current();
-    let artifact = inspect::load_artifact(&args.file, &limits)?;
+    let artifact = load_artifact(&args.file, &limits)?;
     let coder = if args.no_shares {
         None
     } else {
         artifact.coder()
     };
     let bar = progress::bar(artifact.tensors.len() as u64, "tensors", args.json);
-    let stats = inspect::tensor_stats(&artifact, coder, &mut |done, _| {
+    let stats = stats::tensor_stats(&artifact, coder, &mut |done, _| {
         bar.set_position(done as u64)
     });
     bar.finish_and_clear();
     let code = args
         .code
         .as_ref()
-        .map(|p| inspect::code_size(p, &limits))
+        .map(|p| code_size(p, &limits))
         .transpose()?;
-    let coders = args.coders.then(|| inspect::coder_comparison(&artifact));
+    let coders = args.coders.then(|| stats::coder_comparison(&artifact));
     let params: usize = stats.iter().map(|s| s.params).sum();
     let model_bytes = artifact.file_bytes;
-    let code_bytes = code.as_ref().map(|c| c.counted_bytes).unwrap_or(0);
-    let total = model_bytes + code_bytes;
-    let margin = BUDGET_BYTES as i64 - total as i64;
-    let verdict = if margin >= 0 { "fits" } else { "over the cap" };
+    let size = SizeCheck::against_cap(model_bytes, code.as_ref().map(|c| c.counted_bytes));
     let how = match coder {
         Some(c) => format!(
             "each tensor's stored bytes (symbols + scales) compressed alone with {}",
@@ -99,11 +98,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             "share_measured_as": how,
             "model_bytes": model_bytes,
             "code": code,
-            "code_bytes": code_bytes,
-            "total_bytes": total,
-            "budget_bytes": BUDGET_BYTES,
-            "margin": margin,
-            "verdict": verdict,
+            "size": size,
         });
         let mut obj = obj;
         if let Some((entropy, n, sizes)) = &coders {
@@ -117,7 +112,7 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         "{}: {} bytes, {} {}{}",
         args.file.display(),
         model_bytes,
-        artifact.container,
+        artifact.container.name(),
         artifact.format,
         if layers.is_empty() {
             String::new()
@@ -204,10 +199,19 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             _ => " (raw source)".into(),
         };
         println!("code bytes   {}{wrapper}", c.counted_bytes);
-        println!("total        {total} of {BUDGET_BYTES}: margin {margin} bytes, {verdict}");
+        let verdict = if size.headroom_bytes >= 0 {
+            "fits"
+        } else {
+            "over the cap"
+        };
+        println!(
+            "total        {} of {}: margin {} bytes, {verdict}",
+            size.total_bytes, size.budget_bytes, size.headroom_bytes
+        );
     } else {
         println!(
-            "total        {total} without code (pass --code train_gpt.py): margin {margin} bytes"
+            "total        {} without code (pass --code train_gpt.py): margin {} bytes",
+            size.total_bytes, size.headroom_bytes
         );
     }
     Ok(ExitCode::SUCCESS)

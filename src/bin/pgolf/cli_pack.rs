@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use pgolf::pack::container::Codec;
+use pgolf::pack::artifact::load_artifact;
+use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size};
+use pgolf::pack::codec::{Codec, Coder};
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
-use pgolf::pack::inspect::{self, BUDGET_BYTES, Coder};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
 use pgolf::pack::schema::Payload;
 use pgolf::pack::torchfile::HostTensor;
@@ -89,7 +90,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         }
     }
     let limits = pgolf::limits::current();
-    let checkpoint = inspect::load_artifact(&args.checkpoint, &limits)?;
+    let checkpoint = load_artifact(&args.checkpoint, &limits)?;
     // A quantized artifact is dequantized first (re-quantization), so a record's weights can be re-packed.
     let mut checkpoint = checkpoint;
     for t in checkpoint.tensors.iter_mut() {
@@ -122,7 +123,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     let code = args
         .code
         .as_ref()
-        .map(|p| inspect::code_size(p, &limits))
+        .map(|p| code_size(p, &limits))
         .transpose()?;
     let code_bytes = code.as_ref().map(|c| c.counted_bytes).unwrap_or(0);
     let Some(target) = args.budget.checked_sub(code_bytes + args.margin) else {
@@ -171,7 +172,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     // Write atomically, then re-read what was written and check the round trip before reporting success.
     pgolf::data::shard::write_atomically(&args.output, &packed.bytes)?;
     let verify_round_trip = || -> Result<()> {
-        let back = inspect::load_artifact(&args.output, &limits)?;
+        let back = load_artifact(&args.output, &limits)?;
         if back.tensors.len() != packed.tensors.len() {
             bail!(
                 "{}: re-read {} tensors, wrote {}",
@@ -196,8 +197,11 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         return Err(e);
     }
     let artifact_bytes = packed.bytes.len() as u64;
-    let total = artifact_bytes + code_bytes;
-    let margin = args.budget as i64 - total as i64;
+    let size = SizeCheck::new(
+        artifact_bytes,
+        code.as_ref().map(|c| c.counted_bytes),
+        args.budget,
+    );
     let params: usize = packed.tensors.iter().map(|t| t.params()).sum();
     let codec_name = match opts.codec {
         Codec::Rans => "rans".to_string(),
@@ -219,11 +223,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     if args.json {
         let obj = json!({
             "output": args.output.display().to_string(),
-            "artifact_bytes": artifact_bytes,
-            "code_bytes": code_bytes,
-            "total_bytes": total,
-            "budget": args.budget,
-            "margin": margin,
+            "size": size,
             "scheme": scheme_name,
             "codec": codec_name,
             "parameters": params,
@@ -273,8 +273,8 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         PYTHON_DECODER.len()
     );
     println!(
-        "total        {total} of {}: margin {margin} bytes",
-        args.budget
+        "total        {} of {}: margin {} bytes",
+        size.total_bytes, size.budget_bytes, size.headroom_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

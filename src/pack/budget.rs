@@ -1,0 +1,185 @@
+//! The 16,000,000-byte cap: code bytes as the challenge counts them (self-extracting wrappers included) and the size
+//! check of artifact + code against the cap, one type and one JSON spelling for `inspect`, `pack` and `verify`.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Limits, PackError, Result};
+
+/// The challenge's cap on code + compressed model bytes (decimal).
+pub const BUDGET_BYTES: u64 = 16_000_000;
+
+/// Artifact + code bytes against a budget (the challenge's cap unless a smaller one is asked for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SizeCheck {
+    pub artifact_bytes: u64,
+    /// The code's counted bytes; None when no code file was given (the check is then undecided unless the artifact
+    /// alone is over).
+    pub code_bytes: Option<u64>,
+    pub total_bytes: u64,
+    pub budget_bytes: u64,
+    /// budget − total (negative when over).
+    pub headroom_bytes: i64,
+    /// true: under the budget; false: over it; None: the artifact fits but the code was not counted.
+    pub under_budget: Option<bool>,
+}
+
+impl SizeCheck {
+    pub fn new(artifact_bytes: u64, code_bytes: Option<u64>, budget_bytes: u64) -> Self {
+        let total_bytes = artifact_bytes.saturating_add(code_bytes.unwrap_or(0));
+        let under_budget = if total_bytes > budget_bytes {
+            Some(false)
+        } else {
+            code_bytes.map(|_| true)
+        };
+        SizeCheck {
+            artifact_bytes,
+            code_bytes,
+            total_bytes,
+            budget_bytes,
+            headroom_bytes: budget_bytes as i64 - total_bytes as i64,
+            under_budget,
+        }
+    }
+
+    /// Against the challenge's cap.
+    pub fn against_cap(artifact_bytes: u64, code_bytes: Option<u64>) -> Self {
+        SizeCheck::new(artifact_bytes, code_bytes, BUDGET_BYTES)
+    }
+}
+
+/// Code bytes as the challenge counts them: the file's bytes, and for a self-extracting wrapper
+/// (`exec(<lzma|brotli>.decompress(<base64>.b85decode("…")))`) also the decoded source's size.
+#[derive(Clone, Debug, Serialize)]
+pub struct CodeSize {
+    pub counted_bytes: u64,
+    pub wrapper: Option<String>,
+    pub decoded_bytes: Option<u64>,
+}
+
+pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
+    let bytes = std::fs::read(path).map_err(|source| PackError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = CodeSize {
+        counted_bytes: bytes.len() as u64,
+        wrapper: None,
+        decoded_bytes: None,
+    };
+    let Some(start) = text.find("b85decode(") else {
+        return Ok(out);
+    };
+    let rest = &text[start + "b85decode(".len()..];
+    let rest = rest.trim_start_matches('b');
+    let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        return Ok(out);
+    };
+    let Some(end) = rest[1..].find(quote) else {
+        return Ok(out);
+    };
+    let payload = b85decode(&rest[1..1 + end]).map_err(|m| PackError::Format {
+        path: path.into(),
+        message: format!("code wrapper: {m}"),
+    })?;
+    let corrupt = |layer: &'static str, e: std::io::Error| PackError::Corrupt {
+        path: path.into(),
+        layer,
+        message: e.to_string(),
+    };
+    let limit = limits.max_decompressed_bytes;
+    let (kind, decoded) = if text.contains("brotli") {
+        let mut d = Vec::new();
+        brotli::Decompressor::new(payload.as_slice(), 1 << 16)
+            .take(limit + 1)
+            .read_to_end(&mut d)
+            .map_err(|e| corrupt("brotli", e))?;
+        ("brotli+base85", d)
+    } else if text.contains("FORMAT_RAW") {
+        let mut opts = liblzma::stream::LzmaOptions::new_preset(9).expect("preset 9");
+        opts.dict_size(1 << 26);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&opts);
+        let stream = liblzma::stream::Stream::new_raw_decoder(&filters).expect("raw LZMA2 decoder");
+        let mut d = Vec::new();
+        liblzma::read::XzDecoder::new_stream(payload.as_slice(), stream)
+            .take(limit + 1)
+            .read_to_end(&mut d)
+            .map_err(|e| corrupt("lzma2", e))?;
+        ("raw-lzma2+base85", d)
+    } else {
+        let stream =
+            liblzma::stream::Stream::new_auto_decoder(limit, 0).expect("lzma auto decoder");
+        let mut d = Vec::new();
+        liblzma::read::XzDecoder::new_stream(payload.as_slice(), stream)
+            .take(limit + 1)
+            .read_to_end(&mut d)
+            .map_err(|e| corrupt("lzma", e))?;
+        ("lzma+base85", d)
+    };
+    out.wrapper = Some(kind.into());
+    out.decoded_bytes = Some(decoded.len() as u64);
+    Ok(out)
+}
+
+/// Python's `base64.b85decode` (RFC 1924 alphabet), including a short final group.
+pub fn b85decode(s: &str) -> std::result::Result<Vec<u8>, String> {
+    const ALPHABET: &[u8] =
+        b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+    let mut table = [255u8; 256];
+    for (i, &c) in ALPHABET.iter().enumerate() {
+        table[c as usize] = i as u8;
+    }
+    let chars: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(chars.len() * 4 / 5);
+    for chunk in chars.chunks(5) {
+        let pad = 5 - chunk.len();
+        let mut acc: u64 = 0;
+        for i in 0..5 {
+            let c = chunk.get(i).copied().unwrap_or(b'~');
+            let v = table[c as usize];
+            if v == 255 {
+                return Err(format!("invalid base85 character {:?}", c as char));
+            }
+            acc = acc * 85 + v as u64;
+        }
+        if acc > u32::MAX as u64 {
+            return Err("base85 group overflows".into());
+        }
+        out.extend_from_slice(&(acc as u32).to_be_bytes()[..4 - pad]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b85_decodes_python_output() {
+        // base64.b85encode(b"hello world") == b'Xk~0{Zy<MXa%^M'
+        assert_eq!(b85decode("Xk~0{Zy<MXa%^M").unwrap(), b"hello world");
+        assert_eq!(b85decode("VPa!sWo7").unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn size_check_decides_only_what_it_measured() {
+        let over = SizeCheck::against_cap(16_000_001, None);
+        assert_eq!((over.under_budget, over.headroom_bytes), (Some(false), -1));
+        let undecided = SizeCheck::against_cap(15_000_000, None);
+        assert_eq!(undecided.under_budget, None);
+        let fits = SizeCheck::against_cap(15_000_000, Some(1_000_000));
+        assert_eq!(
+            (fits.under_budget, fits.headroom_bytes, fits.total_bytes),
+            (Some(true), 0, 16_000_000)
+        );
+        let tight = SizeCheck::new(900, Some(101), 1000);
+        assert_eq!(
+            (tight.under_budget, tight.headroom_bytes),
+            (Some(false), -1)
+        );
+    }
+}
