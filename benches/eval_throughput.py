@@ -34,7 +34,6 @@ SHAPES = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--challenge", required=True)
-    ap.add_argument("--shared", default="../shared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--shape", default="baseline", choices=sorted(SHAPES))
@@ -73,7 +72,7 @@ def main():
         json.dump(cfg, f)
 
     val = tg.load_validation_tokens(os.path.join(tmp, "fineweb_val_*.bin"), L)
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(args.shared, "data/tokenizers/fineweb_1024_bpe.model"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"))
     luts = tg.build_sentencepiece_luts(sp, cfg["vocab_size"], torch.device("cpu"))
     hp = types.SimpleNamespace(val_batch_size=8 * L, train_seq_len=L)
     t0 = time.perf_counter()
@@ -82,7 +81,7 @@ def main():
 
     out = subprocess.run([args.pgolf, "--threads", str(args.threads), "verify", os.path.join(tmp, "model.safetensors"),
                           "--config", os.path.join(tmp, "config.json"), "--val", os.path.join(tmp, "fineweb_val_*.bin"),
-                          "--tokenizer", os.path.join(args.shared, "data/tokenizers/fineweb_1024_bpe.model"),
+                          "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"),
                           "--batch-seqs", "8", "--json"], check=True, capture_output=True, text=True)
     r = json.loads(out.stdout)
     targets = args.seqs * L

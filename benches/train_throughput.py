@@ -24,7 +24,6 @@ import torch
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--challenge", required=True)
-    ap.add_argument("--shared", default="../shared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--dim", type=int, default=64)
@@ -77,7 +76,7 @@ def main():
             json.dump(cfg, f)
         cmd = [args.pgolf, "--threads", str(args.threads), "train", "--config", cpath, "--train", shard,
                "--val", "fixtures/data/sp1024/fineweb_val_000001.bin", "--max-val-tokens", "4096",
-               "--tokenizer", os.path.join(args.shared, "data/tokenizers/fineweb_1024_bpe.model"),
+               "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"),
                "-o", os.path.join(d, "out"), "--train-batch-tokens", str(B), "--iterations", str(args.steps),
                "--max-wallclock-seconds", "0", "--val-loss-every", "0", "--json"]
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)

@@ -23,7 +23,6 @@ import torch
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--challenge", required=True)
-    ap.add_argument("--shared", default="../shared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--case", default="tied_w1")
     ap.add_argument("--pgolf", default="target/release/pgolf")
@@ -36,7 +35,7 @@ def main():
     torch.set_num_threads(args.threads)
     glob = "fixtures/ttt/val_sp1024/fineweb_val_*.bin"
     tokens = tg.load_validation_tokens(glob, case["seq_len"])
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(args.shared, "data/tokenizers/fineweb_1024_bpe.model"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"))
     luts = tg.build_sentencepiece_luts(sp, 1024, torch.device("cpu"))
     model = gen.build_model(tg, "fixtures/models", case["model"])
     t0 = time.perf_counter()
@@ -46,7 +45,7 @@ def main():
     m = case["model"]
     cmd = [args.pgolf, "--threads", str(args.threads), "verify", f"fixtures/models/{m}.safetensors",
            "--config", f"fixtures/models/{m}.json", "--val", glob,
-           "--tokenizer", os.path.join(args.shared, "data/tokenizers/fineweb_1024_bpe.model"),
+           "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"),
            "--stride", str(case["stride"]), "--ttt", "--ttt-chunk-tokens", str(case["chunk"]),
            "--ttt-epochs", str(case["epochs"]), "--ttt-lr", str(case["lr"]), "--ttt-batch-seqs",
            str(case["batch_seqs"]), "--ttt-freeze-blocks", str(case["freeze"]), "--world-size", str(case["world"]),

@@ -133,7 +133,8 @@ fn device_side_cross_entropy_matches_the_host_rows() {
         "{}/fineweb_val_*.bin",
         fixture("models/val_sp8192").display()
     );
-    let tokens = shard::load_validation_tokens(&glob, l).unwrap();
+    let tokens =
+        shard::load_validation_tokens(&glob, l, &pgolf::limits::Limits::default()).unwrap();
     // Two windows of different lengths (the shorter is padded), and two requested rows.
     let inputs: [&[u16]; 2] = [&tokens[..l], &tokens[l..l + 40]];
     let targets: [&[u16]; 2] = [&tokens[1..l + 1], &tokens[l + 1..l + 41]];

@@ -94,7 +94,11 @@ fn token_counts_and_target_bytes_match_the_reference() {
     for v in variants() {
         let g = golden(&format!("data/golden_{}.json", v.name));
         let tok = Tokenizer::load(&v.tokenizer).unwrap();
-        let all = shard::read_shards(&shard::validation_files(&val_glob(v.name)).unwrap()).unwrap();
+        let all = shard::read_shards(
+            &shard::validation_files(&val_glob(v.name)).unwrap(),
+            &pgolf::limits::Limits::default(),
+        )
+        .unwrap();
         assert_eq!(
             all.len() as u64,
             g["tokens"].as_u64().unwrap(),
@@ -120,7 +124,12 @@ fn token_counts_and_target_bytes_match_the_reference() {
         );
 
         let seq_len = g["seq_len"].as_u64().unwrap() as usize;
-        let val = shard::load_validation_tokens(&val_glob(v.name), seq_len).unwrap();
+        let val = shard::load_validation_tokens(
+            &val_glob(v.name),
+            seq_len,
+            &pgolf::limits::Limits::default(),
+        )
+        .unwrap();
         let targets = val.len() - 1;
         assert_eq!(
             targets as u64,
@@ -143,7 +152,11 @@ fn per_document_bytes_match_the_reference_decoder() {
     for v in variants() {
         let g = golden(&format!("data/golden_{}.json", v.name));
         let tok = Tokenizer::load(&v.tokenizer).unwrap();
-        let all = shard::read_shards(&shard::validation_files(&val_glob(v.name)).unwrap()).unwrap();
+        let all = shard::read_shards(
+            &shard::validation_files(&val_glob(v.name)).unwrap(),
+            &pgolf::limits::Limits::default(),
+        )
+        .unwrap();
         let table = tok.byte_table(tok.vocab_size());
         let docs = g["documents_detail"].as_array().unwrap();
         let ranges = document_ranges(&all);
@@ -217,12 +230,18 @@ fn sentencepiece_piece_types_match_the_reference() {
 fn caseops_sidecar_gives_the_reference_target_bytes() {
     let g = golden("data/golden_sp1024.json");
     let seq_len = g["seq_len"].as_u64().unwrap() as usize;
-    let val = shard::load_validation_tokens(&val_glob("sp1024"), seq_len).unwrap();
+    let val = shard::load_validation_tokens(
+        &val_glob("sp1024"),
+        seq_len,
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let side_glob = format!(
         "{}/fineweb_val_bytes_*.bin",
         fixture("data/sp1024").display()
     );
-    let src = ByteSource::load_sidecar(&side_glob, val.len()).unwrap();
+    let src =
+        ByteSource::load_sidecar(&side_glob, val.len(), &pgolf::limits::Limits::default()).unwrap();
     assert_eq!(
         src.bytes_of_targets(&val, 0..val.len() - 1),
         g["sidecar_target_bytes"].as_u64().unwrap()
@@ -239,7 +258,11 @@ fn caseops_sidecar_gives_the_reference_target_bytes() {
         .collect();
     let lens: Vec<u64> = files
         .iter()
-        .map(|f| shard::read_shard(f).unwrap().len() as u64)
+        .map(|f| {
+            shard::read_shard(f, &pgolf::limits::Limits::default())
+                .unwrap()
+                .len() as u64
+        })
         .collect();
     assert_eq!(lens, shard_tokens, "shards concatenated in sorted order");
 }
@@ -265,7 +288,11 @@ fn audit_catches_byte_fallback_pieces_costing_three_bytes() {
             table.base_bytes[id] = 3;
         }
     }
-    let val = shard::read_shards(&shard::validation_files(&val_glob("sp8192")).unwrap()).unwrap();
+    let val = shard::read_shards(
+        &shard::validation_files(&val_glob("sp8192")).unwrap(),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let a = audit::audit(&tok, &table, &val);
     assert!(!a.passed());
     let codes = finding_codes(&a);
@@ -284,7 +311,11 @@ fn audit_catches_a_space_counted_twice() {
             table.base_bytes[id] += 1;
         }
     }
-    let val = shard::read_shards(&shard::validation_files(&val_glob("sp1024")).unwrap()).unwrap();
+    let val = shard::read_shards(
+        &shard::validation_files(&val_glob("sp1024")).unwrap(),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let a = audit::audit(&tok, &table, &val);
     let codes = finding_codes(&a);
     assert!(codes.contains(&"double_counted_space"), "{codes:?}");
@@ -518,7 +549,10 @@ fn shard_writer_round_trips_through_a_file() {
     let toks: Vec<u16> = (0..5000u32).map(|i| (i * 7919 % 65536) as u16).collect();
     shard::write_shard(&p, &toks).unwrap();
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 1024 + 2 * 5000);
-    assert_eq!(shard::read_shard(&p).unwrap(), toks);
+    assert_eq!(
+        shard::read_shard(&p, &pgolf::limits::Limits::default()).unwrap(),
+        toks
+    );
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
         1,

@@ -66,13 +66,13 @@ fn small_limits() -> Limits {
 fn shards() {
     let good = std::fs::read(fixture("data/sp1024/fineweb_val_000000.bin")).unwrap();
     let errors = never_panics("shard", mutations(&good), |b| {
-        shard::parse_shard(Path::new("m.bin"), b)
+        shard::parse_shard(Path::new("m.bin"), b, &Limits::default())
     });
     assert!(errors >= 39, "every truncation is an error ({errors})");
     // An oversized declaration: 2^31 − 1 tokens in a 1 KiB file.
     let mut big = shard::encode_shard(&[1, 2, 3]);
     big[8..12].copy_from_slice(&i32::MAX.to_le_bytes());
-    let e = shard::parse_shard(Path::new("big.bin"), &big)
+    let e = shard::parse_shard(Path::new("big.bin"), &big, &Limits::default())
         .unwrap_err()
         .to_string();
     assert!(

@@ -41,9 +41,10 @@ fn config(case: &str) -> ModelConfig {
 fn stream(case: &str) -> Vec<u16> {
     let g = records_golden();
     let name = g[case]["stream"].as_str().unwrap();
-    shard::read_shard(&fixture(&format!(
-        "records/streams/{name}/fineweb_val_000000.bin"
-    )))
+    shard::read_shard(
+        &fixture(&format!("records/streams/{name}/fineweb_val_000000.bin")),
+        &pgolf::limits::Limits::default(),
+    )
     .unwrap()
 }
 

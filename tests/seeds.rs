@@ -50,7 +50,11 @@ fn seed_000_forward_matches_its_own_code() {
     let dir = seed_dir("000");
     let cfg = ModelConfig::load(&dir.join("config.json")).unwrap();
     assert!(cfg.components().contains(&"jepa_injection"));
-    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let tokens = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let window = seed_golden("000")["window"].as_u64().unwrap() as usize;
     let model = common::logit_golden::load(&cfg, &dir.join("model.safetensors"));
     common::logit_golden::check(
@@ -190,7 +194,11 @@ fn seed_004_forward_matches_its_own_code_with_and_without_eval_time_rounding() {
     ] {
         assert!(cfg.components().contains(&component), "{component}");
     }
-    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let tokens = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let window = seed_golden("004")["window"].as_u64().unwrap() as usize;
     let artifact = dir.join("final_model.int8.ptz");
     let model = common::logit_golden::load(&cfg, &artifact);
@@ -257,7 +265,11 @@ fn seed_003_forward_matches_its_own_code() {
     let dir = seed_dir("003");
     let cfg = ModelConfig::load(&dir.join("config.json")).unwrap();
     assert!(cfg.components().contains(&"vrl"));
-    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let tokens = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let window = seed_golden("003")["window"].as_u64().unwrap() as usize;
     let model = common::logit_golden::load(&cfg, &dir.join("model.safetensors"));
     common::logit_golden::check(
@@ -487,7 +499,11 @@ fn seed_002_bese_tokenizer_is_its_encode_fast_quirk_included() {
     let boundaries: Vec<usize> = (0..288).filter(|&i| table.is_boundary[i]).collect();
     assert_eq!(serde_json::to_value(&boundaries).unwrap(), g["boundaries"]);
     // The table counts the true UTF-8 bytes of the text: Σ bytes over the encoded documents.
-    let stream = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let stream = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let total: u64 = stream.iter().map(|&t| model.bytes[t as usize] as u64).sum();
     assert_eq!(total, g["stream_utf8_bytes"].as_u64().unwrap());
 }
@@ -646,7 +662,11 @@ fn seed_002_forward_with_its_recurrence_zone_matches_its_own_code() {
     assert_eq!(real.num_skip_weights(), 5);
 
     // The logits of the seed's own GPT (dequantized from its artifact) on the first window.
-    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let tokens = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let window = seed_golden("002")["window"].as_u64().unwrap() as usize;
     let model = common::logit_golden::load(&cfg, &dir.join("final_model.int6.ptz"));
     common::logit_golden::check(
@@ -862,7 +882,11 @@ fn seed_001_encoder_decoder_forward_matches_its_own_code() {
         &artifact,
     )
     .unwrap();
-    let tokens = shard::read_shard(&dir.join("fineweb_val_000000.bin")).unwrap();
+    let tokens = shard::read_shard(
+        &dir.join("fineweb_val_000000.bin"),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     let window = seed_golden("001")["seq_len"].as_u64().unwrap() as usize;
     // Output p of pgolf's causal view is the seed's forward_logits(x, y)[:, p + 1].
     common::logit_golden::check(

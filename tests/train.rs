@@ -190,7 +190,11 @@ fn loss_falls_and_the_checkpoint_round_trips_through_pack_and_verify() {
     let val = s(&fixture("data/sp1024/fineweb_val_000001.bin")).to_string();
     let cut = dir.join("val");
     std::fs::create_dir_all(&cut).unwrap();
-    let toks = pgolf::data::shard::read_shard(std::path::Path::new(&val)).unwrap();
+    let toks = pgolf::data::shard::read_shard(
+        std::path::Path::new(&val),
+        &pgolf::limits::Limits::default(),
+    )
+    .unwrap();
     pgolf::data::shard::write_shard(&cut.join("fineweb_val_000000.bin"), &toks[..8192]).unwrap();
     let glob = format!("{}/fineweb_val_*.bin", cut.display());
     let tok = tokenizer_path(1024);
@@ -280,6 +284,7 @@ fn qat_forward_uses_the_fake_quantized_weights() {
             fixture("models/val_sp1024").display()
         ),
         128,
+        &pgolf::limits::Limits::default(),
     )
     .unwrap();
     let x: Vec<u32> = toks[..512].iter().map(|&t| t as u32).collect();

@@ -44,7 +44,9 @@ fn forward_pass_matches_the_reference_per_target() {
     for name in MODELS {
         let g = model_golden(name);
         let l = g["seq_len"].as_u64().unwrap() as usize;
-        let tokens = shard::load_validation_tokens(&val_glob(&g), l).unwrap();
+        let tokens =
+            shard::load_validation_tokens(&val_glob(&g), l, &pgolf::limits::Limits::default())
+                .unwrap();
         let model = load_model(name);
         let nll = ModelScorer::new(&model, l)
             .score(&[&tokens[..l]], &[&tokens[1..l + 1]], &[])

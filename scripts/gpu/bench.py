@@ -226,7 +226,7 @@ def bench_shape(args, tg, name):
               os.path.join(tmp, "model.safetensors"))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(cfg, f)
-    tokenizer = os.path.join(args.shared, "data", "tokenizers", f"fineweb_{V}_bpe.model")
+    tokenizer = os.path.join(args.tokenizers, f"fineweb_{V}_bpe.model")
     sp = spm.SentencePieceProcessor(model_file=tokenizer)
     luts = tg.build_sentencepiece_luts(sp, V, torch.device(DEVICE))
     params = sum(p.numel() for p in model.parameters())
@@ -280,9 +280,9 @@ def main():
     TTT["chunk"] = args.ttt_chunk
     if not args.pgolf:
         raise SystemExit("bench.py: no pgolf binary: run it through scripts/gpu/run.sh or pass --pgolf")
-    if args.shared is None:
-        args.shared = next(d for d in [os.path.join(ROOT, "shared"), os.path.join(ROOT, "..", "shared")]
-                           if os.path.isdir(d))
+    # The tokenizers: --shared's data/tokenizers, else the repository's fixtures.
+    args.tokenizers = (os.path.join(args.shared, "data", "tokenizers") if args.shared
+                       else os.path.join(ROOT, "fixtures", "tokenizers"))
     spec = importlib.util.spec_from_file_location("train_gpt", os.path.join(args.challenge, "train_gpt.py"))
     tg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tg)

@@ -36,15 +36,16 @@ def load(path):
         return json.load(f)
 
 
-def find_shared(explicit):
-    for d in [explicit, os.path.join(ROOT, "shared"), os.path.join(ROOT, "..", "shared")]:
-        if d and os.path.isfile(os.path.join(d, "data", "tokenizers", "fineweb_1024_bpe.model")):
+def find_tokenizers(explicit):
+    """The folder of fineweb_{V}_bpe.model files: --shared's data/tokenizers, else the repository's fixtures."""
+    for d in [explicit and os.path.join(explicit, "data", "tokenizers"), os.path.join(ROOT, "fixtures", "tokenizers")]:
+        if d and os.path.isfile(os.path.join(d, "fineweb_1024_bpe.model")):
             return d
-    sys.exit("check.py: no shared/data/tokenizers beside or inside the checkout (pass --shared)")
+    sys.exit("check.py: no tokenizers in fixtures/tokenizers (or --shared DIR/data/tokenizers)")
 
 
-def cases(shared):
-    tok = lambda v: os.path.join(shared, "data", "tokenizers", f"fineweb_{v}_bpe.model")  # noqa: E731
+def cases(tokenizers):
+    tok = lambda v: os.path.join(tokenizers, f"fineweb_{v}_bpe.model")  # noqa: E731
     out = []
     for name, vocab in [("sp1024_tied", 1024), ("sp1024_untied", 1024), ("sp8192_tied", 8192)]:
         golden = load(fixture("models", f"golden_{name}.json"))
@@ -99,9 +100,9 @@ def rel(a, b):
     return abs(a - b) / abs(b)
 
 
-def check_train(shared, results):
+def check_train(tokenizers, results):
     """`pgolf train` for 4 steps of the baseline recipe on the GPU against the CPU: the same data and seed."""
-    tok = os.path.join(shared, "data", "tokenizers", "fineweb_1024_bpe.model")
+    tok = os.path.join(tokenizers, "fineweb_1024_bpe.model")
     val = fixture("models", "val_sp1024", "fineweb_val_*.bin")
     runs = {}
     for device, precision in [("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "mixed")]:
@@ -131,7 +132,7 @@ def main():
     args = ap.parse_args()
     if "PGOLF" not in os.environ:
         sys.exit("check.py: $PGOLF is not set: run it through scripts/gpu/run.sh")
-    shared = find_shared(args.shared)
+    shared = find_tokenizers(args.shared)
     results = []
     for name, case_args, reference in cases(shared):
         cpu, cpu_s = pgolf(case_args, "cpu", "fp32")

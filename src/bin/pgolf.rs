@@ -67,17 +67,22 @@ enum Command {
     Demo(cli_demo::DemoArgs),
 }
 
-/// Runs one pgolf command line in this process (the demo chains the real subcommands this way).
-pub fn run_command_line(argv: &[String]) -> anyhow::Result<ExitCode> {
-    let cli = Cli::try_parse_from(argv)?;
-    match cli.command {
+/// Runs one subcommand; `nested` when the demo chains it (the demo does not run itself).
+fn dispatch(command: Command, nested: bool) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Data { command } => cli_data::run(command),
         Command::Inspect(args) => cli_inspect::run(args),
         Command::Pack(args) => cli_pack::run(args),
         Command::Verify(args) => cli_verify::run(args),
         Command::Train(args) => cli_train::run(args),
-        Command::Demo(_) => anyhow::bail!("the demo does not run itself"),
+        Command::Demo(_) if nested => anyhow::bail!("the demo does not run itself"),
+        Command::Demo(args) => cli_demo::run(args),
     }
+}
+
+/// Runs one pgolf command line in this process (the demo chains the real subcommands this way).
+pub fn run_command_line(argv: &[String]) -> anyhow::Result<ExitCode> {
+    dispatch(Cli::try_parse_from(argv)?.command, true)
 }
 
 fn main() -> ExitCode {
@@ -100,15 +105,7 @@ fn main() -> ExitCode {
         max_external_seconds: cli.max_external_seconds,
         ..pgolf::limits::Limits::DEFAULT
     });
-    let result = match cli.command {
-        Command::Data { command } => cli_data::run(command),
-        Command::Inspect(args) => cli_inspect::run(args),
-        Command::Pack(args) => cli_pack::run(args),
-        Command::Verify(args) => cli_verify::run(args),
-        Command::Train(args) => cli_train::run(args),
-        Command::Demo(args) => cli_demo::run(args),
-    };
-    match result {
+    match dispatch(cli.command, false) {
         Ok(code) => code,
         Err(err) => {
             // One line: the error and its causes.

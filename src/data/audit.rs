@@ -86,14 +86,23 @@ impl Audit {
     }
 }
 
-/// Audits `table` (the canonical one, or a submission's own) for `tokenizer` over the token stream `tokens`.
 /// The document-start token of every challenge tokenizer.
 const BOS: u16 = 1;
 
+/// Audits `table` (the canonical one, or a submission's own) for `tokenizer` over the token stream `tokens`.
 pub fn audit(tokenizer: &Tokenizer, table: &ByteTable, tokens: &[u16]) -> Audit {
+    audit_against(tokenizer, &tokenizer.byte_table(table.len()), table, tokens)
+}
+
+/// [`audit`] with the tokenizer's canonical table (at the size of `table`) already built.
+pub fn audit_against(
+    tokenizer: &Tokenizer,
+    canonical: &ByteTable,
+    table: &ByteTable,
+    tokens: &[u16],
+) -> Audit {
     let mut audit = Audit::default();
-    let canonical = tokenizer.byte_table(table.len());
-    audit_table(tokenizer, &canonical, table, &mut audit);
+    audit_table(tokenizer, canonical, table, &mut audit);
     audit_documents(tokenizer, table, tokens, &mut audit);
     if !tokens.is_empty() && tokens[0] != BOS {
         let bos = tokens.iter().filter(|&&t| t == BOS).count();

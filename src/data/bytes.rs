@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::sentencepiece::{PieceType, SPACE_MARK, SpModel};
 use super::{DataError, Result, io_err, shard};
+use crate::limits::Limits;
 
 /// Per-id byte accounting: `bytes(prev, target) = base_bytes[target] + (has_leading_space[target] AND NOT
 /// is_boundary[prev])`.
@@ -147,9 +148,9 @@ impl ByteSource {
 
     /// Loads a CaseOps sidecar (shards in the challenge format, concatenated in sorted order) and checks it covers
     /// the token stream.
-    pub fn load_sidecar(pattern: &str, tokens_len: usize) -> Result<Self> {
+    pub fn load_sidecar(pattern: &str, tokens_len: usize, limits: &Limits) -> Result<Self> {
         let files = shard::expand_glob(pattern)?;
-        let mut sidecar = shard::read_shards(&files)?;
+        let mut sidecar = shard::read_shards(&files, limits)?;
         if sidecar.len() < tokens_len {
             return Err(DataError::SidecarLength {
                 path: files[0].clone(),

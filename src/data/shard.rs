@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::limits::Limits;
+
 use super::{DataError, Result, io_err};
 
 pub const SHARD_MAGIC: i32 = 20240520;
@@ -15,13 +17,13 @@ pub const MAX_SHARD_TOKENS: u64 = i32::MAX as u64;
 pub const BOS_ID: u16 = 1;
 
 /// Reads one shard, rejecting a short header, wrong magic or version, and any size that is not 1024 + 2·count.
-pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
+pub fn read_shard(path: &Path, limits: &Limits) -> Result<Vec<u16>> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    parse_shard(path, &bytes)
+    parse_shard(path, &bytes, limits)
 }
 
 /// Parses shard bytes already in memory; `path` only names the source in errors.
-pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<Vec<u16>> {
+pub fn parse_shard(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Vec<u16>> {
     if bytes.len() < HEADER_BYTES {
         return Err(DataError::ShortHeader {
             path: path.into(),
@@ -52,7 +54,7 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<Vec<u16>> {
         });
     }
     let declared = count as u64;
-    let limit = crate::limits::current().max_shard_tokens;
+    let limit = limits.max_shard_tokens;
     if declared > limit {
         return Err(DataError::TooManyTokens {
             path: path.into(),
@@ -173,10 +175,10 @@ pub fn validation_files(pattern: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads and concatenates shards in the given order.
-pub fn read_shards(files: &[PathBuf]) -> Result<Vec<u16>> {
+pub fn read_shards(files: &[PathBuf], limits: &Limits) -> Result<Vec<u16>> {
     let mut tokens = Vec::new();
     for f in files {
-        tokens.extend(read_shard(f)?);
+        tokens.extend(read_shard(f, limits)?);
     }
     Ok(tokens)
 }
@@ -191,8 +193,8 @@ pub fn usable_targets(num_tokens: usize, seq_len: usize) -> usize {
 }
 
 /// `load_validation_tokens`: the sorted validation shards concatenated and truncated to `usable + 1` tokens.
-pub fn load_validation_tokens(pattern: &str, seq_len: usize) -> Result<Vec<u16>> {
-    let tokens = read_shards(&validation_files(pattern)?)?;
+pub fn load_validation_tokens(pattern: &str, seq_len: usize, limits: &Limits) -> Result<Vec<u16>> {
+    let tokens = read_shards(&validation_files(pattern)?, limits)?;
     truncate_to_usable(tokens, seq_len, pattern)
 }
 
@@ -252,7 +254,10 @@ mod tests {
         let toks = vec![1u16, 5, 65535, 0, 7];
         let bytes = encode_shard(&toks);
         assert_eq!(bytes.len(), 1024 + 10);
-        assert_eq!(parse_shard(Path::new("x"), &bytes).unwrap(), toks);
+        assert_eq!(
+            parse_shard(Path::new("x"), &bytes, &Limits::default()).unwrap(),
+            toks
+        );
     }
 
     #[test]

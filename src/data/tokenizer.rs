@@ -80,13 +80,6 @@ impl Tokenizer {
         }
     }
 
-    /// Byte260 encoding: `text.encode("utf-8")` bytes shifted by 4.
-    pub fn encode_byte260(text: &[u8]) -> Vec<u16> {
-        text.iter()
-            .map(|&b| b as u16 + BYTE260_OFFSET as u16)
-            .collect()
-    }
-
     /// Checks that every id of a stream exists in a vocabulary of `vocab` ids; `path` names the stream.
     pub fn check_ids(tokens: &[u16], vocab: usize, path: &Path) -> Result<()> {
         match tokens.iter().position(|&t| t as usize >= vocab) {

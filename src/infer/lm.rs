@@ -30,8 +30,10 @@ pub trait CausalLm: Sync {
     fn named_weights(&self) -> Vec<(&str, &Tensor)>;
     /// Turns the weights `selected` by name into variables the model reads; the others become constants.
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>>;
-    /// Whether the reference's TTT_FREEZE_BLOCKS = `blocks` keeps the weight `name` fixed.
-    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool;
+    /// The index of the layer block that holds the weight `name` (None for weights outside the blocks).
+    fn layer_block(&self, name: &str) -> Option<usize>;
+    /// How many layer blocks [`CausalLm::layer_block`] counts.
+    fn layer_blocks(&self) -> usize;
     /// Runs the device-generic operations a GPU runs instead of the hand-written CPU kernels.
     fn use_generic_ops(&mut self);
     /// Whether the model runs the device-generic operations (always, off the CPU).
@@ -79,8 +81,18 @@ impl CausalLm for Gpt {
         !self.cpu_kernels()
     }
 
-    /// The records freeze the first `blocks` blocks by prefix.
-    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool {
-        (0..blocks.min(self.cfg.num_layers)).any(|i| name.starts_with(&format!("blocks.{i}.")))
+    /// `blocks.{i}.…` is block i.
+    fn layer_block(&self, name: &str) -> Option<usize> {
+        block_index(name.strip_prefix("blocks.")?)
     }
+
+    fn layer_blocks(&self) -> usize {
+        self.cfg.num_layers
+    }
+}
+
+/// The block index at the start of `rest` (`"3.attn.c_q.weight"` → 3): digits followed by a dot.
+pub(crate) fn block_index(rest: &str) -> Option<usize> {
+    let (index, _) = rest.split_once('.')?;
+    index.parse().ok()
 }

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod device;
+pub mod layers;
 pub mod lm;
 pub mod loss;
 pub mod model;

@@ -9,24 +9,14 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
-use super::attention::{AttentionShape, causal_attention};
 use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
+use super::layers::{
+    BOS_ID, Pass, RMS_NORM_EPS, causal_probabilities, channel_scale, fake_quant_clip,
+    fake_quantize_rows, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
+    rope_tables, softmax_last_dim_differentiable,
+};
 use super::precision::Precision;
 use super::weights::StateDict;
-
-/// The BOS token id of every tokenizer the challenge uses.
-pub const BOS_ID: u32 = 1;
-
-/// `F.rms_norm` with eps=None uses FLT_EPSILON.
-pub const RMS_NORM_EPS: f32 = f32::EPSILON;
-
-/// Which kernels a forward pass uses: `Score` the fastest ones (no gradients: fused RMSNorm and RoPE, the blocked
-/// CPU attention), `Train` a composition of differentiable candle operations, so `backward()` reaches every weight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pass {
-    Score,
-    Train,
-}
 
 /// Positions of one block's tensors in [`Gpt`]'s parameter list, and its per-block switches.
 struct BlockParams {
@@ -126,23 +116,6 @@ pub struct Gpt {
     /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
     ones_model: Tensor,
     ones_head: Tensor,
-}
-
-pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
-    // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
-    let dims = x.dims();
-    let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
-    let y = precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?;
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
-    Ok(y.reshape(out_dims)?)
-}
-
-/// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).
-fn softmax_last_dim_differentiable(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// BigramHash indices (architectures §1.8), in the records' int32 arithmetic: idx[0] = Vb−1 and
@@ -914,190 +887,6 @@ impl Gpt {
     }
 }
 
-/// Turns the weights `selected` by name into candle variables (the list then holds the variables' tensors, so
-/// updating a variable in place updates the model) and returns them in list order; the others become constants.
-pub(crate) fn make_trainable(
-    names: &[String],
-    params: &mut [Tensor],
-    selected: &dyn Fn(&str) -> bool,
-) -> Result<Vec<(String, Var)>> {
-    let mut vars = Vec::new();
-    for (name, t) in names.iter().zip(params.iter_mut()) {
-        if selected(name) {
-            let var = Var::from_tensor(t)?;
-            *t = var.as_tensor().clone();
-            vars.push((name.clone(), var));
-        } else {
-            *t = t.detach();
-        }
-    }
-    Ok(vars)
-}
-
-/// RoPE tables for positions 0..T over `rd` rotated dims with base `base`: inv_freq[i] = base^(−2i/rd) and
-/// freqs = t ⊗ inv_freq in f32, as the records' `Rotary`; (cos, sin) of [T, rd/2] in f32.
-pub(crate) fn rope_tables(
-    rd: usize,
-    base: f32,
-    seq_len: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let inv_freq: Vec<f32> = (0..rd / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
-        .collect();
-    let mut freqs = Vec::with_capacity(seq_len * rd / 2);
-    for t in 0..seq_len {
-        for f in &inv_freq {
-            freqs.push(t as f32 * f);
-        }
-    }
-    let freqs = Tensor::from_vec(freqs, (seq_len, rd / 2), device)?;
-    Ok((freqs.cos()?, freqs.sin()?))
-}
-
-/// `F.rms_norm` over the last dimension (eps = FLT_EPSILON). `fused`: the hand-differentiated CPU f32 kernel for
-/// training passes.
-pub(crate) fn rms_norm(x: &Tensor, ones: &Tensor, pass: Pass, fused: bool) -> Result<Tensor> {
-    Ok(match pass {
-        Pass::Score => candle_nn::ops::rms_norm(&x.contiguous()?, ones, RMS_NORM_EPS)?,
-        Pass::Train if fused => super::ops::rms_norm(x, RMS_NORM_EPS)?,
-        Pass::Train => {
-            // x · rsqrt(mean(x²) + eps), as F.rms_norm.
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_mul(&(ms + RMS_NORM_EPS as f64)?.sqrt()?.recip()?)?
-        }
-    })
-}
-
-/// `x · s` with a per-channel vector `s` [d].
-pub(crate) fn channel_scale(x: &Tensor, s: &Tensor, pass: Pass, fused: bool) -> Result<Tensor> {
-    Ok(if pass == Pass::Train && fused {
-        super::ops::channel_scale(x, s)?
-    } else {
-        x.broadcast_mul(s)?
-    })
-}
-
-/// Half-split RoPE over all of the last dimension of z [B, H, T, hd] with tables [T, hd/2].
-pub(crate) fn rope(
-    z: &Tensor,
-    cos: &Tensor,
-    neg_sin: &Tensor,
-    pass: Pass,
-    fused: bool,
-) -> Result<Tensor> {
-    let z = z.contiguous()?;
-    Ok(match pass {
-        Pass::Score => candle_nn::rotary_emb::rope(&z, cos, neg_sin)?,
-        Pass::Train if fused => super::ops::rope(&z, cos, &neg_sin.neg()?)?,
-        Pass::Train => candle_nn::rotary_emb::rope_slow(&z, cos, neg_sin)?,
-    })
-}
-
-/// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd): the blocked
-/// CPU kernel when scoring in f32 with `cpu_kernels`, the explicit softmax otherwise (its two products under
-/// `precision`).
-pub(crate) fn grouped_causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    pass: Pass,
-    precision: Precision,
-    cpu_kernels: bool,
-) -> Result<Tensor> {
-    let (b, h, t, hd) = q.dims4()?;
-    if pass == Pass::Score && cpu_kernels && precision == Precision::Fp32 {
-        let shape = AttentionShape {
-            batch: b,
-            heads: h,
-            kv_heads: k.dim(1)?,
-            seq_len: t,
-            head_dim: hd,
-        };
-        let flat = |z: &Tensor| {
-            z.contiguous()
-                .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
-        };
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
-        return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
-    }
-    let (p, v) = causal_probabilities(q, k, v, pass, precision, cpu_kernels)?;
-    precision.matmul(&p, &v)
-}
-
-/// The causal softmax A = softmax(q·kᵀ/√hd) [B, H, T, T] with grouped-query keys (query head h reads kv head
-/// h / (H / Hkv)), and the values expanded to the H heads. The scores come from a product under `precision`; the
-/// softmax is f32.
-fn causal_probabilities(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    pass: Pass,
-    precision: Precision,
-    cpu_kernels: bool,
-) -> Result<(Tensor, Tensor)> {
-    let (b, h, t, hd) = q.dims4()?;
-    let hkv = k.dim(1)?;
-    let (k, v) = if hkv != h {
-        let expand = |z: &Tensor| -> Result<Tensor> {
-            Ok(z.unsqueeze(2)?
-                .expand((b, hkv, h / hkv, t, hd))?
-                .reshape((b, h, t, hd))?)
-        };
-        (expand(k)?, expand(v)?)
-    } else {
-        (k.contiguous()?, v.contiguous()?)
-    };
-    let scores = (precision.matmul(&q.contiguous()?, &k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let p = if cpu_kernels {
-        super::attention::causal_softmax(&scores)?
-    } else {
-        let masked = scores.broadcast_add(&causal_mask(t, q.device())?)?;
-        match pass {
-            Pass::Score => candle_nn::ops::softmax_last_dim(&masked)?,
-            Pass::Train => softmax_last_dim_differentiable(&masked)?,
-        }
-    };
-    Ok((p, v))
-}
-
-/// The clip range of seed 004's evaluation-time fake quantization for a weight, if it gets one: its CastedLinear
-/// weights (attention and MLP matrices, the bigram projection, an untied head) with more than 8192 elements;
-/// 15 for the MLP, 31 otherwise.
-fn fake_quant_clip(name: &str, numel: usize) -> Option<f32> {
-    let casted = name.ends_with(".attn.c_q.weight")
-        || name.ends_with(".attn.c_k.weight")
-        || name.ends_with(".attn.c_v.weight")
-        || name.ends_with(".attn.proj.weight")
-        || name.ends_with(".mlp.fc.weight")
-        || name.ends_with(".mlp.proj.weight")
-        || name == "bigram.proj.weight"
-        || name == "lm_head.weight";
-    if !casted || numel <= 8192 {
-        return None;
-    }
-    Some(if name.contains(".mlp.") { 15.0 } else { 31.0 })
-}
-
-/// `_ste_fake_quantize` as its forward computes it in f32: s = max(rowmax|w|/c, 1e−12), q = clamp(round(w/s), −c, c)
-/// (round half to even, as torch.round), and w + (q·s − w), the straight-through form, evaluated as written.
-fn fake_quantize_rows(w: &Tensor, clip: f32) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let dtype = w.dtype();
-    let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = Vec::with_capacity(values.len());
-    for row in values.chunks(cols) {
-        let row_max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = (row_max / clip).max(1e-12);
-        out.extend(row.iter().map(|&v| {
-            let q = (v / scale).round_ties_even().clamp(-clip, clip);
-            v + (q * scale - v)
-        }));
-    }
-    Ok(Tensor::from_vec(out, (rows, cols), w.device())?.to_dtype(dtype)?)
-}
-
 /// XSA (architectures §1.5): each head's output loses its component along its position's own (normalized) value
 /// vector: with v̂ = v / max(‖v‖, 1e-12) of the head's kv group, y ← y − (y·v̂)v̂. y [B, T, H, hd], v [B, T, Hkv, hd].
 fn xsa(y: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -1111,12 +900,4 @@ fn xsa(y: &Tensor, v: &Tensor) -> Result<Tensor> {
         .sum_keepdim(D::Minus1)?
         .broadcast_mul(&vn)?;
     Ok((y_g - proj)?.reshape((b, t, h, hd))?)
-}
-
-/// [T, T] with 0 on and below the diagonal and −∞ above it.
-fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, t), device)?)
 }

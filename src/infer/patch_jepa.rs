@@ -13,11 +13,11 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::lm::CausalLm;
-use super::model::{
+use super::layers::{
     BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
     rope_tables,
 };
+use super::lm::CausalLm;
 use super::precision::Precision;
 use super::weights::StateDict;
 use super::{InferError, Result};
@@ -589,7 +589,15 @@ impl CausalLm for BytePatchJepa {
 
     /// The seed freezes by substring: `blocks.{i}.` also matches `decoder_blocks.{i}.`, as its
     /// `any(f"blocks.{bi}." in name …)` does.
-    fn frozen_for_ttt(&self, name: &str, blocks: usize) -> bool {
-        (0..blocks.min(self.cfg.encoder_layers)).any(|i| name.contains(&format!("blocks.{i}.")))
+    /// Encoder block i (`blocks.{i}.…`) and decoder block i (`decoder_blocks.{i}.…`) both count as block i, as the
+    /// seed's freezing matches `blocks.{i}.` anywhere in a name.
+    fn layer_block(&self, name: &str) -> Option<usize> {
+        let at = name.find("blocks.")?;
+        super::lm::block_index(&name[at + "blocks.".len()..])
+    }
+
+    /// The encoder's blocks: the seed freezes at most that many.
+    fn layer_blocks(&self) -> usize {
+        self.cfg.encoder_layers
     }
 }

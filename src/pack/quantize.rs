@@ -304,17 +304,6 @@ pub fn sdclip_rows(name: &str, w: &[f32], rows: usize, cols: usize, bits: u32, k
     quantized(name, &[rows, cols], bits, q, fp16_scales(&scales))
 }
 
-/// Σ(w − dequantized)² / n.
-pub fn reconstruction_mse(original: &[f32], t: &QTensor) -> f64 {
-    let d = t.dequantize();
-    original
-        .iter()
-        .zip(&d)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum::<f64>()
-        / original.len().max(1) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

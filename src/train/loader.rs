@@ -22,7 +22,7 @@ impl TokenStream {
         if files.is_empty() {
             return Err(TrainError::Setup(format!("{pattern}: no training shards")));
         }
-        let tokens = shard::read_shard(&files[0])?;
+        let tokens = shard::read_shard(&files[0], &crate::limits::current())?;
         Ok(TokenStream {
             files,
             file: 0,
@@ -47,7 +47,7 @@ impl TokenStream {
                     return Err(TrainError::Setup("every training shard is empty".into()));
                 }
                 self.file = (self.file + 1) % self.files.len();
-                self.tokens = shard::read_shard(&self.files[self.file])?;
+                self.tokens = shard::read_shard(&self.files[self.file], &crate::limits::current())?;
                 self.pos = 0;
                 continue;
             }

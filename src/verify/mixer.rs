@@ -17,7 +17,7 @@ use candle_core::{Tensor, Var};
 
 use super::ledger::{Ledger, WeightsDigest, weights_digest};
 use super::procedure::Procedure;
-use super::scorer::log_softmax_row;
+use super::softmax::{capped_cross_entropy, log_softmax_f32, log_softmax_row};
 use super::windows::{Window, WindowForm, plan_windows};
 use super::{Result, VerifyError};
 use crate::infer::lm::CausalLm;
@@ -418,12 +418,6 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn log_softmax_f32(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln() + max;
-    row.iter().map(|&z| z - lse).collect()
-}
-
 impl Procedure for BackoffMixerProcedure {
     fn name(&self) -> String {
         let mixer = if self.opts.normalized {
@@ -639,7 +633,7 @@ impl Procedure for NgramCacheBlend<'_> {
         for batch in windows.chunks(self.batch_seqs.max(1)) {
             let (x, _) = super::procedure::padded_inputs(tokens, batch, self.seq_len, device)?;
             // Only the scored positions go through the head (a window scores its last stride of positions).
-            let hidden = model.final_hidden(&x, crate::infer::model::Pass::Score)?;
+            let hidden = model.final_hidden(&x, crate::infer::layers::Pass::Score)?;
             for (i, w) in batch.iter().enumerate() {
                 let scored = w.len - w.score_from;
                 let logits = model
@@ -656,8 +650,7 @@ impl Procedure for NgramCacheBlend<'_> {
                         .collect();
                     let target = tokens[w.start + p + 1];
                     let ctx_end = w.start + p + 1;
-                    let neural =
-                        super::scorer::capped_cross_entropy(&row, target as usize, |z| z) as f64;
+                    let neural = capped_cross_entropy(&row, target as usize, |z| z) as f64;
                     nll.push(self.blend(&counts, neural, target, ctx_end, tokens) as f32);
                     if ledger.wants_row(w.start + p) {
                         let logp = log_softmax_row(row.iter().copied());

@@ -15,6 +15,7 @@ pub mod procedure;
 pub mod report;
 pub mod run;
 pub mod scorer;
+pub mod softmax;
 pub mod tilt;
 pub mod ttt;
 pub mod windows;

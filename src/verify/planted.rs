@@ -7,10 +7,11 @@ use candle_core::{Tensor, Var};
 use super::Result;
 use super::ledger::{Ledger, WeightsDigest};
 use super::procedure::Procedure;
-use super::scorer::log_softmax_row;
+use super::softmax::log_softmax_row;
 use super::windows::{WindowForm, plan_windows};
+use crate::infer::layers::Pass;
 use crate::infer::loss::capped_cross_entropy_rows;
-use crate::infer::model::{Gpt, Pass};
+use crate::infer::model::Gpt;
 
 /// PR #886's hashed n-gram cache: counts of (context, token) pairs and of contexts in hashed buckets, built from
 /// the targets already scored (so it is causal), blended with the model only at the realized token:

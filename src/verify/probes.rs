@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::Result;
 use super::ledger::RunRecord;
 use super::procedure::{Procedure, run_procedure};
+use super::softmax::logsumexp;
 use crate::data::bytes::ByteSource;
 
 #[derive(Clone, Debug, Serialize)]
@@ -100,14 +101,6 @@ struct Perturbation {
     position: usize,
     from: u16,
     to: u16,
-}
-
-fn logsumexp(row: &[f64]) -> f64 {
-    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    row.iter().map(|&v| (v - max).exp()).sum::<f64>().ln() + max
 }
 
 /// Runs every probe on `procedure` over the first `prefix_targets` targets of `tokens`.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::Result;
 use super::ledger::{Ledger, RunRecord, WeightsDigest};
-use super::scorer::WindowScorer;
+use super::scorer::{WindowScorer, padded_ids};
 use super::windows::{Window, WindowForm, plan_windows};
 use crate::data::bytes::ByteSource;
 
@@ -59,15 +59,18 @@ pub fn padded_inputs(
     pad_to: usize,
     device: &candle_core::Device,
 ) -> Result<(candle_core::Tensor, usize)> {
-    let len = batch.iter().map(|w| w.len).max().unwrap_or(0).max(pad_to);
-    let mut x = vec![0u32; batch.len() * len];
-    for (i, w) in batch.iter().enumerate() {
-        for (p, &t) in tokens[w.start..w.start + w.len].iter().enumerate() {
-            x[i * len + p] = t as u32;
-        }
-    }
+    let inputs: Vec<&[u16]> = batch
+        .iter()
+        .map(|w| &tokens[w.start..w.start + w.len])
+        .collect();
+    let len = inputs
+        .iter()
+        .map(|w| w.len())
+        .max()
+        .unwrap_or(0)
+        .max(pad_to);
     Ok((
-        candle_core::Tensor::from_vec(x, (batch.len(), len), device)?,
+        candle_core::Tensor::from_vec(padded_ids(&inputs, len), (batch.len(), len), device)?,
         len,
     ))
 }

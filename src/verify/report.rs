@@ -83,12 +83,13 @@ pub fn report_findings(
 
 /// What the byte audit finds in the stream and the tokenizer that makes a score non-comparable: documents not
 /// delimited by BOS (a validation set that is not the challenge's export), a tokenizer that does not invert.
+/// `table` is the tokenizer's canonical table, built once per run.
 pub fn stream_findings(
     tokenizer: &Tokenizer,
     table: &crate::data::bytes::ByteTable,
     tokens: &[u16],
 ) -> Vec<Finding> {
-    audit::audit(tokenizer, table, tokens)
+    audit::audit_against(tokenizer, table, table, tokens)
         .findings
         .into_iter()
         .filter_map(|f| {

@@ -510,6 +510,7 @@ pub type Progress<'a> = dyn FnMut(&str, usize, usize) + 'a;
 
 /// What the procedure needs besides the model.
 struct ProcedureInputs<'a> {
+    limits: &'a Limits,
     seq_len: usize,
     form: WindowForm,
     vocab_size: usize,
@@ -528,6 +529,7 @@ fn build_procedure<'a>(
     built: &'a mut Option<Built>,
 ) -> Result<BuiltProcedure<'a>> {
     let &ProcedureInputs {
+        limits,
         seq_len,
         form,
         vocab_size,
@@ -608,7 +610,7 @@ fn build_procedure<'a>(
             let prefill = match &spec.ngram_prefill {
                 Some(glob) => {
                     let files = shard::expand_glob(glob)?;
-                    let all = shard::read_shards(&files)?;
+                    let all = shard::read_shards(&files, limits)?;
                     // TokenStream.take: the first N tokens, wrapping around the shards if they hold fewer.
                     all.iter()
                         .copied()
@@ -772,7 +774,8 @@ fn verify_once(
     let seq_len = spec.seq_len.unwrap_or(arch.train_seq_len());
     let vocab_size = arch.vocab_size();
     let files = shard::validation_files(&spec.val)?;
-    let tokens = shard::truncate_to_usable(shard::read_shards(&files)?, seq_len, &spec.val)?;
+    let tokens =
+        shard::truncate_to_usable(shard::read_shards(&files, limits)?, seq_len, &spec.val)?;
     if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
         return Err(VerifyError::Setup(format!(
             "{}: token id {} at position {pos} is outside the model's vocab_size {} ({})",
@@ -825,7 +828,7 @@ fn verify_once(
     // The byte table is built once per run: bytes per target, the mixer's byte weights and the audit read it.
     let table = tokenizer.byte_table(vocab_size);
     let bytes = match &spec.byte_sidecar {
-        Some(glob) => ByteSource::load_sidecar(glob, tokens.len())?,
+        Some(glob) => ByteSource::load_sidecar(glob, tokens.len(), limits)?,
         None => ByteSource::Table(table.clone()),
     };
     let form = spec.window_form();
@@ -840,6 +843,7 @@ fn verify_once(
     let parameters = arch.parameter_count();
     let mut built = Some(built);
     let inputs = ProcedureInputs {
+        limits,
         seq_len,
         form,
         vocab_size,

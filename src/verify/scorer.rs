@@ -4,8 +4,10 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
+use super::softmax::{capped_cross_entropy, log_softmax_row};
+use crate::infer::layers::BOS_ID;
 use crate::infer::lm::CausalLm;
-use crate::infer::model::{BOS_ID, Gpt};
+use crate::infer::model::Gpt;
 
 /// Scores a batch of windows: for window `i`, the NLL (nats) of `targets[i][p]` given `inputs[i][..=p]`, for every
 /// position `p`. Inputs and targets of a window have the same length.
@@ -267,26 +269,4 @@ pub fn padded_ids(windows: &[&[u16]], len: usize) -> Vec<u32> {
         }
     }
     x
-}
-
-/// `F.cross_entropy` of one row of soft-capped logits, in f32: `log Σ exp(z − max) + max − z[target]`, with the cap
-/// applied on the fly so the row is read once and never written.
-pub fn capped_cross_entropy(uncapped: &[f32], target: usize, cap: impl Fn(f32) -> f32) -> f32 {
-    let capped: Vec<f32> = uncapped.iter().map(|&z| cap(z)).collect();
-    cross_entropy_row(&capped, target)
-}
-
-/// `F.cross_entropy` of one row of logits, in f32: `log Σ exp(z − max) + max − z[target]`.
-pub fn cross_entropy_row(logits: &[f32], target: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&z| (z - max).exp()).sum();
-    sum.ln() + max - logits[target]
-}
-
-/// Log-probabilities (f64) of one row of logits: `z − max − log Σ exp(z − max)`.
-pub fn log_softmax_row(logits: impl Iterator<Item = f32>) -> Vec<f64> {
-    let z: Vec<f64> = logits.map(|v| v as f64).collect();
-    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let lse = z.iter().map(|&v| (v - max).exp()).sum::<f64>().ln() + max;
-    z.iter().map(|&v| v - lse).collect()
 }

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::scorer::{Scored, WindowScorer, batch_logits, cross_entropy_row, log_softmax_row};
+use super::scorer::{Scored, WindowScorer, batch_logits};
+use super::softmax::{cross_entropy_row, log_softmax_row};
 use super::{Result, VerifyError};
 use crate::infer::lm::CausalLm;
 

@@ -106,11 +106,12 @@ impl ScoreFirstTtt {
                     .into(),
             ));
         }
-        let freeze = recipe.freeze_blocks;
+        // TTT_FREEZE_BLOCKS: the weights of the first `freeze_blocks` layer blocks stay fixed.
+        let freeze = recipe.freeze_blocks.min(model.layer_blocks());
         let frozen: Vec<String> = model
             .named_weights()
             .into_iter()
-            .filter(|(name, _)| model.frozen_for_ttt(name, freeze))
+            .filter(|(name, _)| model.layer_block(name).is_some_and(|i| i < freeze))
             .map(|(name, _)| name.to_string())
             .collect();
         let vars = model.make_trainable(&|name| !frozen.iter().any(|f| f == name))?;

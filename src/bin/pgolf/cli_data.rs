@@ -54,29 +54,35 @@ pub fn run(cmd: DataCommand) -> Result<ExitCode> {
 fn stats(args: StatsArgs) -> Result<ExitCode> {
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let files = shard::validation_files(&args.val)?;
-    let mut tokens = shard::read_shards(&files)?;
+    let mut tokens = shard::read_shards(&files, &pgolf::limits::current())?;
     let model_vocab = args.vocab_size.unwrap_or(tokenizer.vocab_size());
     Tokenizer::check_ids(&tokens, model_vocab.max(tokenizer.vocab_size()), &files[0])
         .with_context(|| format!("validation stream {}", args.val))?;
     let all_tokens = tokens.len();
     let documents = shard::count_documents(&tokens);
+    // The canonical table is built once: bytes per target and the audit read it.
+    let canonical = tokenizer.byte_table(model_vocab);
     let table = match &args.byte_table {
         Some(p) => ByteTable::load_json(p)?,
-        None => tokenizer.byte_table(model_vocab),
+        None => canonical.clone(),
     };
     // The audit sees every document whole, before truncation.
-    let audit = audit::audit(&tokenizer, &table, &tokens);
+    let audit = if table.len() == canonical.len() {
+        audit::audit_against(&tokenizer, &canonical, &table, &tokens)
+    } else {
+        audit::audit(&tokenizer, &table, &tokens)
+    };
     if let Some(l) = args.seq_len {
         tokens = shard::truncate_to_usable(tokens, l, &args.val)?;
     }
     let targets = tokens.len().saturating_sub(1);
-    let canonical = tokenizer.byte_table(model_vocab);
     let canonical_table_size = canonical.len();
     let canonical_bytes = ByteSource::Table(canonical).bytes_of_targets(&tokens, 0..targets);
     let table_bytes = ByteSource::Table(table).bytes_of_targets(&tokens, 0..targets);
     let sidecar_bytes = match &args.byte_sidecar {
         Some(glob) => Some(
-            ByteSource::load_sidecar(glob, tokens.len())?.bytes_of_targets(&tokens, 0..targets),
+            ByteSource::load_sidecar(glob, tokens.len(), &pgolf::limits::current())?
+                .bytes_of_targets(&tokens, 0..targets),
         ),
         None => None,
     };

@@ -180,7 +180,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let val_prefix = args.out.join("val");
     std::fs::create_dir_all(&val_prefix).with_context(|| s(&val_prefix))?;
-    let held_out = pgolf::data::shard::read_shard(&val)?;
+    let held_out = pgolf::data::shard::read_shard(&val, &pgolf::limits::current())?;
     let held_out = &held_out[..held_out.len().min(16_384)];
     pgolf::data::shard::write_shard(&val_prefix.join("fineweb_val_000000.bin"), held_out)?;
     let val_glob = s(&val_prefix.join("fineweb_val_*.bin"));

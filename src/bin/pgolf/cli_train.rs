@@ -141,7 +141,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let seq_len = cfg.train_seq_len;
     let files = shard::validation_files(&args.val)?;
-    let mut tokens = shard::read_shards(&files)?;
+    let mut tokens = shard::read_shards(&files, &pgolf::limits::current())?;
     if let Some(n) = args.max_val_tokens {
         tokens.truncate(n);
     }
