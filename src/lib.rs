@@ -1,7 +1,11 @@
-//! pgolf: inspect, pack and verify Parameter Golf artifacts.
+//! pgolf: inspect, pack, verify and train Parameter Golf models.
 //!
-//! Data flows `data → infer → verify`. Nothing in the library prints; progress reaches the terminal through
-//! callbacks the CLI passes in.
+//! Modules import downward only (`tests/layering.rs` checks it): `limits` (what every reader accepts) and `data`
+//! (shards, tokenizers, byte tables, BPB accounting) import nothing else; `infer` (configs, the shared layers, the
+//! records' GPT and seed 001's JEPA) reads `data`; `optim` (SGD, Adam, Muon) and `pack` (artifacts, coders,
+//! quantizers, the size cap) read those below them; `verify` (procedures, ledger, probes, the verification run and
+//! its report) reads all of them; `train` evaluates through `verify`. Nothing in the library prints; progress
+//! reaches the terminal through callbacks the CLI passes in.
 
 pub mod data;
 pub mod infer;

@@ -160,10 +160,7 @@ impl Codec {
     }
 
     pub fn from_id(id: u8) -> Option<Self> {
-        [Codec::Rans]
-            .into_iter()
-            .chain(Coder::ALL.map(Codec::General))
-            .find(|c| c.id() == id)
+        Codec::all().find(|c| c.id() == id)
     }
 
     pub fn name(&self) -> &'static str {
@@ -171,6 +168,18 @@ impl Codec {
             Codec::Rans => "rans",
             Codec::General(c) => c.name(),
         }
+    }
+
+    /// Every codec, in id order.
+    pub fn all() -> impl Iterator<Item = Codec> {
+        [Codec::Rans]
+            .into_iter()
+            .chain(Coder::ALL.map(Codec::General))
+    }
+
+    /// The codec a name names (`rans`, `zlib`, `zstd`, `xz`, `brotli`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Codec::all().find(|c| c.name() == name)
     }
 }
 
@@ -201,6 +210,10 @@ mod tests {
                 (4, "brotli")
             ]
         );
+        for c in Codec::all() {
+            assert_eq!(Codec::from_name(c.name()), Some(c));
+        }
+        assert_eq!(Codec::from_name("lzma"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use pgolf::pack::artifact::load_artifact;
 use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size};
-use pgolf::pack::codec::{Codec, Coder};
+use pgolf::pack::codec::Codec;
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
 use pgolf::pack::schema::Payload;
@@ -24,13 +24,12 @@ enum SchemeArg {
     Sdclip,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum CodecArg {
-    Rans,
-    Zlib,
-    Zstd,
-    Xz,
-    Brotli,
+/// `--codec`: a codec by the name the container gives it.
+fn parse_codec(s: &str) -> std::result::Result<Codec, String> {
+    Codec::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Codec::all().map(|c| c.name()).collect();
+        format!("unknown codec {s:?}; known: {}", names.join(", "))
+    })
 }
 
 #[derive(Args)]
@@ -61,8 +60,9 @@ pub struct PackArgs {
     k_mlp: f32,
     #[arg(long, default_value_t = 12.85)]
     k_other: f32,
-    #[arg(long, value_enum, default_value = "rans")]
-    codec: CodecArg,
+    /// rans, zlib, zstd, xz or brotli.
+    #[arg(long, default_value = "rans", value_parser = clap::builder::ValueParser::new(parse_codec))]
+    codec: Codec,
     /// Byte-shuffle stride before a general-purpose codec (1 = none).
     #[arg(long, default_value_t = 1)]
     shuffle: usize,
@@ -157,13 +157,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
                 k: args.k_other,
             },
         ],
-        codec: match args.codec {
-            CodecArg::Rans => Codec::Rans,
-            CodecArg::Zlib => Codec::General(Coder::Zlib),
-            CodecArg::Zstd => Codec::General(Coder::Zstd),
-            CodecArg::Xz => Codec::General(Coder::Xz),
-            CodecArg::Brotli => Codec::General(Coder::Brotli),
-        },
+        codec: args.codec,
         shuffle: args.shuffle.max(1),
         keep_float_max_numel: args.keep_float_max_numel,
     };
