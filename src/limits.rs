@@ -55,3 +55,36 @@ pub fn set_current(limits: Limits) -> bool {
 pub fn current() -> Limits {
     CURRENT.get().copied().unwrap_or(Limits::DEFAULT)
 }
+
+/// The most bytes a tokenizer, model config or byte table file may have (real ones are under 1 MB).
+pub const MAX_SMALL_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a whole file of at most `cap` bytes. A larger file is refused from its size before any of it is read (and a
+/// file that grows while it is read is cut off at the cap and refused); `hint` says how to raise the cap, if it can be.
+pub fn read_capped(path: &std::path::Path, cap: u64, hint: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = |len: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than the limit of {cap} bytes{hint}"),
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(too_large(len));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    file.take(cap + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(too_large(out.len() as u64));
+    }
+    Ok(out)
+}
+
+/// [`read_capped`] for text files of at most [`MAX_SMALL_FILE_BYTES`].
+pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
+    let bytes = read_capped(path, MAX_SMALL_FILE_BYTES, "")?;
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}

@@ -288,44 +288,6 @@ fn inspect_reports_sizes_code_and_margin() {
 
 // ---- hostile files ----
 
-/// A torch.save-style zip holding `pickle` as archive/data.pkl and the given storages.
-fn torch_zip(pickle: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut z = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        z.start_file("archive/data.pkl", opts).unwrap();
-        z.write_all(pickle).unwrap();
-        for (key, data) in storages {
-            z.start_file(format!("archive/data/{key}"), opts).unwrap();
-            z.write_all(data).unwrap();
-        }
-        z.finish().unwrap();
-    }
-    buf.into_inner()
-}
-
-/// Pickle of {"t": tensor} with a CharStorage of `numel` elements and the given size/stride.
-fn tensor_pickle(numel: u8, size: &[u8], stride: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 2, b'}', b'(', b'X', 1, 0, 0, 0, b't'];
-    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
-    p.extend_from_slice(
-        b"(X\x07\x00\x00\x00storagectorch\nCharStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK",
-    );
-    p.push(numel);
-    p.extend_from_slice(b"tQK\x00(");
-    for d in size {
-        p.extend_from_slice(&[b'K', *d]);
-    }
-    p.extend_from_slice(b"t(");
-    for d in stride {
-        p.extend_from_slice(&[b'K', *d]);
-    }
-    p.extend_from_slice(b"t\x89N)tRu.");
-    p
-}
-
 fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -339,7 +301,7 @@ fn a_well_formed_handmade_pickle_is_read() {
         &dir,
         "ok.pt",
         &torch_zip(
-            &tensor_pickle(6, &[2, 3], &[3, 1]),
+            &tensor_pickle(6, 0, &[2, 3], &[3, 1]),
             &[("0", vec![1, 2, 3, 4, 5, 6])],
         ),
     );
@@ -354,7 +316,7 @@ fn a_well_formed_handmade_pickle_is_read() {
         &dir,
         "t.pt",
         &torch_zip(
-            &tensor_pickle(6, &[3, 2], &[1, 3]),
+            &tensor_pickle(6, 0, &[3, 2], &[1, 3]),
             &[("0", vec![1, 2, 3, 4, 5, 6])],
         ),
     );
@@ -387,7 +349,7 @@ fn a_shape_larger_than_its_storage_is_refused() {
         &dir,
         "big.pt",
         &torch_zip(
-            &tensor_pickle(6, &[200, 200], &[200, 1]),
+            &tensor_pickle(6, 0, &[200, 200], &[200, 1]),
             &[("0", vec![0; 6])],
         ),
     );
@@ -401,7 +363,7 @@ fn a_shape_larger_than_its_storage_is_refused() {
 fn a_truncated_zip_is_refused() {
     let dir = temp_dir("zip-trunc");
     let full = torch_zip(
-        &tensor_pickle(6, &[2, 3], &[3, 1]),
+        &tensor_pickle(6, 0, &[2, 3], &[3, 1]),
         &[("0", vec![1, 2, 3, 4, 5, 6])],
     );
     let p = write(&dir, "cut.pt", &full[..full.len() - 30]);

@@ -128,7 +128,7 @@ impl BeseModel {
             path: path.into(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        let text = crate::limits::read_small_text(path).map_err(|source| DataError::Io {
             path: path.into(),
             source,
         })?;

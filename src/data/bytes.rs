@@ -98,7 +98,7 @@ impl ByteTable {
     /// Reads a table from JSON (`{"base_bytes": [...], "has_leading_space": [...], "is_boundary": [...]}`), the
     /// form in which a submission's own table can be audited.
     pub fn load_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = crate::limits::read_small_text(path).map_err(io_err(path))?;
         let table: ByteTable = serde_json::from_str(&text).map_err(|e| DataError::ByteTable {
             path: path.into(),
             message: e.to_string(),

@@ -21,6 +21,8 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{path}: file is {len} bytes, shorter than the 1024-byte shard header")]
     ShortHeader { path: PathBuf, len: u64 },
     #[error("{path}: wrong shard magic {found} (expected 20240520): not a challenge shard")]

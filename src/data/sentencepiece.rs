@@ -96,7 +96,8 @@ pub struct SpModel {
 
 impl SpModel {
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bytes = crate::limits::read_capped(path, crate::limits::MAX_SMALL_FILE_BYTES, "")
+            .map_err(io_err(path))?;
         Self::from_bytes(path, &bytes)
     }
 

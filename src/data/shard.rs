@@ -1,6 +1,5 @@
 //! Challenge shard format: 256 little-endian i32 header (magic 20240520, version 1, token count), then u16 tokens.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::limits::Limits;
@@ -16,22 +15,58 @@ pub const MAX_SHARD_TOKENS: u64 = i32::MAX as u64;
 /// The first token of every document.
 pub const BOS_ID: u16 = 1;
 
-/// Reads one shard, rejecting a short header, wrong magic or version, and any size that is not 1024 + 2·count.
+/// Reads one shard, rejecting a short header, wrong magic or version, and any size that is not 1024 + 2·count. The
+/// header and the file's size are checked before the body is read, so a huge file with a bad header costs nothing.
 pub fn read_shard(path: &Path, limits: &Limits) -> Result<Vec<u16>> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    parse_shard(path, &bytes, limits)
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    (&mut file)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut header)
+        .map_err(io_err(path))?;
+    check_header(path, &header, file_len, limits)?;
+    let mut body = Vec::with_capacity((file_len - HEADER_BYTES as u64) as usize);
+    file.read_to_end(&mut body).map_err(io_err(path))?;
+    if (HEADER_BYTES + body.len()) as u64 != file_len {
+        return Err(DataError::SizeMismatch {
+            path: path.into(),
+            declared: (file_len - HEADER_BYTES as u64) / 2,
+            expected: file_len,
+            actual: (HEADER_BYTES + body.len()) as u64,
+        });
+    }
+    Ok(tokens_of(&body))
 }
 
 /// Parses shard bytes already in memory; `path` only names the source in errors.
 pub fn parse_shard(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Vec<u16>> {
-    if bytes.len() < HEADER_BYTES {
+    check_header(
+        path,
+        &bytes[..bytes.len().min(HEADER_BYTES)],
+        bytes.len() as u64,
+        limits,
+    )?;
+    Ok(tokens_of(&bytes[HEADER_BYTES..]))
+}
+
+fn tokens_of(body: &[u8]) -> Vec<u16> {
+    body.chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// Checks a shard's header (its first 1024 bytes, or fewer when the file is shorter) against the file's size.
+fn check_header(path: &Path, header: &[u8], file_len: u64, limits: &Limits) -> Result<()> {
+    if header.len() < HEADER_BYTES {
         return Err(DataError::ShortHeader {
             path: path.into(),
-            len: bytes.len() as u64,
+            len: header.len() as u64,
         });
     }
     let header_int =
-        |i: usize| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        |i: usize| i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().expect("4 bytes"));
     let magic = header_int(0);
     if magic != SHARD_MAGIC {
         return Err(DataError::BadMagic {
@@ -63,18 +98,15 @@ pub fn parse_shard(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Vec<u16
         });
     }
     let expected = HEADER_BYTES as u64 + 2 * declared;
-    if bytes.len() as u64 != expected {
+    if file_len != expected {
         return Err(DataError::SizeMismatch {
             path: path.into(),
             declared,
             expected,
-            actual: bytes.len() as u64,
+            actual: file_len,
         });
     }
-    Ok(bytes[HEADER_BYTES..]
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
+    Ok(())
 }
 
 /// Encodes tokens as a shard (header + body).
@@ -93,7 +125,7 @@ pub fn encode_shard(tokens: &[u16]) -> Vec<u8> {
     out
 }
 
-/// Writes a shard atomically: a temporary file beside the target is renamed into place, so a failure leaves nothing.
+/// Writes a shard through [`crate::output::write_file`]: a failure leaves nothing, and the file is read back first.
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
     if tokens.len() as u64 > MAX_SHARD_TOKENS {
         return Err(DataError::TooManyTokens {
@@ -102,30 +134,7 @@ pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
             limit: MAX_SHARD_TOKENS,
         });
     }
-    write_atomically(path, &encode_shard(tokens))
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.pgolf-tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::Io {
-            path: path.into(),
-            source,
-        });
-    }
-    Ok(())
+    Ok(crate::output::write_file(path, &[], &encode_shard(tokens))?)
 }
 
 /// Expands a glob into its files in sorted order (the challenge concatenates `sorted(glob(pattern))`).

@@ -289,7 +289,7 @@ pub(crate) fn load_config<T: serde::de::DeserializeOwned>(
     path: &Path,
     validate: impl Fn(&T) -> std::result::Result<(), String>,
 ) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| InferError::Io {
+    let text = crate::limits::read_small_text(path).map_err(|source| InferError::Io {
         path: path.into(),
         source,
     })?;

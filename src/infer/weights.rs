@@ -13,7 +13,9 @@ pub type StateDict = HashMap<String, Tensor>;
 
 /// Reads a safetensors file onto `device`.
 pub fn load_safetensors(path: &Path, device: &Device) -> Result<StateDict> {
-    let bytes = std::fs::read(path).map_err(|source| InferError::Io {
+    let cap = crate::limits::current().max_decompressed_bytes;
+    let hint = " (raise it with --max-decompressed-bytes)";
+    let bytes = crate::limits::read_capped(path, cap, hint).map_err(|source| InferError::Io {
         path: path.into(),
         source,
     })?;

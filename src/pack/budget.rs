@@ -60,10 +60,13 @@ pub struct CodeSize {
 }
 
 pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
-    let bytes = std::fs::read(path).map_err(|source| PackError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let hint = " (raise it with --max-decompressed-bytes)";
+    let bytes = crate::limits::read_capped(path, limits.max_decompressed_bytes, hint).map_err(
+        |source| PackError::Io {
+            path: path.into(),
+            source,
+        },
+    )?;
     let text = String::from_utf8_lossy(&bytes);
     let mut out = CodeSize {
         counted_bytes: bytes.len() as u64,

@@ -10,13 +10,17 @@ use sha2::{Digest, Sha256};
 use super::codec::{Codec, Coder};
 use super::outer;
 use super::schema::{Payload, QTensor};
-use super::torchfile::HostTensor;
+use super::torchfile::{HostTensor, checked_numel};
 use super::{Limits, PackError, Result, rans};
 
 pub const MAGIC: &[u8; 4] = b"PGLF";
 pub const VERSION: u8 = 1;
 /// magic 4 + version 1 + codec 1 + shuffle 1 + header length 4 + sha256 32.
 pub const PREAMBLE: usize = 43;
+/// The most a decompressed header may take (a record's header is tens of KB).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+/// The most tensors an artifact may hold (the records hold a few hundred).
+pub const MAX_TENSORS: usize = 100_000;
 
 /// A byte range of the body (codec 0) or of the decompressed stream (codecs 1–4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,6 +144,38 @@ pub fn encode(
     Ok(out)
 }
 
+/// Every non-empty span of the header in its own bytes: two spans that overlap (or alias one stretch) would let a
+/// small body stand for many tensors, and are never written by [`encode`].
+fn check_disjoint_spans(header: &Header) -> std::result::Result<(), String> {
+    let mut spans: Vec<(u64, u64, &str, &str)> = header
+        .tensors
+        .iter()
+        .flat_map(|e| {
+            [
+                (&e.symbols, "symbols"),
+                (&e.scales, "scales"),
+                (&e.values, "values"),
+            ]
+            .into_iter()
+            .filter_map(move |(span, what)| {
+                span.as_ref()
+                    .filter(|s| s.length > 0)
+                    .map(|s| (s.offset, s.length, e.name.as_str(), what))
+            })
+        })
+        .collect();
+    spans.sort_unstable_by_key(|&(offset, length, _, _)| (offset, length));
+    for pair in spans.windows(2) {
+        let ((a_off, a_len, a_name, a_what), (b_off, _, b_name, b_what)) = (pair[0], pair[1]);
+        if a_off.saturating_add(a_len) > b_off {
+            return Err(format!(
+                "the {a_what} of {a_name} [{a_off}, +{a_len}) and the {b_what} of {b_name} (from {b_off}) overlap"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn is_pgolf(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
 }
@@ -176,8 +212,23 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
     let header_z = rest
         .get(..header_len)
         .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end")))?;
-    let json = Coder::Zlib.decode(path, header_z, limits.max_decompressed_bytes)?;
+    let header_limit = MAX_HEADER_BYTES.min(limits.max_decompressed_bytes);
+    let json = match Coder::Zlib.decode(path, header_z, header_limit) {
+        Err(PackError::TooLarge { .. }) => {
+            return Err(bad(format!(
+                "the header decompresses past {header_limit} bytes, more than any real header"
+            )));
+        }
+        other => other?,
+    };
     let header: Header = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+    if header.tensors.len() > MAX_TENSORS {
+        return Err(bad(format!(
+            "{} tensors, more than the {MAX_TENSORS} an artifact may hold",
+            header.tensors.len()
+        )));
+    }
+    check_disjoint_spans(&header).map_err(bad)?;
     let body_raw = &rest[header_len..];
     let body = match codec {
         Codec::Rans => body_raw.to_vec(),
@@ -218,8 +269,9 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
         let host = |span: &Span, data: Vec<u8>, what: &str| -> Result<HostTensor> {
             let size = elem(&span.dtype)
                 .ok_or_else(|| bad(format!("{}: unknown dtype {}", e.name, span.dtype)))?;
-            let n: usize = span.shape.iter().product();
-            if data.len() != n * size {
+            let n = checked_numel(&span.shape)
+                .ok_or_else(|| bad(format!("{}: {what} shape overflows", e.name)))?;
+            if Some(data.len()) != n.checked_mul(size) {
                 return Err(bad(format!(
                     "{}: {what} hold {} bytes, not {} × {size}",
                     e.name,

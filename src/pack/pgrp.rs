@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::torchfile::{self, HostTensor, Obj};
+use super::torchfile::{self, HostTensor, Obj, checked_numel};
 use super::{Limits, PackError, Result, outer};
 
 pub const MAGIC: &[u8; 4] = b"PGRP";
@@ -54,15 +54,18 @@ pub fn streams<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let len = u32_at(8 + 4 * i)?;
-        let s = bytes.get(off..off + len).ok_or_else(|| {
-            format_err(
-                path,
-                format!(
-                    "stream {i} of {len} bytes runs past the end of the file ({} bytes)",
-                    bytes.len()
-                ),
-            )
-        })?;
+        let s = off
+            .checked_add(len)
+            .and_then(|end| bytes.get(off..end))
+            .ok_or_else(|| {
+                format_err(
+                    path,
+                    format!(
+                        "stream {i} of {len} bytes runs past the end of the file ({} bytes)",
+                        bytes.len()
+                    ),
+                )
+            })?;
         out.push(s);
         off += len;
     }
@@ -92,16 +95,20 @@ fn brotli_capped(path: &Path, data: &[u8], limit: u64) -> Result<Vec<u8>> {
 /// Runs `lrzip -d` on one stream through a private temporary directory.
 fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limits: &Limits) -> Result<Vec<u8>> {
     let limit = limits.max_decompressed_bytes;
-    let dir = std::env::temp_dir().join(format!(
-        "pgolf-lrzip-{}-{}",
-        std::process::id(),
-        group.replace('.', "_")
-    ));
+    // A private directory (created 0700 with a random name, removed when dropped): nothing planted under the system
+    // temp folder can be written through.
+    let scratch = tempfile::Builder::new()
+        .prefix("pgolf-lrzip-")
+        .tempdir()
+        .map_err(|source| PackError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let dir = scratch.path().to_path_buf();
     let io_err = |source: std::io::Error| PackError::Io {
         path: dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(io_err)?;
     let (inp, out) = (dir.join("group.lrz"), dir.join("group.bin"));
     let result = (|| {
         std::fs::write(&inp, data).map_err(io_err)?;
@@ -169,7 +176,7 @@ fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limits: &Limits) -> R
         }
         std::fs::read(&out).map_err(io_err)
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     result
 }
 
@@ -192,7 +199,14 @@ fn shapes_of(path: &Path, manifest: &Obj, group: &str) -> Result<Vec<Vec<usize>>
                         format!("group {group:?} has a non-integer dimension"),
                     )),
                 })
-                .collect(),
+                .collect::<Result<Vec<usize>>>()
+                .and_then(|shape| match checked_numel(&shape) {
+                    Some(_) => Ok(shape),
+                    None => Err(format_err(
+                        path,
+                        format!("group {group:?}: shape {shape:?} overflows"),
+                    )),
+                }),
             _ => Err(format_err(
                 path,
                 format!("group {group:?} has a shape that is not a tuple"),
@@ -246,16 +260,21 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
                 Some(top) => top.to_string(),
                 None => format!("blocks.{layer}.{group}"),
             };
-            let n: usize = shape.iter().product();
-            let chunk = raw.get(off..off + n).ok_or_else(|| {
-                format_err(
-                    path,
-                    format!(
-                        "group {group:?} holds {} bytes, too few for {name} {shape:?}",
-                        raw.len()
-                    ),
-                )
+            let n = checked_numel(shape).ok_or_else(|| {
+                format_err(path, format!("group {group:?}: shape {shape:?} overflows"))
             })?;
+            let chunk = off
+                .checked_add(n)
+                .and_then(|end| raw.get(off..end))
+                .ok_or_else(|| {
+                    format_err(
+                        path,
+                        format!(
+                            "group {group:?} holds {} bytes, too few for {name} {shape:?}",
+                            raw.len()
+                        ),
+                    )
+                })?;
             off += n;
             let data = if let [rows, cols] = shape[..] {
                 // Stored transposed: chunk[c·rows + r] = sorted[r][c].
@@ -308,4 +327,30 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
         (Obj::Str("w".into()), Obj::Dict(w)),
         (Obj::Str("m".into()), meta.clone()),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_an_error() {
+        let dims = |d: &[i64]| Obj::List(d.iter().map(|&x| Obj::Int(x)).collect());
+        let manifest = Obj::Dict(vec![(
+            Obj::Str("mlp.fc.weight.q".into()),
+            Obj::List(vec![dims(&[8, 4]), dims(&[1 << 32, 1 << 32])]),
+        )]);
+        let e = shapes_of(Path::new("g.ptz"), &manifest, "mlp.fc.weight.q")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.ptz") && e.contains("overflows"), "{e}");
+        let fine = Obj::Dict(vec![(
+            Obj::Str("mlp.fc.weight.q".into()),
+            Obj::List(vec![dims(&[8, 4])]),
+        )]);
+        assert_eq!(
+            shapes_of(Path::new("g.ptz"), &fine, "mlp.fc.weight.q").unwrap(),
+            vec![vec![8, 4]]
+        );
+    }
 }

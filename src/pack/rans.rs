@@ -269,6 +269,17 @@ pub fn decode(data: &[u8], max_symbols: u64) -> Result<Vec<i8>, RansError> {
                     out[i] = (s as i32 + min as i32) as i8;
                     i += k;
                 }
+                // The encoder starts every lane at L and writes exactly the words the decoder reads: a lane that
+                // ends elsewhere, or leaves words unread, was not written by it (a frequency table that disagrees
+                // with the stream, say).
+                if x != L || next != bytes.len() / 2 {
+                    return Err(RansError(format!(
+                        "lane {lane} ends in state {x:#x} with {} of {} words read: the stream does not match its \
+                         frequency table",
+                        next,
+                        bytes.len() / 2
+                    )));
+                }
             }
             Ok(out)
         }
@@ -316,6 +327,33 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(&syms), u64::MAX).unwrap(), syms);
         }
+    }
+
+    #[test]
+    fn a_frequency_table_that_disagrees_with_the_stream_is_an_error() {
+        let syms: Vec<i8> = (0..4000).map(|i| [0i8, 1, 2, 1][i % 4]).collect();
+        let good = encode(&syms);
+        let mut r = Reader {
+            data: &good,
+            pos: 0,
+        };
+        assert_eq!(r.byte().unwrap(), 1, "a rANS stream");
+        let n = r.varint().unwrap();
+        let (min, max, sb) = (r.byte().unwrap(), r.byte().unwrap(), r.byte().unwrap());
+        let freq: Vec<u64> = (0..3).map(|_| r.varint().unwrap()).collect();
+        let lanes = &good[r.pos..];
+        // Symbol 0 is used by the stream; the table gives it frequency 0 and its share to symbol 2.
+        let mut bad = vec![1u8];
+        put_varint(&mut bad, n);
+        bad.extend([min, max, sb]);
+        for f in [0, freq[1], freq[2] + freq[0]] {
+            put_varint(&mut bad, f);
+        }
+        bad.extend_from_slice(lanes);
+        let e = decode(&bad, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("does not match its frequency table"), "{e}");
+        // The stream with its own table decodes.
+        assert_eq!(decode(&good, u64::MAX).unwrap(), syms);
     }
 
     #[test]

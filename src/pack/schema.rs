@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::torchfile::{HostTensor, Obj};
+use super::torchfile::{HostTensor, Obj, checked_numel};
 use super::{PackError, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -548,6 +548,8 @@ fn lowrank_of(path: &Path, w: &Obj, name: &str, kind: &str, q: &HostTensor) -> R
         && lr.b_q.numel() == rank * (q.numel() / rows.max(1))
         && lr.b_s.numel() > 0
         && lr.b_q.numel().is_multiple_of(lr.b_s.numel())
+        // Symmetric B has one scale per row (rank rows); asymmetric B one per group.
+        && (asymmetric || lr.b_s.numel() == rank)
         && lr.a_s.numel() == if asymmetric { 1 } else { rows };
     if !fits {
         return Err(PackError::Format {
@@ -638,7 +640,8 @@ fn packed_entry(path: &Path, name: &str, e: &Obj) -> Result<QTensor> {
             let packed = tensor(path, e, "packed", name)?;
             let scale = tensor(path, e, "scale", name)?;
             let shape = usize_list(path, e, "shape", name)?;
-            let numel: usize = shape.iter().product();
+            let numel =
+                checked_numel(&shape).ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
             if packed.data.len() * 2 < numel || packed.dtype != "uint8" {
                 return Err(bad(format!(
                     "{} packed bytes cannot hold {numel} fp4 values",
@@ -734,7 +737,7 @@ fn packed_entry(path: &Path, name: &str, e: &Obj) -> Result<QTensor> {
             let orig = usize_list(path, e, "orig_shape", name).unwrap_or_else(|_| shape.clone());
             Ok(QTensor {
                 name: name.into(),
-                shape: if orig.iter().product::<usize>() == rows * cols {
+                shape: if checked_numel(&orig) == Some(rows * cols) {
                     orig
                 } else {
                     shape.clone()
@@ -828,4 +831,75 @@ pub fn unbank_tensors(tensors: Vec<QTensor>) -> Vec<QTensor> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(dtype: &str, shape: &[usize], data: Vec<u8>) -> Obj {
+        Obj::Tensor(HostTensor {
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    fn dict(entries: Vec<(&str, Obj)>) -> Obj {
+        Obj::Dict(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Obj::Str(k.into()), v))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_symmetric_lqer_entry_needs_one_b_scale_per_rank_row() {
+        // W [4, 6] with rank-2 factors A [4, 2] (one scale per row) and B [2, 6]: B needs 2 row scales, has 1.
+        let q = HostTensor {
+            dtype: "int8".into(),
+            shape: vec![4, 6],
+            data: vec![0; 24],
+        };
+        let f16 = |n: usize| vec![0u8; 2 * n];
+        let w = |b_scales: usize| {
+            dict(vec![
+                ("x.lqA", host("int8", &[4, 2], vec![1; 8])),
+                ("x.lqAs", host("float16", &[4], f16(4))),
+                ("x.lqB", host("int8", &[2, 6], vec![1; 12])),
+                ("x.lqBs", host("float16", &[b_scales], f16(b_scales))),
+            ])
+        };
+        let e = lowrank_of(Path::new("l.ptz"), &w(1), "x", "int6+lqer", &q)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("l.ptz") && e.contains("LQER factors do not fit"),
+            "{e}"
+        );
+        let lr = lowrank_of(Path::new("l.ptz"), &w(2), "x", "int6+lqer", &q).unwrap();
+        assert_eq!(lr.product().len(), 24);
+    }
+
+    #[test]
+    fn an_fp4_shape_whose_element_count_overflows_is_an_error() {
+        let entry = |shape: &[i64]| {
+            dict(vec![
+                ("type", Obj::Str("fp4".into())),
+                ("packed", host("uint8", &[2], vec![0x88, 0x88])),
+                ("scale", host("float16", &[1], vec![0, 0x3c])),
+                (
+                    "shape",
+                    Obj::List(shape.iter().map(|&d| Obj::Int(d)).collect()),
+                ),
+            ])
+        };
+        let e = packed_entry(Path::new("f.ptz"), "w", &entry(&[1 << 32, 1 << 32]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.ptz") && e.contains("overflows"), "{e}");
+        let t = packed_entry(Path::new("f.ptz"), "w", &entry(&[1, 4])).unwrap();
+        assert_eq!(t.params(), 4);
+    }
 }

@@ -18,6 +18,11 @@ pub struct HostTensor {
     pub data: Vec<u8>,
 }
 
+/// The element count of a shape read from input, or None when the product overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 impl HostTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -286,6 +291,13 @@ fn tensor_from_storage(
         )));
     }
     let storage_elems = storage.len() as u64 / elem as u64;
+    if t.offset > storage_elems {
+        // Even a tensor of no elements starts inside (or at the end of) its storage.
+        return Err(fmt(format!(
+            "tensor of shape {:?} starts at element {}, past its storage of {storage_elems} elements",
+            t.shape, t.offset
+        )));
+    }
     if numel > 0 {
         // The last element addressed: offset + Σ (size − 1)·stride must lie inside the storage.
         let mut last = t.offset;

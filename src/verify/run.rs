@@ -35,6 +35,9 @@ use crate::limits::Limits;
 use crate::pack::artifact::load_weights;
 use crate::pack::budget::{SizeCheck, code_size};
 
+/// How to raise the cap on a file read whole.
+const HINT: &str = " (raise it with --max-decompressed-bytes)";
+
 /// Deliberately illegal procedures, for seeing each probe fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planted {
@@ -458,7 +461,7 @@ impl Architecture {
 
 /// Whether a config file names seed 001's byte-patch JEPA (`"architecture": "byte_patch_jepa"`).
 fn names_patch_jepa(path: &Path) -> Result<bool> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::limits::read_small_text(path)
         .map_err(|e| VerifyError::Setup(format!("{}: {e}", path.display())))?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| VerifyError::Setup(format!("{}: bad model config: {e}", path.display())))?;
@@ -692,7 +695,8 @@ fn load_tilt_prior(
     let (source, bytes) = match &spec.ngram_prior {
         Some(p) => (
             p.clone(),
-            std::fs::read(p).map_err(|e| VerifyError::Setup(format!("{}: {e}", p.display())))?,
+            crate::limits::read_capped(p, limits.max_decompressed_bytes, HINT)
+                .map_err(|e| VerifyError::Setup(format!("{}: {e}", p.display())))?,
         ),
         None => match bundled.iter().find(|(k, _)| k == "ngram") {
             Some((_, b)) => (spec.model.clone(), b.clone()),

@@ -207,3 +207,44 @@ pub mod logit_golden {
         worst
     }
 }
+
+/// A torch.save-style zip holding `pickle` as archive/data.pkl and the given storages.
+pub fn torch_zip(pickle: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        use std::io::Write;
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(pickle).unwrap();
+        for (key, data) in storages {
+            z.start_file(format!("archive/data/{key}"), opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// Pickle of {"t": tensor} with a CharStorage of `numel` elements and the given storage offset, size and stride.
+pub fn tensor_pickle(numel: u8, offset: u32, size: &[u8], stride: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 2, b'}', b'(', b'X', 1, 0, 0, 0, b't'];
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nCharStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK",
+    );
+    p.push(numel);
+    p.extend_from_slice(b"tQJ");
+    p.extend_from_slice(&offset.to_le_bytes());
+    p.push(b'(');
+    for d in size {
+        p.extend_from_slice(&[b'K', *d]);
+    }
+    p.extend_from_slice(b"t(");
+    for d in stride {
+        p.extend_from_slice(&[b'K', *d]);
+    }
+    p.extend_from_slice(b"t\x89N)tRu.");
+    p
+}

@@ -54,10 +54,15 @@ pub fn run(cmd: DataCommand) -> Result<ExitCode> {
 fn stats(args: StatsArgs) -> Result<ExitCode> {
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
     let files = shard::validation_files(&args.val)?;
-    let mut tokens = shard::read_shards(&files, &pgolf::limits::current())?;
     let model_vocab = args.vocab_size.unwrap_or(tokenizer.vocab_size());
-    Tokenizer::check_ids(&tokens, model_vocab.max(tokenizer.vocab_size()), &files[0])
-        .with_context(|| format!("validation stream {}", args.val))?;
+    // Each shard is checked on its own, so a bad id is reported against the file that holds it.
+    let mut tokens = Vec::new();
+    for f in &files {
+        let shard_tokens = shard::read_shard(f, &pgolf::limits::current())?;
+        Tokenizer::check_ids(&shard_tokens, model_vocab.max(tokenizer.vocab_size()), f)
+            .with_context(|| format!("validation stream {}", args.val))?;
+        tokens.extend(shard_tokens);
+    }
     let all_tokens = tokens.len();
     let documents = shard::count_documents(&tokens);
     // The canonical table is built once: bytes per target and the audit read it.

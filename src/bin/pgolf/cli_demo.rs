@@ -92,8 +92,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         ..cfg.clone()
     };
     let config_path = args.out.join("demo_config.json");
-    std::fs::write(&config_path, serde_json::to_string_pretty(&cfg)?)
-        .with_context(|| s(&config_path))?;
+    pgolf::output::write_file(
+        &config_path,
+        &[],
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     // The challenge's cap scaled by this model's share of the baseline's parameters.
     let budget = (BUDGET_BYTES as f64 * cfg.parameter_count() as f64
         / baseline.parameter_count() as f64)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use pgolf::output;
 use pgolf::pack::artifact::load_artifact;
 use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size};
 use pgolf::pack::codec::Codec;
@@ -90,6 +91,10 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         }
     }
     let limits = pgolf::limits::current();
+    let mut inputs = vec![args.checkpoint.as_path()];
+    inputs.extend(args.config.as_deref());
+    inputs.extend(args.code.as_deref());
+    output::refuse_inputs(&args.output, &inputs)?;
     let checkpoint = load_artifact(&args.checkpoint, &limits)?;
     // A quantized artifact is dequantized first (re-quantization), so a record's weights can be re-packed.
     let mut checkpoint = checkpoint;
@@ -113,7 +118,8 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         pgolf::pack::schema::unbank_tensors(std::mem::take(&mut checkpoint.tensors));
     let config = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+            let text =
+                pgolf::limits::read_small_text(p).with_context(|| p.display().to_string())?;
             let cfg: pgolf::infer::config::ModelConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: bad model config", p.display()))?;
             Some(serde_json::to_value(cfg)?)
@@ -163,33 +169,33 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let (packed, chosen, report) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
-    // Write atomically, then re-read what was written and check the round trip before reporting success.
-    pgolf::data::shard::write_atomically(&args.output, &packed.bytes)?;
-    let verify_round_trip = || -> Result<()> {
-        let back = load_artifact(&args.output, &limits)?;
+    // The artifact is read back from its temporary file and checked tensor by tensor before it takes the output's
+    // name; on any failure nothing is left behind.
+    let round_trip = |written: &std::path::Path| -> std::result::Result<(), String> {
+        let back = load_artifact(written, &limits).map_err(|e| e.to_string())?;
         if back.tensors.len() != packed.tensors.len() {
-            bail!(
-                "{}: re-read {} tensors, wrote {}",
-                args.output.display(),
+            return Err(format!(
+                "re-read {} tensors, wrote {}",
                 back.tensors.len(),
                 packed.tensors.len()
-            );
+            ));
         }
-        for (a, b) in back.tensors.iter().zip(&packed.tensors) {
-            if a.name != b.name || a.dequantize() != b.dequantize() {
-                bail!(
-                    "{}: tensor {} does not read back as written",
-                    args.output.display(),
-                    b.name
-                );
-            }
+        match back
+            .tensors
+            .iter()
+            .zip(&packed.tensors)
+            .find(|(a, b)| a.name != b.name || a.dequantize() != b.dequantize())
+        {
+            Some((_, b)) => Err(format!("tensor {} does not read back as written", b.name)),
+            None => Ok(()),
         }
-        Ok(())
     };
-    if let Err(e) = verify_round_trip() {
-        let _ = std::fs::remove_file(&args.output);
-        return Err(e);
-    }
+    output::write_with(
+        &args.output,
+        &inputs,
+        |temp| std::fs::write(temp, &packed.bytes).map_err(|e| e.to_string()),
+        round_trip,
+    )?;
     let artifact_bytes = packed.bytes.len() as u64;
     let size = SizeCheck::new(
         artifact_bytes,

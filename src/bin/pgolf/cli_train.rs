@@ -2,7 +2,7 @@
 //! and `verify` read.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +11,8 @@ use pgolf::data::bytes::ByteSource;
 use pgolf::data::shard;
 use pgolf::data::tokenizer::Tokenizer;
 use pgolf::infer::config::ModelConfig;
+use pgolf::infer::weights;
+use pgolf::output;
 use pgolf::train::loader::TokenStream;
 use pgolf::train::{QatOptions, TrainEvent, TrainOptions, Trainer, ValSet, train};
 use serde_json::json;
@@ -114,16 +116,13 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
-}
-
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    // The outputs may not be the inputs (`--init` inside the output folder, say): refused before any work.
+    let mut inputs = vec![args.config.as_path()];
+    inputs.extend(args.init.as_deref());
+    for name in ["model.safetensors", "config.json", "train_log.json"] {
+        output::refuse_inputs(&args.output.join(name), &inputs)?;
+    }
     let device = args.compute.open()?;
     let cfg = ModelConfig::load(&args.config)?;
     let components = cfg.components();
@@ -275,13 +274,37 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let config_path = args.output.join("config.json");
     let log_path = args.output.join("train_log.json");
     let tensors: HashMap<String, candle_core::Tensor> = outcome.weights.iter().cloned().collect();
-    write_atomically(&model_path, |p| {
-        candle_core::safetensors::save(&tensors, p).with_context(|| p.display().to_string())
-    })?;
-    write_atomically(&config_path, |p| {
-        std::fs::write(p, serde_json::to_string_pretty(&cfg)?)
-            .with_context(|| p.display().to_string())
-    })?;
+    // The weights are read back from the temporary file and compared before they take the output's name.
+    output::write_with(
+        &model_path,
+        &inputs,
+        |p| candle_core::safetensors::save(&tensors, p).map_err(|e| e.to_string()),
+        |p| {
+            let back = weights::load_safetensors(p, &candle_core::Device::Cpu)
+                .map_err(|e| e.to_string())?;
+            let same = back.len() == tensors.len()
+                && tensors.iter().all(|(name, t)| {
+                    back.get(name).is_some_and(|b| {
+                        let values = |x: &candle_core::Tensor| {
+                            x.to_dtype(candle_core::DType::F32)
+                                .and_then(|x| x.flatten_all()?.to_vec1::<f32>())
+                                .ok()
+                        };
+                        values(b).is_some() && values(b) == values(t)
+                    })
+                });
+            if same {
+                Ok(())
+            } else {
+                Err("the weights differ from those trained".into())
+            }
+        },
+    )?;
+    output::write_file(
+        &config_path,
+        &inputs,
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     let summary = json!({
         "model": model_path.display().to_string(),
         "config": config_path.display().to_string(),
@@ -297,10 +320,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         "options": opts,
         "events": events,
     });
-    write_atomically(&log_path, |p| {
-        std::fs::write(p, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| p.display().to_string())
-    })?;
+    output::write_file(
+        &log_path,
+        &inputs,
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

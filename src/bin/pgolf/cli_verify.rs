@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use pgolf::pack::budget::BUDGET_BYTES;
 use pgolf::verify::report::VerifyReport;
 use pgolf::verify::run::{self, VerifySpec};
 use pgolf::verify::windows::WindowForm;
@@ -246,8 +245,12 @@ impl VerifyArgs {
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let spec = args.spec();
-    // The flag combination is checked before any file is read.
-    spec.validate()?;
+    let mut inputs = vec![args.model.as_path()];
+    inputs.extend(args.config.as_deref());
+    inputs.extend(args.code.as_deref());
+    if let Some(path) = &args.receipts {
+        pgolf::output::refuse_inputs(path, &inputs)?;
+    }
     let mut bar: Option<(String, indicatif::ProgressBar)> = None;
     let mut on_progress = |stage: &str, done: usize, total: usize| {
         if bar.as_ref().is_none_or(|(s, _)| s != stage) {
@@ -267,9 +270,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &args.receipts {
         let text = serde_json::to_string_pretty(&report.all_receipts)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+        pgolf::output::write_file(path, &inputs, text.as_bytes())?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -365,7 +366,7 @@ fn print_report(r: &VerifyReport) -> Result<()> {
             "size         artifact {}{code} = {} of {} bytes ({})",
             s.artifact_bytes,
             s.total_bytes,
-            BUDGET_BYTES,
+            s.budget_bytes,
             match s.under_budget {
                 Some(true) => "under the cap",
                 Some(false) => "OVER THE CAP",

@@ -1,0 +1,311 @@
+//! Hostile input, round 2: crafted files that once panicked, were accepted when they are malformed, named the wrong
+//! file, or made pgolf overwrite what it read. Each case here failed on the code before the fix it names.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use pgolf::pack::Limits;
+use pgolf::pack::artifact::load_artifact;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// A pgolf artifact with its header JSON edited by `edit` (recompressed, sha256 recomputed).
+fn edited_container(bytes: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let header_len = u32::from_le_bytes(bytes[7..11].try_into().unwrap()) as usize;
+    let rest = &bytes[43..];
+    let mut json = Vec::new();
+    flate2::read::ZlibDecoder::new(&rest[..header_len])
+        .read_to_end(&mut json)
+        .unwrap();
+    let mut header: Value = serde_json::from_slice(&json).unwrap();
+    edit(&mut header);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(9));
+    z.write_all(&serde_json::to_vec(&header).unwrap()).unwrap();
+    let header_z = z.finish().unwrap();
+    let mut new_rest = header_z.clone();
+    new_rest.extend_from_slice(&rest[header_len..]);
+    let mut out = bytes[..7].to_vec();
+    out.extend_from_slice(&(header_z.len() as u32).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&new_rest));
+    out.extend_from_slice(&new_rest);
+    out
+}
+
+fn packed_fixture() -> Vec<u8> {
+    std::fs::read(fixture("pack/sp1024_tied.sdclip.pglf")).unwrap()
+}
+
+fn load_err(path: &Path) -> String {
+    load_artifact(path, &Limits::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_zero_element_tensor_starting_past_its_storage_is_an_error_not_a_panic() {
+    let dir = temp_dir("hostile-offset");
+    let p = write(
+        &dir,
+        "empty.pt",
+        &torch_zip(
+            &tensor_pickle(6, 1_000_000, &[0], &[1]),
+            &[("0", vec![1, 2, 3, 4, 5, 6])],
+        ),
+    );
+    let e = load_err(&p);
+    assert!(
+        e.contains("empty.pt") && e.contains("starts at element 1000000"),
+        "{e}"
+    );
+    // At the end of its storage, an empty tensor is fine.
+    let p = write(
+        &dir,
+        "end.pt",
+        &torch_zip(
+            &tensor_pickle(6, 6, &[0], &[1]),
+            &[("0", vec![1, 2, 3, 4, 5, 6])],
+        ),
+    );
+    assert_eq!(
+        load_artifact(&p, &Limits::default()).unwrap().tensors[0].params(),
+        0
+    );
+}
+
+#[test]
+fn container_spans_that_overlap_or_alias_are_refused() {
+    let dir = temp_dir("hostile-spans");
+    let good = packed_fixture();
+    let spans_of = |h: &Value| -> Vec<(usize, String)> {
+        h["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t["symbols"].is_object())
+            .map(|(i, t)| (i, t["name"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    // Two tensors of one shape made to read the same symbols.
+    let aliased = edited_container(&good, |h| {
+        let quantized = spans_of(h);
+        let (a, b) = quantized
+            .iter()
+            .flat_map(|x| quantized.iter().map(move |y| (x, y)))
+            .find(|(x, y)| x.0 < y.0 && h["tensors"][x.0]["shape"] == h["tensors"][y.0]["shape"])
+            .map(|(x, y)| (x.0, y.0))
+            .expect("two quantized tensors of one shape");
+        let span = h["tensors"][a]["symbols"].clone();
+        h["tensors"][b]["symbols"] = span;
+    });
+    let e = load_err(&write(&dir, "aliased.pglf", &aliased));
+    assert!(e.contains("aliased.pglf") && e.contains("overlap"), "{e}");
+    // A span that starts inside another.
+    let overlapping = edited_container(&good, |h| {
+        let (i, _) = spans_of(h)[1].clone();
+        let off = h["tensors"][i]["symbols"]["offset"].as_u64().unwrap();
+        h["tensors"][i]["symbols"]["offset"] = (off - 1).into();
+    });
+    let e = load_err(&write(&dir, "overlap.pglf", &overlapping));
+    assert!(e.contains("overlap"), "{e}");
+    // The fixture itself, rewritten unchanged, still reads.
+    let same = edited_container(&good, |_| {});
+    assert!(load_artifact(&write(&dir, "same.pglf", &same), &Limits::default()).is_ok());
+}
+
+#[test]
+fn a_container_header_is_capped_in_size_and_tensor_count() {
+    let dir = temp_dir("hostile-header");
+    let good = packed_fixture();
+    // 20 MB of JSON (a few KB compressed) in the carried config.
+    let huge = edited_container(&good, |h| {
+        h["config"]["padding"] = " ".repeat(20 << 20).into();
+    });
+    let p = write(&dir, "huge-header.pglf", &huge);
+    assert!(std::fs::metadata(&p).unwrap().len() < 200_000);
+    let e = load_err(&p);
+    assert!(
+        e.contains("huge-header.pglf") && e.contains("more than any real header"),
+        "{e}"
+    );
+    // 100,001 tensors of no elements.
+    let many = edited_container(&good, |h| {
+        let empty: Value = serde_json::json!({
+            "name": "t", "shape": [0], "scheme": "passthrough_fp32", "bits": 32, "orig_dtype": "float32",
+            "values": {"dtype": "float32", "shape": [0], "offset": 0, "length": 0}
+        });
+        h["tensors"] = Value::Array(vec![empty; 100_001]);
+    });
+    let e = load_err(&write(&dir, "many.pglf", &many));
+    assert!(e.contains("100001 tensors"), "{e}");
+}
+
+#[test]
+fn files_too_large_to_be_what_they_claim_are_refused_from_their_size() {
+    let dir = temp_dir("hostile-size");
+    // Sparse 4 GiB files: refused before any of it is read.
+    let sparse = |name: &str, head: &[u8]| {
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(head).unwrap();
+        f.set_len(4 << 30).unwrap();
+        p
+    };
+    let artifact = sparse("big.ptz", b"\x78\x9c");
+    let e = pgolf_err(&["inspect", s(&artifact)]);
+    assert!(
+        e.contains("big.ptz")
+            && e.contains("more than the limit of 1073741824 bytes")
+            && e.contains("--max-decompressed-bytes"),
+        "{e}"
+    );
+    let tokenizer = sparse("big.model", b"\x0a");
+    let val = format!(
+        "{}/fineweb_val_*.bin",
+        fixture("models/val_sp1024").display()
+    );
+    let e = pgolf_err(&["data", "stats", "--val", &val, "--tokenizer", s(&tokenizer)]);
+    assert!(
+        e.contains("big.model") && e.contains("more than the limit of 67108864 bytes"),
+        "{e}"
+    );
+    let shard = sparse("fineweb_val_000000.bin", &[0u8; 1024]);
+    let e = pgolf_err(&[
+        "data",
+        "stats",
+        "--val",
+        s(&shard),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+    ]);
+    assert!(e.contains("wrong shard magic"), "{e}");
+}
+
+#[test]
+fn a_bad_token_is_reported_against_the_shard_that_holds_it() {
+    let dir = temp_dir("hostile-second-shard");
+    let good = pgolf::data::shard::encode_shard(&[1, 5, 6, 7]);
+    let bad = pgolf::data::shard::encode_shard(&[1, 5, 5000, 7]);
+    write(&dir, "fineweb_val_000000.bin", &good);
+    write(&dir, "fineweb_val_000001.bin", &bad);
+    let e = pgolf_err(&[
+        "data",
+        "stats",
+        "--val",
+        &format!("{}/fineweb_val_*.bin", dir.display()),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+    ]);
+    assert!(
+        e.contains("fineweb_val_000001.bin") && !e.contains("fineweb_val_000000.bin"),
+        "{e}"
+    );
+}
+
+fn pack_args<'a>(checkpoint: &'a str, config: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["pack", checkpoint, "--config", config, "-o", out]
+}
+
+#[test]
+fn pack_never_overwrites_its_input() {
+    let dir = temp_dir("hostile-pack-input");
+    let original = std::fs::read(fixture("models/sp1024_tied.safetensors")).unwrap();
+    let checkpoint = write(&dir, "model.safetensors", &original);
+    let link = dir.join("link.pglf");
+    std::fs::hard_link(&checkpoint, &link).unwrap();
+    let cfg = fixture("models/sp1024_tied.json");
+    for out in [&checkpoint, &link] {
+        let e = pgolf_err(&pack_args(s(&checkpoint), s(&cfg), s(out)));
+        assert!(e.contains("is the input"), "{e}");
+    }
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), original);
+}
+
+#[test]
+fn outputs_leave_the_users_files_and_no_temporaries_behind() {
+    let dir = temp_dir("hostile-temporaries");
+    let out = dir.join("out.pglf");
+    // A temporary file a killed pack left behind, and a user's own file named like the old fixed temp name.
+    let stale = write(&dir, ".out.pglf.pgolf-tmp-4000000000-x1", b"stale");
+    let users = write(&dir, "receipts.tmp", b"mine");
+    let cfg = fixture("models/sp1024_tied.json");
+    let checkpoint = fixture("models/sp1024_tied.safetensors");
+    let o = pgolf(&pack_args(s(&checkpoint), s(&cfg), s(&out)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stale.exists(), "the stale temporary is removed");
+    let receipts = dir.join("receipts.json");
+    let o = pgolf(&[
+        "verify",
+        s(&out),
+        "--val",
+        &format!(
+            "{}/fineweb_val_*.bin",
+            fixture("models/val_sp1024").display()
+        ),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--receipts",
+        s(&receipts),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&users).unwrap(), b"mine");
+    let receipts: Value = serde_json::from_slice(&std::fs::read(&receipts).unwrap()).unwrap();
+    assert!(!receipts.as_array().unwrap().is_empty());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["out.pglf", "receipts.json", "receipts.tmp"]);
+}
+
+#[test]
+fn two_packs_to_one_output_leave_one_whole_artifact() {
+    let dir = temp_dir("hostile-race");
+    let out = dir.join("out.pglf");
+    let cfg = fixture("models/sp1024_tied.json");
+    let checkpoint = fixture("models/sp1024_tied.safetensors");
+    let spawn = |codec: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgolf"))
+            .args([
+                "pack",
+                s(&checkpoint),
+                "--config",
+                s(&cfg),
+                "-o",
+                s(&out),
+                "--codec",
+                codec,
+            ])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| spawn("rans"));
+        let b = sc.spawn(|| spawn("zstd"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.status.success() && b.status.success());
+    let artifact = load_artifact(&out, &Limits::default()).unwrap();
+    let expected =
+        load_artifact(&fixture("pack/sp1024_tied.sdclip.pglf"), &Limits::default()).unwrap();
+    assert_eq!(
+        artifact.tensors.len(),
+        expected.tensors.len(),
+        "one whole artifact"
+    );
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["out.pglf"]);
+}
