@@ -309,3 +309,192 @@ fn two_packs_to_one_output_leave_one_whole_artifact() {
         .collect();
     assert_eq!(names, ["out.pglf"]);
 }
+
+#[test]
+fn memo_copies_of_a_large_value_are_charged_before_they_are_made() {
+    // One 8 MiB byte string, memoized, then copied 199 times through the memo into a list.
+    let mut p = vec![0x80, 3, b']', b'(', b'B'];
+    p.extend_from_slice(&(8u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(0u8, 8 << 20));
+    p.extend_from_slice(&[b'q', 1]);
+    for _ in 0..199 {
+        p.extend_from_slice(&[b'h', 1]);
+    }
+    p.extend_from_slice(b"e.");
+    let limits = Limits {
+        max_decompressed_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    let e = pgolf::pack::pickle::unpickle(&p, &limits).unwrap_err();
+    assert!(
+        e.contains("past the limit of 67108864 bytes") && e.contains("memo copies"),
+        "{e}"
+    );
+    // Under a budget that holds them, the same copies are made.
+    let roomy = Limits {
+        max_decompressed_bytes: 2 << 30,
+        ..Limits::default()
+    };
+    let p_small: Vec<u8> = {
+        let mut q = vec![0x80, 3, b']', b'(', b'B'];
+        q.extend_from_slice(&4u32.to_le_bytes());
+        q.extend_from_slice(b"abcd");
+        q.extend_from_slice(&[b'q', 1, b'h', 1, b'h', 1]);
+        q.extend_from_slice(b"e.");
+        q
+    };
+    let v = pgolf::pack::pickle::unpickle(&p_small, &roomy).unwrap();
+    assert_eq!(
+        v,
+        pgolf::pack::pickle::Value::List(vec![
+            pgolf::pack::pickle::Value::Bytes(b"abcd".to_vec());
+            3
+        ])
+    );
+}
+
+#[test]
+fn setitems_finds_existing_keys_by_hash_and_keeps_python_semantics() {
+    use pgolf::pack::pickle::{Value, unpickle};
+    // {} ( "k0" 0 "k1" 1 … "k{n-1}" n−1 "k0" 42 ) SETITEMS: 400,000 distinct keys, then an override of the first.
+    let n = 400_000u32;
+    let mut p = vec![0x80, 2, b'}', b'('];
+    let key = |p: &mut Vec<u8>, i: u32| {
+        let k = format!("k{i}");
+        p.push(b'X');
+        p.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        p.extend_from_slice(k.as_bytes());
+    };
+    for i in 0..n {
+        key(&mut p, i);
+        p.push(b'J');
+        p.extend_from_slice(&(i as i32).to_le_bytes());
+    }
+    key(&mut p, 0);
+    p.extend_from_slice(&[b'K', 42]);
+    p.extend_from_slice(b"u.");
+    let v = unpickle(&p, &Limits::default()).unwrap();
+    let Value::Dict(items) = &v else {
+        panic!("a dict")
+    };
+    assert_eq!(
+        items.len(),
+        n as usize,
+        "the repeated key overrides, in place"
+    );
+    assert_eq!(items[0], (Value::Str("k0".into()), Value::Int(42)));
+    assert_eq!(
+        items[n as usize - 1],
+        (Value::Str(format!("k{}", n - 1)), Value::Int(n as i64 - 1))
+    );
+}
+
+/// A pgolf container (codec 0, rANS) from a header and a body.
+fn container(header: &Value, body: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(9));
+    z.write_all(&serde_json::to_vec(header).unwrap()).unwrap();
+    let header_z = z.finish().unwrap();
+    let mut rest = header_z.clone();
+    rest.extend_from_slice(body);
+    let mut out = b"PGLF\x01\x00\x01".to_vec();
+    out.extend_from_slice(&(header_z.len() as u32).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&rest));
+    out.extend_from_slice(&rest);
+    out
+}
+
+#[test]
+fn a_few_bytes_of_rans_cannot_stand_for_a_billion_symbols() {
+    let dir = temp_dir("hostile-rans-bomb");
+    // 2^29 symbols of a one-symbol alphabet at frequency 2^16: the state never moves, so no word is ever read.
+    let n: u64 = 1 << 29;
+    let mut stream = vec![
+        1u8, 0x80, 0x80, 0x80, 0x80, 0x02, 0, 0, 16, 0x80, 0x80, 0x04, 1, 2,
+    ];
+    stream.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
+    let mut body = stream.clone();
+    body.extend_from_slice(&1f32.to_le_bytes());
+    let header = serde_json::json!({
+        "format": "pgolf-v1", "config": null,
+        "tensors": [{
+            "name": "w", "shape": [n], "scheme": "int8_per_tensor", "bits": 8, "orig_dtype": "float32",
+            "symbols": {"dtype": "int8", "shape": [n], "offset": 0, "length": stream.len()},
+            "scales": {"dtype": "float32", "shape": [], "offset": stream.len(), "length": 4}
+        }]
+    });
+    let p = write(&dir, "bomb.pglf", &container(&header, &body));
+    assert!(std::fs::metadata(&p).unwrap().len() < 1000);
+    let e = load_err(&p);
+    assert!(
+        e.contains("bomb.pglf") && e.contains("past the limit of 1073741824 bytes"),
+        "{e}"
+    );
+    // The same stream for 1,000 symbols decodes.
+    let mut small = vec![1u8, 0xe8, 0x07, 0, 0, 16, 0x80, 0x80, 0x04, 1, 2];
+    small.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
+    let mut body = small.clone();
+    body.extend_from_slice(&1f32.to_le_bytes());
+    let header = serde_json::json!({
+        "format": "pgolf-v1", "config": null,
+        "tensors": [{
+            "name": "w", "shape": [1000], "scheme": "int8_per_tensor", "bits": 8, "orig_dtype": "float32",
+            "symbols": {"dtype": "int8", "shape": [1000], "offset": 0, "length": small.len()},
+            "scales": {"dtype": "float32", "shape": [], "offset": small.len(), "length": 4}
+        }]
+    });
+    let p = write(&dir, "small.pglf", &container(&header, &body));
+    let a = load_artifact(&p, &Limits::default()).unwrap();
+    assert_eq!(a.tensors[0].params(), 1000);
+}
+
+#[test]
+fn a_stride_zero_view_is_charged_for_every_element_it_makes() {
+    let dir = temp_dir("hostile-stride0");
+    // Six bytes of storage viewed as 255³ elements.
+    let p = write(
+        &dir,
+        "view.pt",
+        &torch_zip(
+            &tensor_pickle(6, 0, &[255, 255, 255], &[0, 0, 0]),
+            &[("0", vec![1, 2, 3, 4, 5, 6])],
+        ),
+    );
+    let limits = Limits {
+        max_decompressed_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let e = load_artifact(&p, &limits).unwrap_err().to_string();
+    assert!(
+        e.contains("view.pt") && e.contains("past the limit of 1048576 bytes"),
+        "{e}"
+    );
+    // Under the default budget the view is materialized.
+    let a = load_artifact(&p, &Limits::default()).unwrap();
+    assert_eq!(a.tensors[0].params(), 255 * 255 * 255);
+}
+
+#[test]
+fn millions_of_empty_tensors_are_refused_by_count() {
+    let dir = temp_dir("hostile-empty-tensors");
+    // A list of 100,001 views of no elements, the rebuild function and the storage shared through the memo.
+    let mut p = vec![0x80, 2, b']', b'('];
+    p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\nq\x01(");
+    p.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nCharStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQq\x02",
+    );
+    p.extend_from_slice(b"K\x00(K\x00t(K\x01t\x89N)tR");
+    for _ in 0..100_000 {
+        p.extend_from_slice(b"h\x01(h\x02K\x00(K\x00t(K\x01t\x89N)tR");
+    }
+    p.extend_from_slice(b"e.");
+    let path = write(
+        &dir,
+        "empties.pt",
+        &torch_zip(&p, &[("0", vec![1, 2, 3, 4, 5, 6])]),
+    );
+    let e = load_err(&path);
+    assert!(
+        e.contains("empties.pt") && e.contains("more than the 100000 tensors"),
+        "{e}"
+    );
+}

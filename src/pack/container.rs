@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::codec::{Codec, Coder};
 use super::outer;
 use super::schema::{Payload, QTensor};
-use super::torchfile::{HostTensor, checked_numel};
+use super::torchfile::{HostTensor, MAX_TENSORS, TensorBudget, checked_numel};
 use super::{Limits, PackError, Result, rans};
 
 pub const MAGIC: &[u8; 4] = b"PGLF";
@@ -19,8 +19,6 @@ pub const VERSION: u8 = 1;
 pub const PREAMBLE: usize = 43;
 /// The most a decompressed header may take (a record's header is tens of KB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
-/// The most tensors an artifact may hold (the records hold a few hundred).
-pub const MAX_TENSORS: usize = 100_000;
 
 /// A byte range of the body (codec 0) or of the decompressed stream (codecs 1–4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -253,6 +251,9 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
         }
     };
     let elem = |dtype: &str| super::pickle::dtype_element(dtype);
+    // Decoded symbols, scales and values count against one budget for the file, with the f32 each tensor becomes
+    // (a few bytes of rANS can stand for billions of symbols).
+    let mut budget = TensorBudget::new(path, limits.max_decompressed_bytes);
     let mut tensors = Vec::with_capacity(header.tensors.len());
     for e in &header.tensors {
         let numel: u64 = e
@@ -266,6 +267,7 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
                 e.name, limits.max_tensor_elements
             )));
         }
+        budget.charge_tensor(numel, 1)?;
         let host = |span: &Span, data: Vec<u8>, what: &str| -> Result<HostTensor> {
             let size = elem(&span.dtype)
                 .ok_or_else(|| bad(format!("{}: unknown dtype {}", e.name, span.dtype)))?;

@@ -146,20 +146,48 @@ impl Value {
         }
     }
 
-    /// (depth, values) of this value: containers count 1 plus their children.
-    fn measure(&self) -> (usize, u64) {
+    /// (depth, values, bytes) of this value: containers count 1 plus their children; bytes are the string and
+    /// byte-string payloads it holds.
+    fn measure(&self) -> (usize, u64, u64) {
         let children: Box<dyn Iterator<Item = &Value>> = match self {
             Value::List(v) | Value::Tuple(v) => Box::new(v.iter()),
             Value::Dict(v) => Box::new(v.iter().flat_map(|(a, b)| [a, b])),
-            _ => return (0, 1),
+            Value::Str(s) => return (0, 1, s.len() as u64),
+            Value::Bytes(b) => return (0, 1, b.len() as u64),
+            _ => return (0, 1, 0),
         };
-        let (mut depth, mut n) = (0, 1);
+        let (mut depth, mut n, mut bytes) = (0, 1, 0);
         for c in children {
-            let (d, m) = c.measure();
+            let (d, m, b) = c.measure();
             depth = depth.max(d);
             n += m;
+            bytes += b;
         }
-        (depth + 1, n)
+        (depth + 1, n, bytes)
+    }
+}
+
+/// A dict key that can be hashed (strings, integers, booleans, None, bytes): SETITEMS finds an existing key in
+/// constant time. Other keys (floats, tuples) are found by comparison, as before.
+#[derive(PartialEq, Eq, Hash)]
+enum HashKey {
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+
+impl HashKey {
+    fn of(v: &Value) -> Option<Self> {
+        Some(match v {
+            Value::None => HashKey::None,
+            Value::Bool(b) => HashKey::Bool(*b),
+            Value::Int(i) => HashKey::Int(*i),
+            Value::Str(s) => HashKey::Str(s.clone()),
+            Value::Bytes(b) => HashKey::Bytes(b.clone()),
+            _ => return None,
+        })
     }
 }
 
@@ -176,6 +204,7 @@ pub fn unpickle(data: &[u8], limits: &Limits) -> Result<Value, String> {
         stack: Vec::new(),
         memo: HashMap::new(),
         values: 0,
+        bytes: 0,
         limits,
     }
     .run()
@@ -187,6 +216,8 @@ struct Unpickler<'a> {
     stack: Vec<Item>,
     memo: HashMap<u32, Value>,
     values: u64,
+    /// String and byte-string payload bytes created so far, memo copies included.
+    bytes: u64,
     limits: &'a Limits,
 }
 
@@ -236,17 +267,18 @@ impl Unpickler<'_> {
     }
 
     /// Checks that values placed `extra_depth` levels down keep every container within the depth limit, and
-    /// charges them to the value budget.
+    /// charges them to the value and byte budgets.
     fn admit<'v>(
         &mut self,
         values: impl IntoIterator<Item = &'v Value>,
         extra_depth: usize,
     ) -> Result<(), String> {
-        let (mut depth, mut n) = (0, 0);
+        let (mut depth, mut n, mut bytes) = (0, 0, 0);
         for v in values {
-            let (d, m) = v.measure();
+            let (d, m, b) = v.measure();
             depth = depth.max(d);
             n += m;
+            bytes += b;
         }
         if depth + extra_depth > self.limits.max_pickle_depth {
             return Err(format!(
@@ -254,15 +286,24 @@ impl Unpickler<'_> {
                 self.limits.max_pickle_depth
             ));
         }
-        self.charge(n)
+        self.charge(n, bytes)
     }
 
-    fn charge(&mut self, n: u64) -> Result<(), String> {
+    /// Charges `n` values holding `bytes` payload bytes; past either budget the unpickling stops.
+    fn charge(&mut self, n: u64, bytes: u64) -> Result<(), String> {
         self.values += n;
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.values > self.limits.max_pickle_values {
             return Err(format!(
                 "more than {} values (memo copies included)",
                 self.limits.max_pickle_values
+            ));
+        }
+        if self.bytes > self.limits.max_decompressed_bytes {
+            return Err(format!(
+                "strings and bytes past the limit of {} bytes (memo copies included; raise it with \
+                 --max-decompressed-bytes)",
+                self.limits.max_decompressed_bytes
             ));
         }
         Ok(())
@@ -312,13 +353,23 @@ impl Unpickler<'_> {
         Ok(())
     }
 
+    /// Pushes a copy of a memo entry, charged to the budgets before it is copied.
     fn memo_get(&mut self, key: u32) -> Result<(), String> {
         let v = self
             .memo
             .get(&key)
-            .cloned()
             .ok_or_else(|| format!("memo key {key} was never stored"))?;
-        self.push(v)
+        let (depth, n, bytes) = v.measure();
+        if depth > self.limits.max_pickle_depth {
+            return Err(format!(
+                "containers nested deeper than {}",
+                self.limits.max_pickle_depth
+            ));
+        }
+        self.charge(n, bytes)?;
+        let v = self.memo[&key].clone();
+        self.stack.push(Item::Value(v));
+        Ok(())
     }
 
     fn run(mut self) -> Result<Value, String> {
@@ -543,10 +594,29 @@ impl Unpickler<'_> {
         self.admit(p.iter().flat_map(|(a, b)| [a, b]), 1)?;
         match self.top()? {
             Value::Dict(d) => {
+                // An index of the hashable keys present, so a batch of n keys costs O(n + len) instead of a search
+                // of the whole dict per key.
+                let mut index: HashMap<HashKey, usize> = HashMap::new();
+                for (i, (k, _)) in d.iter().enumerate() {
+                    if let Some(h) = HashKey::of(k) {
+                        // The first of equal keys, as a search from the front finds it.
+                        index.entry(h).or_insert(i);
+                    }
+                }
                 for (k, v) in p {
-                    match d.iter_mut().find(|(ek, _)| *ek == k) {
-                        Some(slot) => slot.1 = v,
-                        None => d.push((k, v)),
+                    let hashed = HashKey::of(&k);
+                    let slot = match &hashed {
+                        Some(h) => index.get(h).copied(),
+                        None => d.iter().position(|(ek, _)| *ek == k),
+                    };
+                    match slot {
+                        Some(i) => d[i].1 = v,
+                        None => {
+                            if let Some(h) = hashed {
+                                index.insert(h, d.len());
+                            }
+                            d.push((k, v));
+                        }
                     }
                 }
                 Ok(())

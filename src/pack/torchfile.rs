@@ -231,13 +231,17 @@ pub fn load_torch(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
         message,
     })?;
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    // Every tensor's bytes count against one budget for the file: a strided view may address far more elements
+    // than its storage holds (stride 0), and many views may share one storage.
+    let mut budget = TensorBudget::new(path, limits.max_decompressed_bytes);
     materialize(value, &mut |t: &TensorRef| {
         if !storages.contains_key(&t.storage.key) {
             let name = format!("{prefix}data/{}", t.storage.key);
             let data = read_entry(&mut zip, &name)?;
+            budget.charge(data.len() as u64)?;
             storages.insert(t.storage.key.clone(), data);
         }
-        tensor_from_storage(path, t, &storages[&t.storage.key], limits)
+        tensor_from_storage(path, t, &storages[&t.storage.key], limits, &mut budget)
     })
 }
 
@@ -266,11 +270,60 @@ fn materialize(v: Value, tensor: &mut dyn FnMut(&TensorRef) -> Result<HostTensor
     })
 }
 
+/// The most tensors one artifact may hold (the records hold a few hundred).
+pub const MAX_TENSORS: usize = 100_000;
+
+/// The bytes the tensors of one input may occupy once materialized (and widened to f32, which every consumer does),
+/// charged as they are made, and how many tensors it holds.
+pub struct TensorBudget<'a> {
+    path: &'a Path,
+    limit: u64,
+    used: u64,
+    tensors: usize,
+}
+
+impl<'a> TensorBudget<'a> {
+    pub fn new(path: &'a Path, limit: u64) -> Self {
+        TensorBudget {
+            path,
+            limit,
+            used: 0,
+            tensors: 0,
+        }
+    }
+
+    pub fn charge(&mut self, bytes: u64) -> Result<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.limit {
+            return Err(PackError::TooLarge {
+                path: self.path.into(),
+                layer: "tensor",
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// A tensor of `numel` elements of `elem` bytes: its bytes and the f32 values it becomes (and one more tensor,
+    /// so that millions of empty ones are refused too).
+    pub fn charge_tensor(&mut self, numel: u64, elem: usize) -> Result<()> {
+        self.tensors += 1;
+        if self.tensors > MAX_TENSORS {
+            return Err(PackError::Format {
+                path: self.path.into(),
+                message: format!("more than the {MAX_TENSORS} tensors an artifact may hold"),
+            });
+        }
+        self.charge(numel.saturating_mul(elem as u64 + 4))
+    }
+}
+
 fn tensor_from_storage(
     path: &Path,
     t: &TensorRef,
     storage: &[u8],
     limits: &Limits,
+    budget: &mut TensorBudget,
 ) -> Result<HostTensor> {
     let fmt = |message: String| PackError::Format {
         path: path.into(),
@@ -290,6 +343,7 @@ fn tensor_from_storage(
             t.shape, limits.max_tensor_elements
         )));
     }
+    budget.charge_tensor(numel, elem)?;
     let storage_elems = storage.len() as u64 / elem as u64;
     if t.offset > storage_elems {
         // Even a tensor of no elements starts inside (or at the end of) its storage.
