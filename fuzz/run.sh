@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target (or all) with a seed corpus built from the committed fixtures.
 #   cargo install cargo-fuzz        # once
-#   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans config, or all
+#   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans rans_tables container config, or all
 # cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them (as below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,16 @@ open(sys.argv[1] + "/baseline.pkl", "wb").write(z.read("archive/data.pkl"))
 PY
     ;;
     rans) printf '\x01\x05\xfe\x02\x0f' > "$dir/header" ;;
+    rans_tables) printf '\xe8\x03\xfd\x05\x0e\x01\x07\x20\x07\x01\x02\x01\x00\x00\x00' > "$dir/table" ;;
+    container) python3 - "$dir" <<'PY'
+import sys, zlib, glob, os
+# The packed fixtures as the target reads them: header JSON, a zero byte, the body.
+for p in glob.glob("fixtures/pack/*.pglf"):
+    b = open(p, "rb").read()
+    n = int.from_bytes(b[7:11], "little")
+    open(os.path.join(sys.argv[1], os.path.basename(p)), "wb").write(zlib.decompress(b[43:43 + n]) + b"\0" + b[43 + n:])
+PY
+    ;;
     config) cp fixtures/models/*.json "$dir/" ; rm -f "$dir"/golden_* ;;
   esac
 }
@@ -30,7 +40,7 @@ run() {
     -timeout=10 -print_final_stats=1 -runs=${RUNS:-1000000}
 }
 if [ "$target" = all ]; then
-  for t in shard sentencepiece artifact pickle outer rans config; do run "$t"; done
+  for t in shard sentencepiece artifact pickle outer rans rans_tables container config; do run "$t"; done
 else
   run "$target"
 fi

@@ -188,6 +188,7 @@ fn files_too_large_to_be_what_they_claim_are_refused_from_their_size() {
         s(&tokenizer_path(1024)),
     ]);
     assert!(e.contains("wrong shard magic"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

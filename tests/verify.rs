@@ -340,3 +340,21 @@ fn an_illegal_combination_is_refused_before_any_file_is_read() {
         );
     }
 }
+
+#[test]
+fn a_run_that_scores_no_target_is_an_error_not_a_nan() {
+    // The fixture stream holds 388 sequences of 128; one buffer of 1,000 sequences never fills.
+    let g = model_golden("sp1024_tied");
+    let e = verify_err(
+        s(&fixture("models/sp1024_tied.safetensors")),
+        s(&fixture("models/sp1024_tied.json")),
+        &val_glob(&g),
+        s(&tokenizer_path(1024)),
+        &["--doc-isolated", "--batch-seqs", "1000"],
+    );
+    assert!(
+        e.contains("doc_isolated scored none of the stream's")
+            && e.contains("--batch-seqs 1000 sequences of 128"),
+        "{e}"
+    );
+}

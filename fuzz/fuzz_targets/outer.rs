@@ -5,7 +5,7 @@ use pgolf::pack::outer::{self, Layer};
 
 fuzz_target!(|data: &[u8]| {
     let path = std::path::Path::new("fuzz.ptz");
-    let limit = 16 << 20;
+    let limit = 1 << 20;
     for layer in [Layer::Zlib, Layer::Zstd, Layer::Xz, Layer::RawLzma2, Layer::Brotli] {
         let _ = outer::decompress_with(path, &layer, data, limit);
     }

@@ -261,7 +261,10 @@ fn raw_lzma2(bytes: &[u8], limit: u64) -> Option<Vec<u8>> {
         return None;
     }
     let mut opts = liblzma::stream::LzmaOptions::new_preset(6).ok()?;
-    opts.dict_size(1 << 26);
+    // No match reaches further back than the output's length, so a dictionary of the output cap is enough; the
+    // decoder allocates it whole.
+    let dict = limit.clamp(4096, 1 << 26).next_power_of_two().min(1 << 26);
+    opts.dict_size(dict as u32);
     let mut filters = liblzma::stream::Filters::new();
     filters.lzma2(&opts);
     let stream = liblzma::stream::Stream::new_raw_decoder(&filters).ok()?;

@@ -860,6 +860,26 @@ fn verify_once(
         progress(&name, d, t)
     })
     .map_err(context(format!("evaluating {}", spec.model.display())))?;
+    if evaluated.sums.targets == 0 {
+        // A score over nothing is NaN; say why instead.
+        let why = match form {
+            WindowForm::DocIsolated {
+                batch_seqs,
+                world_size,
+            } => format!(
+                ": each of {world_size} rank(s) scores whole buffers of --batch-seqs {batch_seqs} sequences of \
+                 {seq_len}, and the stream holds {} sequences",
+                (tokens.len() - 1) / seq_len
+            ),
+            _ => String::new(),
+        };
+        return Err(VerifyError::Setup(format!(
+            "{}: {} scored none of the stream's {} targets{why}",
+            spec.model.display(),
+            evaluated.method,
+            tokens.len() - 1,
+        )));
+    }
 
     let probes = if spec.probes {
         let prefix = spec.probe_targets.unwrap_or(if ttt.is_some() {
