@@ -499,3 +499,33 @@ fn millions_of_empty_tensors_are_refused_by_count() {
         "{e}"
     );
 }
+
+#[test]
+fn nested_layers_spend_one_budget() {
+    let dir = temp_dir("hostile-nested");
+    // zlib over a BSHF layer over a torch zip of ~600 KB: each layer alone fits in 1 MiB, together they do not.
+    let storage: Vec<u8> = (0..600_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let first: Vec<f32> = storage[..6].iter().map(|&b| b as i8 as f32).collect();
+    let zip = torch_zip(&tensor_pickle(6, 0, &[2, 3], &[3, 1]), &[("0", storage)]);
+    let mut bshf = b"BSHF\x02".to_vec();
+    bshf.extend(pgolf::pack::outer::shuffle(&zip, 2));
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(9));
+    z.write_all(&bshf).unwrap();
+    let p = write(&dir, "nested.ptz", &z.finish().unwrap());
+    let small = Limits {
+        max_decompressed_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let e = load_artifact(&p, &small).unwrap_err().to_string();
+    assert!(
+        e.contains("nested.ptz") && e.contains("past the limit of 1048576 bytes"),
+        "{e}"
+    );
+    let roomy = Limits {
+        max_decompressed_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let a = load_artifact(&p, &roomy).unwrap();
+    assert_eq!(a.layers.len(), 2);
+    assert_eq!(a.tensors[0].dequantize(), first);
+}

@@ -11,5 +11,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let stride = data.first().map(|b| (*b as usize % 8) + 1).unwrap_or(1);
     assert_eq!(outer::unshuffle(&outer::shuffle(data, stride), stride), data);
-    let _ = outer::peel(path, data.to_vec(), &pgolf::pack::Limits { max_decompressed_bytes: limit, ..Default::default() }, pgolf::pack::torchfile::is_zip);
+    let mut budget = pgolf::pack::decode_budget::DecodeBudget::new(path, limit);
+    let _ = outer::peel(path, data.to_vec(), &mut budget, pgolf::pack::torchfile::is_zip);
 });

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::codec::Coder;
+use super::decode_budget::DecodeBudget;
 use super::outer::{self, Layer};
 use super::schema::{self, Payload, QTensor};
 use super::torchfile::{self, HostTensor};
@@ -81,6 +82,7 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
 /// Reads an artifact held in memory; `path` names it in errors.
 pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Artifact> {
     let file_bytes = bytes.len() as u64;
+    let mut budget = DecodeBudget::new(path, limits.max_decompressed_bytes);
     if is_safetensors(&bytes) {
         let tensors = read_safetensors(path, &bytes)?;
         return Ok(Artifact {
@@ -94,7 +96,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
         });
     }
     if container::is_pgolf(&bytes) {
-        let (header, codec, tensors) = container::decode(path, &bytes, limits)?;
+        let (header, codec, tensors) = container::decode(path, &bytes, limits, &mut budget)?;
         return Ok(Artifact {
             file_bytes,
             layers: vec![Layer::Pgolf { codec }],
@@ -105,15 +107,18 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
             bundled: Vec::new(),
         });
     }
-    let (mut layers, inner) = outer::peel(path, bytes, limits, |b| {
+    let (mut layers, inner) = outer::peel(path, bytes, &mut budget, |b| {
         torchfile::is_zip(b) || b.starts_with(pgrp::MAGIC)
     })?;
     let (obj, container) = if inner.starts_with(pgrp::MAGIC) {
         layers.push(Layer::PerGroup);
-        (pgrp::decode(path, &inner, limits)?, Container::Pgrp)
+        (
+            pgrp::decode(path, &inner, limits, &mut budget)?,
+            Container::Pgrp,
+        )
     } else {
         (
-            torchfile::load_torch(path, &inner, limits)?,
+            torchfile::load_torch(path, &inner, limits, &mut budget)?,
             Container::TorchSave,
         )
     };

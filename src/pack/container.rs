@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::codec::{Codec, Coder};
+use super::decode_budget::{DecodeBudget, MAX_TENSORS};
 use super::outer;
 use super::schema::{Payload, QTensor};
-use super::torchfile::{HostTensor, MAX_TENSORS, TensorBudget, checked_numel};
+use super::torchfile::{HostTensor, checked_numel};
 use super::{Limits, PackError, Result, rans};
 
 pub const MAGIC: &[u8; 4] = b"PGLF";
@@ -179,7 +180,13 @@ pub fn is_pgolf(bytes: &[u8]) -> bool {
 }
 
 /// Reads a pgolf artifact: header, config and tensors; rejects anything malformed.
-pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Codec, Vec<QTensor>)> {
+/// The header, the decoded body and every tensor are charged to `budget`.
+pub fn decode(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut DecodeBudget,
+) -> Result<(Header, Codec, Vec<QTensor>)> {
     let bad = |message: String| PackError::Format {
         path: path.into(),
         message: format!("pgolf artifact: {message}"),
@@ -210,7 +217,7 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
     let header_z = rest
         .get(..header_len)
         .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end")))?;
-    let header_limit = MAX_HEADER_BYTES.min(limits.max_decompressed_bytes);
+    let header_limit = MAX_HEADER_BYTES.min(budget.remaining());
     let json = match Coder::Zlib.decode(path, header_z, header_limit) {
         Err(PackError::TooLarge { .. }) => {
             return Err(bad(format!(
@@ -219,6 +226,7 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
         }
         other => other?,
     };
+    budget.charge("pgolf header", json.len() as u64)?;
     let header: Header = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
     if header.tensors.len() > MAX_TENSORS {
         return Err(bad(format!(
@@ -230,10 +238,16 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
     let body_raw = &rest[header_len..];
     let body = match codec {
         Codec::Rans => body_raw.to_vec(),
-        Codec::General(c) => outer::unshuffle(
-            &c.decode(path, body_raw, limits.max_decompressed_bytes)?,
-            shuffle,
-        ),
+        Codec::General(c) => {
+            let decoded = c
+                .decode(path, body_raw, budget.remaining())
+                .map_err(|e| match e {
+                    PackError::TooLarge { .. } => budget.exceeded(c.name()),
+                    other => other,
+                })
+                .and_then(|d| budget.charge(c.name(), d.len() as u64).map(|_| d))?;
+            outer::unshuffle(&decoded, shuffle)
+        }
     };
     let slice = |span: &Span, what: &str, name: &str| -> Result<Vec<u8>> {
         let end = span
@@ -251,9 +265,8 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<(Header, Cod
         }
     };
     let elem = |dtype: &str| super::pickle::dtype_element(dtype);
-    // Decoded symbols, scales and values count against one budget for the file, with the f32 each tensor becomes
-    // (a few bytes of rANS can stand for billions of symbols).
-    let mut budget = TensorBudget::new(path, limits.max_decompressed_bytes);
+    // Each tensor is charged for its symbols and the f32 it becomes before it is decoded (a few bytes of rANS can
+    // stand for billions of symbols).
     let mut tensors = Vec::with_capacity(header.tensors.len());
     for e in &header.tensors {
         let numel: u64 = e

@@ -1,7 +1,7 @@
 //! Artifacts, from the bottom up: the restricted unpickler (`pickle`) and torch `.pt` reader (`torchfile`); the
 //! coders, their names and ids (`codec`) and pgolf's rANS (`rans`); the outer layers peeled by magic (`outer`) and the
 //! records' per-group container (`pgrp`); the quantization schemas the records ship (`schema`) and the seed 002
-//! prior (`prior`); pgolf's own container (`container`); the universal loader, to tensors and to a state dict
+//! prior (`prior`); the one decode budget every input spends (`decode_budget`); pgolf's own container (`container`); the universal loader, to tensors and to a state dict
 //! (`artifact`); the 16,000,000-byte cap and code counting (`budget`); the statistics `inspect` reports (`stats`);
 //! and packing: the quantizers (`quantize`) and the budget search (`fit`).
 
@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod budget;
 pub mod codec;
 pub mod container;
+pub mod decode_budget;
 pub mod fit;
 pub mod outer;
 pub mod pgrp;

@@ -1,13 +1,14 @@
 //! Outer layers of an artifact, detected by magic and peeled in order: zlib, zstd, xz, the byte-shuffle header
 //! `BSHF` (v1: u16 stride, v2: u8 stride), the per-group `PGRP` container, and brotli (no magic: tried last, when
-//! nothing else matched and the bytes are not already a torch.save zip). Every layer is capped by
-//! [`Limits::max_decompressed_bytes`].
+//! nothing else matched and the bytes are not already a torch.save zip). Every layer is capped by what is left of the
+//! input's [`DecodeBudget`] (`--max-decompressed-bytes` in all).
 
 use std::io::Read;
 use std::path::Path;
 
 use super::codec::{Codec, Coder, capped};
-use super::{Limits, PackError, Result, torchfile};
+use super::decode_budget::DecodeBudget;
+use super::{PackError, Result, torchfile};
 
 /// One layer that was peeled.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -228,22 +229,27 @@ pub fn peel_one(path: &Path, bytes: Vec<u8>, limit: u64) -> Result<Option<(Layer
 }
 
 /// Peels outer layers until `inner` recognizes what remains (a torch.save zip, say); returns the layers (outermost
-/// first) and the inner bytes.
+/// first) and the inner bytes. Each layer's output is charged to `budget`, which also caps it.
 pub fn peel(
     path: &Path,
     mut bytes: Vec<u8>,
-    limits: &Limits,
+    budget: &mut DecodeBudget,
     inner: impl Fn(&[u8]) -> bool,
 ) -> Result<(Vec<Layer>, Vec<u8>)> {
-    let limit = limits.max_decompressed_bytes;
     let mut layers = Vec::new();
     for _ in 0..8 {
         if inner(&bytes) {
             return Ok((layers, bytes));
         }
-        let Some((layer, next)) = peel_one(path, bytes, limit)? else {
+        // A layer past what is left is reported against the whole budget.
+        let peeled = peel_one(path, bytes, budget.remaining()).map_err(|e| match e {
+            PackError::TooLarge { layer, .. } => budget.exceeded(layer),
+            other => other,
+        })?;
+        let Some((layer, next)) = peeled else {
             unreachable!("peel_one errs on unknown bytes")
         };
+        budget.charge("outer", next.len() as u64)?;
         layers.push(layer);
         bytes = next;
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::decode_budget::DecodeBudget;
 use super::torchfile::{self, HostTensor, Obj, checked_numel};
 use super::{Limits, PackError, Result, outer};
 
@@ -72,6 +73,14 @@ pub fn streams<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>> {
     Ok(out)
 }
 
+/// A stream cut at what is left of the budget is reported against the whole budget.
+fn over_budget(e: PackError, budget: &DecodeBudget) -> PackError {
+    match e {
+        PackError::TooLarge { layer, .. } => budget.exceeded(layer),
+        other => other,
+    }
+}
+
 fn brotli_capped(path: &Path, data: &[u8], limit: u64) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     brotli::Decompressor::new(data, 1 << 16)
@@ -93,8 +102,13 @@ fn brotli_capped(path: &Path, data: &[u8], limit: u64) -> Result<Vec<u8>> {
 }
 
 /// Runs `lrzip -d` on one stream through a private temporary directory.
-fn lrzip_decompress(path: &Path, group: &str, data: &[u8], limits: &Limits) -> Result<Vec<u8>> {
-    let limit = limits.max_decompressed_bytes;
+fn lrzip_decompress(
+    path: &Path,
+    group: &str,
+    data: &[u8],
+    limits: &Limits,
+    limit: u64,
+) -> Result<Vec<u8>> {
     // A private directory (created 0700 with a random name, removed when dropped): nothing planted under the system
     // temp folder can be written through.
     let scratch = tempfile::Builder::new()
@@ -216,7 +230,13 @@ fn shapes_of(path: &Path, manifest: &Obj, group: &str) -> Result<Vec<Vec<usize>>
 }
 
 /// Decodes a PGRP container into the `{"w": …, "m": …}` object its records load.
-pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
+/// Every stream decoded is charged to `budget`.
+pub fn decode(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut DecodeBudget,
+) -> Result<Obj> {
     let streams = streams(path, bytes)?;
     if streams.len() != GROUP_ORDER.len() + 2 {
         return Err(format_err(
@@ -228,10 +248,11 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
             ),
         ));
     }
-    let limit = limits.max_decompressed_bytes;
-    let remainder_zip = brotli_capped(path, streams[GROUP_ORDER.len()], limit)?;
-    let (_, remainder_zip) = outer::peel(path, remainder_zip, limits, torchfile::is_zip)?;
-    let remainder = torchfile::load_torch(path, &remainder_zip, limits)?;
+    let remainder_zip = brotli_capped(path, streams[GROUP_ORDER.len()], budget.remaining())
+        .map_err(|e| over_budget(e, budget))?;
+    budget.charge("brotli", remainder_zip.len() as u64)?;
+    let (_, remainder_zip) = outer::peel(path, remainder_zip, budget, torchfile::is_zip)?;
+    let remainder = torchfile::load_torch(path, &remainder_zip, limits, budget)?;
     let (Some(Obj::Dict(r)), Some(meta), Some(manifest)) =
         (remainder.get("r"), remainder.get("m"), remainder.get("s"))
     else {
@@ -244,7 +265,10 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
     let perms = if perm_stream.is_empty() {
         Vec::new()
     } else {
-        brotli_capped(path, perm_stream, limit)?
+        let perms = brotli_capped(path, perm_stream, budget.remaining())
+            .map_err(|e| over_budget(e, budget))?;
+        budget.charge("brotli", perms.len() as u64)?;
+        perms
     };
     let mut perm_off = 0usize;
     let mut w = r.clone();
@@ -252,7 +276,9 @@ pub fn decode(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
         if streams[gi].is_empty() {
             continue;
         }
-        let raw = lrzip_decompress(path, group, streams[gi], limits)?;
+        let raw = lrzip_decompress(path, group, streams[gi], limits, budget.remaining())
+            .map_err(|e| over_budget(e, budget))?;
+        budget.charge("lrzip", raw.len() as u64)?;
         let shapes = shapes_of(path, manifest, group)?;
         let mut off = 0usize;
         for (layer, shape) in shapes.iter().enumerate() {

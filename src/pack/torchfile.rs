@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read};
 use std::path::Path;
 
+use super::decode_budget::DecodeBudget;
 use super::pickle::{self, TensorRef, Value, dtype_element};
 use super::{Limits, PackError, Result};
 
@@ -176,7 +177,13 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 }
 
 /// Reads a `torch.save` zip held in memory; `path` names the source in errors.
-pub fn load_torch(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
+/// Every entry read and every tensor made is charged to `budget`.
+pub fn load_torch(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut DecodeBudget,
+) -> Result<Obj> {
     let fmt = |message: String| PackError::Format {
         path: path.into(),
         message,
@@ -200,48 +207,41 @@ pub fn load_torch(path: &Path, bytes: &[u8], limits: &Limits) -> Result<Obj> {
         .ok_or_else(|| fmt("the zip has no data.pkl: not a torch.save file".into()))?
         .clone();
     let prefix = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
-    let read_entry = |zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
+    let read_entry = |zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+                      name: &str,
+                      budget: &mut DecodeBudget|
+     -> Result<Vec<u8>> {
         let mut f = zip
             .by_name(name)
             .map_err(|e| fmt(format!("zip entry {name}: {e}")))?;
-        if f.size() > limits.max_decompressed_bytes {
-            return Err(PackError::TooLarge {
-                path: path.into(),
-                layer: "zip",
-                limit: limits.max_decompressed_bytes,
-            });
+        let cap = budget.remaining();
+        if f.size() > cap {
+            // A declared size past the budget is refused before anything is read.
+            return Err(budget.exceeded("zip"));
         }
         let mut out = Vec::with_capacity(f.size() as usize);
         (&mut f)
-            .take(limits.max_decompressed_bytes + 1)
+            .take(cap + 1)
             .read_to_end(&mut out)
             .map_err(|e| fmt(format!("zip entry {name}: {e}")))?;
-        if out.len() as u64 > limits.max_decompressed_bytes {
-            return Err(PackError::TooLarge {
-                path: path.into(),
-                layer: "zip",
-                limit: limits.max_decompressed_bytes,
-            });
-        }
+        budget.charge("zip", out.len() as u64)?;
         Ok(out)
     };
-    let pickle_bytes = read_entry(&mut zip, &pkl)?;
+    let pickle_bytes = read_entry(&mut zip, &pkl, budget)?;
     let value = pickle::unpickle(&pickle_bytes, limits).map_err(|message| PackError::Pickle {
         path: path.into(),
         message,
     })?;
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    // Every tensor's bytes count against one budget for the file: a strided view may address far more elements
-    // than its storage holds (stride 0), and many views may share one storage.
-    let mut budget = TensorBudget::new(path, limits.max_decompressed_bytes);
+    // Each tensor is charged for the elements it makes: a strided view may address far more elements than its
+    // storage holds (stride 0), and many views may share one storage.
     materialize(value, &mut |t: &TensorRef| {
         if !storages.contains_key(&t.storage.key) {
             let name = format!("{prefix}data/{}", t.storage.key);
-            let data = read_entry(&mut zip, &name)?;
-            budget.charge(data.len() as u64)?;
+            let data = read_entry(&mut zip, &name, budget)?;
             storages.insert(t.storage.key.clone(), data);
         }
-        tensor_from_storage(path, t, &storages[&t.storage.key], limits, &mut budget)
+        tensor_from_storage(path, t, &storages[&t.storage.key], limits, budget)
     })
 }
 
@@ -270,60 +270,12 @@ fn materialize(v: Value, tensor: &mut dyn FnMut(&TensorRef) -> Result<HostTensor
     })
 }
 
-/// The most tensors one artifact may hold (the records hold a few hundred).
-pub const MAX_TENSORS: usize = 100_000;
-
-/// The bytes the tensors of one input may occupy once materialized (and widened to f32, which every consumer does),
-/// charged as they are made, and how many tensors it holds.
-pub struct TensorBudget<'a> {
-    path: &'a Path,
-    limit: u64,
-    used: u64,
-    tensors: usize,
-}
-
-impl<'a> TensorBudget<'a> {
-    pub fn new(path: &'a Path, limit: u64) -> Self {
-        TensorBudget {
-            path,
-            limit,
-            used: 0,
-            tensors: 0,
-        }
-    }
-
-    pub fn charge(&mut self, bytes: u64) -> Result<()> {
-        self.used = self.used.saturating_add(bytes);
-        if self.used > self.limit {
-            return Err(PackError::TooLarge {
-                path: self.path.into(),
-                layer: "tensor",
-                limit: self.limit,
-            });
-        }
-        Ok(())
-    }
-
-    /// A tensor of `numel` elements of `elem` bytes: its bytes and the f32 values it becomes (and one more tensor,
-    /// so that millions of empty ones are refused too).
-    pub fn charge_tensor(&mut self, numel: u64, elem: usize) -> Result<()> {
-        self.tensors += 1;
-        if self.tensors > MAX_TENSORS {
-            return Err(PackError::Format {
-                path: self.path.into(),
-                message: format!("more than the {MAX_TENSORS} tensors an artifact may hold"),
-            });
-        }
-        self.charge(numel.saturating_mul(elem as u64 + 4))
-    }
-}
-
 fn tensor_from_storage(
     path: &Path,
     t: &TensorRef,
     storage: &[u8],
     limits: &Limits,
-    budget: &mut TensorBudget,
+    budget: &mut DecodeBudget,
 ) -> Result<HostTensor> {
     let fmt = |message: String| PackError::Format {
         path: path.into(),
