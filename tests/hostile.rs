@@ -529,3 +529,61 @@ fn nested_layers_spend_one_budget() {
     assert_eq!(a.layers.len(), 2);
     assert_eq!(a.tensors[0].dequantize(), first);
 }
+
+/// lrzip's scratch folder is private: created with mode 0700 under a random name, so nothing planted under the
+/// system temp folder (a symlink at a guessable name) is written through. A stand-in `lrzip` reports the folder
+/// it was handed.
+#[cfg(unix)]
+#[test]
+fn the_lrzip_scratch_folder_is_private_and_unguessable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("hostile-lrzip-scratch");
+    let report = dir.join("scratch.txt");
+    let fake = dir.join("lrzip");
+    // lrzip -d -f -q -o OUT IN: report IN's folder and its mode, then fail.
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nfor a; do last=\"$a\"; done\nd=$(dirname \"$last\")\nstat -c '%a %n' \"$d\" > {}\nexit 1\n",
+            report.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgolf"))
+        .args([
+            "inspect",
+            s(&fixture("artifacts/sp1024_tied.int6.pgrp.ptz")),
+        ])
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let seen = std::fs::read_to_string(&report).unwrap();
+    let (mode, folder) = seen.trim().split_once(' ').unwrap();
+    assert_eq!(mode, "700", "{seen}");
+    let name = Path::new(folder)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        folder.starts_with(s(&tmp)) && name.starts_with("pgolf-lrzip-"),
+        "{seen}"
+    );
+    let suffix = &name["pgolf-lrzip-".len()..];
+    assert!(
+        !suffix
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '-' || c == '_'),
+        "a random name, not the process id: {name}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the scratch folder is removed"
+    );
+}

@@ -111,13 +111,17 @@ fn lrzip_decompress(
 ) -> Result<Vec<u8>> {
     // A private directory (created 0700 with a random name, removed when dropped): nothing planted under the system
     // temp folder can be written through.
-    let scratch = tempfile::Builder::new()
-        .prefix("pgolf-lrzip-")
-        .tempdir()
-        .map_err(|source| PackError::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("pgolf-lrzip-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    let scratch = builder.tempdir().map_err(|source| PackError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
     let dir = scratch.path().to_path_buf();
     let io_err = |source: std::io::Error| PackError::Io {
         path: dir.clone(),
