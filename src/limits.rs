@@ -31,7 +31,7 @@ impl Limits {
         max_tensor_elements: 1 << 31,
         max_pickle_depth: 64,
         max_memo_entries: 1 << 20,
-        max_pickle_values: 1 << 24,
+        max_pickle_values: 1 << 22,
         max_zip_entries: 100_000,
         max_shard_tokens: 1 << 28,
         max_external_seconds: 300,

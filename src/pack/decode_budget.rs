@@ -1,6 +1,6 @@
 //! One decode budget per input: every byte an artifact turns into while it is read — each outer layer's output,
 //! each zip entry, each decoded rANS stream or container body, each tensor materialized (strided views included)
-//! and the f32 values it becomes — is charged to one budget of `--max-decompressed-bytes`, so that a small file
+//! and the values it is widened to — is charged to one budget of `--max-decompressed-bytes`, so that a small file
 //! cannot cost gigabytes however its layers are nested. The number of tensors is capped too.
 
 use std::path::{Path, PathBuf};
@@ -58,7 +58,8 @@ impl DecodeBudget {
         }
     }
 
-    /// A tensor of `numel` elements of `elem` bytes: its bytes and the f32 values it becomes, and one more tensor.
+    /// A tensor of `numel` elements of `elem` bytes: its bytes and the 8-byte values it may be widened to (f32 for
+    /// a model, i64 symbols for `inspect`'s statistics), and one more tensor.
     pub fn charge_tensor(&mut self, numel: u64, elem: usize) -> Result<()> {
         self.tensors += 1;
         if self.tensors > MAX_TENSORS {
@@ -67,7 +68,7 @@ impl DecodeBudget {
                 message: format!("more than the {MAX_TENSORS} tensors an artifact may hold"),
             });
         }
-        self.charge("tensor", numel.saturating_mul(elem as u64 + 4))
+        self.charge("tensor", numel.saturating_mul(elem as u64 + 8))
     }
 }
 
@@ -87,6 +88,6 @@ mod tests {
         );
         let mut b = DecodeBudget::new(Path::new("a.ptz"), 1000);
         b.charge_tensor(10, 1).unwrap();
-        assert_eq!(b.remaining(), 950);
+        assert_eq!(b.remaining(), 910);
     }
 }

@@ -97,9 +97,10 @@ pub enum Value {
     Tuple(Vec<Value>),
     /// Dicts and OrderedDicts, in insertion order.
     Dict(Vec<(Value, Value)>),
-    Tensor(TensorRef),
+    /// Boxed, as is the storage: a value stays 32 bytes, so the value budget bounds memory.
+    Tensor(Box<TensorRef>),
     Global(Global),
-    Storage(StorageRef),
+    Storage(Box<StorageRef>),
 }
 
 impl Value {
@@ -535,7 +536,7 @@ impl Unpickler<'_> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let s = storage_ref(pid)?;
-                    self.push(Value::Storage(s))?
+                    self.push(Value::Storage(Box::new(s)))?
                 }
                 b'R' => {
                     let args = self.pop()?;
@@ -716,13 +717,13 @@ fn reduce(callable: Value, args: Value) -> Result<Value, String> {
                     .0
                     .to_string()
             };
-            Ok(Value::Tensor(TensorRef {
-                storage: storage.clone(),
+            Ok(Value::Tensor(Box::new(TensorRef {
+                storage: (**storage).clone(),
                 dtype,
                 offset,
                 shape,
                 stride,
-            }))
+            })))
         }
         Global::RebuildParameter => match args.into_iter().next() {
             Some(t @ Value::Tensor(_)) => Ok(t),
@@ -739,5 +740,20 @@ fn reduce(callable: Value, args: Value) -> Result<Value, String> {
         Global::Storage(_) | Global::Dtype(_) => {
             Err("a storage class or dtype cannot be called".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_small_so_the_value_budget_bounds_memory() {
+        // max_pickle_values (2^22) values of at most 32 bytes each: 128 MiB, however they are copied.
+        assert!(
+            std::mem::size_of::<Value>() <= 32,
+            "{}",
+            std::mem::size_of::<Value>()
+        );
     }
 }
