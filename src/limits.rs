@@ -82,6 +82,15 @@ pub fn read_capped(path: &std::path::Path, cap: u64, hint: &str) -> std::io::Res
     Ok(out)
 }
 
+/// [`read_capped`] for an input read whole (an artifact, a checkpoint, code, a prior): at most the decode budget.
+pub fn read_input(path: &std::path::Path, limits: &Limits) -> std::io::Result<Vec<u8>> {
+    read_capped(
+        path,
+        limits.max_decompressed_bytes,
+        " (raise it with --max-decompressed-bytes)",
+    )
+}
+
 /// [`read_capped`] for text files of at most [`MAX_SMALL_FILE_BYTES`].
 pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
     let bytes = read_capped(path, MAX_SMALL_FILE_BYTES, "")?;

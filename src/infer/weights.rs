@@ -13,11 +13,11 @@ pub type StateDict = HashMap<String, Tensor>;
 
 /// Reads a safetensors file onto `device`.
 pub fn load_safetensors(path: &Path, device: &Device) -> Result<StateDict> {
-    let cap = crate::limits::current().max_decompressed_bytes;
-    let hint = " (raise it with --max-decompressed-bytes)";
-    let bytes = crate::limits::read_capped(path, cap, hint).map_err(|source| InferError::Io {
-        path: path.into(),
-        source,
+    let bytes = crate::limits::read_input(path, &crate::limits::current()).map_err(|source| {
+        InferError::Io {
+            path: path.into(),
+            source,
+        }
     })?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| InferError::Weights {
         path: path.into(),

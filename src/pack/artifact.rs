@@ -69,13 +69,10 @@ impl Artifact {
 
 /// Reads an artifact from disk.
 pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
-    let hint = " (raise it with --max-decompressed-bytes)";
-    let bytes = crate::limits::read_capped(path, limits.max_decompressed_bytes, hint).map_err(
-        |source| PackError::Io {
-            path: path.into(),
-            source,
-        },
-    )?;
+    let bytes = crate::limits::read_input(path, limits).map_err(|source| PackError::Io {
+        path: path.into(),
+        source,
+    })?;
     load_artifact_bytes(path, bytes, limits)
 }
 

@@ -60,13 +60,10 @@ pub struct CodeSize {
 }
 
 pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
-    let hint = " (raise it with --max-decompressed-bytes)";
-    let bytes = crate::limits::read_capped(path, limits.max_decompressed_bytes, hint).map_err(
-        |source| PackError::Io {
-            path: path.into(),
-            source,
-        },
-    )?;
+    let bytes = crate::limits::read_input(path, limits).map_err(|source| PackError::Io {
+        path: path.into(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     let mut out = CodeSize {
         counted_bytes: bytes.len() as u64,

@@ -35,9 +35,6 @@ use crate::limits::Limits;
 use crate::pack::artifact::load_weights;
 use crate::pack::budget::{SizeCheck, code_size};
 
-/// How to raise the cap on a file read whole.
-const HINT: &str = " (raise it with --max-decompressed-bytes)";
-
 /// Deliberately illegal procedures, for seeing each probe fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planted {
@@ -695,7 +692,7 @@ fn load_tilt_prior(
     let (source, bytes) = match &spec.ngram_prior {
         Some(p) => (
             p.clone(),
-            crate::limits::read_capped(p, limits.max_decompressed_bytes, HINT)
+            crate::limits::read_input(p, limits)
                 .map_err(|e| VerifyError::Setup(format!("{}: {e}", p.display())))?,
         ),
         None => match bundled.iter().find(|(k, _)| k == "ngram") {
