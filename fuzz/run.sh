@@ -2,6 +2,7 @@
 # Runs one fuzz target (or all) with a seed corpus built from the committed fixtures.
 #   cargo install cargo-fuzz        # once
 #   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans rans_tables container config, or all
+#   SANITIZER=none bash fuzz/run.sh … # without AddressSanitizer (several times faster; pgolf's parsers are safe Rust)
 # cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them (as below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ PY
 }
 run() {
   seed "$1"
-  RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$1" "fuzz/corpus/$1" -- -max_total_time="$seconds" -rss_limit_mb=4096 \
+  RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s "${SANITIZER:-address}" "$1" "fuzz/corpus/$1" -- -max_total_time="$seconds" -rss_limit_mb=4096 \
     -timeout=10 -print_final_stats=1 -runs=${RUNS:-1000000}
 }
 if [ "$target" = all ]; then
