@@ -23,7 +23,13 @@ pub struct Limits {
     pub max_shard_tokens: u64,
     /// Seconds an external decompressor (lrzip) may run on one stream before it is killed.
     pub max_external_seconds: u64,
+    /// Bytes an artifact may decode to per byte of the file (beyond a floor of [`MIN_DECODE_BUDGET`]): real
+    /// artifacts stay far below it, a few hundred bytes of rANS standing for a billion symbols do not.
+    pub max_expansion: u64,
 }
+
+/// The decode budget every artifact has, however small the file (the ratio cap applies above it).
+pub const MIN_DECODE_BUDGET: u64 = 64 << 20;
 
 impl Limits {
     pub const DEFAULT: Limits = Limits {
@@ -35,6 +41,7 @@ impl Limits {
         max_zip_entries: 100_000,
         max_shard_tokens: 1 << 28,
         max_external_seconds: 300,
+        max_expansion: 128,
     };
 }
 

@@ -425,11 +425,18 @@ fn a_few_bytes_of_rans_cannot_stand_for_a_billion_symbols() {
     });
     let p = write(&dir, "bomb.pglf", &container(&header, &body));
     assert!(std::fs::metadata(&p).unwrap().len() < 1000);
+    // Refused by the expansion cap (a 236-byte file gets the 64 MiB floor), and by the 1 GiB budget without it.
     let e = load_err(&p);
     assert!(
-        e.contains("bomb.pglf") && e.contains("past the limit of 1073741824 bytes"),
+        e.contains("bomb.pglf") && e.contains("128× the file's") && e.contains("--max-expansion"),
         "{e}"
     );
+    let no_ratio = Limits {
+        max_expansion: u64::MAX,
+        ..Limits::default()
+    };
+    let e = load_artifact(&p, &no_ratio).unwrap_err().to_string();
+    assert!(e.contains("past the limit of 1073741824 bytes"), "{e}");
     // The same stream for 1,000 symbols decodes.
     let mut small = vec![1u8, 0xe8, 0x07, 0, 0, 16, 0x80, 0x80, 0x04, 1, 2];
     small.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
@@ -469,8 +476,16 @@ fn a_stride_zero_view_is_charged_for_every_element_it_makes() {
         e.contains("view.pt") && e.contains("past the limit of 1048576 bytes"),
         "{e}"
     );
-    // Under the default budget the view is materialized.
-    let a = load_artifact(&p, &Limits::default()).unwrap();
+    // Under the default expansion cap too (a 64 MiB floor for a file this small); with room, it is materialized.
+    let e = load_artifact(&p, &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--max-expansion"), "{e}");
+    let roomy = Limits {
+        max_expansion: u64::MAX,
+        ..Limits::default()
+    };
+    let a = load_artifact(&p, &roomy).unwrap();
     assert_eq!(a.tensors[0].params(), 255 * 255 * 255);
 }
 

@@ -40,6 +40,10 @@ struct Cli {
     /// Seconds an external decompressor (lrzip, for PGRP artifacts) may run on one stream.
     #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_external_seconds)]
     max_external_seconds: u64,
+    /// Bytes an artifact may decode to per byte of the file, above a 64 MiB floor (with --max-decompressed-bytes
+    /// the smaller cap applies).
+    #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_expansion)]
+    max_expansion: u64,
     /// Cap on the tokens one shard may declare.
     #[arg(long, global = true, default_value_t = pgolf::limits::Limits::DEFAULT.max_shard_tokens)]
     max_shard_tokens: u64,
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         max_tensor_elements: cli.max_tensor_elements,
         max_shard_tokens: cli.max_shard_tokens,
         max_external_seconds: cli.max_external_seconds,
+        max_expansion: cli.max_expansion,
         ..pgolf::limits::Limits::DEFAULT
     });
     match dispatch(cli.command, false) {

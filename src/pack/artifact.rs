@@ -79,7 +79,7 @@ pub fn load_artifact(path: &Path, limits: &Limits) -> Result<Artifact> {
 /// Reads an artifact held in memory; `path` names it in errors.
 pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Artifact> {
     let file_bytes = bytes.len() as u64;
-    let mut budget = DecodeBudget::new(path, limits.max_decompressed_bytes);
+    let mut budget = DecodeBudget::for_file(path, file_bytes, limits);
     if is_safetensors(&bytes) {
         let tensors = read_safetensors(path, &bytes)?;
         return Ok(Artifact {

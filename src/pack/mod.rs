@@ -47,6 +47,16 @@ pub enum PackError {
         layer: &'static str,
         limit: u64,
     },
+    #[error(
+        "{path}: {layer} layer decodes past {limit} bytes, {ratio}× the file's {file_bytes} bytes (raise it with --max-expansion)"
+    )]
+    Expansion {
+        path: PathBuf,
+        layer: &'static str,
+        limit: u64,
+        ratio: u64,
+        file_bytes: u64,
+    },
     #[error("{path}: {what}")]
     Unsupported { path: PathBuf, what: String },
     #[error("{path}: {message}")]
