@@ -169,10 +169,7 @@ fn files_too_large_to_be_what_they_claim_are_refused_from_their_size() {
         "{e}"
     );
     let tokenizer = sparse("big.model", b"\x0a");
-    let val = format!(
-        "{}/fineweb_val_*.bin",
-        fixture("models/val_sp1024").display()
-    );
+    let val = model_val_glob(1024);
     let e = pgolf_err(&["data", "stats", "--val", &val, "--tokenizer", s(&tokenizer)]);
     assert!(
         e.contains("big.model") && e.contains("more than the limit of 67108864 bytes"),
@@ -248,10 +245,7 @@ fn outputs_leave_the_users_files_and_no_temporaries_behind() {
         "verify",
         s(&out),
         "--val",
-        &format!(
-            "{}/fineweb_val_*.bin",
-            fixture("models/val_sp1024").display()
-        ),
+        &model_val_glob(1024),
         "--tokenizer",
         s(&tokenizer_path(1024)),
         "--receipts",

@@ -13,6 +13,14 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 /// The challenge's SentencePiece model of this vocabulary, shipped under `fixtures/tokenizers/`.
+/// The glob of the model fixtures' validation stream for this vocabulary (`fixtures/models/val_sp{vocab}/`).
+pub fn model_val_glob(vocab: usize) -> String {
+    format!(
+        "{}/fineweb_val_*.bin",
+        fixture(&format!("models/val_sp{vocab}")).display()
+    )
+}
+
 pub fn tokenizer_path(vocab: usize) -> PathBuf {
     fixture(&format!("tokenizers/fineweb_{vocab}_bpe.model"))
 }
