@@ -280,6 +280,7 @@ fn modules_import_downward_only() {
         ("pack", &["data", "infer"][..]),
         ("verify", &["data", "infer", "optim", "pack"][..]),
         ("train", &["data", "infer", "optim", "pack", "verify"][..]),
+        ("review", &["data", "infer", "pack"][..]),
     ]
     .into_iter()
     .collect();

@@ -12,6 +12,8 @@ mod cli_demo;
 mod cli_inspect;
 #[path = "pgolf/cli_pack.rs"]
 mod cli_pack;
+#[path = "pgolf/cli_review.rs"]
+mod cli_review;
 #[path = "pgolf/cli_train.rs"]
 mod cli_train;
 #[path = "pgolf/cli_verify.rs"]
@@ -64,6 +66,9 @@ enum Command {
     Pack(cli_pack::PackArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
     Verify(cli_verify::VerifyArgs),
+    /// Audit a submission folder (or a whole records tree) from its own files: claims, logs, code and sizes,
+    /// timing, byte accounting, significance, static legality hints.
+    Review(cli_review::ReviewArgs),
     /// Train a model with the challenge's baseline recipe (Muon + Adam) on the CPU.
     Train(cli_train::TrainArgs),
     /// The whole loop on the bundled data: train a small model, pack it under a budget, inspect it, verify it
@@ -78,6 +83,7 @@ fn dispatch(command: Command, nested: bool) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => cli_inspect::run(args),
         Command::Pack(args) => cli_pack::run(args),
         Command::Verify(args) => cli_verify::run(args),
+        Command::Review(args) => cli_review::run(args),
         Command::Train(args) => cli_train::run(args),
         Command::Demo(_) if nested => anyhow::bail!("the demo does not run itself"),
         Command::Demo(args) => cli_demo::run(args),

@@ -60,6 +60,11 @@ pub struct CodeSize {
 }
 
 pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
+    read_code(path, limits).map(|(size, _)| size)
+}
+
+/// The code's counted size and its source: the decoded text of a self-extracting wrapper, else the file itself.
+pub fn read_code(path: &Path, limits: &Limits) -> Result<(CodeSize, Vec<u8>)> {
     let bytes = crate::limits::read_input(path, limits).map_err(|source| PackError::Io {
         path: path.into(),
         source,
@@ -71,15 +76,15 @@ pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
         decoded_bytes: None,
     };
     let Some(start) = text.find("b85decode(") else {
-        return Ok(out);
+        return Ok((out, bytes));
     };
     let rest = &text[start + "b85decode(".len()..];
     let rest = rest.trim_start_matches('b');
     let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-        return Ok(out);
+        return Ok((out, bytes));
     };
     let Some(end) = rest[1..].find(quote) else {
-        return Ok(out);
+        return Ok((out, bytes));
     };
     let payload = b85decode(&rest[1..1 + end]).map_err(|m| PackError::Format {
         path: path.into(),
@@ -122,7 +127,7 @@ pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
     };
     out.wrapper = Some(kind.into());
     out.decoded_bytes = Some(decoded.len() as u64);
-    Ok(out)
+    Ok((out, decoded))
 }
 
 /// Python's `base64.b85decode` (RFC 1924 alphabet), including a short final group.
