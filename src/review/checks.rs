@@ -37,6 +37,9 @@ pub struct Check {
     pub status: Status,
     pub measured: String,
     pub evidence: Vec<String>,
+    /// The figures behind `measured`, unrounded, where a tool may want them (the t-tests' t, df and p).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 fn check(
@@ -50,6 +53,7 @@ fn check(
         status,
         measured: measured.into(),
         evidence,
+        values: Default::default(),
     }
 }
 
@@ -68,11 +72,11 @@ fn decimals(x: f64) -> usize {
     s.split_once('.').map(|(_, f)| f.len()).unwrap_or(0)
 }
 
-/// Whether two printed values agree at the coarser one's precision (half a unit in its last place, plus 1e-9 for
-/// binary representation).
+/// Whether two printed values agree at the coarser one's precision: within one unit in its last place, so that a
+/// truncated figure (0.94855 written 0.9485) agrees as well as a rounded one; plus 1e-9 for binary representation.
 fn agree(a: f64, a_dec: usize, b: f64, b_dec: usize) -> bool {
     let dec = a_dec.min(b_dec) as i32;
-    (a - b).abs() <= 0.5 * 10f64.powi(-dec) + 1e-9
+    (a - b).abs() <= 10f64.powi(-dec) + 1e-9
 }
 
 /// The runs a folder reports: one per log with a final score, a log repeating another's run counted once.
@@ -99,7 +103,7 @@ pub fn folder_scores(f: &Folder) -> Scores {
                             .iter()
                             .rev()
                             .find(|e| agree(bpb, decimals(bpb), e.val_bpb, e.bpb_decimals))
-                            .map(|e| e.val_loss)
+                            .and_then(|e| e.val_loss)
                     })
                 });
                 Some((bpb, loss))
@@ -342,7 +346,10 @@ pub fn claims_match_logs(f: &Folder) -> Check {
             }
         }
         if let Some(claimed) = s.val_loss
-            && find(claimed, &|e| (e.val_loss, e.loss_decimals)).is_none()
+            && find(claimed, &|e| {
+                (e.val_loss.unwrap_or(f64::NAN), e.loss_decimals)
+            })
+            .is_none()
         {
             bad.push(format!(
                 "seed {}: claimed val_loss {claimed}, logs say {}",
@@ -544,13 +551,16 @@ pub fn byte_accounting(f: &Folder) -> Check {
         if e.val_bpb <= 0.0 {
             continue;
         }
-        let implied = e.val_loss * targets as f64 / (std::f64::consts::LN_2 * e.val_bpb);
+        let Some(val_loss) = e.val_loss else {
+            continue;
+        };
+        let implied = val_loss * targets as f64 / (std::f64::consts::LN_2 * e.val_bpb);
         let slack =
-            implied * (rounding(e.val_loss, e.loss_decimals) + rounding(e.val_bpb, e.bpb_decimals));
+            implied * (rounding(val_loss, e.loss_decimals) + rounding(e.val_bpb, e.bpb_decimals));
         implied_all.push(implied);
         let line = format!(
             "{}: {:.0} bytes implied by val_loss {} × {targets} targets ({whence}) / (ln 2 × val_bpb {}) (±{:.0} from rounding)",
-            l.file, implied, e.val_loss, e.val_bpb, slack
+            l.file, implied, val_loss, e.val_bpb, slack
         );
         if implied + slack >= CANONICAL_VAL_BYTES_LOW && implied - slack <= CANONICAL_VAL_BYTES_HIGH
         {
@@ -846,7 +856,19 @@ pub fn significance(candidate: &Scores, baseline: Option<&Scores>) -> Check {
             b.source, b.val_loss, b.val_bpb
         ),
     ];
-    let practice = welch_one_sided(&candidate.val_bpb, &b.val_bpb, 0.0).map(|w| {
+    let mut values = std::collections::BTreeMap::new();
+    let practice_test = welch_one_sided(&candidate.val_bpb, &b.val_bpb, 0.0);
+    if let Some(w) = &practice_test {
+        for (k, v) in [
+            ("practice_t", w.t),
+            ("practice_df", w.df),
+            ("practice_p", w.p_one_sided),
+            ("practice_improvement_bpb", w.improvement),
+        ] {
+            values.insert(k.to_string(), v);
+        }
+    }
+    let practice = practice_test.map(|w| {
         format!(
             "practice (val_bpb, Welch, p < {PRACTICE_P}): improvement {:.5} BPB, t = {:.3}, df = {:.2}, p = {:.4} → {}",
             w.improvement,
@@ -881,7 +903,7 @@ pub fn significance(candidate: &Scores, baseline: Option<&Scores>) -> Check {
     }
     let Some(rule) = welch_one_sided(&candidate.val_loss, &base_loss, RULE_MARGIN_NATS) else {
         ev.extend(practice);
-        return check(
+        let mut c = check(
             "significance",
             Status::Unknown,
             format!(
@@ -891,7 +913,17 @@ pub fn significance(candidate: &Scores, baseline: Option<&Scores>) -> Check {
             ),
             ev,
         );
+        c.values = values;
+        return c;
     };
+    for (k, v) in [
+        ("rule_t", rule.t),
+        ("rule_df", rule.df),
+        ("rule_p", rule.p_one_sided),
+        ("rule_improvement_nats", rule.improvement),
+    ] {
+        values.insert(k.to_string(), v);
+    }
     let holds = rule.improvement >= RULE_MARGIN_NATS && rule.p_one_sided < RULE_P;
     let mut measured = format!(
         "rule (val_loss, ≥ {RULE_MARGIN_NATS} nats at p < {RULE_P}): improvement {:.5} nats, t = {:.3}, df = {:.2}, p = {:.4} → {}",
@@ -905,13 +937,16 @@ pub fn significance(candidate: &Scores, baseline: Option<&Scores>) -> Check {
         measured += "; ";
         measured += &p;
     }
-    check(
+    let mut c = check(
         "significance",
         if holds { Status::Pass } else { Status::Fail },
         measured,
         ev,
-    )
+    );
+    c.values = values;
+    c
 }
+
 struct Hint {
     what: &'static str,
     pattern: Regex,
@@ -934,7 +969,7 @@ static HINTS: LazyLock<Vec<Hint>> = LazyLock::new(|| {
         ),
         h(
             "SLOT-style per-window delta optimized at evaluation (C1/C3)",
-            r"(?i)\bslot\b|delta\s*=\s*torch\.zeros\([^)]*requires_grad\s*=\s*True",
+            r"\b(?:slot_\w+|SLOT_[A-Z_]+)\b|delta\s*=\s*torch\.zeros\([^)]*requires_grad\s*=\s*True",
         ),
         h(
             "pre-quantization TTT on validation tokens (ruled illegal, spec §5.7)",

@@ -80,7 +80,9 @@ fn name_of(dir: &Path, path: &Path) -> String {
 
 /// Whether a text file is a train log: it has an evaluation line or training step lines.
 fn looks_like_log(text: &str) -> bool {
-    text.contains("val_bpb") || text.contains("train_loss")
+    ["val_bpb", "train_loss", " BPB", "step:", "step "]
+        .iter()
+        .any(|k| text.contains(k))
 }
 
 /// Reads a submission folder. Errors only when the folder itself cannot be listed; an unreadable or malformed file
@@ -178,6 +180,19 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
                 Ok(_) => {}
                 Err(e) => folder.unreadable.push(e.to_string()),
             }
+        }
+    }
+    // A log that names no tokenizer takes the one the claim states (`"tokenizer": "sp1024"`).
+    let claimed_variant = folder
+        .claims
+        .as_ref()
+        .and_then(|c| c.other_keys.get("tokenizer"))
+        .and_then(|v| v.as_str())
+        .map(|t| t.trim().to_lowercase())
+        .filter(|t| t.starts_with("sp") || t.starts_with("byte"));
+    for l in &mut folder.logs {
+        if l.variant.is_none() {
+            l.variant.clone_from(&claimed_variant);
         }
     }
     let non_record = |t: &str| {

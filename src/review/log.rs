@@ -25,11 +25,12 @@ impl std::fmt::Display for Evidence {
     }
 }
 
-/// An evaluation line: `<label> val_loss:X val_bpb:Y [eval_time:Zms]`.
+/// An evaluation line: `<label> val_loss:X val_bpb:Y [eval_time:Zms]`, or a BPB-only `<Label> BPB (…): Y`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evaluation {
     pub label: String,
-    pub val_loss: f64,
+    /// None where the line gives only the BPB.
+    pub val_loss: Option<f64>,
     pub val_bpb: f64,
     /// Decimals printed for val_bpb (4 for the rounded lines, 8 for `_exact`): the precision a claim can be held to.
     pub bpb_decimals: usize,
@@ -130,6 +131,8 @@ enum Field {
     ArtifactBytes,
     /// `stopping_early: wallclock_cap train_time:Nms step:S/T`.
     StoppingEarly,
+    /// `Training complete in Xs (N steps)`.
+    TrainingComplete,
     /// `total_eval_time:Xs`.
     TotalEvalTime,
     /// `GPTQ:collected N Hessians in Xs`.
@@ -160,6 +163,14 @@ fn rule(field: Field, pattern: &str) -> Rule {
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     vec![
         rule(Field::ModelParams, r"^model_params:\s*(\d+)"),
+        rule(Field::ModelParams, r"^Total params:\s*([\d,]+)\s*$"),
+        rule(Field::ValTokens, r"^Validation tokens:\s*([\d,]+)\s*$"),
+        rule(Field::ArtifactBytes, r"^Artifact:\s*([\d,]+) bytes"),
+        rule(Field::Seed, r"^Seed:\s*(\d+)\b"),
+        rule(
+            Field::TrainingComplete,
+            r"^Training complete in ([\d.]+)s \((\d+) steps\)",
+        ),
         rule(Field::ValTokens, r"^val_tokens:\s*(\d+)"),
         rule(Field::ValTokens, r"^val_loader:.*\btokens:(\d+)"),
         rule(Field::TrainShards, r"^train_shards:\s*(\d+)"),
@@ -202,6 +213,11 @@ static EVAL_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"^(?P<label>[A-Za-z][\w.+()\-]*(?: [A-Za-z][\w.+()\-]*)*?)(?: stride:\d+)?\s+val_loss[:=]\s*(?P<loss>\d+\.(?P<ld>\d+))\s+val_bpb[:=]\s*(?P<bpb>\d+\.(?P<bd>\d+))(?P<rest>.*)$",
     )
     .expect("eval line")
+});
+/// A BPB-only evaluation line some scripts print: `Quantized BPB (no XSA): 1.016200`.
+static BPB_ONLY_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?P<label>[A-Za-z][\w+-]*(?: [A-Za-z][\w+-]*)*? BPB(?: \([^)]*\))?):\s*(?P<bpb>\d+\.(?P<bd>\d+))\s*$")
+        .expect("bpb-only line")
 });
 static EVAL_TIME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?:eval_time|time|elapsed)[:=]\s*([\d.]+)(ms|s)\b").expect("eval time")
@@ -303,7 +319,7 @@ pub fn parse_log(file: &str, text: &str) -> LogSummary {
                     .and_then(|t| seconds(&t[1], &t[2]));
                 s.evaluations.push(Evaluation {
                     label,
-                    val_loss: c["loss"].parse().unwrap_or(f64::NAN),
+                    val_loss: c["loss"].parse().ok(),
                     val_bpb: c["bpb"].parse().unwrap_or(f64::NAN),
                     bpb_decimals: c["bd"].len(),
                     loss_decimals: c["ld"].len(),
@@ -322,11 +338,26 @@ pub fn parse_log(file: &str, text: &str) -> LogSummary {
             s.variant = Some(v);
             s.evidence.insert("variant".into(), evidence());
         }
+        if let Some(c) = BPB_ONLY_LINE.captures(line) {
+            s.evaluations.push(Evaluation {
+                label: c["label"].to_string(),
+                val_loss: None,
+                val_bpb: c["bpb"].parse().unwrap_or(f64::NAN),
+                bpb_decimals: c["bd"].len(),
+                loss_decimals: 0,
+                eval_seconds: None,
+                line: n,
+            });
+            continue;
+        }
         for r in RULES.iter() {
             let Some(c) = r.pattern.captures(line) else {
                 continue;
             };
-            let num = |k: usize| c.get(k).and_then(|m| m.as_str().parse::<u64>().ok());
+            let num = |k: usize| {
+                c.get(k)
+                    .and_then(|m| m.as_str().replace(',', "").parse::<u64>().ok())
+            };
             match r.field {
                 Field::ModelParams => set(
                     &mut s.model_params,
@@ -395,6 +426,11 @@ pub fn parse_log(file: &str, text: &str) -> LogSummary {
                         stopped = Some((ms as f64 / 1000.0, step, evidence()));
                     }
                 }
+                Field::TrainingComplete => {
+                    if let (Ok(secs), Some(step)) = (c[1].parse::<f64>(), num(2)) {
+                        stopped = Some((secs, step, evidence()));
+                    }
+                }
                 Field::TotalEvalTime => {
                     if let Ok(v) = c[1].parse::<f64>() {
                         total_eval = Some((v, evidence()));
@@ -449,7 +485,7 @@ pub fn parse_log(file: &str, text: &str) -> LogSummary {
     apply_hyperparameters(&mut s);
     if let Some(last) = s.evaluations.last() {
         s.val_bpb = Some(last.val_bpb);
-        s.val_loss = Some(last.val_loss);
+        s.val_loss = last.val_loss;
         s.final_label = Some(last.label.clone());
         s.evidence.insert(
             "val_bpb".into(),

@@ -75,6 +75,21 @@ pub struct Review {
 }
 
 impl Review {
+    /// Every file the review read (what an output must not overwrite).
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        let dir = Path::new(&self.record.dir);
+        let mut v: Vec<PathBuf> = self.logs.iter().map(|l| dir.join(&l.file)).collect();
+        v.extend(
+            self.claims
+                .as_ref()
+                .and_then(|c| c.file.as_ref())
+                .map(|f| dir.join(f)),
+        );
+        v.extend(self.code.as_ref().map(|c| dir.join(&c.file)));
+        v.extend(self.readme.as_ref().map(|r| dir.join(&r.file)));
+        v
+    }
+
     /// Whether any check failed (the command then exits 2).
     pub fn failed(&self) -> bool {
         self.checks.iter().any(|c| c.status == Status::Fail)

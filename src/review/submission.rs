@@ -68,6 +68,8 @@ const KNOWN: &[&str] = &[
     "seeds",
     "seed_results",
     "seed_scores",
+    "val_bpb_seeds",
+    "artifact_bytes_seeds",
     "p_value",
     "t_statistic",
 ];
@@ -158,12 +160,17 @@ pub fn parse_claims(file: &str, json: &Value) -> Claims {
     c.bytes_code = int(first(o, &["bytes_code", "code_bytes"]));
     c.p_value = num(o.get("p_value"));
     c.t_statistic = num(o.get("t_statistic"));
-    // Per-seed results: a map under `seed_results` or `seeds`, or `seed_scores`; else `seeds` as a bare list.
-    for key in ["seed_results", "seeds", "seed_scores"] {
+    // Per-seed results: a map under `seed_results`, `seeds`, `seed_scores` or `val_bpb_seeds`; else `seeds` as a
+    // bare list.
+    const SEED_KEYS: [&str; 4] = ["seed_results", "seeds", "seed_scores", "val_bpb_seeds"];
+    if let Some(m) = SEED_KEYS
+        .iter()
+        .find_map(|k| o.get(*k).and_then(Value::as_object))
+    {
+        c.seeds = m.iter().map(|(s, v)| seed_claim(s.clone(), v)).collect();
+    }
+    for key in SEED_KEYS {
         match o.get(key) {
-            Some(Value::Object(m)) if c.seeds.is_empty() => {
-                c.seeds = m.iter().map(|(s, v)| seed_claim(s.clone(), v)).collect();
-            }
             Some(Value::Array(a)) if c.seeds.is_empty() => {
                 c.seeds = a
                     .iter()
@@ -180,6 +187,13 @@ pub fn parse_claims(file: &str, json: &Value) -> Claims {
                     .collect();
             }
             _ => {}
+        }
+    }
+    if let Some(Value::Object(sizes)) = o.get("artifact_bytes_seeds") {
+        for s in &mut c.seeds {
+            if s.artifact_bytes.is_none() {
+                s.artifact_bytes = int(sizes.get(&s.seed));
+            }
         }
     }
     for (k, v) in o {
@@ -211,6 +225,12 @@ mod tests {
         assert_eq!(c.seeds[0].total_bytes, Some(15_991_018));
         assert_eq!(c.seeds[0].train_seconds, Some(588.004));
         assert_eq!(c.seeds[0].eval_seconds, Some(293.43));
+        let e = serde_json::json!({"val_bpb": 1.0274, "seeds": [1337, 42],
+            "val_bpb_seeds": {"1337": 1.026927, "42": 1.027811}, "artifact_bytes_seeds": {"42": 15305698}});
+        let c = parse_claims("submission.json", &e);
+        assert_eq!(c.seeds.len(), 2);
+        assert_eq!(c.seeds[1].val_bpb, Some(1.027811));
+        assert_eq!(c.seeds[1].artifact_bytes, Some(15_305_698));
         let d = serde_json::json!({"val_bpb": "1.2", "seeds": [1, 2, 3]});
         let c = parse_claims("submission.json", &d);
         assert_eq!(c.val_bpb, Some(1.2));

@@ -44,7 +44,9 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
         })?;
         bar.finish_and_clear();
         if let Some(html) = &args.html {
-            pgolf::output::write_file(html, &[root], review::html::tree_html(&t).as_bytes())?;
+            let inputs: Vec<PathBuf> = t.reviews.iter().flat_map(Review::inputs).collect();
+            let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+            pgolf::output::write_file(html, &inputs, review::html::tree_html(&t).as_bytes())?;
         }
         if args.json {
             println!("{}", serde_json::to_string_pretty(&t)?);
@@ -66,7 +68,9 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
         .transpose()?;
     let r = review::review_dir(dir, baseline, &limits)?;
     if let Some(html) = &args.html {
-        pgolf::output::write_file(html, &[dir], review::html::review_html(&r).as_bytes())?;
+        let inputs = r.inputs();
+        let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+        pgolf::output::write_file(html, &inputs, review::html::review_html(&r).as_bytes())?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
