@@ -1,7 +1,7 @@
 //! pgolf: inspect, pack, verify and train Parameter Golf models.
 //!
 //! Modules import downward only (`tests/layering.rs` checks it): `limits` (what every reader accepts), `output`
-//! (files written so they cannot be lost or clobbered) and `data`
+//! (files written so they cannot be lost or clobbered), `html` (the self-contained report frame) and `data`
 //! (shards, tokenizers, byte tables, BPB accounting) import nothing else; `infer` (configs, the shared layers, the
 //! records' GPT and seed 001's JEPA) reads `data`; `optim` (SGD, Adam, Muon) and `pack` (artifacts, coders,
 //! quantizers, the size cap) read those below them; `verify` (procedures, ledger, probes, the verification run and
@@ -9,6 +9,7 @@
 //! reaches the terminal through callbacks the CLI passes in.
 
 pub mod data;
+pub mod html;
 pub mod infer;
 pub mod limits;
 pub mod optim;

@@ -641,8 +641,8 @@ pub fn val_tokens(f: &Folder) -> Check {
                     .join(" or ")
             )),
             None => unknown.push(format!(
-                "{ev}: no canonical count for variant {:?}",
-                l.variant
+                "{ev}: no canonical count for the tokenizer {}",
+                l.variant.as_deref().unwrap_or("(not named in the log)")
             )),
         }
     }
@@ -1065,8 +1065,9 @@ pub fn reproduce(f: &Folder) -> Check {
     let artifact = artifact_name(l);
     let variant = l.variant.clone().unwrap_or_else(|| "sp1024".into());
     let tokenizer = match variant.strip_prefix("sp") {
-        Some(v) => format!("fineweb_{v}_bpe.model"),
-        None => variant.clone(),
+        Some(v) if v.chars().all(|c| c.is_ascii_digit()) => format!("fineweb_{v}_bpe.model"),
+        _ if variant == "byte260" => variant.clone(),
+        _ => format!("THE_RECORDS_{}_TOKENIZER.model", variant.to_uppercase()),
     };
     let val = format!("'data/datasets/fineweb10B_{variant}/fineweb_val_*.bin'");
     if let Some(p) = l.model_params.and_then(|n| {

@@ -6,39 +6,8 @@ use std::fmt::Write;
 use super::Review;
 use super::checks::Status;
 use super::tree::TreeReview;
+use crate::html::{escape, line_chart, page, verdict_cell};
 use crate::pack::budget::BUDGET_BYTES;
-
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}\
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}\
-td.pass{background:#e3f6e3}td.fail{background:#fbe0e0}td.unknown{background:#f3f3f3}\
-.ev{font-family:monospace;font-size:12px;white-space:pre-wrap;color:#555}h1{font-size:1.5em}svg{background:#fafafa;border:1px solid #ddd}";
-
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head>\
-         <body>{body}</body></html>\n",
-        escape(title)
-    )
-}
-
-fn status_cell(s: Status) -> String {
-    format!("<td class=\"{0}\">{0}</td>", s.as_str())
-}
 
 /// One review's report.
 pub fn review_html(r: &Review) -> String {
@@ -68,7 +37,7 @@ pub fn review_html(r: &Review) -> String {
             b,
             "<tr><td>{}</td>{}<td>{}</td><td class=\"ev\">{}</td></tr>",
             c.id,
-            status_cell(c.status),
+            verdict_cell(c.status.as_str()),
             escape(&c.measured),
             escape(&c.evidence.join("\n"))
         );
@@ -187,72 +156,21 @@ fn budget_svg(r: &Review) -> String {
 
 /// Train loss against step, one polyline per log.
 fn curves_svg(r: &Review) -> String {
-    let series: Vec<(&str, Vec<(f64, f64)>)> = r
+    let series: Vec<(String, Vec<(f64, f64)>)> = r
         .logs
         .iter()
         .map(|l| {
-            (
-                l.file.as_str(),
-                l.curve
-                    .iter()
-                    .filter_map(|p| Some((p.step as f64, p.train_loss?)))
-                    .filter(|(_, y)| y.is_finite())
-                    .collect(),
-            )
+            let pts = l
+                .curve
+                .iter()
+                .filter_map(|p| Some((p.step as f64, p.train_loss?)))
+                .filter(|(_, y)| y.is_finite())
+                .collect();
+            (l.file.clone(), pts)
         })
-        .filter(|(_, pts): &(&str, Vec<(f64, f64)>)| pts.len() >= 2)
         .collect();
-    if series.is_empty() {
-        return "<p>No training curve in the logs.</p>".into();
-    }
-    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-    let xmax = xs.fold(1.0f64, f64::max);
-    // Clip the first steps' spikes: the axis spans the 2nd–100th percentile of the losses.
-    let mut ys: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .collect();
-    ys.sort_by(f64::total_cmp);
-    let ylo = ys[ys.len() / 50];
-    let yhi = ys[(ys.len() * 98 / 100).min(ys.len() - 1)].max(ylo + 1e-3);
-    let (w, h) = (600.0, 260.0);
-    let colors = ["#2a6", "#26a", "#a62", "#a2a", "#2aa", "#aa2"];
-    let mut s = format!(
-        "<svg id=\"curves\" width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">"
-    );
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(x, y)| {
-                let y = y.clamp(ylo, yhi);
-                format!(
-                    "{:.1},{:.1}",
-                    40.0 + x / xmax * (w - 60.0),
-                    20.0 + (yhi - y) / (yhi - ylo) * (h - 50.0)
-                )
-            })
-            .collect();
-        let c = colors[i % colors.len()];
-        let _ = write!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.2\" points=\"{}\"><title>{}</title></polyline>\
-             <text x=\"{:.0}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>",
-            path.join(" "),
-            escape(name),
-            w - 200.0,
-            14 + 12 * i,
-            escape(name)
-        );
-    }
-    let _ = write!(
-        s,
-        "<text x=\"4\" y=\"24\" font-size=\"11\">{yhi:.2}</text><text x=\"4\" y=\"{:.0}\" font-size=\"11\">{ylo:.2}</text>\
-         <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">step {xmax:.0} (train loss)</text></svg>",
-        h - 30.0,
-        w - 20.0,
-        h - 6.0
-    );
-    s
+    line_chart("curves", &series, "step", "train loss")
+        .unwrap_or_else(|| "<p>No training curve in the logs.</p>".into())
 }
 
 /// The records tree's table.

@@ -240,7 +240,7 @@ static HYPER_LINE: LazyLock<Regex> =
 static TIMESTAMP: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\d{9,}\.\d+\s+").expect("timestamp"));
 static VARIANT_IN_PATH: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"fineweb10B_([a-z]+\d+)|fineweb_(\d+)_bpe").expect("variant in path")
+    Regex::new(r"fineweb10B_([a-z][a-z0-9]*)|fineweb_(\d+)_bpe").expect("variant in path")
 });
 static LOADER_LINE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(val_loader|train_loader|val_bpb:enabled)\b").expect("loader line")

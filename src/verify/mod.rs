@@ -7,6 +7,7 @@
 //! the typed report with findings and compliance (`report`).
 
 pub mod eval;
+pub mod html;
 pub mod ledger;
 pub mod mixer;
 pub mod planted;

@@ -198,6 +198,9 @@ pub struct VerifyArgs {
     /// Write every receipt (one per scored chunk) to this JSON file.
     #[arg(long)]
     receipts: Option<PathBuf>,
+    /// Also write the verification as one self-contained HTML file: score, per-chunk BPB, probes, compliance.
+    #[arg(long, value_name = "OUT.html")]
+    html: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -248,7 +251,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let mut inputs = vec![args.model.as_path()];
     inputs.extend(args.config.as_deref());
     inputs.extend(args.code.as_deref());
-    if let Some(path) = &args.receipts {
+    for path in args.receipts.iter().chain(&args.html) {
         pgolf::output::refuse_inputs(path, &inputs)?;
     }
     let mut bar: Option<(String, indicatif::ProgressBar)> = None;
@@ -270,6 +273,10 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &args.receipts {
         let text = serde_json::to_string_pretty(&report.all_receipts)?;
+        pgolf::output::write_file(path, &inputs, text.as_bytes())?;
+    }
+    if let Some(path) = &args.html {
+        let text = pgolf::verify::html::verify_html(&report);
         pgolf::output::write_file(path, &inputs, text.as_bytes())?;
     }
     if args.json {
