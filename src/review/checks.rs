@@ -129,6 +129,31 @@ pub fn folder_scores(f: &Folder) -> Scores {
     }
 }
 
+/// The logs a claim rests on: where the submission states per-seed scores, the logs of those seeds with a line
+/// giving that score; otherwise every log. Logs kept for comparison (an original run beside its compliance rerun)
+/// are then supporting evidence, not the claim.
+pub fn claimed_logs(f: &Folder) -> Vec<&LogSummary> {
+    let all: Vec<&LogSummary> = f.logs.iter().filter(|l| l.duplicate_of.is_none()).collect();
+    let Some(c) = &f.claims else {
+        return all;
+    };
+    let picked: Vec<&LogSummary> = all
+        .iter()
+        .copied()
+        .filter(|l| {
+            c.seeds.iter().any(|s| {
+                l.is_seed(&s.seed)
+                    && s.val_bpb.is_some_and(|b| {
+                        l.evaluations
+                            .iter()
+                            .any(|e| agree(b, decimals(b), e.val_bpb, e.bpb_decimals))
+                    })
+            })
+        })
+        .collect();
+    if picked.is_empty() { all } else { picked }
+}
+
 /// `size_cap`: code + artifact ≤ 16,000,000 bytes (decimal) for every run, as each log counts it, and for every
 /// per-seed claim.
 pub fn size_cap(f: &Folder) -> Check {
@@ -703,10 +728,12 @@ pub fn train_time(f: &Folder) -> Check {
     }
     let mut rows = Vec::new();
     let mut over = Vec::new();
+    let claimed = claimed_logs(f);
     for l in &f.logs {
         let Some(train) = l.train_seconds else {
             continue;
         };
+        let supporting = !claimed.iter().any(|c| std::ptr::eq(*c, l));
         let hessian = if l.calibration_self_generated {
             None
         } else {
@@ -720,7 +747,12 @@ pub fn train_time(f: &Folder) -> Check {
         let mut ev = l.evidence_for("train_seconds");
         ev.extend(l.evidence_for("hessian_seconds"));
         line += &format!(" [{}]", ev.join(" | "));
-        if total > TRAIN_SECONDS_CAP + TRAIN_SECONDS_GRACE {
+        let late = total > TRAIN_SECONDS_CAP + TRAIN_SECONDS_GRACE;
+        if late && supporting {
+            rows.push(format!(
+                "note: {line}: over {TRAIN_SECONDS_CAP} s, but the claim does not rest on this run"
+            ));
+        } else if late {
             over.push(line);
         } else {
             rows.push(line);
