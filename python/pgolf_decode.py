@@ -52,8 +52,18 @@ def _unshuffle(d, k):
     return o.tobytes()
 
 
+def _span(body, sp):
+    raw = body[sp['offset']:sp['offset'] + sp['length']]
+    c = sp.get('coding')
+    if not c:
+        return raw
+    name, _, k = c.partition('+shuffle')
+    dec = {'zlib': zlib.decompress, 'xz': lzma.decompress}.get(name) or __import__('brotli').decompress
+    return _unshuffle(dec(raw), int(k or 1))
+
+
 def _tensor(body, sp):
-    raw = bytearray(body[sp['offset']:sp['offset'] + sp['length']])
+    raw = bytearray(_span(body, sp))
     return torch.frombuffer(raw, dtype=getattr(torch, sp['dtype'])).reshape(sp['shape']) if raw else \
         torch.empty(sp['shape'], dtype=getattr(torch, sp['dtype']))
 

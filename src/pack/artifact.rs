@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::codec::Coder;
+use super::codec::{Codec, Coder};
 use super::decode_budget::DecodeBudget;
 use super::outer::{self, Layer};
 use super::schema::{self, Payload, QTensor};
@@ -54,6 +54,9 @@ pub struct Artifact {
     pub config: Option<serde_json::Value>,
     /// Byte strings stored next to the weights in a torch.save dictionary (seed 002's `"ngram"` prior).
     pub bundled: Vec<(String, Vec<u8>)>,
+    /// The bytes each tensor occupies in the file, where the container says exactly (a pgolf artifact with
+    /// per-tensor coding: its spans' stored lengths), in `tensors` order.
+    pub stored_bytes: Option<Vec<u64>>,
 }
 
 impl Artifact {
@@ -90,10 +93,24 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
             format: "state_dict".into(),
             tensors,
             bundled: Vec::new(),
+            stored_bytes: None,
         });
     }
     if container::is_pgolf(&bytes) {
         let (header, codec, tensors) = container::decode(path, &bytes, limits, &mut budget)?;
+        let stored_bytes = (codec == Codec::Rans).then(|| {
+            header
+                .tensors
+                .iter()
+                .map(|e| {
+                    [&e.symbols, &e.scales, &e.values]
+                        .iter()
+                        .filter_map(|s| s.as_ref())
+                        .map(|s| s.length)
+                        .sum()
+                })
+                .collect()
+        });
         return Ok(Artifact {
             file_bytes,
             layers: vec![Layer::Pgolf { codec }],
@@ -102,6 +119,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
             tensors,
             config: header.config,
             bundled: Vec::new(),
+            stored_bytes,
         });
     }
     let (mut layers, inner) = outer::peel(path, bytes, &mut budget, |b| {
@@ -136,6 +154,7 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
         tensors,
         config: None,
         bundled,
+        stored_bytes: None,
     })
 }
 

@@ -28,6 +28,77 @@ pub struct Span {
     pub shape: Vec<usize>,
     pub offset: u64,
     pub length: u64,
+    /// Codec 0 only, on `scales` and `values`: how the span's bytes are coded (`zlib`, `xz` or `brotli`, with
+    /// `+shuffleK` when the elements' bytes were split into K planes first). Absent: raw bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub coding: Option<String>,
+}
+
+/// Spans shorter than this stay raw: no coder's framing pays for itself.
+const MIN_CODED_SPAN: usize = 64;
+
+/// The smallest coding of a scales or values span: raw, or zlib / xz / brotli, each on the bytes as they are or
+/// split into element-size planes (the high bytes of fp16 values compress far better apart from the low ones).
+fn code_side_span(data: &[u8], elem: usize) -> (Vec<u8>, Option<String>) {
+    let mut best = (data.to_vec(), None);
+    if data.len() < MIN_CODED_SPAN {
+        return best;
+    }
+    let mut strides = vec![1];
+    if elem > 1 && data.len().is_multiple_of(elem) {
+        strides.push(elem);
+    }
+    for &stride in &strides {
+        let planes = outer::shuffle(data, stride);
+        for coder in [Coder::Zlib, Coder::Xz, Coder::Brotli] {
+            let coded = coder.compress_for_pack(&planes);
+            if coded.len() < best.0.len() {
+                let name = if stride > 1 {
+                    format!("{}+shuffle{stride}", coder.name())
+                } else {
+                    coder.name().to_string()
+                };
+                best = (coded, Some(name));
+            }
+        }
+    }
+    best
+}
+
+/// Decodes a coded span to exactly `expected` bytes.
+fn decode_side_span(
+    path: &Path,
+    coding: &str,
+    bytes: &[u8],
+    expected: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let (name, stride) = match coding.split_once("+shuffle") {
+        Some((n, k)) => (
+            n,
+            k.parse::<usize>()
+                .map_err(|_| format!("coding {coding:?}"))?,
+        ),
+        None => (coding, 1),
+    };
+    if !(1..=16).contains(&stride) {
+        return Err(format!("coding {coding:?}: stride {stride}"));
+    }
+    let coder = match name {
+        "zlib" => Coder::Zlib,
+        "xz" => Coder::Xz,
+        "brotli" => Coder::Brotli,
+        other => return Err(format!("unknown span coding {other:?}")),
+    };
+    let planes = coder
+        .decode(path, bytes, expected)
+        .map_err(|e| e.to_string())?;
+    if planes.len() as u64 != expected {
+        return Err(format!(
+            "{coding} span decodes to {} bytes, not {expected}",
+            planes.len()
+        ));
+    }
+    Ok(outer::unshuffle(&planes, stride))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,8 +131,21 @@ fn push(body: &mut Vec<u8>, dtype: &str, shape: &[usize], bytes: &[u8]) -> Span 
         shape: shape.to_vec(),
         offset: body.len() as u64,
         length: bytes.len() as u64,
+        coding: None,
     };
     body.extend_from_slice(bytes);
+    span
+}
+
+/// A scales or values span: coded by [`code_side_span`] under codec 0, raw otherwise.
+fn push_side(body: &mut Vec<u8>, codec: Codec, dtype: &str, shape: &[usize], bytes: &[u8]) -> Span {
+    if codec != Codec::Rans {
+        return push(body, dtype, shape, bytes);
+    }
+    let elem = super::pickle::dtype_element(dtype).unwrap_or(1);
+    let (coded, coding) = code_side_span(bytes, elem);
+    let mut span = push(body, dtype, shape, &coded);
+    span.coding = coding;
     span
 }
 
@@ -100,10 +184,22 @@ pub fn encode(
                     &q.data
                 };
                 e.symbols = Some(push(&mut body, "int8", &q.shape, sym_bytes));
-                e.scales = Some(push(&mut body, &scale.dtype, &scale.shape, &scale.data));
+                e.scales = Some(push_side(
+                    &mut body,
+                    codec,
+                    &scale.dtype,
+                    &scale.shape,
+                    &scale.data,
+                ));
             }
             Payload::Passthrough { values } => {
-                e.values = Some(push(&mut body, &values.dtype, &values.shape, &values.data));
+                e.values = Some(push_side(
+                    &mut body,
+                    codec,
+                    &values.dtype,
+                    &values.shape,
+                    &values.data,
+                ));
             }
             _ => {
                 return Err(PackError::Unsupported {
@@ -286,6 +382,24 @@ pub fn decode(
                 .ok_or_else(|| bad(format!("{}: unknown dtype {}", e.name, span.dtype)))?;
             let n = checked_numel(&span.shape)
                 .ok_or_else(|| bad(format!("{}: {what} shape overflows", e.name)))?;
+            let data = match &span.coding {
+                None => data,
+                Some(_) if codec != Codec::Rans => {
+                    return Err(bad(format!(
+                        "{}: {what} carry a coding, which only codec 0 (rans) allows",
+                        e.name
+                    )));
+                }
+                Some(coding) => {
+                    let expected = n
+                        .checked_mul(size)
+                        .filter(|&b| (b as u64) <= limits.max_tensor_elements.saturating_mul(8))
+                        .ok_or_else(|| bad(format!("{}: {what} shape overflows", e.name)))?
+                        as u64;
+                    decode_side_span(path, coding, &data, expected)
+                        .map_err(|m| bad(format!("{}: {what}: {m}", e.name)))?
+                }
+            };
             if Some(data.len()) != n.checked_mul(size) {
                 return Err(bad(format!(
                     "{}: {what} hold {} bytes, not {} × {size}",
@@ -368,4 +482,42 @@ pub fn decode(
         });
     }
     Ok((header, codec, tensors))
+}
+
+#[cfg(test)]
+mod span_coding_tests {
+    use super::*;
+
+    #[test]
+    fn side_spans_round_trip_and_refuse_what_they_cannot_decode() {
+        let p = Path::new("t.pglf");
+        // fp16-like data: high bytes repetitive, low bytes varied, so the shuffled coding wins.
+        let data: Vec<u8> = (0..4096u32)
+            .flat_map(|i| [(i * 37 % 251) as u8, 0x3c])
+            .collect();
+        let (coded, coding) = code_side_span(&data, 2);
+        let coding = coding.expect("4 KB of fp16 compresses");
+        assert!(coded.len() < data.len() / 2, "{coding}: {}", coded.len());
+        assert_eq!(
+            decode_side_span(p, &coding, &coded, data.len() as u64).unwrap(),
+            data
+        );
+        // Short spans stay raw.
+        assert_eq!(code_side_span(&data[..32], 2), (data[..32].to_vec(), None));
+        assert!(
+            decode_side_span(p, "lz4", &coded, data.len() as u64)
+                .unwrap_err()
+                .contains("unknown span coding")
+        );
+        assert!(
+            decode_side_span(p, &coding, &coded, data.len() as u64 - 1).is_err(),
+            "more bytes than declared"
+        );
+        assert!(
+            decode_side_span(p, &coding, &coded, data.len() as u64 + 1)
+                .unwrap_err()
+                .contains("not")
+        );
+        assert!(decode_side_span(p, "brotli+shuffle99", &coded, 8).is_err());
+    }
 }

@@ -75,11 +75,17 @@ pub fn tensor_stats(
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let s = one_tensor(t, coder);
+            // Where the container gives each tensor's bytes exactly, no tensor is re-compressed to estimate them.
+            let s = one_tensor(t, coder.filter(|_| artifact.stored_bytes.is_none()));
             progress(i + 1, n);
             s
         })
         .collect();
+    if let Some(stored) = &artifact.stored_bytes {
+        for (s, &b) in stats.iter_mut().zip(stored) {
+            s.coded_bytes = Some(b as usize);
+        }
+    }
     let total: usize = stats.iter().filter_map(|s| s.coded_bytes).sum();
     if total > 0 {
         for s in &mut stats {

@@ -56,6 +56,10 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
     let model_bytes = artifact.file_bytes;
     let size = SizeCheck::against_cap(model_bytes, code.as_ref().map(|c| c.counted_bytes));
     let how = match coder {
+        _ if artifact.stored_bytes.is_some() && !args.no_shares => {
+            "the bytes each tensor occupies in the file (rANS symbols plus its coded scales or values: exact)"
+                .to_string()
+        }
         Some(c) => format!(
             "each tensor's stored bytes (symbols + scales) compressed alone with {}",
             c.describe()
