@@ -11,6 +11,7 @@ pub mod codec;
 pub mod container;
 pub mod decode_budget;
 pub mod fit;
+pub mod gptq;
 pub mod outer;
 pub mod pgrp;
 pub mod pickle;
