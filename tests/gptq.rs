@@ -11,17 +11,31 @@ fn gptq_matches_the_record_bit_for_bit() {
     let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |name: &str| -> Vec<f32> {
-        st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     let meta = golden("gptq/golden_gptq.json");
     let cases = meta["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4);
     for c in cases {
         let name = c["name"].as_str().unwrap();
-        let (rows, cols) = (c["rows"].as_u64().unwrap() as usize, c["cols"].as_u64().unwrap() as usize);
+        let (rows, cols) = (
+            c["rows"].as_u64().unwrap() as usize,
+            c["cols"].as_u64().unwrap() as usize,
+        );
         let w = f32s(&format!("w_{name}"));
         let h = f32s(&format!("h_{name}"));
-        let want_q: Vec<i8> = st.tensor(&format!("q_{name}")).unwrap().data().iter().map(|&b| b as i8).collect();
+        let want_q: Vec<i8> = st
+            .tensor(&format!("q_{name}"))
+            .unwrap()
+            .data()
+            .iter()
+            .map(|&b| b as i8)
+            .collect();
         let want_s: Vec<f32> = st
             .tensor(&format!("s_{name}"))
             .unwrap()
@@ -45,7 +59,10 @@ fn gptq_matches_the_record_bit_for_bit() {
         // Dead columns quantize to zero.
         for d in c["dead_columns"].as_array().unwrap() {
             let d = d.as_u64().unwrap() as usize;
-            assert!((0..rows).all(|r| q[r * cols + d] == 0), "{name}: dead column {d}");
+            assert!(
+                (0..rows).all(|r| q[r * cols + d] == 0),
+                "{name}: dead column {d}"
+            );
         }
     }
 }

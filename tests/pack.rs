@@ -22,7 +22,11 @@ fn val_glob() -> String {
 #[test]
 fn rust_dequantization_matches_the_python_decoder() {
     let g = pack_golden();
-    for name in ["sp1024_tied.sdclip.pglf", "sp1024_tied.gptqlite.xz.pglf"] {
+    for name in [
+        "sp1024_tied.sdclip.pglf",
+        "sp1024_tied.gptqlite.xz.pglf",
+        "sp1024_tied.gptq.pglf",
+    ] {
         let a = load_artifact(&fixture(&format!("pack/{name}")), &Limits::default()).unwrap();
         assert_eq!(a.file_bytes, g[name]["bytes"].as_u64().unwrap());
         assert!(a.config.is_some(), "{name} carries its config");
@@ -53,7 +57,11 @@ fn rust_dequantization_matches_the_python_decoder() {
 #[test]
 fn verify_on_a_packed_artifact_reproduces_the_independent_bpb() {
     let g = pack_golden();
-    for name in ["sp1024_tied.sdclip.pglf", "sp1024_tied.gptqlite.xz.pglf"] {
+    for name in [
+        "sp1024_tied.sdclip.pglf",
+        "sp1024_tied.gptqlite.xz.pglf",
+        "sp1024_tied.gptq.pglf",
+    ] {
         let out = pgolf_json(&[
             "verify",
             s(&fixture(&format!("pack/{name}"))),
@@ -342,4 +350,93 @@ fn the_default_codes_every_byte_and_is_never_larger_than_brotli() {
         "default {r} vs brotli {b}: {:.2}%",
         100.0 * (1.0 - r as f64 / b as f64)
     );
+}
+
+#[test]
+fn gptq_calibrates_on_training_shards_beats_sdclip_and_records_it() {
+    let dir = temp_dir("gptq");
+    let calib = format!(
+        "{}/fineweb_train_*.bin",
+        fixture("pack/calib_sp1024").display()
+    );
+    let out = pack(&dir, "g.pglf", &["--scheme", "gptq", "--calibrate", &calib]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["scheme"], "gptq");
+    assert_eq!(r["calibration"]["tokens"], 16_384);
+    assert_eq!(r["calibration"]["validation_data"], false);
+    // 4 layers × 6 matrices plus the tied embedding (its Hessian from the final norm's output).
+    assert_eq!(r["calibration"]["hessians"], 25);
+    let a = load_artifact(&dir.join("g.pglf"), &Limits::default()).unwrap();
+    assert!(a.tensors.iter().any(|t| t.scheme == "gptq_int6_per_row"));
+    // The independent reader's BPB (golden) for GPTQ is closer to the float model's than SDClip's.
+    let g = pack_golden();
+    let bpb = |n: &str| g[n]["eval_val"]["val_bpb"].as_f64().unwrap();
+    let float = golden("models/golden_sp1024_tied.json")["eval_val"]["val_bpb"]
+        .as_f64()
+        .unwrap();
+    let (gptq_gap, sdclip_gap) = (
+        bpb("sp1024_tied.gptq.pglf") - float,
+        bpb("sp1024_tied.sdclip.pglf") - float,
+    );
+    assert!(
+        gptq_gap < 0.5 * sdclip_gap,
+        "GPTQ gap {gptq_gap} vs SDClip {sdclip_gap}"
+    );
+}
+
+#[test]
+fn gptq_calibration_refuses_bad_inputs_and_writes_nothing() {
+    let dir = temp_dir("gptq-bad");
+    let check = |extra: &[&str], needle: &str| {
+        let out = pack(&dir, "bad.pglf", extra);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains(needle) && e.lines().count() == 1,
+            "{extra:?}: {e}"
+        );
+        assert!(!dir.join("bad.pglf").exists());
+    };
+    // Validation data: ruled illegal.
+    check(
+        &["--scheme", "gptq", "--calibrate", &val_glob()],
+        "is validation data",
+    );
+    check(&["--scheme", "gptq"], "needs --calibrate");
+    check(
+        &[
+            "--scheme",
+            "gptq",
+            "--calibrate",
+            &format!("{}/nothing_*.bin", dir.display()),
+        ],
+        "matches no shard",
+    );
+    // Shards of another tokenizer: sp8192 ids in a 1,024-token model.
+    let other = dir.join("fineweb_train_000000.bin");
+    std::fs::copy(fixture("models/val_sp8192/fineweb_val_000000.bin"), &other).unwrap();
+    check(
+        &["--scheme", "gptq", "--calibrate", s(&other)],
+        "another tokenizer",
+    );
+    // The override is explicit and recorded.
+    let out = pack(
+        &dir,
+        "v.pglf",
+        &[
+            "--scheme",
+            "gptq",
+            "--calibrate",
+            &val_glob(),
+            "--allow-validation-calibration",
+        ],
+    );
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["calibration"]["validation_data"], true);
 }

@@ -116,6 +116,19 @@ pub struct Gpt {
     /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
     ones_model: Tensor,
     ones_head: Tensor,
+    /// When set, every linear layer's input second moment is accumulated here ([`Gpt::record_input_moments`]).
+    input_moments: Option<std::sync::Mutex<InputMoments>>,
+}
+
+/// Σ xᵀx over every row a forward pass feeds each linear layer, by the name of the layer's weight (a weight used
+/// on several passes, as with loop recurrence or a tied head, accumulates every use). These are GPTQ's Hessians;
+/// for a tied embedding the head's input is the final norm's output, as the records collect it.
+#[derive(Clone, Debug, Default)]
+pub struct InputMoments {
+    /// Row-major [in, in] sums, f64.
+    pub sums: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Rows accumulated per weight.
+    pub rows: std::collections::BTreeMap<String, u64>,
 }
 
 /// BigramHash indices (architectures §1.8), in the records' int32 arithmetic: idx[0] = Vb−1 and
@@ -252,6 +265,7 @@ impl Gpt {
             steps,
             ones_model: Tensor::ones(cfg.model_dim, DType::F32, device)?,
             ones_head: Tensor::ones(cfg.head_dim(), DType::F32, device)?,
+            input_moments: None,
             cfg,
             device: device.clone(),
             precision,
@@ -309,7 +323,49 @@ impl Gpt {
 
     /// `F.linear(x, W)` under the model's precision.
     fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if let Some(tap) = &self.input_moments {
+            self.accumulate_input(tap, x, w)?;
+        }
         linear(x, w, self.precision)
+    }
+
+    /// Starts accumulating every linear layer's input second moment (for GPTQ calibration).
+    pub fn record_input_moments(&mut self) {
+        self.input_moments = Some(std::sync::Mutex::new(InputMoments::default()));
+    }
+
+    /// The moments accumulated since [`Gpt::record_input_moments`], and stops recording.
+    pub fn take_input_moments(&mut self) -> InputMoments {
+        self.input_moments
+            .take()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default()
+    }
+
+    fn accumulate_input(
+        &self,
+        tap: &std::sync::Mutex<InputMoments>,
+        x: &Tensor,
+        w: &Tensor,
+    ) -> Result<()> {
+        let Some(i) = self.params.iter().position(|p| p.id() == w.id()) else {
+            return Ok(());
+        };
+        let n_in = *x.dims().last().unwrap_or(&0);
+        let x2 = x.to_dtype(DType::F32)?.reshape(((), n_in))?;
+        let rows = x2.dim(0)? as u64;
+        let xtx: Vec<f32> = x2.t()?.matmul(&x2)?.flatten_all()?.to_vec1()?;
+        let mut m = tap.lock().unwrap_or_else(|e| e.into_inner());
+        let name = self.names[i].clone();
+        let sum = m
+            .sums
+            .entry(name.clone())
+            .or_insert_with(|| vec![0.0; n_in * n_in]);
+        for (a, &b) in sum.iter_mut().zip(&xtx) {
+            *a += b as f64;
+        }
+        *m.rows.entry(name).or_default() += rows;
+        Ok(())
     }
 
     /// RoPE tables for positions 0..T over the rotated dims rd: inv_freq[i] = base^(−2i/rd), freqs = t ⊗ inv_freq

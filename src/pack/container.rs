@@ -123,6 +123,9 @@ pub struct Header {
     pub format: String,
     pub config: Option<serde_json::Value>,
     pub tensors: Vec<TensorEntry>,
+    /// How GPTQ was calibrated (shards, tokens, and whether validation data was used), when it was.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub calibration: Option<serde_json::Value>,
 }
 
 fn push(body: &mut Vec<u8>, dtype: &str, shape: &[usize], bytes: &[u8]) -> Span {
@@ -153,6 +156,7 @@ fn push_side(body: &mut Vec<u8>, codec: Codec, dtype: &str, shape: &[usize], byt
 pub fn encode(
     tensors: &[QTensor],
     config: Option<&serde_json::Value>,
+    calibration: Option<&serde_json::Value>,
     codec: Codec,
     shuffle: usize,
 ) -> Result<Vec<u8>> {
@@ -217,6 +221,7 @@ pub fn encode(
         format: "pgolf-v1".into(),
         config: config.cloned(),
         tensors: entries,
+        calibration: calibration.cloned(),
     };
     let json = serde_json::to_vec(&header).expect("serializable header");
     let header_z = Coder::Zlib.compress(&json);

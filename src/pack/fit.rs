@@ -19,6 +19,8 @@ pub enum Scheme {
     GptqLite,
     /// clip = k·std(row) (PR #1394).
     Sdclip,
+    /// Full-Hessian GPTQ with SDClip scales (the records since 04-05); needs calibration Hessians.
+    Gptq,
 }
 
 /// Tensor groups that get their own bits and k: names with tok_emb/lm_head, `.attn.`, `.mlp.`, and the rest.
@@ -62,6 +64,12 @@ pub struct PackOptions {
     pub shuffle: usize,
     /// Float tensors with at most this many elements are passed through (fp16; control tensors fp32).
     pub keep_float_max_numel: usize,
+    /// GPTQ's input Hessians by weight name (from [`super::calibrate`]); a matrix without one is rounded by SDClip.
+    #[serde(skip)]
+    pub hessians: Option<std::sync::Arc<std::collections::BTreeMap<String, Vec<f32>>>>,
+    /// What the calibration read, stored in the artifact header.
+    #[serde(skip)]
+    pub calibration: Option<serde_json::Value>,
 }
 
 impl PackOptions {
@@ -71,25 +79,44 @@ impl PackOptions {
 }
 
 /// Quantizes one checkpoint tensor under the options (passthrough rules as the challenge's exporter).
-pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> QTensor {
+pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> Result<QTensor> {
     let Payload::Passthrough { values } = &t.payload else {
-        return t.clone();
+        return Ok(t.clone());
     };
     let set = opts.setting(group_of(&t.name));
     let small_or_int = !values.is_float() || values.numel() <= opts.keep_float_max_numel;
     let two_d = values.shape.len() == 2;
     if small_or_int || !two_d || (opts.scheme == Scheme::Percentile && set.bits == 8) {
-        return quantize::percentile_int8_entry(&t.name, values, opts.keep_float_max_numel);
+        return Ok(quantize::percentile_int8_entry(
+            &t.name,
+            values,
+            opts.keep_float_max_numel,
+        ));
     }
     let (rows, cols) = (values.shape[0], values.shape[1]);
     let w = values.to_f32();
+    let hessian = opts.hessians.as_ref().and_then(|h| h.get(&t.name));
     let mut q = match opts.scheme {
         Scheme::Percentile => quantize::percentile_rows(&t.name, &w, rows, cols, set.bits),
         Scheme::GptqLite => quantize::gptq_lite_rows(&t.name, &w, rows, cols, set.bits),
         Scheme::Sdclip => quantize::sdclip_rows(&t.name, &w, rows, cols, set.bits, set.k),
+        Scheme::Gptq => match hessian {
+            Some(h) => {
+                let cr = quantize::clip_range(set.bits);
+                let (q, scales) = super::gptq::gptq_quantize(&w, rows, cols, h, set.k, cr, 128)
+                    .map_err(|e| PackError::Format {
+                        path: t.name.clone().into(),
+                        message: format!("GPTQ: {e}"),
+                    })?;
+                let mut q = quantize::quantized_rows(&t.name, rows, cols, set.bits, q, &scales);
+                q.scheme = format!("gptq_int{}_per_row", set.bits);
+                q
+            }
+            None => quantize::sdclip_rows(&t.name, &w, rows, cols, set.bits, set.k),
+        },
     };
     q.orig_dtype = values.dtype.clone();
-    q
+    Ok(q)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,8 +147,14 @@ pub fn pack(
     let tensors: Vec<QTensor> = checkpoint
         .iter()
         .map(|t| quantize_tensor(t, opts))
-        .collect();
-    let bytes = container::encode(&tensors, config, opts.codec, opts.shuffle)?;
+        .collect::<Result<_>>()?;
+    let bytes = container::encode(
+        &tensors,
+        config,
+        opts.calibration.as_ref(),
+        opts.codec,
+        opts.shuffle,
+    )?;
     let mut groups = Vec::new();
     for g in GROUPS {
         let (mut n, mut params, mut err, mut energy, mut count) = (0, 0, 0f64, 0f64, 0usize);
@@ -143,7 +176,7 @@ pub fn pack(
             groups.push(GroupReport {
                 group: g,
                 bits: set.bits,
-                k: (opts.scheme == Scheme::Sdclip).then_some(set.k),
+                k: matches!(opts.scheme, Scheme::Sdclip | Scheme::Gptq).then_some(set.k),
                 tensors: n,
                 params,
                 mse: err / count as f64,
@@ -199,7 +232,7 @@ pub fn fit(
         hint: "fewer bits (--bits / --embed-bits), a larger k, a smaller model, or less code"
             .into(),
     };
-    if opts.scheme == Scheme::Sdclip {
+    if matches!(opts.scheme, Scheme::Sdclip | Scheme::Gptq) {
         let with_factor = |f: f32| {
             let mut o = opts.clone();
             o.groups.iter_mut().for_each(|g| g.k *= f);

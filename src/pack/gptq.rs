@@ -22,7 +22,11 @@ use std::fmt;
 /// Why a Hessian cannot be used.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GptqError {
-    Shape { rows: usize, cols: usize, hessian: usize },
+    Shape {
+        rows: usize,
+        cols: usize,
+        hessian: usize,
+    },
     /// H + damping is not positive definite (the pivot that failed).
     NotPositiveDefinite { pivot: usize },
 }
@@ -30,8 +34,15 @@ pub enum GptqError {
 impl fmt::Display for GptqError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GptqError::Shape { rows, cols, hessian } => {
-                write!(f, "a {rows}×{cols} weight needs a {cols}×{cols} Hessian, got {hessian} values")
+            GptqError::Shape {
+                rows,
+                cols,
+                hessian,
+            } => {
+                write!(
+                    f,
+                    "a {rows}×{cols} weight needs a {cols}×{cols} Hessian, got {hessian} values"
+                )
             }
             GptqError::NotPositiveDefinite { pivot } => write!(
                 f,
@@ -146,7 +157,8 @@ pub fn gptq_quantize(
         .map(|row| {
             let n = row.len() as f64;
             let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n;
-            let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            let var =
+                row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
             let s = (clip_sigmas * var.sqrt() as f32 / clip_range as f32).max(1e-10);
             half::f16::from_f32(s).to_f32()
         })
@@ -228,15 +240,24 @@ mod tests {
     fn identity_hessian_is_round_to_nearest() {
         // With H = I every column is independent: GPTQ reduces to SDClip rounding.
         let (rows, cols) = (4, 6);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 11) as f32 - 5.0) / 7.0).collect();
-        let h: Vec<f32> = (0..cols * cols).map(|k| if k / cols == k % cols { 1.0 } else { 0.0 }).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 7.0)
+            .collect();
+        let h: Vec<f32> = (0..cols * cols)
+            .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
+            .collect();
         let (q, s) = gptq_quantize(&w, rows, cols, &h, 3.0, 31, 128).unwrap();
         for r in 0..rows {
             for c in 0..cols {
-                let want = (w[r * cols + c] / s[r]).round_ties_even().clamp(-31.0, 31.0) as i8;
+                let want = (w[r * cols + c] / s[r])
+                    .round_ties_even()
+                    .clamp(-31.0, 31.0) as i8;
                 assert_eq!(q[r * cols + c], want);
             }
         }
-        assert!(matches!(gptq_quantize(&w, rows, cols, &h[..35], 3.0, 31, 128), Err(GptqError::Shape { .. })));
+        assert!(matches!(
+            gptq_quantize(&w, rows, cols, &h[..35], 3.0, 31, 128),
+            Err(GptqError::Shape { .. })
+        ));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod budget;
+pub mod calibrate;
 pub mod codec;
 pub mod container;
 pub mod decode_budget;

@@ -286,6 +286,18 @@ pub fn gptq_lite_rows(name: &str, w: &[f32], rows: usize, cols: usize, bits: u32
     quantized(name, &[rows, cols], bits, q, fp16_scales(&scales))
 }
 
+/// A per-row quantized tensor from symbols already computed and their (fp16-exact) row scales.
+pub fn quantized_rows(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    q: Vec<i8>,
+    scales: &[f32],
+) -> QTensor {
+    quantized(name, &[rows, cols], bits, q, fp16_scales(scales))
+}
+
 /// SDClip: per-row scale = max(k·std(row)/cr, 1e-10) rounded to fp16 (std unbiased), q = clamp(round(w / scale), ±cr).
 pub fn sdclip_rows(name: &str, w: &[f32], rows: usize, cols: usize, bits: u32, k: f32) -> QTensor {
     let cr = clip_range(bits) as f32;

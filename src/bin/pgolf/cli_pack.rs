@@ -12,6 +12,8 @@ use pgolf::pack::codec::Codec;
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
 use pgolf::pack::schema::Payload;
+
+use crate::progress;
 use pgolf::pack::torchfile::HostTensor;
 use serde_json::json;
 
@@ -23,6 +25,8 @@ enum SchemeArg {
     Percentile,
     GptqLite,
     Sdclip,
+    /// Full-Hessian GPTQ with SDClip scales (needs --calibrate).
+    Gptq,
 }
 
 /// `--codec`: a codec by the name the container gives it.
@@ -79,6 +83,15 @@ pub struct PackArgs {
     /// Bytes to keep free under the budget.
     #[arg(long, default_value_t = 0)]
     margin: u64,
+    /// Training shards to calibrate GPTQ on (pgolf's forward pass collects each matrix's input Hessian).
+    #[arg(long, value_name = "GLOB")]
+    calibrate: Option<String>,
+    /// Tokens of the calibration shards to run.
+    #[arg(long, default_value_t = 65_536)]
+    calib_tokens: usize,
+    /// Allow calibration shards named as validation data (ruled illegal for submissions; the artifact records it).
+    #[arg(long)]
+    allow_validation_calibration: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -144,6 +157,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             SchemeArg::Percentile => Scheme::Percentile,
             SchemeArg::GptqLite => Scheme::GptqLite,
             SchemeArg::Sdclip => Scheme::Sdclip,
+            SchemeArg::Gptq => Scheme::Gptq,
         },
         groups: [
             GroupSetting {
@@ -166,7 +180,43 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         codec: args.codec,
         shuffle: args.shuffle.max(1),
         keep_float_max_numel: args.keep_float_max_numel,
+        hessians: None,
+        calibration: None,
     };
+    let mut opts = opts;
+    let mut calibration_report = None;
+    match (&args.scheme, &args.calibrate) {
+        (SchemeArg::Gptq, None) => bail!("--scheme gptq needs --calibrate GLOB (training shards)"),
+        (SchemeArg::Gptq, Some(glob)) => {
+            let Some(cfg) = config.clone() else {
+                bail!("--scheme gptq runs the model to calibrate: pass --config CONFIG.json");
+            };
+            let cfg: pgolf::infer::config::ModelConfig = serde_json::from_value(cfg)?;
+            if args.calib_tokens == 0 {
+                bail!("--calib-tokens must be positive");
+            }
+            let bar = progress::bar(0, "calibrate", args.json);
+            let cal = pgolf::pack::calibrate::calibrate(
+                &checkpoint.tensors,
+                &cfg,
+                glob,
+                args.calib_tokens,
+                args.allow_validation_calibration,
+                8,
+                &limits,
+                &mut |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            opts.calibration = Some(serde_json::to_value(&cal.report)?);
+            opts.hessians = Some(std::sync::Arc::new(cal.hessians));
+            calibration_report = Some(cal.report);
+        }
+        (_, Some(_)) => bail!("--calibrate is for --scheme gptq"),
+        _ => {}
+    }
     let started = std::time::Instant::now();
     let (packed, chosen, report) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
     // The artifact is read back from its temporary file and checked tensor by tensor before it takes the output's
@@ -219,6 +269,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         Scheme::Percentile => "percentile",
         Scheme::GptqLite => "gptq-lite",
         Scheme::Sdclip => "sdclip",
+        Scheme::Gptq => "gptq",
     };
     if args.json {
         let obj = json!({
@@ -232,6 +283,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "settings": chosen,
             "fit": report,
             "python_decoder_bytes": PYTHON_DECODER.len(),
+            "calibration": calibration_report,
             "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&obj)?);
@@ -243,6 +295,21 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         8.0 * artifact_bytes as f64 / params.max(1) as f64
     );
     println!("scheme       {scheme_name}, codec {codec_name}");
+    if let Some(c) = &calibration_report {
+        println!(
+            "calibration  {} tokens ({} sequences of {}) from {} shard(s), {} Hessians{}",
+            c.tokens,
+            c.sequences,
+            c.seq_len,
+            c.shards.len(),
+            c.hessians,
+            if c.validation_data {
+                "; VALIDATION DATA (ruled illegal for submissions; recorded in the artifact)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(f) = report.k_factor {
         println!(
             "fit          k × {f:.3} after {} tries (target {} bytes for the model)",
