@@ -1,6 +1,7 @@
 //! Turning a checkpoint into a pgolf artifact: per-group quantization settings, and the budget search that picks
 //! the clip widths or bit widths with the real coder until artifact + code fit under the cap with a margin.
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::codec::Codec;
@@ -136,6 +137,9 @@ pub struct Packed {
     pub bytes: Vec<u8>,
     pub tensors: Vec<QTensor>,
     pub groups: Vec<GroupReport>,
+    /// Wall-clock seconds of quantization (GPTQ included) and of coding the artifact.
+    pub quantize_seconds: f64,
+    pub encode_seconds: f64,
 }
 
 /// Quantizes and encodes every tensor.
@@ -144,10 +148,13 @@ pub fn pack(
     config: Option<&serde_json::Value>,
     opts: &PackOptions,
 ) -> Result<Packed> {
+    let started = std::time::Instant::now();
     let tensors: Vec<QTensor> = checkpoint
-        .iter()
+        .par_iter()
         .map(|t| quantize_tensor(t, opts))
         .collect::<Result<_>>()?;
+    let quantize_seconds = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
     let bytes = container::encode(
         &tensors,
         config,
@@ -184,10 +191,13 @@ pub fn pack(
             });
         }
     }
+    let encode_seconds = started.elapsed().as_secs_f64();
     Ok(Packed {
         bytes,
         tensors,
         groups,
+        quantize_seconds,
+        encode_seconds,
     })
 }
 

@@ -185,6 +185,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     };
     let mut opts = opts;
     let mut calibration_report = None;
+    let calibration_started = std::time::Instant::now();
     match (&args.scheme, &args.calibrate) {
         (SchemeArg::Gptq, None) => bail!("--scheme gptq needs --calibrate GLOB (training shards)"),
         (SchemeArg::Gptq, Some(glob)) => {
@@ -217,6 +218,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         (_, Some(_)) => bail!("--calibrate is for --scheme gptq"),
         _ => {}
     }
+    let calibration_seconds = calibration_started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let (packed, chosen, report) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
     // The artifact is read back from its temporary file and checked tensor by tensor before it takes the output's
@@ -284,6 +286,11 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "fit": report,
             "python_decoder_bytes": PYTHON_DECODER.len(),
             "calibration": calibration_report,
+            "stage_seconds": {
+                "calibration": calibration_seconds,
+                "quantize": packed.quantize_seconds,
+                "encode": packed.encode_seconds,
+            },
             "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&obj)?);
