@@ -91,5 +91,12 @@ def load(path):
         q = torch.from_numpy((_rans(raw) if codec == 0 else np.frombuffer(raw, np.int8)).copy()).reshape(t['shape'])
         s = _tensor(body, t['scales']).float()
         s = s.view(-1, *[1] * (q.dim() - 1)) if s.dim() else s
-        sd[t['name']] = (q.float() * s).to(dtype)
+        w = q.float() * s
+        if 'lqer' in t:  # W += (qA·sA) @ (qB·sB); asym: one A scale, B scales per group of the flattened B
+            qa, sa = _tensor(body, t['lqer_a']).float(), _tensor(body, t['lqer_a_scales']).float()
+            qb, sb = _tensor(body, t['lqer_b']).float(), _tensor(body, t['lqer_b_scales']).float()
+            a = qa * sa.reshape(-1, 1) if sa.dim() else qa * sa
+            b = (qb.reshape(-1, qb.numel() // sb.numel()) * sb.reshape(-1, 1)).reshape(qb.shape)
+            w = w + a @ b
+        sd[t['name']] = w.to(dtype)
     return sd, h['config']

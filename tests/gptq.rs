@@ -66,3 +66,79 @@ fn gptq_matches_the_record_bit_for_bit() {
         }
     }
 }
+
+/// LQER against the record's `_lqer_pack_asym` / `_lqer_pack` on the record's own SVD factors (bit-exact), and
+/// pgolf's rank-4 factors against torch's SVD on each case's real quantization error (no worse than the optimum).
+#[test]
+fn lqer_packs_like_the_record_and_its_svd_is_optimal() {
+    use pgolf::pack::lqer::{low_rank, pack_asym, pack_sym};
+    let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let i8s = |name: &str| -> Vec<i8> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .iter()
+            .map(|&b| b as i8)
+            .collect()
+    };
+    let f16s = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()
+    };
+    let meta = golden("gptq/golden_gptq.json");
+    for c in meta["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let (rows, cols) = (
+            c["rows"].as_u64().unwrap() as usize,
+            c["cols"].as_u64().unwrap() as usize,
+        );
+        let r = c["lqer_rank"].as_u64().unwrap() as usize;
+        let (a, b) = (f32s(&format!("la_{name}")), f32s(&format!("lb_{name}")));
+        let (qa, sa, qb, sb) = pack_asym(&a, &b, 64);
+        assert_eq!(qa, i8s(&format!("asym_qa_{name}")), "{name}: asym A");
+        assert_eq!(
+            vec![sa],
+            f16s(&format!("asym_sa_{name}")),
+            "{name}: asym A scale"
+        );
+        assert_eq!(qb, i8s(&format!("asym_qb_{name}")), "{name}: asym B");
+        assert_eq!(
+            sb,
+            f16s(&format!("asym_sb_{name}")),
+            "{name}: asym B scales"
+        );
+        let (qa, sa, qb, sb) = pack_sym(&a, r, &b, cols, 4);
+        assert_eq!(qa, i8s(&format!("sym_qa_{name}")), "{name}: sym A");
+        assert_eq!(sa, f16s(&format!("sym_sa_{name}")), "{name}: sym A scales");
+        assert_eq!(qb, i8s(&format!("sym_qb_{name}")), "{name}: sym B");
+        assert_eq!(sb, f16s(&format!("sym_sb_{name}")), "{name}: sym B scales");
+        // pgolf's own factors of the same error: the rank-4 residual within 0.1% of torch's (the optimum).
+        let e = f32s(&format!("e_{name}"));
+        let (pa, pb) = low_rank(&e, rows, cols, r);
+        let mut res = 0f64;
+        for i in 0..rows {
+            for j in 0..cols {
+                let p: f32 = (0..r).map(|t| pa[i * r + t] * pb[t * cols + j]).sum();
+                res += ((e[i * cols + j] - p) as f64).powi(2);
+            }
+        }
+        let (res, best) = (res.sqrt(), c["svd_residual"].as_f64().unwrap());
+        assert!(
+            res <= best * 1.001,
+            "{name}: residual {res} vs torch {best}"
+        );
+    }
+}

@@ -26,6 +26,8 @@ fn rust_dequantization_matches_the_python_decoder() {
         "sp1024_tied.sdclip.pglf",
         "sp1024_tied.gptqlite.xz.pglf",
         "sp1024_tied.gptq.pglf",
+        "sp1024_tied.gptq_lqer.pglf",
+        "sp1024_tied.sdclip_lqer_sym.xz.pglf",
     ] {
         let a = load_artifact(&fixture(&format!("pack/{name}")), &Limits::default()).unwrap();
         assert_eq!(a.file_bytes, g[name]["bytes"].as_u64().unwrap());
@@ -61,6 +63,8 @@ fn verify_on_a_packed_artifact_reproduces_the_independent_bpb() {
         "sp1024_tied.sdclip.pglf",
         "sp1024_tied.gptqlite.xz.pglf",
         "sp1024_tied.gptq.pglf",
+        "sp1024_tied.gptq_lqer.pglf",
+        "sp1024_tied.sdclip_lqer_sym.xz.pglf",
     ] {
         let out = pgolf_json(&[
             "verify",

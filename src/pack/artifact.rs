@@ -103,11 +103,19 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
                 .tensors
                 .iter()
                 .map(|e| {
-                    [&e.symbols, &e.scales, &e.values]
-                        .iter()
-                        .filter_map(|s| s.as_ref())
-                        .map(|s| s.length)
-                        .sum()
+                    [
+                        &e.symbols,
+                        &e.scales,
+                        &e.values,
+                        &e.lqer_a,
+                        &e.lqer_a_scales,
+                        &e.lqer_b,
+                        &e.lqer_b_scales,
+                    ]
+                    .iter()
+                    .filter_map(|s| s.as_ref())
+                    .map(|s| s.length)
+                    .sum()
                 })
                 .collect()
         });

@@ -116,6 +116,17 @@ pub struct TensorEntry {
     /// Passthrough values.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub values: Option<Span>,
+    /// LQER correction: `asym` or `sym`, with its four spans (int8 factors A [rows, r] and B [r, cols], fp16 scales).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lqer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lqer_a: Option<Span>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lqer_a_scales: Option<Span>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lqer_b: Option<Span>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lqer_b_scales: Option<Span>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,13 +183,14 @@ pub fn encode(
             symbols: None,
             scales: None,
             values: None,
+            lqer: None,
+            lqer_a: None,
+            lqer_a_scales: None,
+            lqer_b: None,
+            lqer_b_scales: None,
         };
         match &t.payload {
-            Payload::Quantized {
-                q,
-                scale,
-                lowrank: None,
-            } => {
+            Payload::Quantized { q, scale, lowrank } => {
                 let coded;
                 let sym_bytes = if codec == Codec::Rans {
                     let syms: Vec<i8> = q.data.iter().map(|&b| b as i8).collect();
@@ -195,6 +207,17 @@ pub fn encode(
                     &scale.shape,
                     &scale.data,
                 ));
+                if let Some(lr) = lowrank {
+                    e.lqer = Some(if lr.asymmetric { "asym" } else { "sym" }.into());
+                    for (slot, h) in [
+                        (&mut e.lqer_a, &lr.a_q),
+                        (&mut e.lqer_a_scales, &lr.a_s),
+                        (&mut e.lqer_b, &lr.b_q),
+                        (&mut e.lqer_b_scales, &lr.b_s),
+                    ] {
+                        *slot = Some(push_side(&mut body, codec, &h.dtype, &h.shape, &h.data));
+                    }
+                }
             }
             Payload::Passthrough { values } => {
                 e.values = Some(push_side(
@@ -255,6 +278,10 @@ fn check_disjoint_spans(header: &Header) -> std::result::Result<(), String> {
                 (&e.symbols, "symbols"),
                 (&e.scales, "scales"),
                 (&e.values, "values"),
+                (&e.lqer_a, "LQER A"),
+                (&e.lqer_a_scales, "LQER A scales"),
+                (&e.lqer_b, "LQER B"),
+                (&e.lqer_b_scales, "LQER B scales"),
             ]
             .into_iter()
             .filter_map(move |(span, what)| {
@@ -447,6 +474,59 @@ pub fn decode(
                         e.name, sc.shape, e.shape
                     )));
                 }
+                let lowrank = match (
+                    &e.lqer,
+                    &e.lqer_a,
+                    &e.lqer_a_scales,
+                    &e.lqer_b,
+                    &e.lqer_b_scales,
+                ) {
+                    (None, None, None, None, None) => None,
+                    (Some(kind), Some(a), Some(as_), Some(b), Some(bs)) => {
+                        let asymmetric = match kind.as_str() {
+                            "asym" => true,
+                            "sym" => false,
+                            other => return Err(bad(format!("{}: LQER kind {other:?}", e.name))),
+                        };
+                        let a_q = host(a, slice(a, "LQER A", &e.name)?, "LQER A")?;
+                        let a_s =
+                            host(as_, slice(as_, "LQER A scales", &e.name)?, "LQER A scales")?;
+                        let b_q = host(b, slice(b, "LQER B", &e.name)?, "LQER B")?;
+                        let b_s = host(bs, slice(bs, "LQER B scales", &e.name)?, "LQER B scales")?;
+                        let (rows, cols) = (
+                            e.shape.first().copied().unwrap_or(0),
+                            e.shape.get(1).copied().unwrap_or(0),
+                        );
+                        let rank = a.shape.get(1).copied().unwrap_or(0);
+                        let groups_ok = b_s.numel() > 0 && b_q.numel() % b_s.numel() == 0;
+                        let scales_ok = if asymmetric {
+                            a_s.numel() == 1 && groups_ok
+                        } else {
+                            a_s.shape == [rows] && b_s.shape == [rank]
+                        };
+                        if e.shape.len() != 2
+                            || a.shape != [rows, rank]
+                            || b.shape != [rank, cols]
+                            || a.dtype != "int8"
+                            || b.dtype != "int8"
+                            || rank == 0
+                            || !scales_ok
+                        {
+                            return Err(bad(format!(
+                                "{}: LQER factors {:?} × {:?} (scales {:?}, {:?}) do not fit {:?}",
+                                e.name, a.shape, b.shape, as_.shape, bs.shape, e.shape
+                            )));
+                        }
+                        Some(Box::new(super::schema::LowRank {
+                            asymmetric,
+                            a_q,
+                            a_s,
+                            b_q,
+                            b_s,
+                        }))
+                    }
+                    _ => return Err(bad(format!("{}: an incomplete LQER correction", e.name))),
+                };
                 Payload::Quantized {
                     q: HostTensor {
                         dtype: "int8".into(),
@@ -454,7 +534,7 @@ pub fn decode(
                         data,
                     },
                     scale,
-                    lowrank: None,
+                    lowrank,
                 }
             }
             (None, None, Some(v)) => {

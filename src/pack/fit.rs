@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::codec::Codec;
 use super::container;
 use super::quantize;
-use super::schema::{Payload, QTensor};
+use super::schema::{LowRank, Payload, QTensor};
+use super::torchfile::HostTensor;
 use super::{PackError, Result};
 
 /// How a matrix is quantized.
@@ -71,6 +72,74 @@ pub struct PackOptions {
     /// What the calibration read, stored in the artifact header.
     #[serde(skip)]
     pub calibration: Option<serde_json::Value>,
+    /// LQER corrections on the matrices with the largest quantization error (None: off).
+    pub lqer: Option<LqerOptions>,
+}
+
+/// LQER settings, named as the records' environment (`LQER_RANK`, `LQER_TOP_K`, `LQER_ASYM_ENABLED`,
+/// `LQER_ASYM_GROUP`, `LQER_FACTOR_BITS`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LqerOptions {
+    pub rank: usize,
+    pub top_k: usize,
+    pub asymmetric: bool,
+    pub group: usize,
+    pub factor_bits: u32,
+}
+
+/// Adds LQER corrections to the `top_k` quantized matrices with the largest ‖W − Wq‖_F, as `gptq_mixed_quantize`.
+fn add_lqer(checkpoint: &[QTensor], tensors: &mut [QTensor], o: &LqerOptions) {
+    let mut candidates: Vec<(usize, f64, Vec<f32>)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| {
+            matches!(q.payload, Payload::Quantized { lowrank: None, .. }) && q.shape.len() == 2
+        })
+        .filter(|(_, q)| q.bits < 8 || q.scheme.starts_with("gptq") || q.scheme.starts_with("int"))
+        .filter_map(|(i, q)| {
+            let orig = checkpoint.iter().find(|t| t.name == q.name)?;
+            if matches!(orig.payload, Payload::Quantized { .. }) || orig.name.contains("attn_gate")
+            {
+                return None;
+            }
+            let (w, d) = (orig.dequantize(), q.dequantize());
+            let e: Vec<f32> = w.iter().zip(&d).map(|(a, b)| a - b).collect();
+            let norm = e.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            Some((i, norm, e))
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (i, _, e) in candidates.into_iter().take(o.top_k) {
+        let t = &mut tensors[i];
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let f =
+            super::lqer::lqer_factors(&e, rows, cols, o.rank, o.asymmetric, o.group, o.factor_bits);
+        let host_i8 = |v: &[i8], shape: Vec<usize>| HostTensor {
+            dtype: "int8".into(),
+            shape,
+            data: v.iter().map(|&x| x as u8).collect(),
+        };
+        let host_f16 = |v: &[f32], shape: Vec<usize>| HostTensor {
+            dtype: "float16".into(),
+            shape,
+            data: quantize::f16_bytes(v),
+        };
+        let lr = LowRank {
+            asymmetric: f.asymmetric,
+            a_q: host_i8(&f.a_q, vec![rows, f.rank]),
+            a_s: host_f16(&f.a_s, if f.asymmetric { vec![] } else { vec![rows] }),
+            b_q: host_i8(&f.b_q, vec![f.rank, cols]),
+            b_s: host_f16(&f.b_s, vec![f.b_s.len()]),
+        };
+        if let Payload::Quantized { lowrank, .. } = &mut t.payload {
+            *lowrank = Some(Box::new(lr));
+        }
+        t.scheme = format!(
+            "{}+{}",
+            t.scheme,
+            if f.asymmetric { "lqer_asym" } else { "lqer" }
+        );
+    }
 }
 
 impl PackOptions {
@@ -149,10 +218,13 @@ pub fn pack(
     opts: &PackOptions,
 ) -> Result<Packed> {
     let started = std::time::Instant::now();
-    let tensors: Vec<QTensor> = checkpoint
+    let mut tensors: Vec<QTensor> = checkpoint
         .par_iter()
         .map(|t| quantize_tensor(t, opts))
         .collect::<Result<_>>()?;
+    if let Some(o) = &opts.lqer {
+        add_lqer(checkpoint, &mut tensors, o);
+    }
     let quantize_seconds = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     let bytes = container::encode(

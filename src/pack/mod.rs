@@ -13,6 +13,7 @@ pub mod container;
 pub mod decode_budget;
 pub mod fit;
 pub mod gptq;
+pub mod lqer;
 pub mod outer;
 pub mod pgrp;
 pub mod pickle;

@@ -52,7 +52,7 @@ pub fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     }
 }
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
         .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
         .collect()

@@ -83,6 +83,21 @@ pub struct PackArgs {
     /// Bytes to keep free under the budget.
     #[arg(long, default_value_t = 0)]
     margin: u64,
+    /// LQER: rank of the low-rank correction of the quantization error (0: off; the 04-27 record uses 4).
+    #[arg(long, default_value_t = 0)]
+    lqer_rank: usize,
+    /// LQER: how many matrices (largest ‖W − Wq‖) get a correction.
+    #[arg(long, default_value_t = 3)]
+    lqer_top_k: usize,
+    /// LQER: symmetric per-row factors of --lqer-factor-bits instead of the asymmetric int2 A / int4-grouped B.
+    #[arg(long)]
+    lqer_sym: bool,
+    /// LQER: values of B per fp16 scale (asymmetric).
+    #[arg(long, default_value_t = 64)]
+    lqer_group: usize,
+    /// LQER: bits of both factors (symmetric).
+    #[arg(long, default_value_t = 4)]
+    lqer_factor_bits: u32,
     /// Training shards to calibrate GPTQ on (pgolf's forward pass collects each matrix's input Hessian).
     #[arg(long, value_name = "GLOB")]
     calibrate: Option<String>,
@@ -182,7 +197,17 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         keep_float_max_numel: args.keep_float_max_numel,
         hessians: None,
         calibration: None,
+        lqer: (args.lqer_rank > 0).then_some(fit::LqerOptions {
+            rank: args.lqer_rank,
+            top_k: args.lqer_top_k,
+            asymmetric: !args.lqer_sym,
+            group: args.lqer_group,
+            factor_bits: args.lqer_factor_bits,
+        }),
     };
+    if args.lqer_rank > 0 && (args.lqer_group == 0 || !(2..=8).contains(&args.lqer_factor_bits)) {
+        bail!("--lqer-group must be positive and --lqer-factor-bits in 2..=8");
+    }
     let mut opts = opts;
     let mut calibration_report = None;
     let calibration_started = std::time::Instant::now();
