@@ -142,3 +142,39 @@ fn lqer_packs_like_the_record_and_its_svd_is_optimal() {
         );
     }
 }
+
+/// The int8 attention-gate rows against the record's `_quantize_gate_int8_row`, and pack routing a gate there.
+#[test]
+fn gate_rows_match_the_record() {
+    use pgolf::pack::quantize::gate_int8_rows;
+    let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in ["sparse", "dense"] {
+        let t = st.tensor(&format!("gate_w_{name}")).unwrap();
+        let (rows, cols) = (t.shape()[0], t.shape()[1]);
+        let w: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let q = gate_int8_rows("blocks.0.attn.attn_gate_w", &w, rows, cols);
+        let (syms, scales) = q.symbols_and_scales().unwrap();
+        let want_q: Vec<i64> = st
+            .tensor(&format!("gate_q_{name}"))
+            .unwrap()
+            .data()
+            .iter()
+            .map(|&b| b as i8 as i64)
+            .collect();
+        let want_s: Vec<f32> = st
+            .tensor(&format!("gate_s_{name}"))
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        assert_eq!(syms, want_q, "{name}");
+        assert_eq!(scales, want_s, "{name}");
+        assert_eq!(q.scheme, "int8_gate_per_row");
+    }
+}

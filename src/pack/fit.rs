@@ -74,6 +74,8 @@ pub struct PackOptions {
     pub calibration: Option<serde_json::Value>,
     /// LQER corrections on the matrices with the largest quantization error (None: off).
     pub lqer: Option<LqerOptions>,
+    /// Attention-gate matrices (`*.attn_gate_w`, 32–8,192 values) as int8 rows, as the records since 04-19.
+    pub gate_int8: bool,
 }
 
 /// LQER settings, named as the records' environment (`LQER_RANK`, `LQER_TOP_K`, `LQER_ASYM_ENABLED`,
@@ -154,6 +156,17 @@ pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> Result<QTensor> {
         return Ok(t.clone());
     };
     let set = opts.setting(group_of(&t.name));
+    if opts.gate_int8
+        && values.is_float()
+        && values.shape.len() == 2
+        && t.name.ends_with(".attn_gate_w")
+        && (32..=8192).contains(&values.numel())
+    {
+        let mut q =
+            quantize::gate_int8_rows(&t.name, &values.to_f32(), values.shape[0], values.shape[1]);
+        q.orig_dtype = values.dtype.clone();
+        return Ok(q);
+    }
     let small_or_int = !values.is_float() || values.numel() <= opts.keep_float_max_numel;
     let two_d = values.shape.len() == 2;
     if small_or_int || !two_d || (opts.scheme == Scheme::Percentile && set.bits == 8) {
@@ -413,5 +426,74 @@ pub fn fit(
             Some((i, _)) => o.groups[i].bits -= 1,
             None => return Err(too_big(&tries)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(gate_int8: bool) -> PackOptions {
+        PackOptions {
+            scheme: Scheme::Sdclip,
+            groups: [GroupSetting { bits: 6, k: 12.0 }; 4],
+            codec: Codec::Rans,
+            shuffle: 1,
+            keep_float_max_numel: 65_536,
+            hessians: None,
+            calibration: None,
+            lqer: None,
+            gate_int8,
+        }
+    }
+
+    fn float_tensor(name: &str, shape: Vec<usize>) -> QTensor {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .flat_map(|i| ((i as f32 * 0.37).sin() * 0.2).to_le_bytes())
+            .collect();
+        QTensor {
+            name: name.into(),
+            shape: shape.clone(),
+            scheme: "passthrough_fp32".into(),
+            bits: 32,
+            orig_dtype: "float32".into(),
+            payload: Payload::Passthrough {
+                values: HostTensor {
+                    dtype: "float32".into(),
+                    shape,
+                    data,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn attention_gates_of_32_to_8192_values_become_int8_rows() {
+        let gate = float_tensor("blocks.3.attn.attn_gate_w", vec![8, 12]);
+        assert_eq!(
+            quantize_tensor(&gate, &options(true)).unwrap().scheme,
+            "int8_gate_per_row"
+        );
+        assert!(
+            quantize_tensor(&gate, &options(false))
+                .unwrap()
+                .scheme
+                .starts_with("passthrough")
+        );
+        let tiny = float_tensor("blocks.3.attn.attn_gate_w", vec![2, 12]);
+        assert!(
+            quantize_tensor(&tiny, &options(true))
+                .unwrap()
+                .scheme
+                .starts_with("passthrough")
+        );
+        let other = float_tensor("blocks.3.attn.c_q.weight", vec![8, 12]);
+        assert!(
+            quantize_tensor(&other, &options(true))
+                .unwrap()
+                .scheme
+                .starts_with("passthrough")
+        );
     }
 }

@@ -215,6 +215,19 @@ pub fn percentile_int8_entry(
     t
 }
 
+/// `_quantize_gate_int8_row` (records 04-19 … 04-29, `GATED_ATTN_QUANT_GATE`): per-row scale = fp16(max|row| / 127)
+/// (max clamped to ≥ 1e-10), q = clamp(round(w / scale), ±127), half-to-even.
+pub fn gate_int8_rows(name: &str, w: &[f32], rows: usize, cols: usize) -> QTensor {
+    let scales: Vec<f32> = w
+        .chunks(cols.max(1))
+        .map(|row| fp16_round(row.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-10) / 127.0))
+        .collect();
+    let (q, _) = row_quantize(w, cols, 8, &scales);
+    let mut t = quantized(name, &[rows, cols], 8, q, fp16_scales(&scales));
+    t.scheme = "int8_gate_per_row".into();
+    t
+}
+
 /// The int6-era percentile rule at any bit width: per-row clip = quantile(|w|, 0.9999984), scale =
 /// max(clip/cr, 1/cr) rounded to fp16, q = clamp(round(w / scale), ±cr).
 pub fn percentile_rows(name: &str, w: &[f32], rows: usize, cols: usize, bits: u32) -> QTensor {

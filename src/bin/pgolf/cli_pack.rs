@@ -83,6 +83,9 @@ pub struct PackArgs {
     /// Bytes to keep free under the budget.
     #[arg(long, default_value_t = 0)]
     margin: u64,
+    /// Keep attention-gate matrices (`*.attn_gate_w`) as fp16 passthrough instead of int8 rows.
+    #[arg(long)]
+    no_gate_int8: bool,
     /// LQER: rank of the low-rank correction of the quantization error (0: off; the 04-27 record uses 4).
     #[arg(long, default_value_t = 0)]
     lqer_rank: usize,
@@ -197,6 +200,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         keep_float_max_numel: args.keep_float_max_numel,
         hessians: None,
         calibration: None,
+        gate_int8: !args.no_gate_int8,
         lqer: (args.lqer_rank > 0).then_some(fit::LqerOptions {
             rank: args.lqer_rank,
             top_k: args.lqer_top_k,
