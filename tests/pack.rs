@@ -375,6 +375,12 @@ fn gptq_calibrates_on_training_shards_beats_sdclip_and_records_it() {
     assert_eq!(r["calibration"]["validation_data"], false);
     // 4 layers × 6 matrices plus the tied embedding (its Hessian from the final norm's output).
     assert_eq!(r["calibration"]["hessians"], 25);
+    // The decoder's cost inside a records-style lzma+base85 wrapper (Python's own lzma/b85 give the same count).
+    let (raw, wrapped) = (
+        r["python_decoder_bytes"].as_u64().unwrap(),
+        r["python_decoder_wrapped_bytes"].as_u64().unwrap(),
+    );
+    assert!(wrapped < raw && wrapped > raw / 4, "{wrapped} of {raw}");
     let a = load_artifact(&dir.join("g.pglf"), &Limits::default()).unwrap();
     assert!(a.tensors.iter().any(|t| t.scheme == "gptq_int6_per_row"));
     // The independent reader's BPB (golden) for GPTQ is closer to the float model's than SDClip's.

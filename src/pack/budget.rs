@@ -130,6 +130,37 @@ pub fn read_code(path: &Path, limits: &Limits) -> Result<(CodeSize, Vec<u8>)> {
     Ok((out, decoded))
 }
 
+/// Python's `base64.b85encode` (RFC 1924 alphabet, no padding): 5 characters per 4 bytes, a short last group
+/// encoded as if zero-padded and cut to its length + 1 characters.
+pub fn b85encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] =
+        b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(4) * 5);
+    for chunk in bytes.chunks(4) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let mut v = u32::from_be_bytes(b);
+        let mut group = [0u8; 5];
+        for g in group.iter_mut().rev() {
+            *g = ALPHABET[(v % 85) as usize];
+            v /= 85;
+        }
+        out.extend_from_slice(&group[..chunk.len() + 1]);
+    }
+    String::from_utf8(out).expect("ASCII alphabet")
+}
+
+/// The bytes `source` costs as a self-extracting wrapper like the records' code,
+/// `import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("…")))\n`, compressed with xz preset 9 extreme.
+pub fn self_extracting_bytes(source: &[u8]) -> u64 {
+    let packed = b85encode(&super::codec::Coder::Xz.compress(source));
+    (r#"import lzma as L,base64 as B"#.len()
+        + 1
+        + r#"exec(L.decompress(B.b85decode("")))"#.len()
+        + packed.len()
+        + 1) as u64
+}
+
 /// Python's `base64.b85decode` (RFC 1924 alphabet), including a short final group.
 pub fn b85decode(s: &str) -> std::result::Result<Vec<u8>, String> {
     const ALPHABET: &[u8] =
@@ -168,6 +199,16 @@ mod tests {
         // base64.b85encode(b"hello world") == b'Xk~0{Zy<MXa%^M'
         assert_eq!(b85decode("Xk~0{Zy<MXa%^M").unwrap(), b"hello world");
         assert_eq!(b85decode("VPa!sWo7").unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn b85_encodes_as_python_does() {
+        // base64.b85encode(b"hello world") == b'Xk~0{Zy<MXa%^M'; b"abcdef" → b'VPa!sWo7'.
+        assert_eq!(b85encode(b"hello world"), "Xk~0{Zy<MXa%^M");
+        assert_eq!(b85encode(b"abcdef"), "VPa!sWo7");
+        let data: Vec<u8> = (0..1001u32).map(|i| (i * 97 % 256) as u8).collect();
+        assert_eq!(b85decode(&b85encode(&data)).unwrap(), data);
+        assert!(self_extracting_bytes(&data) > 60);
     }
 
     #[test]

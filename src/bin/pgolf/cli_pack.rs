@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use pgolf::output;
 use pgolf::pack::artifact::load_artifact;
-use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size};
+use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size, self_extracting_bytes};
 use pgolf::pack::codec::Codec;
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
@@ -314,6 +314,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "settings": chosen,
             "fit": report,
             "python_decoder_bytes": PYTHON_DECODER.len(),
+            "python_decoder_wrapped_bytes": self_extracting_bytes(PYTHON_DECODER.as_bytes()),
             "calibration": calibration_report,
             "stage_seconds": {
                 "calibration": calibration_seconds,
@@ -372,8 +373,9 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         );
     }
     println!(
-        "code         {code_bytes} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded",
-        PYTHON_DECODER.len()
+        "code         {code_bytes} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded, {} inside an lzma+base85 wrapper",
+        PYTHON_DECODER.len(),
+        self_extracting_bytes(PYTHON_DECODER.as_bytes())
     );
     println!(
         "total        {} of {}: margin {} bytes",
