@@ -76,6 +76,8 @@ pub struct PackOptions {
     pub lqer: Option<LqerOptions>,
     /// Attention-gate matrices (`*.attn_gate_w`, 32–8,192 values) as int8 rows, as the records since 04-19.
     pub gate_int8: bool,
+    /// Per-tensor settings (bits, k) that override the tensor's group, as the rate–distortion fit chooses them.
+    pub overrides: std::collections::BTreeMap<String, GroupSetting>,
 }
 
 /// LQER settings, named as the records' environment (`LQER_RANK`, `LQER_TOP_K`, `LQER_ASYM_ENABLED`,
@@ -155,7 +157,11 @@ pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> Result<QTensor> {
     let Payload::Passthrough { values } = &t.payload else {
         return Ok(t.clone());
     };
-    let set = opts.setting(group_of(&t.name));
+    let set = opts
+        .overrides
+        .get(&t.name)
+        .copied()
+        .unwrap_or_else(|| opts.setting(group_of(&t.name)));
     if opts.gate_int8
         && values.is_float()
         && values.shape.len() == 2
@@ -283,6 +289,210 @@ pub fn pack(
         groups,
         quantize_seconds,
         encode_seconds,
+    })
+}
+
+/// One tensor's choice in the rate–distortion fit.
+#[derive(Clone, Debug, Serialize)]
+pub struct RdChoice {
+    pub name: String,
+    pub bits: u32,
+    pub k: Option<f32>,
+    /// The tensor's bytes in the artifact (its rANS symbols and coded scales).
+    pub bytes: u64,
+    /// Σ ΔW·H·ΔWᵀ with the calibration Hessian, else Σ ΔW².
+    pub error: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RdReport {
+    /// "hessian-weighted" or "squared".
+    pub error: &'static str,
+    pub lambda: f64,
+    pub candidates_per_tensor: usize,
+    pub total_error: f64,
+    pub choices: Vec<RdChoice>,
+}
+
+/// The bytes one quantized tensor occupies in a codec-0 artifact: its spans are coded alone, so the artifact's size
+/// is the sum of these plus the preamble, header and other tensors.
+fn tensor_bytes(q: &QTensor) -> Result<u64> {
+    let one = container::encode(std::slice::from_ref(q), None, None, Codec::Rans, 1)?;
+    let empty = container::encode(&[], None, None, Codec::Rans, 1)?;
+    Ok(one.len().saturating_sub(empty.len()) as u64)
+}
+
+fn tensor_error(orig: &QTensor, q: &QTensor, hessian: Option<&Vec<f32>>) -> f64 {
+    let (w, d) = (orig.dequantize(), q.dequantize());
+    let delta: Vec<f64> = w.iter().zip(&d).map(|(a, b)| (a - b) as f64).collect();
+    match hessian {
+        Some(h) if orig.shape.len() == 2 && h.len() == orig.shape[1] * orig.shape[1] => {
+            let cols = orig.shape[1];
+            delta
+                .chunks(cols)
+                .map(|row| {
+                    (0..cols)
+                        .map(|i| {
+                            let hi = &h[i * cols..(i + 1) * cols];
+                            row[i] * row.iter().zip(hi).map(|(x, &y)| x * y as f64).sum::<f64>()
+                        })
+                        .sum::<f64>()
+                })
+                .sum()
+        }
+        _ => delta.iter().map(|x| x * x).sum(),
+    }
+}
+
+/// Rate–distortion fit for the rANS codec: every quantized matrix gets its own (bits, k) among fewer-or-equal bits
+/// than requested and k × {1, 1.25, 1.6, 2, 2.5}, the choice minimising Σ error + λ·Σ bytes, with the smallest λ
+/// (bisected) whose artifact fits `target`. The error is Hessian-weighted when every candidate matrix has a
+/// calibration Hessian, else squared. Each tensor's bytes are measured exactly (its spans are coded alone).
+pub fn rd_fit(
+    checkpoint: &[QTensor],
+    config: Option<&serde_json::Value>,
+    opts: &PackOptions,
+    target: u64,
+) -> Result<(Packed, PackOptions, RdReport)> {
+    if opts.codec != Codec::Rans {
+        return Err(PackError::Unsupported {
+            path: "--fit rd".into(),
+            what: "the rate–distortion fit needs the rans codec, whose per-tensor bytes add up"
+                .into(),
+        });
+    }
+    let base = pack(checkpoint, config, opts)?;
+    // The matrices the fit may change: those the requested settings quantize on a grid with bits and k.
+    let candidates: Vec<usize> = base
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| {
+            q.shape.len() == 2
+                && matches!(q.payload, Payload::Quantized { lowrank: None, .. })
+                && q.scheme != "int8_gate_per_row"
+                && q.bits < 8
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let weighted = opts.hessians.as_ref().is_some_and(|h| {
+        candidates
+            .iter()
+            .all(|&i| h.contains_key(&base.tensors[i].name))
+    });
+    let k_factors: &[f32] = if matches!(opts.scheme, Scheme::Sdclip | Scheme::Gptq) {
+        &[1.0, 1.25, 1.6, 2.0, 2.5]
+    } else {
+        &[1.0]
+    };
+    // Candidate table per tensor: (setting, bytes, error).
+    let tables: Vec<Vec<(GroupSetting, u64, f64)>> = candidates
+        .par_iter()
+        .map(|&i| {
+            let orig = &checkpoint[i];
+            let set = opts.setting(group_of(&orig.name));
+            let hessian = if weighted {
+                opts.hessians.as_ref().and_then(|h| h.get(&orig.name))
+            } else {
+                None
+            };
+            let mut table = Vec::new();
+            for bits in (2..=set.bits).rev() {
+                for &f in k_factors {
+                    let mut o = opts.clone();
+                    o.lqer = None;
+                    let s = GroupSetting { bits, k: set.k * f };
+                    o.overrides.insert(orig.name.clone(), s);
+                    let q = quantize_tensor(orig, &o)?;
+                    table.push((s, tensor_bytes(&q)?, tensor_error(orig, &q, hessian)));
+                }
+            }
+            Ok(table)
+        })
+        .collect::<Result<_>>()?;
+    let requested: u64 = candidates
+        .iter()
+        .map(|&i| tensor_bytes(&base.tensors[i]))
+        .sum::<Result<u64>>()?;
+    let fixed = (base.bytes.len() as u64).saturating_sub(requested);
+    let choose = |lambda: f64| -> Vec<usize> {
+        tables
+            .iter()
+            .map(|t| {
+                (0..t.len())
+                    .min_by(|&a, &b| {
+                        (t[a].2 + lambda * t[a].1 as f64)
+                            .total_cmp(&(t[b].2 + lambda * t[b].1 as f64))
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let bytes_at = |pick: &[usize]| -> u64 { pick.iter().zip(&tables).map(|(&p, t)| t[p].1).sum() };
+    // Header growth with other scheme names is small; keep 1 KB of slack and re-check the real artifact.
+    let mut slack = 1024u64;
+    for _ in 0..8 {
+        let budget = target.saturating_sub(fixed + slack);
+        let (mut lo, mut hi) = (0f64, 1.0f64);
+        while bytes_at(&choose(hi)) > budget && hi < 1e30 {
+            hi *= 4.0;
+        }
+        if bytes_at(&choose(hi)) > budget {
+            break;
+        }
+        for _ in 0..80 {
+            let mid = if lo == 0.0 {
+                hi / 1e12
+            } else {
+                (lo * hi).sqrt()
+            };
+            if mid <= lo || mid >= hi {
+                break;
+            }
+            if bytes_at(&choose(mid)) <= budget {
+                hi = mid
+            } else {
+                lo = mid
+            }
+        }
+        let pick = choose(hi);
+        let mut o = opts.clone();
+        for (&i, (&p, t)) in candidates.iter().zip(pick.iter().zip(&tables)) {
+            o.overrides.insert(checkpoint[i].name.clone(), t[p].0);
+        }
+        let packed = pack(checkpoint, config, &o)?;
+        if packed.bytes.len() as u64 <= target {
+            let choices: Vec<RdChoice> = candidates
+                .iter()
+                .zip(pick.iter().zip(&tables))
+                .map(|(&i, (&p, t))| RdChoice {
+                    name: checkpoint[i].name.clone(),
+                    bits: t[p].0.bits,
+                    k: (k_factors.len() > 1).then_some(t[p].0.k),
+                    bytes: t[p].1,
+                    error: t[p].2,
+                })
+                .collect();
+            let report = RdReport {
+                error: if weighted {
+                    "hessian-weighted"
+                } else {
+                    "squared"
+                },
+                lambda: hi,
+                candidates_per_tensor: tables.first().map(Vec::len).unwrap_or(0),
+                total_error: choices.iter().map(|c| c.error).sum(),
+                choices,
+            };
+            return Ok((packed, o, report));
+        }
+        slack = slack * 2 + (packed.bytes.len() as u64 - target);
+    }
+    Err(PackError::Budget {
+        smallest: fixed + tables.iter().map(|t| t.iter().map(|c| c.1).min().unwrap_or(0)).sum::<u64>(),
+        target,
+        hint: "fewer bits for the passthrough tensors (a smaller --keep-float-max-numel), a smaller model, or less code"
+            .into(),
     })
 }
 
@@ -444,6 +654,7 @@ mod tests {
             calibration: None,
             lqer: None,
             gate_int8,
+            overrides: Default::default(),
         }
     }
 

@@ -83,6 +83,10 @@ pub struct PackArgs {
     /// Bytes to keep free under the budget.
     #[arg(long, default_value_t = 0)]
     margin: u64,
+    /// How the budget is met: `bisect` widens one k factor for every group (or lowers a group's bits); `rd` chooses
+    /// each matrix's bits and k to minimise the (Hessian-weighted, with --calibrate) error for the bytes (rans only).
+    #[arg(long, default_value = "bisect", value_parser = ["bisect", "rd"])]
+    fit: String,
     /// Keep attention-gate matrices (`*.attn_gate_w`) as fp16 passthrough instead of int8 rows.
     #[arg(long)]
     no_gate_int8: bool,
@@ -201,6 +205,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         hessians: None,
         calibration: None,
         gate_int8: !args.no_gate_int8,
+        overrides: Default::default(),
         lqer: (args.lqer_rank > 0).then_some(fit::LqerOptions {
             rank: args.lqer_rank,
             top_k: args.lqer_top_k,
@@ -249,7 +254,18 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     }
     let calibration_seconds = calibration_started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let (packed, chosen, report) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
+    let (packed, chosen, report, rd) = if args.fit == "rd" {
+        let (p, o, rd) = fit::rd_fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
+        let report = fit::FitReport {
+            target_bytes: target,
+            tries: Vec::new(),
+            k_factor: None,
+        };
+        (p, o, report, Some(rd))
+    } else {
+        let (p, o, r) = fit::fit(&checkpoint.tensors, config.as_ref(), &opts, target)?;
+        (p, o, r, None)
+    };
     // The artifact is read back from its temporary file and checked tensor by tensor before it takes the output's
     // name; on any failure nothing is left behind.
     let round_trip = |written: &std::path::Path| -> std::result::Result<(), String> {
@@ -316,6 +332,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "python_decoder_bytes": PYTHON_DECODER.len(),
             "python_decoder_wrapped_bytes": self_extracting_bytes(PYTHON_DECODER.as_bytes()),
             "calibration": calibration_report,
+            "rd": rd,
             "stage_seconds": {
                 "calibration": calibration_seconds,
                 "quantize": packed.quantize_seconds,
@@ -332,6 +349,24 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         8.0 * artifact_bytes as f64 / params.max(1) as f64
     );
     println!("scheme       {scheme_name}, codec {codec_name}");
+    if let Some(r) = &rd {
+        let mut bits: std::collections::BTreeMap<u32, usize> = Default::default();
+        for c in &r.choices {
+            *bits.entry(c.bits).or_default() += 1;
+        }
+        println!(
+            "rd fit       λ {:.3e}, {} matrices ({} candidates each; bits: {}), {} error {:.4e}",
+            r.lambda,
+            r.choices.len(),
+            r.candidates_per_tensor,
+            bits.iter()
+                .map(|(b, n)| format!("{n}×int{b}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.error,
+            r.total_error
+        );
+    }
     if let Some(c) = &calibration_report {
         println!(
             "calibration  {} tokens ({} sequences of {}) from {} shard(s), {} Hessians{}",
