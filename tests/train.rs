@@ -445,3 +445,81 @@ fn training_curve_follows_the_challenge_loop() {
     // The curve moved (the loss at step 9 is well below the start), so agreement is not trivial.
     assert!(theirs[8] < theirs[0] - 0.5);
 }
+
+#[test]
+fn a_qat_checkpoint_carries_its_grid_and_pack_uses_it() {
+    let dir = temp_dir("train-qat-grid");
+    let out = dir.join("run");
+    run_json(&train_args(
+        &dir,
+        &out,
+        &[
+            "--iterations",
+            "4",
+            "--warmdown-iters",
+            "4",
+            "--qat",
+            "--qat-bits",
+            "5",
+            "--qat-threshold",
+            "1.0",
+        ],
+    ));
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["qat_grid"]["bits"], 5);
+    assert_eq!(cfg["qat_grid"]["k_mlp"], 12.0);
+    let (model, config, packed) = (
+        out.join("model.safetensors"),
+        out.join("config.json"),
+        dir.join("p.pglf"),
+    );
+    let pack = |extra: &[&str]| -> Value {
+        let mut a = vec![
+            "pack",
+            s(&model),
+            "--config",
+            s(&config),
+            "-o",
+            s(&packed),
+            "--keep-float-max-numel",
+            "1024",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        std::fs::remove_file(&packed).ok();
+        pgolf_json(&a)
+    };
+    let r = pack(&[]);
+    assert!(
+        r["qat_grid"]
+            .as_str()
+            .unwrap()
+            .contains("packing on that grid"),
+        "{}",
+        r["qat_grid"]
+    );
+    let bits: Vec<u64> = r["settings"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["bits"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bits[1..], [5, 5, 5], "{bits:?}");
+    let r = pack(&["--bits", "6"]);
+    assert!(r["qat_grid"].as_str().unwrap().contains("override"));
+    assert_eq!(r["settings"]["groups"][1]["bits"], 6);
+    // verify reads a config with the grid (the forward pass ignores it).
+    let v = pgolf_json(&[
+        "verify",
+        s(&out.join("model.safetensors")),
+        "--config",
+        s(&out.join("config.json")),
+        "--val",
+        s(&fixture("data/sp1024/fineweb_val_000001.bin")),
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--json",
+    ]);
+    assert!(v["val_bpb"].as_f64().unwrap().is_finite());
+}

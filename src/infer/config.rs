@@ -218,6 +218,20 @@ pub struct ModelConfig {
     /// v0·vrl_scales[i−1] (`vrl_scales.{0..L−2}` [1]) together with the value embedding.
     #[serde(default, skip_serializing_if = "is_default")]
     pub vrl: bool,
+    /// The grid `pgolf train --qat` trained the block matrices against; `pgolf pack` quantizes on it by default.
+    /// The forward pass ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat_grid: Option<QatGrid>,
+}
+
+/// A QAT grid: SDClip with these bits and k per group (attention, MLP, other block matrices).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatGrid {
+    pub bits: u32,
+    pub k_attn: f32,
+    pub k_mlp: f32,
+    pub k_other: f32,
 }
 
 fn d_vocab() -> usize {

@@ -376,7 +376,7 @@ impl VerifySpec {
 /// The model family a config describes.
 #[derive(Clone, Debug)]
 pub enum Architecture {
-    Gpt(ModelConfig),
+    Gpt(Box<ModelConfig>),
     PatchJepa(PatchJepaConfig),
 }
 
@@ -452,7 +452,7 @@ impl Architecture {
         if spec.score_stored_weights {
             cfg.eval_fake_quant = false;
         }
-        Ok(Architecture::Gpt(cfg))
+        Ok(Architecture::Gpt(Box::new(cfg)))
     }
 }
 
@@ -804,7 +804,7 @@ fn verify_once(
     let mut built = match &arch {
         Architecture::Gpt(cfg) => {
             let state = weights::check_state_dict(cfg, loaded.state, DType::F32, &spec.model)?;
-            Built::Gpt(Gpt::new(cfg.clone(), state, &device, spec.precision)?)
+            Built::Gpt(Gpt::new((**cfg).clone(), state, &device, spec.precision)?)
         }
         Architecture::PatchJepa(cfg) => Built::PatchJepa(BytePatchJepa::new(
             cfg.clone(),

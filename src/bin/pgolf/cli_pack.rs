@@ -50,21 +50,24 @@ pub struct PackArgs {
     output: PathBuf,
     #[arg(long, value_enum, default_value = "sdclip")]
     scheme: SchemeArg,
-    /// Bits of the attention, MLP and other matrices (2–8).
-    #[arg(long, default_value_t = 6)]
-    bits: u32,
+    /// Bits of the attention, MLP and other matrices (2–8) [default: 6, or the checkpoint's QAT grid].
+    #[arg(long)]
+    bits: Option<u32>,
     /// Bits of the embedding / head (2–8).
     #[arg(long, default_value_t = 7)]
     embed_bits: u32,
     /// SDClip k per group (clip = k·std(row)); the records' defaults.
     #[arg(long, default_value_t = 15.0)]
     k_embed: f32,
-    #[arg(long, default_value_t = 13.0)]
-    k_attn: f32,
-    #[arg(long, default_value_t = 12.0)]
-    k_mlp: f32,
-    #[arg(long, default_value_t = 12.85)]
-    k_other: f32,
+    /// [default: 13, or the checkpoint's QAT grid]
+    #[arg(long)]
+    k_attn: Option<f32>,
+    /// [default: 12, or the checkpoint's QAT grid]
+    #[arg(long)]
+    k_mlp: Option<f32>,
+    /// [default: 12.85, or the checkpoint's QAT grid]
+    #[arg(long)]
+    k_other: Option<f32>,
     /// rans, zlib, zstd, xz or brotli.
     #[arg(long, default_value = "rans", value_parser = clap::builder::ValueParser::new(parse_codec))]
     codec: Codec,
@@ -120,7 +123,7 @@ pub struct PackArgs {
 }
 
 pub fn run(args: PackArgs) -> Result<ExitCode> {
-    for b in [args.bits, args.embed_bits] {
+    for b in [args.bits.unwrap_or(6), args.embed_bits] {
         if !(2..=8).contains(&b) {
             bail!("bit widths must be in 2..=8, got {b}");
         }
@@ -174,6 +177,43 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             args.budget
         );
     };
+    // A checkpoint trained with `pgolf train --qat` carries the grid it trained against: it is the default for the
+    // block matrices, and any flag given overrides it.
+    let qat_grid = config
+        .as_ref()
+        .and_then(|c| c.get("qat_grid"))
+        .and_then(|g| serde_json::from_value::<pgolf::infer::config::QatGrid>(g.clone()).ok());
+    let grid = |from_flag: Option<f32>,
+                from_grid: fn(&pgolf::infer::config::QatGrid) -> f32,
+                default: f32| {
+        from_flag
+            .or(qat_grid.as_ref().map(from_grid))
+            .unwrap_or(default)
+    };
+    let block_bits = args.bits.or(qat_grid.map(|g| g.bits)).unwrap_or(6);
+    let (k_attn, k_mlp, k_other) = (
+        grid(args.k_attn, |g| g.k_attn, 13.0),
+        grid(args.k_mlp, |g| g.k_mlp, 12.0),
+        grid(args.k_other, |g| g.k_other, 12.85),
+    );
+    let qat_note = qat_grid.map(|g| {
+        let overridden = args.bits.is_some()
+            || args.k_attn.is_some()
+            || args.k_mlp.is_some()
+            || args.k_other.is_some();
+        format!(
+            "the checkpoint was trained with QAT on int{} (k {}/{}/{}): {}",
+            g.bits,
+            g.k_attn,
+            g.k_mlp,
+            g.k_other,
+            if overridden {
+                "flags given override that grid"
+            } else {
+                "packing on that grid"
+            }
+        )
+    });
     let opts = PackOptions {
         scheme: match args.scheme {
             SchemeArg::Percentile => Scheme::Percentile,
@@ -187,16 +227,16 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
                 k: args.k_embed,
             },
             GroupSetting {
-                bits: args.bits,
-                k: args.k_attn,
+                bits: block_bits,
+                k: k_attn,
             },
             GroupSetting {
-                bits: args.bits,
-                k: args.k_mlp,
+                bits: block_bits,
+                k: k_mlp,
             },
             GroupSetting {
-                bits: args.bits,
-                k: args.k_other,
+                bits: block_bits,
+                k: k_other,
             },
         ],
         codec: args.codec,
@@ -333,6 +373,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "python_decoder_wrapped_bytes": self_extracting_bytes(PYTHON_DECODER.as_bytes()),
             "calibration": calibration_report,
             "rd": rd,
+            "qat_grid": qat_note,
             "stage_seconds": {
                 "calibration": calibration_seconds,
                 "quantize": packed.quantize_seconds,
@@ -349,6 +390,9 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         8.0 * artifact_bytes as f64 / params.max(1) as f64
     );
     println!("scheme       {scheme_name}, codec {codec_name}");
+    if let Some(n) = &qat_note {
+        println!("qat          {n}");
+    }
     if let Some(r) = &rd {
         let mut bits: std::collections::BTreeMap<u32, usize> = Default::default();
         for c in &r.choices {

@@ -300,6 +300,14 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             }
         },
     )?;
+    // The grid QAT trained against travels with the config, so `pack` quantizes on it by default.
+    let mut cfg = cfg;
+    cfg.qat_grid = opts.qat.as_ref().map(|q| pgolf::infer::config::QatGrid {
+        bits: q.bits,
+        k_attn: q.k_attn,
+        k_mlp: q.k_mlp,
+        k_other: q.k_other,
+    });
     output::write_file(
         &config_path,
         &inputs,
