@@ -5,19 +5,43 @@ mod common;
 
 use common::{fixture, golden};
 use pgolf::pack::gptq::gptq_quantize;
+use safetensors::SafeTensors;
+
+fn goldens() -> Vec<u8> {
+    std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap()
+}
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn f16s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+fn i8s(st: &SafeTensors, name: &str) -> Vec<i8> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .iter()
+        .map(|&b| b as i8)
+        .collect()
+}
 
 #[test]
 fn gptq_matches_the_record_bit_for_bit() {
-    let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
+    let bytes = goldens();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
     let meta = golden("gptq/golden_gptq.json");
     let cases = meta["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4);
@@ -27,22 +51,10 @@ fn gptq_matches_the_record_bit_for_bit() {
             c["rows"].as_u64().unwrap() as usize,
             c["cols"].as_u64().unwrap() as usize,
         );
-        let w = f32s(&format!("w_{name}"));
-        let h = f32s(&format!("h_{name}"));
-        let want_q: Vec<i8> = st
-            .tensor(&format!("q_{name}"))
-            .unwrap()
-            .data()
-            .iter()
-            .map(|&b| b as i8)
-            .collect();
-        let want_s: Vec<f32> = st
-            .tensor(&format!("s_{name}"))
-            .unwrap()
-            .data()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect();
+        let w = f32s(&st, &format!("w_{name}"));
+        let h = f32s(&st, &format!("h_{name}"));
+        let want_q = i8s(&st, &format!("q_{name}"));
+        let want_s = f16s(&st, &format!("s_{name}"));
         let (q, s) = gptq_quantize(
             &w,
             rows,
@@ -72,32 +84,8 @@ fn gptq_matches_the_record_bit_for_bit() {
 #[test]
 fn lqer_packs_like_the_record_and_its_svd_is_optimal() {
     use pgolf::pack::lqer::{low_rank, pack_asym, pack_sym};
-    let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let i8s = |name: &str| -> Vec<i8> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .iter()
-            .map(|&b| b as i8)
-            .collect()
-    };
-    let f16s = |name: &str| -> Vec<f32> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect()
-    };
+    let bytes = goldens();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
     let meta = golden("gptq/golden_gptq.json");
     for c in meta["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
@@ -106,27 +94,38 @@ fn lqer_packs_like_the_record_and_its_svd_is_optimal() {
             c["cols"].as_u64().unwrap() as usize,
         );
         let r = c["lqer_rank"].as_u64().unwrap() as usize;
-        let (a, b) = (f32s(&format!("la_{name}")), f32s(&format!("lb_{name}")));
+        let (a, b) = (
+            f32s(&st, &format!("la_{name}")),
+            f32s(&st, &format!("lb_{name}")),
+        );
         let (qa, sa, qb, sb) = pack_asym(&a, &b, 64);
-        assert_eq!(qa, i8s(&format!("asym_qa_{name}")), "{name}: asym A");
+        assert_eq!(qa, i8s(&st, &format!("asym_qa_{name}")), "{name}: asym A");
         assert_eq!(
             vec![sa],
-            f16s(&format!("asym_sa_{name}")),
+            f16s(&st, &format!("asym_sa_{name}")),
             "{name}: asym A scale"
         );
-        assert_eq!(qb, i8s(&format!("asym_qb_{name}")), "{name}: asym B");
+        assert_eq!(qb, i8s(&st, &format!("asym_qb_{name}")), "{name}: asym B");
         assert_eq!(
             sb,
-            f16s(&format!("asym_sb_{name}")),
+            f16s(&st, &format!("asym_sb_{name}")),
             "{name}: asym B scales"
         );
         let (qa, sa, qb, sb) = pack_sym(&a, r, &b, cols, 4);
-        assert_eq!(qa, i8s(&format!("sym_qa_{name}")), "{name}: sym A");
-        assert_eq!(sa, f16s(&format!("sym_sa_{name}")), "{name}: sym A scales");
-        assert_eq!(qb, i8s(&format!("sym_qb_{name}")), "{name}: sym B");
-        assert_eq!(sb, f16s(&format!("sym_sb_{name}")), "{name}: sym B scales");
+        assert_eq!(qa, i8s(&st, &format!("sym_qa_{name}")), "{name}: sym A");
+        assert_eq!(
+            sa,
+            f16s(&st, &format!("sym_sa_{name}")),
+            "{name}: sym A scales"
+        );
+        assert_eq!(qb, i8s(&st, &format!("sym_qb_{name}")), "{name}: sym B");
+        assert_eq!(
+            sb,
+            f16s(&st, &format!("sym_sb_{name}")),
+            "{name}: sym B scales"
+        );
         // pgolf's own factors of the same error: the rank-4 residual within 0.1% of torch's (the optimum).
-        let e = f32s(&format!("e_{name}"));
+        let e = f32s(&st, &format!("e_{name}"));
         let (pa, pb) = low_rank(&e, rows, cols, r);
         let mut res = 0f64;
         for i in 0..rows {
@@ -147,8 +146,8 @@ fn lqer_packs_like_the_record_and_its_svd_is_optimal() {
 #[test]
 fn gate_rows_match_the_record() {
     use pgolf::pack::quantize::gate_int8_rows;
-    let bytes = std::fs::read(fixture("gptq/golden_gptq.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let bytes = goldens();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
     for name in ["sparse", "dense"] {
         let t = st.tensor(&format!("gate_w_{name}")).unwrap();
         let (rows, cols) = (t.shape()[0], t.shape()[1]);
@@ -166,13 +165,7 @@ fn gate_rows_match_the_record() {
             .iter()
             .map(|&b| b as i8 as i64)
             .collect();
-        let want_s: Vec<f32> = st
-            .tensor(&format!("gate_s_{name}"))
-            .unwrap()
-            .data()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect();
+        let want_s = f16s(&st, &format!("gate_s_{name}"));
         assert_eq!(syms, want_q, "{name}");
         assert_eq!(scales, want_s, "{name}");
         assert_eq!(q.scheme, "int8_gate_per_row");

@@ -8,6 +8,15 @@ use pgolf::pack::Limits;
 use pgolf::pack::artifact::load_artifact;
 use serde_json::Value;
 
+/// The artifacts fixtures/generate_pack.py wrote and read back independently.
+const PACKED_FIXTURES: [&str; 5] = [
+    "sp1024_tied.sdclip.pglf",
+    "sp1024_tied.gptqlite.xz.pglf",
+    "sp1024_tied.gptq.pglf",
+    "sp1024_tied.gptq_lqer.pglf",
+    "sp1024_tied.sdclip_lqer_sym.xz.pglf",
+];
+
 fn pack_golden() -> Value {
     golden("pack/golden_pack.json")
 }
@@ -22,13 +31,7 @@ fn val_glob() -> String {
 #[test]
 fn rust_dequantization_matches_the_python_decoder() {
     let g = pack_golden();
-    for name in [
-        "sp1024_tied.sdclip.pglf",
-        "sp1024_tied.gptqlite.xz.pglf",
-        "sp1024_tied.gptq.pglf",
-        "sp1024_tied.gptq_lqer.pglf",
-        "sp1024_tied.sdclip_lqer_sym.xz.pglf",
-    ] {
+    for name in PACKED_FIXTURES {
         let a = load_artifact(&fixture(&format!("pack/{name}")), &Limits::default()).unwrap();
         assert_eq!(a.file_bytes, g[name]["bytes"].as_u64().unwrap());
         assert!(a.config.is_some(), "{name} carries its config");
@@ -59,13 +62,7 @@ fn rust_dequantization_matches_the_python_decoder() {
 #[test]
 fn verify_on_a_packed_artifact_reproduces_the_independent_bpb() {
     let g = pack_golden();
-    for name in [
-        "sp1024_tied.sdclip.pglf",
-        "sp1024_tied.gptqlite.xz.pglf",
-        "sp1024_tied.gptq.pglf",
-        "sp1024_tied.gptq_lqer.pglf",
-        "sp1024_tied.sdclip_lqer_sym.xz.pglf",
-    ] {
+    for name in PACKED_FIXTURES {
         let out = pgolf_json(&[
             "verify",
             s(&fixture(&format!("pack/{name}"))),

@@ -315,11 +315,10 @@ pub struct RdReport {
 }
 
 /// The bytes one quantized tensor occupies in a codec-0 artifact: its spans are coded alone, so the artifact's size
-/// is the sum of these plus the preamble, header and other tensors.
-fn tensor_bytes(q: &QTensor) -> Result<u64> {
+/// is the sum of these plus the preamble, header and other tensors. `empty` is the size of an artifact of no tensor.
+fn tensor_bytes(q: &QTensor, empty: u64) -> Result<u64> {
     let one = container::encode(std::slice::from_ref(q), None, None, Codec::Rans, 1)?;
-    let empty = container::encode(&[], None, None, Codec::Rans, 1)?;
-    Ok(one.len().saturating_sub(empty.len()) as u64)
+    Ok((one.len() as u64).saturating_sub(empty))
 }
 
 fn tensor_error(orig: &QTensor, q: &QTensor, hessian: Option<&Vec<f32>>) -> f64 {
@@ -380,6 +379,7 @@ pub fn rd_fit(
             .iter()
             .all(|&i| h.contains_key(&base.tensors[i].name))
     });
+    let empty = container::encode(&[], None, None, Codec::Rans, 1)?.len() as u64;
     let k_factors: &[f32] = if matches!(opts.scheme, Scheme::Sdclip | Scheme::Gptq) {
         &[1.0, 1.25, 1.6, 2.0, 2.5]
     } else {
@@ -404,7 +404,7 @@ pub fn rd_fit(
                     let s = GroupSetting { bits, k: set.k * f };
                     o.overrides.insert(orig.name.clone(), s);
                     let q = quantize_tensor(orig, &o)?;
-                    table.push((s, tensor_bytes(&q)?, tensor_error(orig, &q, hessian)));
+                    table.push((s, tensor_bytes(&q, empty)?, tensor_error(orig, &q, hessian)));
                 }
             }
             Ok(table)
@@ -412,7 +412,7 @@ pub fn rd_fit(
         .collect::<Result<_>>()?;
     let requested: u64 = candidates
         .iter()
-        .map(|&i| tensor_bytes(&base.tensors[i]))
+        .map(|&i| tensor_bytes(&base.tensors[i], empty))
         .sum::<Result<u64>>()?;
     let fixed = (base.bytes.len() as u64).saturating_sub(requested);
     let choose = |lambda: f64| -> Vec<usize> {

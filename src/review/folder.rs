@@ -51,23 +51,20 @@ pub struct Folder {
     pub unreadable: Vec<String>,
 }
 
-/// Cap on any one text file a review reads (the largest record log is 2.7 MB).
-const MAX_TEXT_BYTES: u64 = 64 << 20;
-
 static README_BPB: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?:val_bpb|bpb)\W{0,12}(\d\.\d{3,8})\b|\b(\d\.\d{3,8})\W{0,4}(?:val_)?bpb")
         .expect("readme bpb")
 });
 
-fn read_text(path: &Path, limits: &Limits) -> Result<String> {
-    let small = Limits {
-        max_decompressed_bytes: limits.max_decompressed_bytes.min(MAX_TEXT_BYTES),
-        ..*limits
-    };
-    let bytes = crate::limits::read_input(path, &small).map_err(|source| ReviewError::Io {
-        path: path.into(),
-        source,
-    })?;
+/// A text file of at most [`crate::limits::MAX_SMALL_FILE_BYTES`] (the largest record log is 2.7 MB), read lossily:
+/// a stray invalid byte in a log must not hide the rest of it.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = crate::limits::read_capped(path, crate::limits::MAX_SMALL_FILE_BYTES, "").map_err(
+        |source| ReviewError::Io {
+            path: path.into(),
+            source,
+        },
+    )?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -135,7 +132,7 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
         .collect();
     jsons.sort_by_key(|p| file_name(p) != "submission.json");
     if let Some(p) = jsons.first() {
-        match read_text(p, limits) {
+        match read_text(p) {
             Ok(t) => match serde_json::from_str(&t) {
                 Ok(v) => folder.claims = Some(parse_claims(&name_of(dir, p), &v)),
                 Err(e) => folder
@@ -149,7 +146,7 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
         let n = file_name(p);
         let lower = n.to_lowercase();
         if lower == "readme.md" {
-            match read_text(p, limits) {
+            match read_text(p) {
                 Ok(t) => {
                     let bpb_mentions = README_BPB
                         .captures_iter(&t)
@@ -163,7 +160,7 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
                 Err(e) => folder.unreadable.push(e.to_string()),
             }
         } else if lower == "requirements.txt" {
-            if let Ok(t) = read_text(p, limits) {
+            if let Ok(t) = read_text(p) {
                 folder.requirements = Some(
                     t.lines()
                         .map(str::trim)
@@ -175,7 +172,7 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
         } else if lower.ends_with(".log")
             || (lower.ends_with(".txt") && lower != "requirements.txt")
         {
-            match read_text(p, limits) {
+            match read_text(p) {
                 Ok(t) if looks_like_log(&t) => folder.logs.push(parse_log(&name_of(dir, p), &t)),
                 Ok(_) => {}
                 Err(e) => folder.unreadable.push(e.to_string()),

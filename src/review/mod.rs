@@ -167,10 +167,7 @@ pub fn baseline_scores(path: &Path, limits: &Limits) -> Result<Scores> {
     let scores = if path.is_dir() {
         checks::folder_scores(&read_folder(path, limits)?)
     } else {
-        let text = std::fs::read_to_string(path).map_err(|source| ReviewError::Io {
-            path: path.into(),
-            source,
-        })?;
+        let text = folder::read_text(path)?;
         let name = path.display().to_string();
         match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => {
