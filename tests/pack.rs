@@ -487,3 +487,119 @@ fn the_rd_fit_meets_the_budget_with_less_error_than_the_k_bisection() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs the rans codec"));
 }
+
+/// The decoder cut to each fixture artifact is byte-identical to the one fixtures/generate_pack.py checked reads the
+/// artifact exactly as the full python/pgolf_decode.py does; `pack --decoder-out` writes it, and it is smaller.
+#[test]
+fn the_tailored_decoder_is_the_one_python_checked() {
+    use pgolf::pack::container::read_header;
+    use pgolf::pack::decode_budget::DecodeBudget;
+    use pgolf::pack::decoder::{PYTHON_DECODER, tailored};
+    let g = pack_golden();
+    for name in PACKED_FIXTURES {
+        let path = fixture(&format!("pack/{name}"));
+        let bytes = std::fs::read(&path).unwrap();
+        let mut budget = DecodeBudget::for_file(&path, bytes.len() as u64, &Limits::default());
+        let (header, codec, shuffle, _) = read_header(&path, &bytes, &mut budget).unwrap();
+        let want = std::fs::read_to_string(fixture(&format!(
+            "pack/{}.decode.py",
+            name.trim_end_matches(".pglf")
+        )))
+        .unwrap();
+        let got = tailored(&header, codec, shuffle);
+        assert_eq!(got, want, "{name}");
+        assert_eq!(got.len() as u64, g[name]["decoder_bytes"].as_u64().unwrap());
+        assert!(got.len() < PYTHON_DECODER.len(), "{name}");
+    }
+    // Through the CLI, on the first fixture's settings.
+    let dir = temp_dir("decoder_out");
+    let dec = dir.join("decode.py");
+    let o = pack(
+        &dir,
+        "a.pglf",
+        &[
+            "--scheme",
+            "sdclip",
+            "--codec",
+            "rans",
+            "--decoder-out",
+            s(&dec),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = std::fs::read_to_string(fixture("pack/sp1024_tied.sdclip.decode.py")).unwrap();
+    assert_eq!(std::fs::read_to_string(&dec).unwrap(), want);
+    assert_eq!(
+        r["tailored_decoder_bytes"].as_u64().unwrap(),
+        want.len() as u64
+    );
+    assert!(
+        r["tailored_decoder_wrapped_bytes"].as_u64().unwrap()
+            < r["python_decoder_wrapped_bytes"].as_u64().unwrap()
+    );
+    // The decoder may not overwrite the artifact.
+    let same = dir.join("b.pglf");
+    let o = pack(&dir, "b.pglf", &["--decoder-out", s(&same)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!same.exists(), "nothing written");
+}
+
+/// With LQER on, the rate–distortion fit chooses each matrix's correction rank among 0, R/2, R, 2R, and its
+/// Hessian-weighted error at the same budget is no larger than without LQER.
+#[test]
+fn the_rd_fit_chooses_lqer_ranks() {
+    let dir = temp_dir("rd_lqer");
+    let calib = format!(
+        "{}/fineweb_train_*.bin",
+        fixture("pack/calib_sp1024").display()
+    );
+    let run = |out: &str, extra: &[&str]| -> Value {
+        let mut a = vec![
+            "--scheme",
+            "gptq",
+            "--calibrate",
+            &calib,
+            "--budget",
+            "80000",
+            "--margin",
+            "0",
+            "--fit",
+            "rd",
+        ];
+        a.extend_from_slice(extra);
+        let o = pack(&dir, out, &a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let plain = run("plain.pglf", &[]);
+    let lqer = run("lqer.pglf", &["--lqer-rank", "4", "--lqer-top-k", "3"]);
+    for r in [&plain, &lqer] {
+        assert!(r["size"]["artifact_bytes"].as_u64().unwrap() <= 80_000);
+        assert_eq!(r["rd"]["error"], "hessian-weighted");
+    }
+    let ranks: Vec<u64> = lqer["rd"]["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["lqer_rank"].as_u64().unwrap())
+        .collect();
+    assert!(ranks.iter().all(|r| [0, 2, 4, 8].contains(r)), "{ranks:?}");
+    assert!(ranks.iter().any(|&r| r > 0), "{ranks:?}");
+    let err = |r: &Value| r["rd"]["total_error"].as_f64().unwrap();
+    // Measured: 6.136 without LQER, 5.499 with.
+    assert!(
+        err(&lqer) < err(&plain),
+        "{} vs {}",
+        err(&lqer),
+        err(&plain)
+    );
+    // The artifact reads back with a correction on each matrix the fit gave one.
+    let a = load_artifact(&dir.join("lqer.pglf"), &Limits::default()).unwrap();
+    let corrected = a
+        .tensors
+        .iter()
+        .filter(|t| t.scheme.contains("lqer"))
+        .count();
+    assert_eq!(corrected, ranks.iter().filter(|&&r| r > 0).count());
+}

@@ -307,14 +307,13 @@ pub fn is_pgolf(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
 }
 
-/// Reads a pgolf artifact: header, config and tensors; rejects anything malformed.
-/// The header, the decoded body and every tensor are charged to `budget`.
-pub fn decode(
+/// Reads a pgolf artifact's preamble and header (charged to `budget`): the header, the codec, the body's shuffle
+/// stride and the compressed header's length; rejects anything malformed.
+pub fn read_header(
     path: &Path,
     bytes: &[u8],
-    limits: &Limits,
     budget: &mut DecodeBudget,
-) -> Result<(Header, Codec, Vec<QTensor>)> {
+) -> Result<(Header, Codec, usize, usize)> {
     let bad = |message: String| PackError::Format {
         path: path.into(),
         message: format!("pgolf artifact: {message}"),
@@ -363,6 +362,23 @@ pub fn decode(
         )));
     }
     check_disjoint_spans(&header).map_err(bad)?;
+    Ok((header, codec, shuffle, header_len))
+}
+
+/// Reads a pgolf artifact: header, config and tensors; rejects anything malformed.
+/// The header, the decoded body and every tensor are charged to `budget`.
+pub fn decode(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut DecodeBudget,
+) -> Result<(Header, Codec, Vec<QTensor>)> {
+    let (header, codec, shuffle, header_len) = read_header(path, bytes, budget)?;
+    let bad = |message: String| PackError::Format {
+        path: path.into(),
+        message: format!("pgolf artifact: {message}"),
+    };
+    let rest = &bytes[PREAMBLE..];
     let body_raw = &rest[header_len..];
     let body = match codec {
         Codec::Rans => body_raw.to_vec(),

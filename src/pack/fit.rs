@@ -78,6 +78,9 @@ pub struct PackOptions {
     pub gate_int8: bool,
     /// Per-tensor settings (bits, k) that override the tensor's group, as the rate–distortion fit chooses them.
     pub overrides: std::collections::BTreeMap<String, GroupSetting>,
+    /// Per-tensor LQER ranks chosen by the rate–distortion fit (0: no correction); when set they replace the
+    /// top-k rule of `lqer`.
+    pub lqer_ranks: std::collections::BTreeMap<String, usize>,
 }
 
 /// LQER settings, named as the records' environment (`LQER_RANK`, `LQER_TOP_K`, `LQER_ASYM_ENABLED`,
@@ -91,58 +94,88 @@ pub struct LqerOptions {
     pub factor_bits: u32,
 }
 
-/// Adds LQER corrections to the `top_k` quantized matrices with the largest ‖W − Wq‖_F, as `gptq_mixed_quantize`.
-fn add_lqer(checkpoint: &[QTensor], tensors: &mut [QTensor], o: &LqerOptions) {
+/// ‖W − Wq‖ of one quantized matrix against its float original: the error matrix, or None where LQER does not apply
+/// (not a 2-D matrix quantized here, already corrected, an attention gate).
+fn lqer_error(orig: &QTensor, q: &QTensor) -> Option<Vec<f32>> {
+    if !matches!(q.payload, Payload::Quantized { lowrank: None, .. }) || q.shape.len() != 2 {
+        return None;
+    }
+    if !(q.bits < 8 || q.scheme.starts_with("gptq") || q.scheme.starts_with("int")) {
+        return None;
+    }
+    if matches!(orig.payload, Payload::Quantized { .. }) || orig.name.contains("attn_gate") {
+        return None;
+    }
+    let (w, d) = (orig.dequantize(), q.dequantize());
+    Some(w.iter().zip(&d).map(|(a, b)| a - b).collect())
+}
+
+/// Attaches the rank-`rank` correction of the error `e` to the quantized matrix `t`.
+fn attach_lqer(t: &mut QTensor, e: &[f32], rank: usize, o: &LqerOptions) {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let f = super::lqer::lqer_factors(e, rows, cols, rank, o.asymmetric, o.group, o.factor_bits);
+    let host_i8 = |v: &[i8], shape: Vec<usize>| HostTensor {
+        dtype: "int8".into(),
+        shape,
+        data: v.iter().map(|&x| x as u8).collect(),
+    };
+    let host_f16 = |v: &[f32], shape: Vec<usize>| HostTensor {
+        dtype: "float16".into(),
+        shape,
+        data: quantize::f16_bytes(v),
+    };
+    let lr = LowRank {
+        asymmetric: f.asymmetric,
+        a_q: host_i8(&f.a_q, vec![rows, f.rank]),
+        a_s: host_f16(&f.a_s, if f.asymmetric { vec![] } else { vec![rows] }),
+        b_q: host_i8(&f.b_q, vec![f.rank, cols]),
+        b_s: host_f16(&f.b_s, vec![f.b_s.len()]),
+    };
+    if let Payload::Quantized { lowrank, .. } = &mut t.payload {
+        *lowrank = Some(Box::new(lr));
+    }
+    t.scheme = format!(
+        "{}+{}",
+        t.scheme,
+        if f.asymmetric { "lqer_asym" } else { "lqer" }
+    );
+}
+
+/// Adds LQER corrections as `gptq_mixed_quantize` does: rank `o.rank` on the `top_k` quantized matrices with the
+/// largest ‖W − Wq‖_F; or, where the rate–distortion fit chose them (`ranks`, by name), each matrix's own rank.
+fn add_lqer(
+    checkpoint: &[QTensor],
+    tensors: &mut [QTensor],
+    o: &LqerOptions,
+    ranks: &std::collections::BTreeMap<String, usize>,
+) {
     let mut candidates: Vec<(usize, f64, Vec<f32>)> = tensors
         .iter()
         .enumerate()
-        .filter(|(_, q)| {
-            matches!(q.payload, Payload::Quantized { lowrank: None, .. }) && q.shape.len() == 2
-        })
-        .filter(|(_, q)| q.bits < 8 || q.scheme.starts_with("gptq") || q.scheme.starts_with("int"))
         .filter_map(|(i, q)| {
             let orig = checkpoint.iter().find(|t| t.name == q.name)?;
-            if matches!(orig.payload, Payload::Quantized { .. }) || orig.name.contains("attn_gate")
-            {
-                return None;
-            }
-            let (w, d) = (orig.dequantize(), q.dequantize());
-            let e: Vec<f32> = w.iter().zip(&d).map(|(a, b)| a - b).collect();
+            let e = lqer_error(orig, q)?;
             let norm = e.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
             Some((i, norm, e))
         })
         .collect();
-    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (i, _, e) in candidates.into_iter().take(o.top_k) {
-        let t = &mut tensors[i];
-        let (rows, cols) = (t.shape[0], t.shape[1]);
-        let f =
-            super::lqer::lqer_factors(&e, rows, cols, o.rank, o.asymmetric, o.group, o.factor_bits);
-        let host_i8 = |v: &[i8], shape: Vec<usize>| HostTensor {
-            dtype: "int8".into(),
-            shape,
-            data: v.iter().map(|&x| x as u8).collect(),
-        };
-        let host_f16 = |v: &[f32], shape: Vec<usize>| HostTensor {
-            dtype: "float16".into(),
-            shape,
-            data: quantize::f16_bytes(v),
-        };
-        let lr = LowRank {
-            asymmetric: f.asymmetric,
-            a_q: host_i8(&f.a_q, vec![rows, f.rank]),
-            a_s: host_f16(&f.a_s, if f.asymmetric { vec![] } else { vec![rows] }),
-            b_q: host_i8(&f.b_q, vec![f.rank, cols]),
-            b_s: host_f16(&f.b_s, vec![f.b_s.len()]),
-        };
-        if let Payload::Quantized { lowrank, .. } = &mut t.payload {
-            *lowrank = Some(Box::new(lr));
-        }
-        t.scheme = format!(
-            "{}+{}",
-            t.scheme,
-            if f.asymmetric { "lqer_asym" } else { "lqer" }
-        );
+    if ranks.is_empty() {
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        candidates.truncate(o.top_k);
+    }
+    let corrections: Vec<(usize, usize, Vec<f32>)> = candidates
+        .into_iter()
+        .filter_map(|(i, _, e)| {
+            let rank = if ranks.is_empty() {
+                o.rank
+            } else {
+                ranks.get(&tensors[i].name).copied().unwrap_or(0)
+            };
+            (rank > 0).then_some((i, rank, e))
+        })
+        .collect();
+    for (i, rank, e) in corrections {
+        attach_lqer(&mut tensors[i], &e, rank, o);
     }
 }
 
@@ -242,7 +275,7 @@ pub fn pack(
         .map(|t| quantize_tensor(t, opts))
         .collect::<Result<_>>()?;
     if let Some(o) = &opts.lqer {
-        add_lqer(checkpoint, &mut tensors, o);
+        add_lqer(checkpoint, &mut tensors, o, &opts.lqer_ranks);
     }
     let quantize_seconds = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
@@ -298,6 +331,8 @@ pub struct RdChoice {
     pub name: String,
     pub bits: u32,
     pub k: Option<f32>,
+    /// The rank of its LQER correction (0: none).
+    pub lqer_rank: usize,
     /// The tensor's bytes in the artifact (its rANS symbols and coded scales).
     pub bytes: u64,
     /// Σ ΔW·H·ΔWᵀ with the calibration Hessian, else Σ ΔW².
@@ -344,9 +379,11 @@ fn tensor_error(orig: &QTensor, q: &QTensor, hessian: Option<&Vec<f32>>) -> f64 
 }
 
 /// Rate–distortion fit for the rANS codec: every quantized matrix gets its own (bits, k) among fewer-or-equal bits
-/// than requested and k × {1, 1.25, 1.6, 2, 2.5}, the choice minimising Σ error + λ·Σ bytes, with the smallest λ
-/// (bisected) whose artifact fits `target`. The error is Hessian-weighted when every candidate matrix has a
-/// calibration Hessian, else squared. Each tensor's bytes are measured exactly (its spans are coded alone).
+/// than requested and k × {1, 1.25, 1.6, 2, 2.5} and, with LQER on (rank R), its own correction rank among
+/// {0, R/2, R, 2R} on the requested k at the requested bits and the two below; the choice minimising
+/// Σ error + λ·Σ bytes, with the smallest λ (bisected) whose artifact fits `target`. The error is Hessian-weighted
+/// when every candidate matrix has a calibration Hessian, else squared (of the corrected weights where a correction
+/// is chosen). Each tensor's bytes are measured exactly (its spans, factors included, are coded alone).
 pub fn rd_fit(
     checkpoint: &[QTensor],
     config: Option<&serde_json::Value>,
@@ -361,16 +398,17 @@ pub fn rd_fit(
         });
     }
     let base = pack(checkpoint, config, opts)?;
-    // The matrices the fit may change: those the requested settings quantize on a grid with bits and k.
+    // The matrices the fit may change: float matrices of the checkpoint that the requested settings quantize on a
+    // grid with bits (the requested bits, 8 included, are the upper bound) and k; not the int8 gate rows.
     let candidates: Vec<usize> = base
         .tensors
         .iter()
         .enumerate()
-        .filter(|(_, q)| {
+        .filter(|&(i, q)| {
             q.shape.len() == 2
-                && matches!(q.payload, Payload::Quantized { lowrank: None, .. })
+                && matches!(q.payload, Payload::Quantized { .. })
+                && matches!(&checkpoint[i].payload, Payload::Passthrough { values } if values.is_float())
                 && q.scheme != "int8_gate_per_row"
-                && q.bits < 8
         })
         .map(|(i, _)| i)
         .collect();
@@ -385,8 +423,16 @@ pub fn rd_fit(
     } else {
         &[1.0]
     };
-    // Candidate table per tensor: (setting, bytes, error).
-    let tables: Vec<Vec<(GroupSetting, u64, f64)>> = candidates
+    let lqer_ranks: Vec<usize> = match &opts.lqer {
+        Some(o) => {
+            let mut r = vec![(o.rank / 2).max(1), o.rank, o.rank * 2];
+            r.dedup();
+            r
+        }
+        None => Vec::new(),
+    };
+    // Candidate table per tensor: (setting, LQER rank, bytes, error).
+    let tables: Vec<Vec<(GroupSetting, usize, u64, f64)>> = candidates
         .par_iter()
         .map(|&i| {
             let orig = &checkpoint[i];
@@ -404,7 +450,28 @@ pub fn rd_fit(
                     let s = GroupSetting { bits, k: set.k * f };
                     o.overrides.insert(orig.name.clone(), s);
                     let q = quantize_tensor(orig, &o)?;
-                    table.push((s, tensor_bytes(&q, empty)?, tensor_error(orig, &q, hessian)));
+                    table.push((
+                        s,
+                        0,
+                        tensor_bytes(&q, empty)?,
+                        tensor_error(orig, &q, hessian),
+                    ));
+                    let (Some(lo), true) = (&opts.lqer, f == 1.0 && bits + 2 >= set.bits) else {
+                        continue;
+                    };
+                    let Some(e) = lqer_error(orig, &q) else {
+                        continue;
+                    };
+                    for &rank in &lqer_ranks {
+                        let mut c = q.clone();
+                        attach_lqer(&mut c, &e, rank, lo);
+                        table.push((
+                            s,
+                            rank,
+                            tensor_bytes(&c, empty)?,
+                            tensor_error(orig, &c, hessian),
+                        ));
+                    }
                 }
             }
             Ok(table)
@@ -421,14 +488,14 @@ pub fn rd_fit(
             .map(|t| {
                 (0..t.len())
                     .min_by(|&a, &b| {
-                        (t[a].2 + lambda * t[a].1 as f64)
-                            .total_cmp(&(t[b].2 + lambda * t[b].1 as f64))
+                        (t[a].3 + lambda * t[a].2 as f64)
+                            .total_cmp(&(t[b].3 + lambda * t[b].2 as f64))
                     })
                     .unwrap_or(0)
             })
             .collect()
     };
-    let bytes_at = |pick: &[usize]| -> u64 { pick.iter().zip(&tables).map(|(&p, t)| t[p].1).sum() };
+    let bytes_at = |pick: &[usize]| -> u64 { pick.iter().zip(&tables).map(|(&p, t)| t[p].2).sum() };
     // Header growth with other scheme names is small; keep 1 KB of slack and re-check the real artifact.
     let mut slack = 1024u64;
     for _ in 0..8 {
@@ -459,6 +526,9 @@ pub fn rd_fit(
         let mut o = opts.clone();
         for (&i, (&p, t)) in candidates.iter().zip(pick.iter().zip(&tables)) {
             o.overrides.insert(checkpoint[i].name.clone(), t[p].0);
+            if o.lqer.is_some() {
+                o.lqer_ranks.insert(checkpoint[i].name.clone(), t[p].1);
+            }
         }
         let packed = pack(checkpoint, config, &o)?;
         if packed.bytes.len() as u64 <= target {
@@ -469,8 +539,9 @@ pub fn rd_fit(
                     name: checkpoint[i].name.clone(),
                     bits: t[p].0.bits,
                     k: (k_factors.len() > 1).then_some(t[p].0.k),
-                    bytes: t[p].1,
-                    error: t[p].2,
+                    lqer_rank: t[p].1,
+                    bytes: t[p].2,
+                    error: t[p].3,
                 })
                 .collect();
             let report = RdReport {
@@ -480,7 +551,7 @@ pub fn rd_fit(
                     "squared"
                 },
                 lambda: hi,
-                candidates_per_tensor: tables.first().map(Vec::len).unwrap_or(0),
+                candidates_per_tensor: tables.iter().map(Vec::len).max().unwrap_or(0),
                 total_error: choices.iter().map(|c| c.error).sum(),
                 choices,
             };
@@ -489,7 +560,7 @@ pub fn rd_fit(
         slack = slack * 2 + (packed.bytes.len() as u64 - target);
     }
     Err(PackError::Budget {
-        smallest: fixed + tables.iter().map(|t| t.iter().map(|c| c.1).min().unwrap_or(0)).sum::<u64>(),
+        smallest: fixed + tables.iter().map(|t| t.iter().map(|c| c.2).min().unwrap_or(0)).sum::<u64>(),
         target,
         hint: "fewer bits for the passthrough tensors (a smaller --keep-float-max-numel), a smaller model, or less code"
             .into(),
@@ -655,6 +726,7 @@ mod tests {
             lqer: None,
             gate_int8,
             overrides: Default::default(),
+            lqer_ranks: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod codec;
 pub mod container;
 pub mod decode_budget;
+pub mod decoder;
 pub mod fit;
 pub mod gptq;
 pub mod lqer;

@@ -9,6 +9,8 @@ use pgolf::output;
 use pgolf::pack::artifact::load_artifact;
 use pgolf::pack::budget::{BUDGET_BYTES, SizeCheck, code_size, self_extracting_bytes};
 use pgolf::pack::codec::Codec;
+use pgolf::pack::decode_budget::DecodeBudget;
+use pgolf::pack::decoder::{self, PYTHON_DECODER};
 use pgolf::pack::fit::{self, GroupSetting, PackOptions, Scheme};
 use pgolf::pack::quantize::KEEP_FLOAT_MAX_NUMEL;
 use pgolf::pack::schema::Payload;
@@ -16,9 +18,6 @@ use pgolf::pack::schema::Payload;
 use crate::progress;
 use pgolf::pack::torchfile::HostTensor;
 use serde_json::json;
-
-/// The pure-Python decoder a train_gpt.py can embed; its bytes count as code.
-const PYTHON_DECODER: &str = include_str!("../../../python/pgolf_decode.py");
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SchemeArg {
@@ -83,11 +82,16 @@ pub struct PackArgs {
     /// The submission's train_gpt.py, counted as the challenge counts it.
     #[arg(long)]
     code: Option<PathBuf>,
+    /// Also write the Python decoder cut to what this artifact needs (python/pgolf_decode.py without the codecs,
+    /// shuffles and LQER code it does not use), for a train_gpt.py to embed.
+    #[arg(long)]
+    decoder_out: Option<PathBuf>,
     /// Bytes to keep free under the budget.
     #[arg(long, default_value_t = 0)]
     margin: u64,
     /// How the budget is met: `bisect` widens one k factor for every group (or lowers a group's bits); `rd` chooses
-    /// each matrix's bits and k to minimise the (Hessian-weighted, with --calibrate) error for the bytes (rans only).
+    /// each matrix's bits and k (and, with --lqer-rank R, its correction rank among 0, R/2, R, 2R) to minimise the
+    /// (Hessian-weighted, with --calibrate) error for the bytes (rans only).
     #[arg(long, default_value = "bisect", value_parser = ["bisect", "rd"])]
     fit: String,
     /// Keep attention-gate matrices (`*.attn_gate_w`) as fp16 passthrough instead of int8 rows.
@@ -133,6 +137,12 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     inputs.extend(args.config.as_deref());
     inputs.extend(args.code.as_deref());
     output::refuse_inputs(&args.output, &inputs)?;
+    if let Some(d) = &args.decoder_out {
+        output::refuse_inputs(d, &inputs)?;
+        if d == &args.output {
+            bail!("--decoder-out {} is the artifact's own path", d.display());
+        }
+    }
     let checkpoint = load_artifact(&args.checkpoint, &limits)?;
     // A quantized artifact is dequantized first (re-quantization), so a record's weights can be re-packed.
     let mut checkpoint = checkpoint;
@@ -246,6 +256,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         calibration: None,
         gate_int8: !args.no_gate_int8,
         overrides: Default::default(),
+        lqer_ranks: Default::default(),
         lqer: (args.lqer_rank > 0).then_some(fit::LqerOptions {
             rank: args.lqer_rank,
             top_k: args.lqer_top_k,
@@ -334,6 +345,23 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         round_trip,
     )?;
     let artifact_bytes = packed.bytes.len() as u64;
+    // The decoder this artifact needs (its own header says which codings it holds).
+    let (header, codec_used, shuffle_used, _) = pgolf::pack::container::read_header(
+        &args.output,
+        &packed.bytes,
+        &mut DecodeBudget::for_file(&args.output, artifact_bytes, &limits),
+    )?;
+    let tailored = decoder::tailored(&header, codec_used, shuffle_used);
+    if let Some(path) = &args.decoder_out {
+        let mut check_inputs = inputs.clone();
+        check_inputs.push(args.output.as_path());
+        output::write_with(
+            path,
+            &check_inputs,
+            |temp| std::fs::write(temp, &tailored).map_err(|e| e.to_string()),
+            |_| Ok(()),
+        )?;
+    }
     let size = SizeCheck::new(
         artifact_bytes,
         code.as_ref().map(|c| c.counted_bytes),
@@ -371,6 +399,9 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
             "fit": report,
             "python_decoder_bytes": PYTHON_DECODER.len(),
             "python_decoder_wrapped_bytes": self_extracting_bytes(PYTHON_DECODER.as_bytes()),
+            "tailored_decoder_bytes": tailored.len(),
+            "tailored_decoder_wrapped_bytes": self_extracting_bytes(tailored.as_bytes()),
+            "decoder_out": args.decoder_out.as_ref().map(|p| p.display().to_string()),
             "calibration": calibration_report,
             "rd": rd,
             "qat_grid": qat_note,
@@ -395,11 +426,27 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
     }
     if let Some(r) = &rd {
         let mut bits: std::collections::BTreeMap<u32, usize> = Default::default();
+        let mut ranks: std::collections::BTreeMap<usize, usize> = Default::default();
         for c in &r.choices {
             *bits.entry(c.bits).or_default() += 1;
+            if c.lqer_rank > 0 {
+                *ranks.entry(c.lqer_rank).or_default() += 1;
+            }
         }
+        let lqer = if ranks.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; LQER: {}",
+                ranks
+                    .iter()
+                    .map(|(r, n)| format!("{n}×rank {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         println!(
-            "rd fit       λ {:.3e}, {} matrices ({} candidates each; bits: {}), {} error {:.4e}",
+            "rd fit       λ {:.3e}, {} matrices (≤ {} candidates each; bits: {}{lqer}), {} error {:.4e}",
             r.lambda,
             r.choices.len(),
             r.candidates_per_tensor,
@@ -452,9 +499,15 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         );
     }
     println!(
-        "code         {code_bytes} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded, {} inside an lzma+base85 wrapper",
+        "code         {code_bytes} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded, {} inside an lzma+base85 wrapper; cut to this artifact{}: {} / {}",
         PYTHON_DECODER.len(),
-        self_extracting_bytes(PYTHON_DECODER.as_bytes())
+        self_extracting_bytes(PYTHON_DECODER.as_bytes()),
+        args.decoder_out
+            .as_ref()
+            .map(|p| format!(" ({})", p.display()))
+            .unwrap_or_default(),
+        tailored.len(),
+        self_extracting_bytes(tailored.as_bytes())
     );
     println!(
         "total        {} of {}: margin {} bytes",
