@@ -243,19 +243,21 @@ def compare(args):
                 "bytes": len(blob), "challenge_bpb": challenge_bpb(deq), "pgolf_verify_bpb": verify,
                 "seconds": round(seconds, 1), "schemes": collections.Counter(meta.values())}
 
-    def pgolf_run(name, n_tokens, extra):
+    def pgolf_run(name, n_tokens, extra, bits=(6, 7)):
         path = os.path.join(args.work, f"pgolf_{name}_{n_tokens}.pglf")
         t0 = time.perf_counter()
         rep = run_json([args.pgolf, "pack", ckpt, "--config", os.path.join(args.work, "model", "config.json"),
                         "-o", path, "--keep-float-max-numel", str(KEEP_FLOAT_MAX_NUMEL), "--scheme", "gptq",
-                        "--calibrate", train_glob, "--calib-tokens", str(n_tokens), "--bits", "6", "--embed-bits",
-                        "7", "--k-mlp", "11.5", "--k-attn", "13", "--k-embed", "14", "--k-other", "12.85",
+                        "--calibrate", train_glob, "--calib-tokens", str(n_tokens), "--bits", str(bits[0]),
+                        "--embed-bits", str(bits[1]), "--k-mlp", "11.5", "--k-attn", "13", "--k-embed", "14", "--k-other", "12.85",
                         "--json", *extra])
         seconds = time.perf_counter() - t0
         sd, _ = pgolf_decode.load(path)
         return {"pipeline": f"pgolf pack ({name})", "calib_tokens": n_tokens, "bytes": os.path.getsize(path),
                 "challenge_bpb": challenge_bpb(sd), "pgolf_verify_bpb": pgolf_bpb(path),
-                "seconds": round(seconds, 1), "pack": {k: rep.get(k) for k in ("scheme", "codec", "fit")}}
+                "seconds": round(seconds, 1), "bits_upper_bound": bits,
+                "rd_choices": [(c["name"], c["bits"], c["k"], c["lqer_rank"]) for c in (rep.get("rd") or {}).get(
+                    "choices", [])]}
 
     lqer = ["--lqer-rank", "4", "--lqer-top-k", "3"]
     n = args.calib_tokens
@@ -264,6 +266,9 @@ def compare(args):
     rows.append(pgolf_run("matched: GPTQ + LQER, rANS", n, lqer))
     rows.append(pgolf_run("rd fit at the record's bytes", n, lqer + ["--fit", "rd", "--budget", str(r["bytes"]),
                                                                       "--margin", "0"]))
+    rows.append(pgolf_run("rd fit at the record's bytes, up to int8", n, lqer + ["--fit", "rd", "--budget",
+                                                                             str(r["bytes"]), "--margin", "0"],
+                          bits=(8, 8)))
     rows.append(pgolf_run("rd fit at 95% of the record's bytes", n,
                           lqer + ["--fit", "rd", "--budget", str(int(r["bytes"] * 0.95)), "--margin", "0"]))
     for m in args.calib_sweep:

@@ -65,7 +65,7 @@ enum Command {
     /// Quantize and compress a checkpoint into a pgolf artifact that fits the budget.
     Pack(cli_pack::PackArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
-    Verify(cli_verify::VerifyArgs),
+    Verify(Box<cli_verify::VerifyArgs>),
     /// Audit a submission folder (or a whole records tree) from its own files: claims, logs, code and sizes,
     /// timing, byte accounting, significance, static legality hints.
     Review(cli_review::ReviewArgs),
@@ -82,7 +82,7 @@ fn dispatch(command: Command, nested: bool) -> anyhow::Result<ExitCode> {
         Command::Data { command } => cli_data::run(command),
         Command::Inspect(args) => cli_inspect::run(args),
         Command::Pack(args) => cli_pack::run(args),
-        Command::Verify(args) => cli_verify::run(args),
+        Command::Verify(args) => cli_verify::run(*args),
         Command::Review(args) => cli_review::run(args),
         Command::Train(args) => cli_train::run(args),
         Command::Demo(_) if nested => anyhow::bail!("the demo does not run itself"),

@@ -3,8 +3,20 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::Result;
+use super::lora::{LoraSet, LoraTarget};
 use super::model::Gpt;
+use super::{InferError, Result};
+
+/// The shapes a batched LoRA needs from a model: per layer pass (slot), each target's (in, out) features, and the
+/// head's (d, vocab).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraShapes {
+    pub slots: usize,
+    pub model_dim: usize,
+    pub vocab: usize,
+    /// (target, in, out) of one layer pass.
+    pub targets: Vec<(LoraTarget, usize, usize)>,
+}
 
 /// A causal language model over token ids: output position p predicts the token after input position p and reads
 /// inputs 0..=p only.
@@ -38,6 +50,28 @@ pub trait CausalLm: Sync {
     fn use_generic_ops(&mut self);
     /// Whether the model runs the device-generic operations (always, off the CPU).
     fn generic_ops(&self) -> bool;
+    /// The shapes of the adapters LoRA test-time training can attach (None: this model takes none).
+    fn lora_shapes(&self) -> Option<LoraShapes> {
+        None
+    }
+    /// Per-target cross-entropy [B, T] with one document's adapters per batch element, differentiable with respect
+    /// to the adapters.
+    fn lora_token_losses(
+        &self,
+        _ids: &Tensor,
+        _targets: &Tensor,
+        _lora: &LoraSet,
+    ) -> Result<Tensor> {
+        Err(InferError::Unsupported(
+            "this architecture takes no LoRA adapters".into(),
+        ))
+    }
+    /// Uncapped logits [B, T, V] with the adapters (for the probes' full rows).
+    fn lora_uncapped_logits(&self, _ids: &Tensor, _lora: &LoraSet) -> Result<Tensor> {
+        Err(InferError::Unsupported(
+            "this architecture takes no LoRA adapters".into(),
+        ))
+    }
 }
 
 impl CausalLm for Gpt {
@@ -88,6 +122,31 @@ impl CausalLm for Gpt {
 
     fn layer_blocks(&self) -> usize {
         self.cfg.num_layers
+    }
+
+    fn lora_shapes(&self) -> Option<LoraShapes> {
+        let c = &self.cfg;
+        let d = c.model_dim;
+        Some(LoraShapes {
+            slots: self.layer_passes(),
+            model_dim: d,
+            vocab: c.vocab_size,
+            targets: vec![
+                (LoraTarget::Q, d, d),
+                (LoraTarget::K, d, c.kv_dim()),
+                (LoraTarget::V, d, c.kv_dim()),
+                (LoraTarget::O, d, d),
+                (LoraTarget::Mlp, d, d),
+            ],
+        })
+    }
+
+    fn lora_token_losses(&self, ids: &Tensor, targets: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        Gpt::lora_token_losses(self, ids, targets, lora)
+    }
+
+    fn lora_uncapped_logits(&self, ids: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        Gpt::lora_uncapped_logits(self, ids, lora)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod device;
 pub mod layers;
 pub mod lm;
+pub mod lora;
 pub mod loss;
 pub mod model;
 pub mod ops;
@@ -34,6 +35,8 @@ pub enum InferError {
     },
     #[error("{0}")]
     Device(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("forward pass: {0}")]
     Candle(#[from] candle_core::Error),
 }

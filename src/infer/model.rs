@@ -15,6 +15,7 @@ use super::layers::{
     fake_quantize_rows, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
     rope_tables, softmax_last_dim_differentiable,
 };
+use super::lora::{LoraSet, LoraTarget};
 use super::precision::Precision;
 use super::weights::StateDict;
 
@@ -88,6 +89,8 @@ struct Context<'a> {
     value_embedding: Option<Tensor>,
     segments: Option<&'a [(usize, usize)]>,
     pass: Pass,
+    /// Per-document adapters of a LoRA test-time-training batch.
+    lora: Option<&'a LoraSet>,
 }
 
 /// The forward pass. Built from a checked state dict on a device and dtype; the output logits are always f32.
@@ -308,6 +311,11 @@ impl Gpt {
         Ok(std::mem::replace(&mut self.params[i], t))
     }
 
+    /// Layer passes of one forward pass (blocks, looped ones once per pass): the LoRA slots.
+    pub fn layer_passes(&self) -> usize {
+        self.steps.len()
+    }
+
     fn p(&self, i: usize) -> &Tensor {
         &self.params[i]
     }
@@ -444,6 +452,39 @@ impl Gpt {
     /// The cross-entropy of every target [B·T], differentiable like [`Gpt::train_loss`] (for weighted losses).
     pub fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let z = self.head(&self.final_hidden(ids, Pass::Train)?)?;
+        self.capped_token_losses(z, targets)
+    }
+
+    /// The cross-entropy of every target [B, T] with each batch element's adapters in `lora` (one document per
+    /// element), differentiable with respect to the adapters: the LoRA records' `GPT.forward(x, y, lora=…)`, whose
+    /// head adapter adds to the logits before the soft-cap.
+    pub fn lora_token_losses(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.hidden_with(ids, None, Pass::Train, Some(lora))?;
+        let mut z = self.head(&hidden)?;
+        if let Some(head) = &lora.head {
+            z = (z + head.delta(&hidden, lora.scale)?)?;
+        }
+        Ok(self.capped_token_losses(z, targets)?.reshape((b, t))?)
+    }
+
+    /// Uncapped logits [B, T, V] with each batch element's adapters in `lora` (the head adapter included).
+    pub fn lora_uncapped_logits(&self, ids: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let hidden = self.hidden_with(ids, None, Pass::Score, Some(lora))?;
+        let z = self.head(&hidden)?;
+        match &lora.head {
+            Some(head) => Ok((z + head.delta(&hidden, lora.scale)?)?),
+            None => Ok(z),
+        }
+    }
+
+    /// Soft-capped cross-entropy of uncapped logits z [.., V] against `targets`: one loss per row.
+    fn capped_token_losses(&self, z: Tensor, targets: &Tensor) -> Result<Tensor> {
         let v = z.dim(D::Minus1)?;
         let z = z.reshape(((), v))?;
         let targets = targets.flatten_all()?;
@@ -485,6 +526,16 @@ impl Gpt {
         segments: Option<&[(usize, usize)]>,
         pass: Pass,
     ) -> Result<Tensor> {
+        self.hidden_with(ids, segments, pass, None)
+    }
+
+    fn hidden_with(
+        &self,
+        ids: &Tensor,
+        segments: Option<&[(usize, usize)]>,
+        pass: Pass,
+        lora: Option<&LoraSet>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let x0 = self.embed(ids, pass)?;
@@ -516,12 +567,13 @@ impl Gpt {
             value_embedding,
             segments,
             pass,
+            lora,
         };
         let mut x = x0.clone();
         let mut v0: Option<Tensor> = None;
         let mut skips = Vec::new();
         let mut lanes: Option<(Tensor, Tensor)> = None;
-        for step in &self.steps {
+        for (slot, step) in self.steps.iter().enumerate() {
             let i = step.block;
             let skip = step.skip.and_then(|j| skips.pop().map(|s| (j, s)));
             let two_lane = cfg.parallel_start_layer.is_some_and(|s| i >= s);
@@ -531,12 +583,20 @@ impl Gpt {
                     Some((j, skip)) => self.add_skip(j, &skip, &lane0, pass)?,
                     None => lane0,
                 };
-                lanes = Some(self.two_lane_block(i, &lane0, &lane1, &x0, &ctx, v0.as_ref())?);
+                lanes = Some(self.two_lane_block(
+                    i,
+                    Some(slot),
+                    &lane0,
+                    &lane1,
+                    &x0,
+                    &ctx,
+                    v0.as_ref(),
+                )?);
             } else {
                 if let Some((j, skip)) = skip {
                     x = self.add_skip(j, &skip, &x, pass)?;
                 }
-                let (out, raw_v) = self.block(i, &x, &x0, &ctx, v0.as_ref())?;
+                let (out, raw_v) = self.block(i, Some(slot), &x, &x0, &ctx, v0.as_ref())?;
                 x = out;
                 if v0.is_none() {
                     v0 = raw_v;
@@ -556,7 +616,7 @@ impl Gpt {
         // Seed 004: the segment re-runs after the whole stack, with block 0's values, without skips.
         for _ in 1..cfg.depth_recur_count.max(1) {
             for i in cfg.depth_recur_start..=cfg.depth_recur_end {
-                x = self.block(i, &x, &x0, &ctx, v0.as_ref())?.0;
+                x = self.block(i, None, &x, &x0, &ctx, v0.as_ref())?.0;
             }
         }
         if let Some(jepa) = &self.globals.jepa {
@@ -715,9 +775,11 @@ impl Gpt {
     }
 
     /// One block (physical index i); returns its output and, with the value residual, its raw values.
+    /// `slot` is the layer pass (for LoRA adapters; None: no adapter).
     fn block(
         &self,
         i: usize,
+        slot: Option<usize>,
         x: &Tensor,
         x0: &Tensor,
         ctx: &Context,
@@ -727,16 +789,16 @@ impl Gpt {
         let pass = ctx.pass;
         let x = self.residual_mix(blk, x, x0, pass)?;
         let n = self.block_norm(blk, &x, pass)?;
-        let (a, raw_v) = self.attention(blk, &n, ctx, v0)?;
+        let (a, raw_v) = self.attention(blk, slot, &n, ctx, v0)?;
         let attn = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
         if blk.gptj_parallel {
             // GPT-J: attention and MLP both read the normed x_in (mlp_norm(x_in)·s is the same value).
-            let m = self.mlp(blk, &n)?;
+            let m = self.mlp_adapted(blk, slot, &n, ctx)?;
             let out = ((&x + attn)? + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?;
             return Ok((out, raw_v));
         }
         let x = (&x + attn)?;
-        let m = self.mlp(blk, &self.block_norm(blk, &x, pass)?)?;
+        let m = self.mlp_adapted(blk, slot, &self.block_norm(blk, &x, pass)?, ctx)?;
         Ok((
             (&x + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?,
             raw_v,
@@ -745,9 +807,11 @@ impl Gpt {
 
     /// A two-lane parallel residual block (PR #1529): attention reads the resid-mixed lane0, the MLP reads raw lane1,
     /// and both lanes take both outputs: lane_k' = R[i,k]·lane_k + P[i,0,k]·a + P[i,1,k]·m.
+    #[allow(clippy::too_many_arguments)]
     fn two_lane_block(
         &self,
         i: usize,
+        slot: Option<usize>,
         lane0: &Tensor,
         lane1: &Tensor,
         x0: &Tensor,
@@ -761,9 +825,9 @@ impl Gpt {
             .lanes
             .expect("two-lane config has lane lambdas");
         let read = self.residual_mix(blk, lane0, x0, pass)?;
-        let (a, _) = self.attention(blk, &self.block_norm(blk, &read, pass)?, ctx, v0)?;
+        let (a, _) = self.attention(blk, slot, &self.block_norm(blk, &read, pass)?, ctx, v0)?;
         let a = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
-        let m = self.mlp(blk, &self.block_norm(blk, lane1, pass)?)?;
+        let m = self.mlp_adapted(blk, slot, &self.block_norm(blk, lane1, pass)?, ctx)?;
         let m = self.channel_scale(&m, self.p(blk.mlp_scale), pass)?;
         let r = self.p(resid).get(i)?;
         let p = self.p(post).get(i)?;
@@ -777,6 +841,26 @@ impl Gpt {
             + a.broadcast_mul(&scalar(&p_attn, 1)?)?)?
             + m.broadcast_mul(&scalar(&p_mlp, 1)?)?)?;
         Ok((new0, new1))
+    }
+
+    /// The MLP with its LoRA output correction (from the MLP's input) when the batch has one for this pass.
+    fn mlp_adapted(
+        &self,
+        blk: &BlockParams,
+        slot: Option<usize>,
+        x: &Tensor,
+        ctx: &Context,
+    ) -> Result<Tensor> {
+        let m = self.mlp(blk, x)?;
+        match ctx
+            .lora
+            .map(|l| l.delta(slot, LoraTarget::Mlp, x))
+            .transpose()?
+            .flatten()
+        {
+            Some(d) => Ok((m + d)?),
+            None => Ok(m),
+        }
     }
 
     /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², then ·projᵀ.
@@ -816,6 +900,7 @@ impl Gpt {
     fn attention(
         &self,
         blk: &BlockParams,
+        slot: Option<usize>,
         x: &Tensor,
         ctx: &Context,
         v0: Option<&Tensor>,
@@ -824,17 +909,30 @@ impl Gpt {
         let pass = ctx.pass;
         let (b, t, d) = x.dims3()?;
         let (h, hkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
-        let q_raw = self.linear(x, self.p(blk.c_q))?;
+        // A projection plus its LoRA correction (of the same input) when the batch has one for this pass.
+        let adapted = |input: &Tensor, w: usize, target: LoraTarget| -> Result<Tensor> {
+            let y = self.linear(input, self.p(w))?;
+            match ctx
+                .lora
+                .map(|l| l.delta(slot, target, input))
+                .transpose()?
+                .flatten()
+            {
+                Some(d) => Ok((y + d)?),
+                None => Ok(y),
+            }
+        };
+        let q_raw = adapted(x, blk.c_q, LoraTarget::Q)?;
         let heads = |z: &Tensor, n: usize| -> Result<Tensor> {
             Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
         let k = self.rms_norm(
-            &heads(&self.linear(x, self.p(blk.c_k))?, hkv)?,
+            &heads(&adapted(x, blk.c_k, LoraTarget::K)?, hkv)?,
             &self.ones_head,
             pass,
         )?;
-        let mut v_flat = self.linear(x, self.p(blk.c_v))?;
+        let mut v_flat = adapted(x, blk.c_v, LoraTarget::V)?;
         // The value embedding and seed 003's VRL term are summed first and added together, as the seed does.
         let ve = match (blk.ve_scale, &ctx.value_embedding) {
             (Some(scale), Some(ve)) => Some(ve.broadcast_mul(self.p(scale))?),
@@ -921,7 +1019,7 @@ impl Gpt {
             y = y.broadcast_mul(&g.unsqueeze(3)?)?;
         }
         let y = y.reshape((b, t, d))?;
-        Ok((self.linear(&y, self.p(blk.attn_proj))?, raw_v))
+        Ok((adapted(&y, blk.attn_proj, LoraTarget::O)?, raw_v))
     }
 
     /// Seed 004's XSA: the causal softmax A made explicit, y = A·V − diag(A)⊙v (the self term removed without

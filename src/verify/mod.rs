@@ -9,6 +9,7 @@
 pub mod eval;
 pub mod html;
 pub mod ledger;
+pub mod lora_ttt;
 pub mod mixer;
 pub mod planted;
 pub mod probes;

@@ -207,12 +207,14 @@ impl Compliance {
     }
 }
 
-/// The recipe a training procedure ran: the records' SGD score-first TTT, or seed 003's AdamW recipe.
+/// The recipe a training procedure ran: the records' SGD score-first TTT, seed 003's AdamW recipe, or per-document
+/// LoRA TTT.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TttRecipeReport {
     ScoreFirst(TttRecipe),
     Mixer(MixerTttRecipe),
+    Lora(crate::verify::lora_ttt::LoraTttRecipe),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

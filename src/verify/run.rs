@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 
 use super::eval::{self, EvalReport};
 use super::ledger::weights_digest;
+use super::lora_ttt::{LoraInit, LoraTtt, LoraTttRecipe};
 use super::mixer::{BackoffMixerProcedure, MixerOptions, MixerTttRecipe, NgramCacheBlend};
 use super::planted::{HashedNgramCache, SlotDelta};
 use super::probes::{ProbeOptions, run_probes};
@@ -103,6 +104,8 @@ pub struct VerifySpec {
     pub ttt_polyak: Option<f64>,
     pub ttt_adaptive_lr_max: Option<f64>,
     pub ttt_byte_weighted: bool,
+    /// Per-document LoRA test-time training (rec/2026-03-17), with its recipe and where A's draws come from.
+    pub lora_ttt: Option<LoraTttSpec>,
     pub world_size: usize,
     pub probes: bool,
     pub probe_targets: Option<usize>,
@@ -116,6 +119,14 @@ pub struct VerifySpec {
     pub canonical: bool,
     /// Ignore a config's evaluation-time fake quantization.
     pub score_stored_weights: bool,
+}
+
+/// `--lora-ttt`: the recipe, and the A draws' source (a file of the reference's draws, else the seed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraTttSpec {
+    pub recipe: LoraTttRecipe,
+    pub seed: u64,
+    pub init_file: Option<PathBuf>,
 }
 
 impl VerifySpec {
@@ -168,6 +179,7 @@ impl VerifySpec {
             ttt_polyak: None,
             ttt_adaptive_lr_max: None,
             ttt_byte_weighted: false,
+            lora_ttt: None,
             world_size: 1,
             probes: false,
             probe_targets: None,
@@ -208,6 +220,22 @@ impl VerifySpec {
 
     /// Refuses an illegal combination of procedures and knobs; reads nothing.
     pub fn validate(&self) -> Result<()> {
+        if self.lora_ttt.is_some()
+            && (self.ttt
+                || self.mixer
+                || self.planted.is_some_and(|p| p != Planted::AdaptThenScore)
+                || self.doc_isolated
+                || self.ngram_blend
+                || self.ngram_tilt
+                || self.stride.is_some())
+        {
+            return Err(VerifyError::Setup(
+                "--lora-ttt is an evaluation procedure of its own (per-document chunks and windows); it does not \
+                 combine with --ttt, --mixer, --planted (but adapt-then-score, its planted violation), --doc-isolated, \
+                 --ngram-blend, --ngram-tilt or --stride"
+                    .into(),
+            ));
+        }
         let setup = |m: String| Err(VerifyError::Setup(m));
         if self.config.is_some() && self.preset.is_some() {
             return setup("--config and --preset name the model twice; pass one".into());
@@ -593,6 +621,22 @@ fn build_procedure<'a>(
         });
         return Ok((Box::new(mixer), ttt));
     }
+    if let Some(l) = &spec.lora_ttt {
+        let model = built.take().expect("built").boxed();
+        let init = match &l.init_file {
+            Some(path) => LoraInit::from_file(path)?,
+            None => LoraInit::Seed(l.seed),
+        };
+        let mut recipe = l.recipe.clone();
+        recipe.world_size = spec.world_size;
+        let mut ttt = LoraTtt::new(model, recipe.clone(), init)?;
+        ttt.adapt_before_score = spec.planted == Some(Planted::AdaptThenScore);
+        let trainable = ttt.adapter_parameters();
+        return Ok((
+            Box::new(ttt),
+            Some((TttRecipeReport::Lora(recipe), trainable)),
+        ));
+    }
     if let Some(order) = ttt_order {
         let model = built.take().expect("built").boxed();
         let mut ttt =
@@ -775,8 +819,21 @@ fn verify_once(
     let seq_len = spec.seq_len.unwrap_or(arch.train_seq_len());
     let vocab_size = arch.vocab_size();
     let files = shard::validation_files(&spec.val)?;
-    let tokens =
-        shard::truncate_to_usable(shard::read_shards(&files, limits)?, seq_len, &spec.val)?;
+    let all = shard::read_shards(&files, limits)?;
+    // LoRA TTT reads the whole stream by documents (`eval_val_ttt_lora` loads the shards untruncated); the other
+    // procedures cut it to whole sequences as `load_validation_tokens` does.
+    let tokens = if spec.lora_ttt.is_some() {
+        if all.len() < 2 {
+            return Err(VerifyError::Setup(format!(
+                "{}: {} tokens, no target to score",
+                spec.val,
+                all.len()
+            )));
+        }
+        all
+    } else {
+        shard::truncate_to_usable(all, seq_len, &spec.val)?
+    };
     if let Some(pos) = tokens.iter().position(|&t| t as usize >= vocab_size) {
         return Err(VerifyError::Setup(format!(
             "{}: token id {} at position {pos} is outside the model's vocab_size {} ({})",

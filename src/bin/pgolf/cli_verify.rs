@@ -170,6 +170,38 @@ pub struct VerifyArgs {
     /// With --mixer --ttt: weight each target's loss by its base bytes over the batch mean (BYTE_WEIGHTED_TTT).
     #[arg(long)]
     ttt_byte_weighted: bool,
+    /// Per-document LoRA test-time training as rec/2026-03-17_LoRA_TTT runs it (eval_val_ttt_lora): documents in
+    /// batches, each with its own adapters on q, v and the head; each chunk scored, then one Adam step.
+    #[arg(long)]
+    lora_ttt: bool,
+    /// LoRA TTT: adapter rank (TTT_LORA_RANK).
+    #[arg(long, default_value_t = 8, requires = "lora_ttt")]
+    ttt_lora_rank: usize,
+    /// LoRA TTT: Adam learning rate (TTT_LORA_LR).
+    #[arg(long, default_value_t = 0.01, requires = "lora_ttt")]
+    ttt_lora_lr: f64,
+    /// LoRA TTT: targets per document chunk (TTT_CHUNK_SIZE).
+    #[arg(long, default_value_t = 256, requires = "lora_ttt")]
+    ttt_chunk_size: usize,
+    /// LoRA TTT: the longest window a chunk is scored in (TTT_EVAL_SEQ_LEN).
+    #[arg(long, default_value_t = 1024, requires = "lora_ttt")]
+    ttt_eval_seq_len: usize,
+    /// LoRA TTT: documents per batch (TTT_BATCH_SIZE).
+    #[arg(long, default_value_t = 64, requires = "lora_ttt")]
+    ttt_batch_size: usize,
+    /// LoRA TTT: Adam β1 and β2 (BETA1, BETA2).
+    #[arg(long, default_value_t = 0.9, requires = "lora_ttt")]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.95, requires = "lora_ttt")]
+    beta2: f64,
+    /// LoRA TTT: seed of the adapters' A draws (uniform in ±1/√in).
+    #[arg(long, default_value_t = 0, requires = "lora_ttt")]
+    ttt_seed: u64,
+    /// LoRA TTT: take every A from this safetensors file instead (the reference's own draws, in order: the first
+    /// under the state dict's names, `lm_head_lora.A`, `q_loras.{i}.A`, `v_loras.{i}.A`, the k-th after it under
+    /// `draw{k}.`; fixtures/generate_lora_ttt.py writes one).
+    #[arg(long, requires = "lora_ttt", conflicts_with = "ttt_seed")]
+    lora_init: Option<PathBuf>,
     /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
     /// and --doc-isolated's per-rank ranges, each truncated to whole buffers.
     #[arg(long, default_value_t = 1)]
@@ -233,6 +265,21 @@ impl VerifyArgs {
             world_size, probes, probe_targets, probe_perturbations, probe_rows, probe_seed, code, canonical,
             score_stored_weights,
         }, {
+            lora_ttt: self.lora_ttt.then(|| run::LoraTttSpec {
+                recipe: pgolf::verify::lora_ttt::LoraTttRecipe {
+                    rank: self.ttt_lora_rank,
+                    lr: self.ttt_lora_lr,
+                    chunk_size: self.ttt_chunk_size,
+                    eval_seq_len: self.ttt_eval_seq_len,
+                    batch_size: self.ttt_batch_size,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    world_size: self.world_size,
+                    ..Default::default()
+                },
+                seed: self.ttt_seed,
+                init_file: self.lora_init.clone(),
+            }),
             device: self.compute.device.clone(),
             precision: self.compute.precision,
             generic_ops: self.compute.generic_ops,
@@ -308,10 +355,18 @@ fn print_report(r: &VerifyReport) -> Result<()> {
     } else {
         format!(" over {} windows", r.method)
     };
-    println!(
-        "evaluation   {}{over} (seq_len {}{stride}, {} windows)",
-        r.procedure, r.seq_len, r.windows
-    );
+    if r.procedure.contains("lora") {
+        // Per-document chunks and windows of the recipe's own lengths, not the window form's.
+        println!(
+            "evaluation   {} (documents in batches; each chunk scored in a window ending at it)",
+            r.procedure
+        );
+    } else {
+        println!(
+            "evaluation   {}{over} (seq_len {}{stride}, {} windows)",
+            r.procedure, r.seq_len, r.windows
+        );
+    }
     if let Some(t) = &r.ttt {
         println!(
             "ttt          {} receipts, {} steps, {} trainable parameters; recipe {}",

@@ -1,0 +1,655 @@
+//! Per-document LoRA test-time training, as rec/2026-03-17_LoRA_TTT's `eval_val_ttt_lora` runs it.
+//!
+//! Documents are found by BOS (each one's span includes the next document's BOS, so every target from the first BOS
+//! on belongs to exactly one document); rank r of W takes documents [n·r/W, n·(r+1)/W), sorted stably by their
+//! number of chunks, (len − 2) // chunk; batches of `batch_size` documents share one batched LoRA (each document its
+//! own A and B) and one Adam. A document's targets are cut into chunks of `chunk_size`; chunk ci of every document of
+//! the batch is scored in one forward pass over a window of up to `eval_seq_len` tokens ending at the chunk's end,
+//! and then, for the documents whose chunk is not their last, one Adam step on the mean loss of the chunk's
+//! positions (the batch's chunk window; a finished document's rows are masked out). Scores come first: the step
+//! after chunk ci only changes what chunks after ci see.
+//!
+//! Randomness: each LoRA A is drawn uniform in ±1/√in when the batched LoRA is built (once at the start, at the
+//! full batch size, and again for a smaller batch) and when it is reset (before each full batch); B starts at zero.
+//! The draws come from a seeded generator, or from a file holding the reference's own draws in order
+//! (the first under the state dict's names, `lm_head_lora.A`, `q_loras.{slot}.A`, …; the k-th after it under
+//! `draw{k}.`), which reproduces the reference's run exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor, Var};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::ledger::{Ledger, WeightsDigest, weights_digest};
+use super::procedure::Procedure;
+use super::softmax::log_softmax_row;
+use super::{Result, VerifyError};
+use crate::infer::lm::{CausalLm, LoraShapes};
+use crate::infer::lora::{LoraAdapter, LoraSet, LoraTarget};
+use crate::optim::Adam;
+
+/// The recipe's knobs under the records' environment names (defaults: rec/2026-03-17).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoraTttRecipe {
+    /// TTT_LORA_RANK
+    pub rank: usize,
+    /// TTT_LORA_LR
+    pub lr: f64,
+    /// TTT_CHUNK_SIZE: targets per document chunk.
+    pub chunk_size: usize,
+    /// TTT_EVAL_SEQ_LEN: the longest window a chunk is scored in.
+    pub eval_seq_len: usize,
+    /// TTT_BATCH_SIZE: documents per batch.
+    pub batch_size: usize,
+    /// BETA1, BETA2 of the adapters' Adam (eps 1e-10).
+    pub beta1: f64,
+    pub beta2: f64,
+    /// The projections that get adapters in every layer pass (rec/2026-03-17: q and v), and the head.
+    pub targets: Vec<LoraTarget>,
+    pub head: bool,
+    /// Ranks replayed one after another, each with its own slice of documents, adapters and optimizer.
+    pub world_size: usize,
+}
+
+impl Default for LoraTttRecipe {
+    fn default() -> Self {
+        LoraTttRecipe {
+            rank: 8,
+            lr: 0.01,
+            chunk_size: 256,
+            eval_seq_len: 1024,
+            batch_size: 64,
+            beta1: 0.9,
+            beta2: 0.95,
+            targets: vec![LoraTarget::Q, LoraTarget::V],
+            head: true,
+            world_size: 1,
+        }
+    }
+}
+
+/// Where the adapters' initial A values come from.
+#[derive(Clone, Debug)]
+pub enum LoraInit {
+    /// A seeded generator (SplitMix64; uniform in ±1/√in, drawn in the state dict's order).
+    Seed(u64),
+    /// The reference's own draws, by name (see the module notes), read from `path`.
+    File {
+        path: PathBuf,
+        tensors: BTreeMap<String, Tensor>,
+    },
+}
+
+impl LoraInit {
+    /// Reads a `--lora-init` safetensors file (f32 tensors).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| VerifyError::Setup(format!("{}: {e}", path.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            VerifyError::Setup(format!("{}: not a safetensors file: {e}", path.display()))
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(VerifyError::Setup(format!(
+                    "{}: {name} is {:?}, LoRA draws are float32",
+                    path.display(),
+                    view.dtype()
+                )));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let t = Tensor::from_vec(values, view.shape(), &candle_core::Device::Cpu)?;
+            tensors.insert(name, t);
+        }
+        Ok(LoraInit::File {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+}
+
+/// The sequence of draws one run makes.
+struct Draws<'a> {
+    init: &'a LoraInit,
+    /// Draws made so far (0: the first).
+    count: usize,
+    state: u64,
+}
+
+impl Draws<'_> {
+    fn uniform(&mut self, n: usize, bound: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = self.state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * bound
+            })
+            .collect()
+    }
+
+    /// One draw of every A of a batched LoRA of `bsz` documents: (name, [bsz, r, in]) in the state dict's order.
+    fn draw(
+        &mut self,
+        names: &[(String, usize)],
+        bsz: usize,
+        rank: usize,
+        device: &candle_core::Device,
+    ) -> Result<Vec<Tensor>> {
+        let k = self.count;
+        self.count += 1;
+        let prefix = if k == 0 {
+            String::new()
+        } else {
+            format!("draw{k}.")
+        };
+        names
+            .iter()
+            .map(|(name, fan_in)| match self.init {
+                LoraInit::Seed(_) => {
+                    let bound = 1.0 / (*fan_in as f32).sqrt();
+                    Ok(Tensor::from_vec(
+                        self.uniform(bsz * rank * fan_in, bound),
+                        (bsz, rank, *fan_in),
+                        device,
+                    )?)
+                }
+                LoraInit::File { path, tensors } => {
+                    let key = format!("{prefix}{name}");
+                    let t = tensors.get(&key).ok_or_else(|| {
+                        VerifyError::Setup(format!(
+                            "{}: no tensor {key} (draw {k} of the run; the file holds {} tensors)",
+                            path.display(),
+                            tensors.len()
+                        ))
+                    })?;
+                    if t.dims() != [bsz, rank, *fan_in] {
+                        return Err(VerifyError::Setup(format!(
+                            "{}: {key} has shape {:?}, the run needs [{bsz}, {rank}, {fan_in}]",
+                            path.display(),
+                            t.dims()
+                        )));
+                    }
+                    Ok(t.to_device(device)?)
+                }
+            })
+            .collect()
+    }
+}
+
+/// One adapter of a batched LoRA: its state-dict name (without `.A`), in and out features, and where it sits
+/// (Some((layer pass, target)), or None for the head).
+type AdapterLayout = (String, usize, usize, Option<(usize, LoraTarget)>);
+
+/// One batch's adapters as variables (A and B of each), in the state dict's order, with their names.
+struct BatchLora {
+    names: Vec<String>,
+    a: Vec<Var>,
+    b: Vec<Var>,
+    /// Where each adapter sits: Some((slot, target)) or None for the head.
+    places: Vec<Option<(usize, LoraTarget)>>,
+}
+
+impl BatchLora {
+    fn set(&self) -> LoraSet {
+        let mut set = LoraSet {
+            scale: 1.0,
+            ..Default::default()
+        };
+        for ((place, a), b) in self.places.iter().zip(&self.a).zip(&self.b) {
+            let adapter = LoraAdapter {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+            };
+            match place {
+                None => set.head = Some(adapter),
+                Some((slot, target)) => {
+                    if set.slots.len() <= *slot {
+                        set.slots.resize(slot + 1, Vec::new());
+                    }
+                    set.slots[*slot].push((*target, adapter));
+                }
+            }
+        }
+        set
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.a.iter().chain(&self.b).cloned().collect()
+    }
+
+    fn digest(&self) -> Result<WeightsDigest> {
+        let mut h = Sha256::new();
+        for v in self.a.iter().chain(&self.b) {
+            for x in v.as_tensor().flatten_all()?.to_vec1::<f32>()? {
+                h.update(x.to_le_bytes());
+            }
+        }
+        Ok(h.finalize().into())
+    }
+}
+
+/// What one run did, per batch (documents, chunks, optimizer steps).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoraTttSummary {
+    pub documents: usize,
+    pub batches: usize,
+    pub chunks_scored: usize,
+    pub adam_steps: usize,
+    pub draws: usize,
+}
+
+pub struct LoraTtt {
+    model: Box<dyn CausalLm + Send>,
+    shapes: LoraShapes,
+    pub recipe: LoraTttRecipe,
+    pub init: LoraInit,
+    pub summary: std::sync::Mutex<LoraTttSummary>,
+    /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
+    pub adapt_before_score: bool,
+}
+
+/// (start, len) of each document: BOS to the next BOS inclusive (the last to the stream's end), as `_find_docs`
+/// with `include_next_bos`; tokens before the first BOS belong to no document.
+pub fn find_docs(tokens: &[u16]) -> Vec<(usize, usize)> {
+    let bos: Vec<usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(_, &t)| t as u32 == crate::infer::layers::BOS_ID)
+        .map(|(i, _)| i)
+        .collect();
+    bos.iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = bos.get(i + 1).map_or(tokens.len(), |&n| n + 1);
+            (start, end - start)
+        })
+        .filter(|&(_, len)| len >= 2)
+        .collect()
+}
+
+/// `_compute_chunk_window(ci, pred_len, num_chunks, chunk, eval_seq_len)`: (window start, window length, the
+/// chunk's offset in the window, the chunk's length).
+fn chunk_window(
+    ci: usize,
+    pred_len: usize,
+    num_chunks: usize,
+    chunk: usize,
+    eval_seq_len: usize,
+) -> (usize, usize, usize, usize) {
+    let chunk_start = ci * chunk;
+    let chunk_end = if ci == num_chunks - 1 {
+        pred_len
+    } else {
+        (ci + 1) * chunk
+    };
+    let win_start = chunk_end.saturating_sub(eval_seq_len);
+    (
+        win_start,
+        chunk_end - win_start,
+        chunk_start - win_start,
+        chunk_end - chunk_start,
+    )
+}
+
+impl LoraTtt {
+    pub fn new(
+        model: Box<dyn CausalLm + Send>,
+        recipe: LoraTttRecipe,
+        init: LoraInit,
+    ) -> Result<Self> {
+        let shapes = model.lora_shapes().ok_or_else(|| {
+            VerifyError::Setup("LoRA TTT: this architecture takes no LoRA adapters".into())
+        })?;
+        if recipe.rank == 0
+            || recipe.chunk_size == 0
+            || recipe.batch_size == 0
+            || recipe.world_size == 0
+            || recipe.eval_seq_len < recipe.chunk_size
+        {
+            return Err(VerifyError::Setup(format!(
+                "LoRA TTT: rank, chunk size, batch size and world size must be positive and the evaluation length \
+                 ({}) at least the chunk size ({})",
+                recipe.eval_seq_len, recipe.chunk_size
+            )));
+        }
+        if !(recipe.lr.is_finite() && recipe.lr >= 0.0) {
+            return Err(VerifyError::Setup(format!(
+                "LoRA TTT: learning rate {} is not a finite non-negative number",
+                recipe.lr
+            )));
+        }
+        Ok(LoraTtt {
+            model,
+            shapes,
+            recipe,
+            init,
+            summary: Default::default(),
+            adapt_before_score: false,
+        })
+    }
+
+    /// Adapter values per batch element: Σ over adapters of r·(in + out) (each document trains this many).
+    pub fn adapter_parameters(&self) -> usize {
+        self.layout()
+            .iter()
+            .map(|(_, fan_in, fan_out, _)| self.recipe.rank * (fan_in + fan_out))
+            .sum()
+    }
+
+    /// The adapters' names, fan-ins and places, in the reference's state-dict order: the head, then per layer pass
+    /// each target (`lm_head_lora`, `q_loras.{slot}`, `v_loras.{slot}`, …).
+    fn layout(&self) -> Vec<AdapterLayout> {
+        let mut out = Vec::new();
+        if self.recipe.head {
+            out.push((
+                "lm_head_lora".to_string(),
+                self.shapes.model_dim,
+                self.shapes.vocab,
+                None,
+            ));
+        }
+        for target in &self.recipe.targets {
+            let Some(&(_, fan_in, fan_out)) =
+                self.shapes.targets.iter().find(|(t, _, _)| t == target)
+            else {
+                continue;
+            };
+            let key = match target {
+                LoraTarget::Q => "q_loras",
+                LoraTarget::K => "k_loras",
+                LoraTarget::V => "v_loras",
+                LoraTarget::O => "o_loras",
+                LoraTarget::Mlp => "mlp_loras",
+            };
+            for slot in 0..self.shapes.slots {
+                out.push((
+                    format!("{key}.{slot}"),
+                    fan_in,
+                    fan_out,
+                    Some((slot, *target)),
+                ));
+            }
+        }
+        out
+    }
+
+    /// A batched LoRA of `bsz` documents: A from the next draw, B zero.
+    fn build(&self, bsz: usize, draws: &mut Draws) -> Result<BatchLora> {
+        let layout = self.layout();
+        let names: Vec<(String, usize)> = layout
+            .iter()
+            .map(|(n, fan_in, _, _)| (format!("{n}.A"), *fan_in))
+            .collect();
+        let device = self.model.device();
+        let a = draws.draw(&names, bsz, self.recipe.rank, device)?;
+        let mut lora = BatchLora {
+            names: layout.iter().map(|(n, ..)| n.clone()).collect(),
+            a: Vec::new(),
+            b: Vec::new(),
+            places: Vec::new(),
+        };
+        for ((_, _, fan_out, place), a) in layout.into_iter().zip(a) {
+            lora.a.push(Var::from_tensor(&a)?);
+            lora.b.push(Var::from_tensor(&Tensor::zeros(
+                (bsz, fan_out, self.recipe.rank),
+                DType::F32,
+                device,
+            )?)?);
+            lora.places.push(place);
+        }
+        Ok(lora)
+    }
+
+    /// `reset()`: every A drawn again, every B zeroed.
+    fn reset(&self, lora: &BatchLora, draws: &mut Draws) -> Result<()> {
+        let bsz = lora.a.first().map_or(0, |a| a.dims()[0]);
+        let names: Vec<(String, usize)> = lora
+            .names
+            .iter()
+            .zip(&lora.a)
+            .map(|(n, a)| (format!("{n}.A"), a.dims()[2]))
+            .collect();
+        let fresh = draws.draw(&names, bsz, self.recipe.rank, self.model.device())?;
+        for (v, t) in lora.a.iter().zip(fresh) {
+            v.set(&t)?;
+        }
+        for v in &lora.b {
+            v.set(&v.as_tensor().zeros_like()?)?;
+        }
+        Ok(())
+    }
+
+    /// One batch of documents (`(start, len)` in the stream): every chunk scored, then trained on where it is not
+    /// the document's last.
+    fn run_batch(
+        &self,
+        tokens: &[u16],
+        batch: &[(usize, usize)],
+        lora: &BatchLora,
+        ledger: &mut Ledger,
+        summary: &mut LoraTttSummary,
+    ) -> Result<()> {
+        let r = &self.recipe;
+        let (chunk, l) = (r.chunk_size, r.eval_seq_len);
+        let device = self.model.device();
+        let bsz = batch.len();
+        let vars = lora.vars();
+        let mut adam = Adam::new(vars.len(), r.lr, r.beta1, r.beta2, 1e-10);
+        let pred_lens: Vec<usize> = batch.iter().map(|&(_, len)| len - 1).collect();
+        let num_chunks: Vec<usize> = pred_lens.iter().map(|p| p.div_ceil(chunk)).collect();
+        let max_nc = num_chunks.iter().copied().max().unwrap_or(0);
+        for ci in 0..max_nc {
+            let (_, context, chunk_offset, _) =
+                chunk_window(ci, (ci + 1) * chunk, ci + 1, chunk, l);
+            let needs_train = num_chunks.iter().any(|&nc| ci + 1 < nc);
+            let mut x = vec![0u32; bsz * context];
+            let mut y = vec![0u32; bsz * context];
+            let mut scored = Vec::with_capacity(bsz);
+            for (b, &(ds, _)) in batch.iter().enumerate() {
+                if ci >= num_chunks[b] {
+                    scored.push(None);
+                    continue;
+                }
+                let (ws, wl, co, cl) = chunk_window(ci, pred_lens[b], num_chunks[b], chunk, l);
+                for p in 0..wl {
+                    x[b * context + p] = tokens[ds + ws + p] as u32;
+                    y[b * context + p] = tokens[ds + ws + p + 1] as u32;
+                }
+                scored.push(Some((ds + ws, co, cl)));
+            }
+            let xs = Tensor::from_vec(x, (bsz, context), device)?;
+            let ys = Tensor::from_vec(y, (bsz, context), device)?;
+            if self.adapt_before_score {
+                // Planted violation: one Adam step on every active document's chunk, then the chunk is scored.
+                let ptl = self.model.lora_token_losses(&xs, &ys, &lora.set())?;
+                let mask: Vec<f32> = num_chunks
+                    .iter()
+                    .map(|&nc| if ci < nc { 1.0 } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, bsz, device)?;
+                let loss = (ptl.narrow(1, chunk_offset, chunk)?.mean(1)? * mask)?.sum_all()?;
+                let grads = loss.backward()?;
+                let g: Vec<Option<Tensor>> = vars
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).cloned())
+                    .collect();
+                adam.step(&vars, &g)?;
+                summary.adam_steps += 1;
+                let ranges: Vec<std::ops::Range<usize>> = scored
+                    .iter()
+                    .flatten()
+                    .map(|&(ws, co, cl)| ws + co..ws + co + cl)
+                    .collect();
+                ledger.train_step(&ranges);
+            }
+            let set = lora.set();
+            let ptl = self.model.lora_token_losses(&xs, &ys, &set)?;
+            let rows = ptl.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (b, s) in scored.iter().enumerate() {
+                if let Some((window_start, co, cl)) = *s {
+                    ledger.score(window_start + co, &rows[b][co..co + cl]);
+                }
+            }
+            // The probes' full rows: log-probabilities of the capped logits the chunk was scored with.
+            let wanted: Vec<(usize, usize, usize)> = scored
+                .iter()
+                .enumerate()
+                .filter_map(|(b, s)| s.map(|(ws, co, cl)| (b, ws, co..co + cl)))
+                .flat_map(|(b, ws, range)| range.map(move |p| (b, p, ws + p)))
+                .filter(|&(_, _, j)| ledger.wants_row(j))
+                .collect();
+            if !wanted.is_empty() {
+                let z = self.model.lora_uncapped_logits(&xs, &set)?;
+                for (b, p, j) in wanted {
+                    let row = z.get(b)?.get(p)?.to_vec1::<f32>()?;
+                    let capped = row.iter().map(|&v| self.model.softcap(v));
+                    ledger.row(j, log_softmax_row(capped));
+                }
+            }
+            summary.chunks_scored += 1;
+            if needs_train && !self.adapt_before_score {
+                let mask: Vec<f32> = num_chunks
+                    .iter()
+                    .map(|&nc| if ci + 1 < nc { 1.0 } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, bsz, device)?;
+                let per_doc = ptl.narrow(1, chunk_offset, chunk)?.mean(1)?;
+                let loss = (per_doc * mask)?.sum_all()?;
+                let grads = loss.backward()?;
+                let g: Vec<Option<Tensor>> = vars
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).cloned())
+                    .collect();
+                adam.step(&vars, &g)?;
+                summary.adam_steps += 1;
+                let ranges: Vec<std::ops::Range<usize>> = batch
+                    .iter()
+                    .zip(&num_chunks)
+                    .filter(|&(_, &nc)| ci + 1 < nc)
+                    .map(|(&(ds, _), _)| {
+                        let first = ds + (ci + 1) * chunk - context + chunk_offset;
+                        first..first + chunk
+                    })
+                    .collect();
+                ledger.train_step(&ranges);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Procedure for LoraTtt {
+    fn name(&self) -> String {
+        if self.adapt_before_score {
+            "planted:lora_adapt_then_score".into()
+        } else {
+            "lora_ttt".into()
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    fn trains(&self) -> bool {
+        true
+    }
+
+    fn claims_doc_isolation(&self) -> bool {
+        true
+    }
+
+    fn run(
+        &self,
+        tokens: &[u16],
+        ledger: &mut Ledger,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let r = &self.recipe;
+        let docs = find_docs(tokens);
+        let base = weights_digest(self.model.as_ref())?;
+        let mut summary = LoraTttSummary {
+            documents: docs.len(),
+            ..Default::default()
+        };
+        let seed = match self.init {
+            LoraInit::Seed(s) => s,
+            LoraInit::File { .. } => 0,
+        };
+        let mut draws = Draws {
+            init: &self.init,
+            count: 0,
+            state: seed,
+        };
+        let n = docs.len();
+        let total_batches: usize = (0..r.world_size)
+            .map(|rank| {
+                (n * (rank + 1) / r.world_size - n * rank / r.world_size).div_ceil(r.batch_size)
+            })
+            .sum();
+        let mut done = 0;
+        for rank in 0..r.world_size {
+            let mut rank_docs =
+                docs[n * rank / r.world_size..n * (rank + 1) / r.world_size].to_vec();
+            // A stable sort, as Python's list.sort.
+            rank_docs.sort_by_key(|&(_, len)| (len - 2) / r.chunk_size);
+            // The full-size LoRA is built once per rank before the first batch (a draw even if no batch is full).
+            let full = self.build(r.batch_size, &mut draws)?;
+            for batch in rank_docs.chunks(r.batch_size) {
+                let fresh;
+                let lora = if batch.len() == r.batch_size {
+                    self.reset(&full, &mut draws)?;
+                    &full
+                } else {
+                    fresh = self.build(batch.len(), &mut draws)?;
+                    &fresh
+                };
+                // Receipts: the base weights (never changed) together with the batch's adapters.
+                let combined = |lora_digest: WeightsDigest| -> WeightsDigest {
+                    let mut h = Sha256::new();
+                    h.update(base);
+                    h.update(lora_digest);
+                    h.finalize().into()
+                };
+                let scored_with = combined(lora.digest()?);
+                self.run_batch(tokens, batch, lora, ledger, &mut summary)?;
+                let left = combined(lora.digest()?);
+                ledger.receipt(
+                    format!("rank {rank} batch {}", summary.batches),
+                    &scored_with,
+                    &left,
+                );
+                summary.batches += 1;
+                done += 1;
+                progress(done, total_batches);
+            }
+        }
+        summary.draws = draws.count;
+        *self.summary.lock().expect("summary lock") = summary;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_take_the_next_bos_and_chunks_end_at_the_document() {
+        let t = [5u16, 1, 7, 8, 1, 9, 1, 4, 4, 4];
+        assert_eq!(find_docs(&t), vec![(1, 4), (4, 3), (6, 4)]);
+        // pred_len 100, chunk 32, eval length 64: chunk 3 is the last (96..100), its window 36..100.
+        assert_eq!(chunk_window(3, 100, 4, 32, 64), (36, 64, 60, 4));
+        assert_eq!(chunk_window(0, 100, 4, 32, 64), (0, 32, 0, 32));
+        assert_eq!(chunk_window(2, 100, 4, 32, 64), (32, 64, 32, 32));
+    }
+}

@@ -1,0 +1,233 @@
+//! `pgolf verify --lora-ttt`: per-document LoRA test-time training against the 2026-03-17_LoRA_TTT record's own
+//! `eval_val_ttt_lora` (run once by fixtures/generate_lora_ttt.py, its A draws replayed from the file it wrote), the
+//! probes on it and on its planted violation, and its bad inputs.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// `verify --lora-ttt` with a golden case's knobs and its draws file; `set` replaces a flag's value (or adds the
+/// flag), `extra` adds flags.
+fn run_with(case: &Value, set: &[(&str, &str)], extra: &[&str]) -> std::process::Output {
+    let name = case["name"].as_str().unwrap();
+    let init = fixture(&format!("ttt/lora_0317/lora_init_{name}.safetensors"));
+    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
+    let num = |k: &str| case[k].to_string();
+    let mut flags: Vec<(String, String)> = vec![
+        (
+            "--config".into(),
+            s(&fixture("models/sp1024_tied.json")).into(),
+        ),
+        ("--val".into(), val),
+        ("--tokenizer".into(), s(&tokenizer_path(1024)).into()),
+        ("--ttt-lora-rank".into(), num("ttt_lora_rank")),
+        ("--ttt-lora-lr".into(), num("ttt_lora_lr")),
+        ("--ttt-chunk-size".into(), num("ttt_chunk_size")),
+        ("--ttt-eval-seq-len".into(), num("ttt_eval_seq_len")),
+        ("--ttt-batch-size".into(), num("ttt_batch_size")),
+        ("--lora-init".into(), s(&init).into()),
+    ];
+    for (k, v) in set {
+        match flags.iter_mut().find(|(f, _)| f == k) {
+            Some(f) => f.1 = v.to_string(),
+            None => flags.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut args: Vec<String> = vec![
+        "verify".into(),
+        s(&fixture("models/sp1024_tied.safetensors")).into(),
+        "--lora-ttt".into(),
+        "--json".into(),
+    ];
+    for (k, v) in flags {
+        args.push(k);
+        args.push(v);
+    }
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    pgolf(&refs)
+}
+
+fn run(case: &Value, extra: &[&str]) -> std::process::Output {
+    run_with(case, &[], extra)
+}
+
+fn report(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn close(got: f64, want: f64, rel: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= rel * want.abs(),
+        "{what}: {got} vs the record's {want}"
+    );
+}
+
+/// Both cases (two batch sizes with a smaller last batch, ranks 2 and 4, chunks 32 and 16) reproduce the record's
+/// val_loss and val_bpb to 1e-8 relative (measured: ≤ 4e-9), and with lr 0 its scoring alone to 1e-9.
+#[test]
+fn lora_ttt_reproduces_the_record() {
+    let g = golden("ttt/lora_0317/golden_lora_ttt.json");
+    for case in g["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let r = report(&run(case, &[]));
+        close(
+            r["val_loss"].as_f64().unwrap(),
+            case["val_loss"].as_f64().unwrap(),
+            1e-8,
+            name,
+        );
+        close(
+            r["val_bpb"].as_f64().unwrap(),
+            case["val_bpb"].as_f64().unwrap(),
+            1e-8,
+            name,
+        );
+        assert_eq!(
+            r["targets"],
+            g["tokens"].as_u64().unwrap() - 1,
+            "{name}: every target"
+        );
+        assert_eq!(r["coverage"]["exactly_once"], true);
+        assert_eq!(r["procedure"], "lora_ttt");
+        assert!(r["ttt"]["training"]["steps"].as_u64().unwrap() > 0);
+        assert_eq!(r["ttt"]["training"]["steps_using_unscored_targets"], 0);
+        // The adaptation itself: with lr 0 only the scoring remains, and it is the record's too.
+        let r0 = report(&run_with(case, &[("--ttt-lora-lr", "0")], &[]));
+        let want0 = case["no_adaptation_val_loss"].as_f64().unwrap();
+        close(r0["val_loss"].as_f64().unwrap(), want0, 1e-9, name);
+        assert!(
+            r["val_loss"].as_f64().unwrap() < want0,
+            "{name}: TTT lowers the loss"
+        );
+    }
+}
+
+/// The probes pass on the legal procedure (document isolation included) and catch its planted violation, which
+/// takes each chunk's Adam step before scoring it.
+#[test]
+fn probes_pass_on_lora_ttt_and_catch_adapt_then_score() {
+    let g = golden("ttt/lora_0317/golden_lora_ttt.json");
+    let case = &g["cases"][0];
+    let probe = |r: &Value, id: &str| -> bool {
+        r["probes"]["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("probe {id}"))["passed"]
+            .as_bool()
+            .unwrap()
+    };
+    let legal = report(&run(case, &["--probes"]));
+    for p in legal["probes"]["probes"].as_array().unwrap() {
+        assert_eq!(p["passed"], true, "{p}");
+    }
+    assert!(probe(&legal, "doc_isolation"));
+    // A failed probe exits 2 (the report is still printed).
+    let o = run(case, &["--probes", "--planted", "adapt-then-score"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let planted: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(planted["procedure"], "planted:lora_adapt_then_score");
+    for id in ["c1_causal", "c3_score_before_update", "ttt_ordering"] {
+        assert!(!probe(&planted, id), "{id} should fail");
+    }
+    assert!(probe(&planted, "c4_single_pass"));
+}
+
+/// A seeded run is deterministic, and another seed gives another (nearby) result.
+#[test]
+fn seeded_draws_are_deterministic() {
+    let g = golden("ttt/lora_0317/golden_lora_ttt.json");
+    let case = &g["cases"][0];
+    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
+    let seeded = |seed: &str| {
+        report(&pgolf(&[
+            "verify",
+            s(&fixture("models/sp1024_tied.safetensors")),
+            "--config",
+            s(&fixture("models/sp1024_tied.json")),
+            "--val",
+            &val,
+            "--tokenizer",
+            s(&tokenizer_path(1024)),
+            "--lora-ttt",
+            "--ttt-lora-rank",
+            "2",
+            "--ttt-chunk-size",
+            "32",
+            "--ttt-eval-seq-len",
+            "64",
+            "--ttt-batch-size",
+            "4",
+            "--ttt-seed",
+            seed,
+            "--json",
+        ]))
+    };
+    let (a, b, c) = (seeded("1"), seeded("1"), seeded("2"));
+    assert_eq!(a["val_loss"], b["val_loss"]);
+    assert_eq!(a["receipts"]["chain"], b["receipts"]["chain"]);
+    assert_ne!(a["val_loss"], c["val_loss"]);
+    let off = (a["val_loss"].as_f64().unwrap() - case["val_loss"].as_f64().unwrap()).abs();
+    assert!(off < 0.01, "a different draw moves the loss by {off}");
+}
+
+/// Bad inputs: an init file whose draws have another shape, one that holds fewer draws than the run makes, a file
+/// that is not safetensors; flags that do not combine; a chunk longer than the evaluation window.
+#[test]
+fn bad_lora_ttt_inputs_fail_cleanly() {
+    let g = golden("ttt/lora_0317/golden_lora_ttt.json");
+    let (c0, c1) = (&g["cases"][0], &g["cases"][1]);
+    let err = |o: &std::process::Output| -> String {
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!e.contains("panicked"), "{e}");
+        e
+    };
+    // Case 0's knobs (rank 2) with case 1's draws (rank 4).
+    let other = fixture(&format!(
+        "ttt/lora_0317/lora_init_{}.safetensors",
+        c1["name"].as_str().unwrap()
+    ));
+    let e = err(&run_with(c0, &[("--lora-init", s(&other))], &[]));
+    assert!(
+        e.contains("has shape") && e.contains("lm_head_lora.A"),
+        "{e}"
+    );
+    // Batches of 1 document make more draws than the file holds (and of another batch size).
+    let e = err(&run_with(c0, &[("--ttt-batch-size", "1")], &[]));
+    assert!(
+        e.contains("no tensor draw") || e.contains("has shape"),
+        "{e}"
+    );
+    // Not a safetensors file.
+    let dir = temp_dir("lora_bad");
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    let e = err(&run_with(c0, &[("--lora-init", s(&junk))], &[]));
+    assert!(
+        e.contains("junk.safetensors") && e.contains("not a safetensors file"),
+        "{e}"
+    );
+    // Flags that do not combine, and a chunk longer than the window.
+    let e = err(&run(c0, &["--ttt"]));
+    assert!(
+        e.contains("--lora-ttt is an evaluation procedure of its own"),
+        "{e}"
+    );
+    let e = err(&run_with(c0, &[("--ttt-eval-seq-len", "16")], &[]));
+    assert!(e.contains("at least the chunk size"), "{e}");
+}
