@@ -260,4 +260,16 @@ mod tests {
             Err(GptqError::Shape { .. })
         ));
     }
+
+    #[test]
+    fn a_hessian_singular_after_damping_is_an_error() {
+        // [[1, 2], [2, 1]] has eigenvalue −1: 1% damping of the mean diagonal cannot make it positive definite.
+        // A NaN Hessian (from NaN activations) fails the same way.
+        let w = [0.1f32, -0.2, 0.3, 0.05];
+        for h in [[1.0f32, 2.0, 2.0, 1.0], [f32::NAN, 0.0, 0.0, 1.0]] {
+            let e = gptq_quantize(&w, 2, 2, &h, 3.0, 31, 128).unwrap_err();
+            assert!(matches!(e, GptqError::NotPositiveDefinite { .. }), "{e}");
+            assert!(e.to_string().contains("singular after damping"));
+        }
+    }
 }
