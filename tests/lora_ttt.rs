@@ -142,13 +142,14 @@ fn probes_pass_on_lora_ttt_and_catch_adapt_then_score() {
     assert!(probe(&planted, "c4_single_pass"));
 }
 
-/// A seeded run is deterministic, and another seed gives another (nearby) result.
+/// A seeded run is deterministic, another seed gives another (nearby) result, and `--ttt-seeds K` reports the
+/// spread of K reruns.
 #[test]
 fn seeded_draws_are_deterministic() {
     let g = golden("ttt/lora_0317/golden_lora_ttt.json");
     let case = &g["cases"][0];
     let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
-    let seeded = |seed: &str| {
+    let seeded = |seed: &str, reruns: &str| {
         report(&pgolf(&[
             "verify",
             s(&fixture("models/sp1024_tied.safetensors")),
@@ -169,15 +170,37 @@ fn seeded_draws_are_deterministic() {
             "4",
             "--ttt-seed",
             seed,
+            "--ttt-seeds",
+            reruns,
             "--json",
         ]))
     };
-    let (a, b, c) = (seeded("1"), seeded("1"), seeded("2"));
+    let (a, b, c) = (seeded("1", "0"), seeded("1", "3"), seeded("2", "0"));
     assert_eq!(a["val_loss"], b["val_loss"]);
     assert_eq!(a["receipts"]["chain"], b["receipts"]["chain"]);
     assert_ne!(a["val_loss"], c["val_loss"]);
     let off = (a["val_loss"].as_f64().unwrap() - case["val_loss"].as_f64().unwrap()).abs();
     assert!(off < 0.01, "a different draw moves the loss by {off}");
+    // --ttt-seeds 3: reruns with seeds 1, 2, 3; the first is the main run, the second the seed-2 run.
+    assert!(a.get("seed_spread").is_none());
+    let sp = &b["seed_spread"];
+    assert_eq!(sp["seeds"], serde_json::json!([1, 2, 3]));
+    assert_eq!(sp["val_bpb"][0], a["val_bpb"]);
+    assert_eq!(sp["val_bpb"][1], c["val_bpb"]);
+    let runs: Vec<f64> = sp["val_bpb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mean = runs.iter().sum::<f64>() / 3.0;
+    let std = (runs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!((sp["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!((sp["std"].as_f64().unwrap() - std).abs() < 1e-12 && std > 0.0);
+    assert_eq!(
+        sp["min"].as_f64().unwrap(),
+        runs.iter().copied().fold(f64::INFINITY, f64::min)
+    );
 }
 
 /// Bad inputs: an init file whose draws have another shape, one that holds fewer draws than the run makes, a file

@@ -251,7 +251,8 @@ pub struct LoraTtt {
     model: Box<dyn CausalLm + Send>,
     shapes: LoraShapes,
     pub recipe: LoraTttRecipe,
-    pub init: LoraInit,
+    /// Where A's draws come from (a seed replaces it for `--ttt-seeds` reruns).
+    pub init: std::sync::Mutex<LoraInit>,
     pub summary: std::sync::Mutex<LoraTttSummary>,
     /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
     pub adapt_before_score: bool,
@@ -331,7 +332,7 @@ impl LoraTtt {
             model,
             shapes,
             recipe,
-            init,
+            init: std::sync::Mutex::new(init),
             summary: Default::default(),
             adapt_before_score: false,
         })
@@ -568,6 +569,11 @@ impl Procedure for LoraTtt {
         true
     }
 
+    fn reseed(&self, seed: u64) -> bool {
+        *self.init.lock().expect("init lock") = LoraInit::Seed(seed);
+        true
+    }
+
     fn run(
         &self,
         tokens: &[u16],
@@ -581,12 +587,13 @@ impl Procedure for LoraTtt {
             documents: docs.len(),
             ..Default::default()
         };
-        let seed = match self.init {
+        let init = self.init.lock().expect("init lock").clone();
+        let seed = match init {
             LoraInit::Seed(s) => s,
             LoraInit::File { .. } => 0,
         };
         let mut draws = Draws {
-            init: &self.init,
+            init: &init,
             count: 0,
             state: seed,
         };

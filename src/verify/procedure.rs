@@ -26,6 +26,11 @@ pub trait Procedure {
     fn claims_doc_isolation(&self) -> bool {
         false
     }
+    /// Makes the procedure's own randomness (LoRA TTT's adapter draws) come from `seed` on its next runs; false
+    /// for a procedure that has none.
+    fn reseed(&self, _seed: u64) -> bool {
+        false
+    }
     /// Runs on `tokens` (targets `0 .. tokens.len() − 1`). `progress(done, total)` reports the procedure's own units.
     fn run(
         &self,

@@ -217,6 +217,39 @@ pub enum TttRecipeReport {
     Lora(crate::verify::lora_ttt::LoraTttRecipe),
 }
 
+/// The spread of a procedure's BPB over its own randomness (one rerun per seed).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SeedSpread {
+    pub seeds: Vec<u64>,
+    pub val_bpb: Vec<f64>,
+    pub mean: f64,
+    /// Sample standard deviation (n − 1); 0 for one run.
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl SeedSpread {
+    pub fn from_runs(runs: Vec<(u64, f64)>) -> Self {
+        let n = runs.len().max(1) as f64;
+        let bpb: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let mean = bpb.iter().sum::<f64>() / n;
+        let var = if bpb.len() > 1 {
+            bpb.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        SeedSpread {
+            seeds: runs.iter().map(|r| r.0).collect(),
+            mean,
+            std: var.sqrt(),
+            min: bpb.iter().copied().fold(f64::INFINITY, f64::min),
+            max: bpb.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            val_bpb: bpb,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TttSummary {
     pub recipe: TttRecipeReport,
@@ -282,6 +315,9 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canonical: Option<CanonicalComparison>,
+    /// `--ttt-seeds K`: the BPB of K reruns with other adapter draws.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_spread: Option<SeedSpread>,
     /// The window form with its parameters (for the text report).
     #[serde(skip)]
     pub form: WindowForm,

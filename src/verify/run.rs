@@ -15,8 +15,8 @@ use super::planted::{HashedNgramCache, SlotDelta};
 use super::probes::{ProbeOptions, run_probes};
 use super::procedure::{Procedure, WindowProcedure};
 use super::report::{
-    CanonicalComparison, Compliance, Finding, ReceiptSummary, TttRecipeReport, TttSummary,
-    VerifyReport, report_findings, stream_findings,
+    CanonicalComparison, Compliance, Finding, ReceiptSummary, SeedSpread, TttRecipeReport,
+    TttSummary, VerifyReport, report_findings, stream_findings,
 };
 use super::scorer::{DocIsolatedScorer, ModelScorer, WindowScorer};
 use super::tilt::{NgramTiltPrior, NgramTiltScorer};
@@ -127,6 +127,8 @@ pub struct LoraTttSpec {
     pub recipe: LoraTttRecipe,
     pub seed: u64,
     pub init_file: Option<PathBuf>,
+    /// Also rerun the procedure with seeds `seed .. seed + seeds` and report the spread of the BPB (0: none).
+    pub seeds: usize,
 }
 
 impl VerifySpec {
@@ -957,6 +959,24 @@ fn verify_once(
         None
     };
 
+    // The procedure's own noise: reruns with other adapter draws.
+    let seed_spread = match &spec.lora_ttt {
+        Some(l) if l.seeds > 0 => {
+            let mut runs = Vec::with_capacity(l.seeds);
+            for k in 0..l.seeds {
+                let seed = l.seed + k as u64;
+                procedure.reseed(seed);
+                let (e, _) = eval::evaluate(procedure.as_ref(), &tokens, &bytes, &mut |d, t| {
+                    progress(&format!("seed {seed}"), d, t)
+                })
+                .map_err(context(format!("rerunning with seed {seed}")))?;
+                runs.push((seed, e.val_bpb));
+            }
+            Some(SeedSpread::from_runs(runs))
+        }
+        _ => None,
+    };
+
     let mut findings =
         report_findings(&evaluated, caseops, &regridded, spec.byte_sidecar.is_some());
     findings.extend(stream_findings(&tokenizer, &table, &tokens));
@@ -1025,6 +1045,7 @@ fn verify_once(
         compliance_basis,
         findings,
         canonical: None,
+        seed_spread,
         form,
         fake_quant,
         all_receipts: record.receipts,

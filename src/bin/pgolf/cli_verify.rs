@@ -202,6 +202,10 @@ pub struct VerifyArgs {
     /// `draw{k}.`; fixtures/generate_lora_ttt.py writes one).
     #[arg(long, requires = "lora_ttt", conflicts_with = "ttt_seed")]
     lora_init: Option<PathBuf>,
+    /// LoRA TTT: also rerun with K seeds (--ttt-seed, +1, …) and report the mean, std and range of the BPB — how
+    /// much of a claimed gain lies inside the procedure's own noise.
+    #[arg(long, default_value_t = 0, requires = "lora_ttt")]
+    ttt_seeds: usize,
     /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
     /// and --doc-isolated's per-rank ranges, each truncated to whole buffers.
     #[arg(long, default_value_t = 1)]
@@ -279,6 +283,7 @@ impl VerifyArgs {
                 },
                 seed: self.ttt_seed,
                 init_file: self.lora_init.clone(),
+                seeds: self.ttt_seeds,
             }),
             device: self.compute.device.clone(),
             precision: self.compute.precision,
@@ -378,6 +383,19 @@ fn print_report(r: &VerifyReport) -> Result<()> {
     }
     println!("val_loss     {:.8} nats/target", r.val_loss);
     println!("val_bpb      {:.8}", r.val_bpb);
+    if let Some(sp) = &r.seed_spread {
+        println!(
+            "seeds        {} reruns with seeds {}..={}: val_bpb mean {:.8}, std {:.2e}, range {:.8} – {:.8} ({:.2e})",
+            sp.seeds.len(),
+            sp.seeds.first().copied().unwrap_or(0),
+            sp.seeds.last().copied().unwrap_or(0),
+            sp.mean,
+            sp.std,
+            sp.min,
+            sp.max,
+            sp.max - sp.min
+        );
+    }
     println!("targets      {} scored, {} bytes", r.targets, r.bytes);
     let c = &r.coverage;
     if c.exactly_once {
