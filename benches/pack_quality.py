@@ -19,8 +19,10 @@ the baseline recipe) under a wall-clock cap and keeps the float checkpoint.
      by hooks on the challenge's baseline `GPT` (CHALLENGE_DIR/train_gpt.py), the architecture `pgolf train` trains.
      One knob is changed, the same on both sides: tensors of ≤ 4,096 elements stay float (the record's 65,536 would
      keep every matrix of a model this small in fp16, leaving nothing to compare);
-  2. `pgolf pack --scheme gptq` with the same settings, calibrated on the same tokens;
-  3. `pgolf pack --fit rd --budget B` with B the record's artifact bytes (pgolf's best at the record's size);
+  2. `pgolf pack --scheme gptq` with the same settings (control tensors in fp16 too, `--control-fp16`, as the record
+     stores every small tensor), calibrated on the same tokens;
+  3. `pgolf pack --fit rd --budget B` with B the record's artifact bytes (pgolf's best at the record's size: with the
+     record's bits as the upper bound, and with int8 as the upper bound), and at 95% of B;
   4. pgolf's gap against the number of calibration tokens.
 Every artifact is scored twice: by `pgolf verify` and by the challenge's own `eval_val` on the weights decoded in
 Python (the record's `dequantize_mixed`, or python/pgolf_decode.py). Prints one JSON report (and writes it to
@@ -250,7 +252,7 @@ def compare(args):
                         "-o", path, "--keep-float-max-numel", str(KEEP_FLOAT_MAX_NUMEL), "--scheme", "gptq",
                         "--calibrate", train_glob, "--calib-tokens", str(n_tokens), "--bits", str(bits[0]),
                         "--embed-bits", str(bits[1]), "--k-mlp", "11.5", "--k-attn", "13", "--k-embed", "14", "--k-other", "12.85",
-                        "--json", *extra])
+                        "--control-fp16", "--json", *extra])
         seconds = time.perf_counter() - t0
         sd, _ = pgolf_decode.load(path)
         return {"pipeline": f"pgolf pack ({name})", "calib_tokens": n_tokens, "bytes": os.path.getsize(path),

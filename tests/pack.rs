@@ -603,3 +603,39 @@ fn the_rd_fit_chooses_lqer_ranks() {
         .count();
     assert_eq!(corrected, ranks.iter().filter(|&&r| r > 0).count());
 }
+
+/// `--control-fp16` stores the control tensors (attn_scale, mlp_scale, resid_mix, q_gain, skip_weights) in fp16 as
+/// the GPTQ records do: each decodes to its fp16 rounding, and the artifact is smaller by about half their bytes.
+#[test]
+fn control_fp16_stores_control_tensors_as_the_records_do() {
+    let dir = temp_dir("control_fp16");
+    let run = |out: &str, extra: &[&str]| -> Value {
+        let o = pack(&dir, out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (f32s, f16s) = (run("a.pglf", &[]), run("b.pglf", &["--control-fp16"]));
+    let bytes = |r: &Value| r["size"]["artifact_bytes"].as_u64().unwrap();
+    let a = load_artifact(&dir.join("a.pglf"), &Limits::default()).unwrap();
+    let b = load_artifact(&dir.join("b.pglf"), &Limits::default()).unwrap();
+    let mut control_bytes = 0u64;
+    for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!(ta.name, tb.name);
+        if ta.scheme == "passthrough_fp32" {
+            assert_eq!(tb.scheme, "passthrough_fp16", "{}", ta.name);
+            control_bytes += 4 * ta.params() as u64;
+            for (x, y) in ta.dequantize().iter().zip(tb.dequantize()) {
+                assert_eq!(half::f16::from_f32(*x).to_f32(), y, "{}", ta.name);
+            }
+        } else {
+            assert_eq!(ta.dequantize(), tb.dequantize(), "{}", ta.name);
+        }
+    }
+    assert!(control_bytes > 0);
+    assert!(
+        bytes(&f16s) < bytes(&f32s),
+        "{} vs {}",
+        bytes(&f16s),
+        bytes(&f32s)
+    );
+}

@@ -78,6 +78,9 @@ pub struct PackOptions {
     pub gate_int8: bool,
     /// Per-tensor settings (bits, k) that override the tensor's group, as the rate–distortion fit chooses them.
     pub overrides: std::collections::BTreeMap<String, GroupSetting>,
+    /// Keep control tensors (`attn_scale`, `resid_mix`, `q_gain`, …) in fp16 like every other small tensor, as the
+    /// GPTQ records store them, instead of the baseline's fp32.
+    pub control_fp16: bool,
     /// Per-tensor LQER ranks chosen by the rate–distortion fit (0: no correction); when set they replace the
     /// top-k rule of `lqer`.
     pub lqer_ranks: std::collections::BTreeMap<String, usize>,
@@ -207,6 +210,22 @@ pub fn quantize_tensor(t: &QTensor, opts: &PackOptions) -> Result<QTensor> {
         return Ok(q);
     }
     let small_or_int = !values.is_float() || values.numel() <= opts.keep_float_max_numel;
+    if opts.control_fp16 && values.is_float() && values.numel() <= opts.keep_float_max_numel {
+        // The records since 04-05 (`gptq_mixed_quantize`): every small float tensor in fp16, control tensors too.
+        let mut q = quantize::percentile_int8_entry(&t.name, values, opts.keep_float_max_numel);
+        if let Payload::Passthrough { values: v } = &mut q.payload
+            && v.dtype == "float32"
+        {
+            *v = HostTensor {
+                dtype: "float16".into(),
+                shape: v.shape.clone(),
+                data: quantize::f16_bytes(&v.to_f32()),
+            };
+            q.scheme = "passthrough_fp16".into();
+            q.bits = 16;
+        }
+        return Ok(q);
+    }
     let two_d = values.shape.len() == 2;
     if small_or_int || !two_d || (opts.scheme == Scheme::Percentile && set.bits == 8) {
         return Ok(quantize::percentile_int8_entry(
@@ -727,6 +746,7 @@ mod tests {
             gate_int8,
             overrides: Default::default(),
             lqer_ranks: Default::default(),
+            control_fp16: false,
         }
     }
 

@@ -94,6 +94,10 @@ pub struct PackArgs {
     /// (Hessian-weighted, with --calibrate) error for the bytes (rans only).
     #[arg(long, default_value = "bisect", value_parser = ["bisect", "rd"])]
     fit: String,
+    /// Store the control tensors (attn_scale, mlp_scale, resid_mix, q_gain, skip_weights, …) in fp16 like every other
+    /// small tensor, as the GPTQ records do (`gptq_mixed_quantize`), instead of the baseline exporter's fp32.
+    #[arg(long)]
+    control_fp16: bool,
     /// Keep attention-gate matrices (`*.attn_gate_w`) as fp16 passthrough instead of int8 rows.
     #[arg(long)]
     no_gate_int8: bool,
@@ -257,6 +261,7 @@ pub fn run(args: PackArgs) -> Result<ExitCode> {
         gate_int8: !args.no_gate_int8,
         overrides: Default::default(),
         lqer_ranks: Default::default(),
+        control_fp16: args.control_fp16,
         lqer: (args.lqer_rank > 0).then_some(fit::LqerOptions {
             rank: args.lqer_rank,
             top_k: args.lqer_top_k,
