@@ -6,7 +6,7 @@
 Builds the challenge's GPT (DIR/train_gpt.py) at the SOTA-class shape (11×512, 8 heads / 4 KV, MLP 4×, sp8192, seq
 2048, tied: 36M parameters) with random weights (timing does not depend on them), writes a stand-in training shard
 of the sp8192 fixture tokens repeated, runs pack with calibration, GPTQ and the default coder, and prints pgolf's
-stage seconds (calibration, quantization, coding) and the total wall clock. Needs torch, safetensors, numpy.
+stage seconds (calibration, quantization with LQER on the top 3 matrices at rank 4 by default, coding) and the total wall clock. Needs torch, safetensors, numpy.
 """
 import argparse
 import importlib.util
@@ -30,6 +30,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--challenge", required=True)
     ap.add_argument("--calib-tokens", type=int, default=65_536)
+    ap.add_argument("--lqer-rank", type=int, default=4, help="LQER rank (the 04-27 record's 4; 0: off)")
+    ap.add_argument("--lqer-top-k", type=int, default=3)
     ap.add_argument("--pgolf", default=os.path.join(ROOT, "target/release/pgolf"))
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("train_gpt", os.path.join(args.challenge, "train_gpt.py"))
@@ -60,12 +62,14 @@ def main():
     out = subprocess.run([args.pgolf, "pack", os.path.join(tmp, "model.safetensors"), "--config",
                           os.path.join(tmp, "config.json"), "-o", os.path.join(tmp, "out.pglf"), "--scheme", "gptq",
                           "--calibrate", os.path.join(tmp, "fineweb_train_*.bin"), "--calib-tokens",
-                          str(args.calib_tokens), "--json"], capture_output=True, text=True)
+                          str(args.calib_tokens), "--lqer-rank", str(args.lqer_rank), "--lqer-top-k",
+                          str(args.lqer_top_k), "--json"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(out.stderr)
     r = json.loads(out.stdout)
-    print(json.dumps(dict(parameters=params, calib_tokens=args.calib_tokens, wall_seconds=wall,
+    print(json.dumps(dict(parameters=params, calib_tokens=args.calib_tokens, lqer_rank=args.lqer_rank,
+                          lqer_top_k=args.lqer_top_k, wall_seconds=wall,
                           stage_seconds=r["stage_seconds"], artifact_bytes=r["size"]["artifact_bytes"],
                           cpus=os.cpu_count()), indent=1))
 
