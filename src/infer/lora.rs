@@ -17,7 +17,7 @@ pub enum LoraTarget {
     K,
     /// `attn.c_v`.
     V,
-    /// `attn.proj` (input: the attention output).
+    /// `attn.proj`'s output (input: the block's normed input, as the records' `o_loras` read it).
     O,
     /// The MLP's output (input: the MLP's normed input).
     Mlp,

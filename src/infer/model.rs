@@ -1019,7 +1019,18 @@ impl Gpt {
             y = y.broadcast_mul(&g.unsqueeze(3)?)?;
         }
         let y = y.reshape((b, t, d))?;
-        Ok((adapted(&y, blk.attn_proj, LoraTarget::O)?, raw_v))
+        // The records' o_loras read the block's normed input (as q, k, v do), not the attention output, and add to
+        // the output projection's result.
+        let out = self.linear(&y, self.p(blk.attn_proj))?;
+        match ctx
+            .lora
+            .map(|l| l.delta(slot, LoraTarget::O, x))
+            .transpose()?
+            .flatten()
+        {
+            Some(dl) => Ok(((out + dl)?, raw_v)),
+            None => Ok((out, raw_v)),
+        }
     }
 
     /// Seed 004's XSA: the causal softmax A made explicit, y = A·V − diag(A)⊙v (the self term removed without

@@ -1,5 +1,6 @@
 //! `torch.optim.Adam` (no weight decay, no amsgrad): `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`,
-//! `p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε)`, state per parameter, step count per parameter.
+//! `p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε)`, state per parameter, step count per parameter; with
+//! `weight_decay` > 0 it is `torch.optim.AdamW`: `p ← p·(1 − lr·wd)` first (decoupled decay).
 
 use candle_core::{Tensor, Var};
 
@@ -10,6 +11,8 @@ pub struct Adam {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// AdamW's decoupled weight decay (0: Adam).
+    pub weight_decay: f64,
     state: Vec<Option<(Tensor, Tensor, u64)>>,
 }
 
@@ -20,6 +23,7 @@ impl Adam {
             beta1,
             beta2,
             eps,
+            weight_decay: 0.0,
             state: vec![None; parameters],
         }
     }
@@ -40,6 +44,9 @@ impl Adam {
                 None => (g.zeros_like()?, g.zeros_like()?, 0),
             };
             let t = t + 1;
+            if self.weight_decay != 0.0 {
+                p.set(&(p.as_tensor() * (1.0 - self.lr * self.weight_decay))?)?;
+            }
             let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let bc1 = 1.0 - self.beta1.powi(t as i32);

@@ -49,8 +49,58 @@ pub struct LoraTttRecipe {
     /// The projections that get adapters in every layer pass (rec/2026-03-17: q and v), and the head.
     pub targets: Vec<LoraTarget>,
     pub head: bool,
-    /// Ranks replayed one after another, each with its own slice of documents, adapters and optimizer.
+    /// Ranks replayed one after another, each with its own documents, adapters and optimizer.
     pub world_size: usize,
+    /// TTT_LORA_ALPHA: adapters scaled by alpha / rank (None: unscaled, rec/2026-03-17).
+    pub alpha: Option<f64>,
+    /// TTT_WARM_START_A: a reset zeroes B and keeps A (rec/2026-04-27), instead of drawing A again.
+    pub warm_start_a: bool,
+    /// TTT_WEIGHT_DECAY: AdamW's decoupled decay (0: Adam).
+    pub weight_decay: f64,
+    /// TTT_GRAD_STEPS: optimizer steps per chunk (a fresh forward pass before each after the first).
+    pub grad_steps: usize,
+    pub schedule: LoraSchedule,
+}
+
+/// How documents become batches and batches reach ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraSchedule {
+    /// rec/2026-03-17: rank r takes documents [n·r/W, n·(r+1)/W), sorted stably by chunk count, in batches.
+    RankSlices,
+    /// rec/2026-04-10, 04-27 (`_build_ttt_global_batches`): all documents sorted stably by length, cut into
+    /// batches, the batches sorted stably by their longest document, longest first; the records' ranks claim them
+    /// from a shared counter (timing decides who gets which), pgolf gives batch k to rank k mod W.
+    LengthQueue,
+}
+
+impl LoraTttRecipe {
+    /// rec/2026-04-27's LoRA settings (its log's `Hyperparameters:`; the global phases are not part of this).
+    pub fn rec_2026_04_27() -> Self {
+        LoraTttRecipe {
+            rank: 80,
+            lr: 1e-4,
+            chunk_size: 48,
+            eval_seq_len: 2048,
+            batch_size: 64,
+            beta1: 0.0,
+            beta2: 0.99,
+            targets: vec![
+                LoraTarget::Q,
+                LoraTarget::K,
+                LoraTarget::V,
+                LoraTarget::O,
+                LoraTarget::Mlp,
+            ],
+            head: true,
+            world_size: 1,
+            alpha: Some(144.0),
+            warm_start_a: true,
+            weight_decay: 0.5,
+            grad_steps: 1,
+            schedule: LoraSchedule::LengthQueue,
+        }
+    }
 }
 
 impl Default for LoraTttRecipe {
@@ -66,6 +116,11 @@ impl Default for LoraTttRecipe {
             targets: vec![LoraTarget::Q, LoraTarget::V],
             head: true,
             world_size: 1,
+            alpha: None,
+            warm_start_a: false,
+            weight_decay: 0.0,
+            grad_steps: 1,
+            schedule: LoraSchedule::RankSlices,
         }
     }
 }
@@ -199,9 +254,9 @@ struct BatchLora {
 }
 
 impl BatchLora {
-    fn set(&self) -> LoraSet {
+    fn set(&self, scale: f64) -> LoraSet {
         let mut set = LoraSet {
-            scale: 1.0,
+            scale,
             ..Default::default()
         };
         for ((place, a), b) in self.places.iter().zip(&self.a).zip(&self.b) {
@@ -410,8 +465,14 @@ impl LoraTtt {
         Ok(lora)
     }
 
-    /// `reset()`: every A drawn again, every B zeroed.
+    /// `reset()`: every B zeroed, and every A drawn again unless A starts warm.
     fn reset(&self, lora: &BatchLora, draws: &mut Draws) -> Result<()> {
+        if self.recipe.warm_start_a {
+            for v in &lora.b {
+                v.set(&v.as_tensor().zeros_like()?)?;
+            }
+            return Ok(());
+        }
         let bsz = lora.a.first().map_or(0, |a| a.dims()[0]);
         let names: Vec<(String, usize)> = lora
             .names
@@ -445,6 +506,8 @@ impl LoraTtt {
         let bsz = batch.len();
         let vars = lora.vars();
         let mut adam = Adam::new(vars.len(), r.lr, r.beta1, r.beta2, 1e-10);
+        adam.weight_decay = r.weight_decay;
+        let scale = r.alpha.map_or(1.0, |a| a / r.rank as f64);
         let pred_lens: Vec<usize> = batch.iter().map(|&(_, len)| len - 1).collect();
         let num_chunks: Vec<usize> = pred_lens.iter().map(|p| p.div_ceil(chunk)).collect();
         let max_nc = num_chunks.iter().copied().max().unwrap_or(0);
@@ -471,7 +534,7 @@ impl LoraTtt {
             let ys = Tensor::from_vec(y, (bsz, context), device)?;
             if self.adapt_before_score {
                 // Planted violation: one Adam step on every active document's chunk, then the chunk is scored.
-                let ptl = self.model.lora_token_losses(&xs, &ys, &lora.set())?;
+                let ptl = self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?;
                 let mask: Vec<f32> = num_chunks
                     .iter()
                     .map(|&nc| if ci < nc { 1.0 } else { 0.0 })
@@ -492,7 +555,7 @@ impl LoraTtt {
                     .collect();
                 ledger.train_step(&ranges);
             }
-            let set = lora.set();
+            let set = lora.set(scale);
             let ptl = self.model.lora_token_losses(&xs, &ys, &set)?;
             let rows = ptl.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (b, s) in scored.iter().enumerate() {
@@ -523,15 +586,22 @@ impl LoraTtt {
                     .map(|&nc| if ci + 1 < nc { 1.0 } else { 0.0 })
                     .collect();
                 let mask = Tensor::from_vec(mask, bsz, device)?;
-                let per_doc = ptl.narrow(1, chunk_offset, chunk)?.mean(1)?;
-                let loss = (per_doc * mask)?.sum_all()?;
-                let grads = loss.backward()?;
-                let g: Vec<Option<Tensor>> = vars
-                    .iter()
-                    .map(|v| grads.get(v.as_tensor()).cloned())
-                    .collect();
-                adam.step(&vars, &g)?;
-                summary.adam_steps += 1;
+                for step in 0..r.grad_steps.max(1) {
+                    let ptl = if step == 0 {
+                        ptl.clone()
+                    } else {
+                        self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?
+                    };
+                    let per_doc = ptl.narrow(1, chunk_offset, chunk)?.mean(1)?;
+                    let loss = (per_doc * &mask)?.sum_all()?;
+                    let grads = loss.backward()?;
+                    let g: Vec<Option<Tensor>> = vars
+                        .iter()
+                        .map(|v| grads.get(v.as_tensor()).cloned())
+                        .collect();
+                    adam.step(&vars, &g)?;
+                    summary.adam_steps += 1;
+                }
                 let ranges: Vec<std::ops::Range<usize>> = batch
                     .iter()
                     .zip(&num_chunks)
@@ -598,20 +668,36 @@ impl Procedure for LoraTtt {
             state: seed,
         };
         let n = docs.len();
-        let total_batches: usize = (0..r.world_size)
-            .map(|rank| {
-                (n * (rank + 1) / r.world_size - n * rank / r.world_size).div_ceil(r.batch_size)
-            })
-            .sum();
+        let w = r.world_size;
+        // Each rank's batches, in the order it runs them.
+        let rank_batches: Vec<Vec<Vec<(usize, usize)>>> = match r.schedule {
+            LoraSchedule::RankSlices => (0..w)
+                .map(|rank| {
+                    let mut d = docs[n * rank / w..n * (rank + 1) / w].to_vec();
+                    // A stable sort, as Python's list.sort.
+                    d.sort_by_key(|&(_, len)| (len - 2) / r.chunk_size);
+                    d.chunks(r.batch_size).map(<[_]>::to_vec).collect()
+                })
+                .collect(),
+            LoraSchedule::LengthQueue => {
+                let mut d = docs.clone();
+                d.sort_by_key(|&(_, len)| len);
+                let mut batches: Vec<Vec<(usize, usize)>> =
+                    d.chunks(r.batch_size).map(<[_]>::to_vec).collect();
+                batches.sort_by_key(|b| std::cmp::Reverse(b.iter().map(|&(_, len)| len).max()));
+                let mut per_rank = vec![Vec::new(); w];
+                for (k, b) in batches.into_iter().enumerate() {
+                    per_rank[k % w].push(b);
+                }
+                per_rank
+            }
+        };
+        let total_batches: usize = rank_batches.iter().map(Vec::len).sum();
         let mut done = 0;
-        for rank in 0..r.world_size {
-            let mut rank_docs =
-                docs[n * rank / r.world_size..n * (rank + 1) / r.world_size].to_vec();
-            // A stable sort, as Python's list.sort.
-            rank_docs.sort_by_key(|&(_, len)| (len - 2) / r.chunk_size);
+        for (rank, batches) in rank_batches.iter().enumerate() {
             // The full-size LoRA is built once per rank before the first batch (a draw even if no batch is full).
             let full = self.build(r.batch_size, &mut draws)?;
-            for batch in rank_docs.chunks(r.batch_size) {
+            for batch in batches {
                 let fresh;
                 let lora = if batch.len() == r.batch_size {
                     self.reset(&full, &mut draws)?;

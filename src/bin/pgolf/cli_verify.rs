@@ -170,30 +170,46 @@ pub struct VerifyArgs {
     /// With --mixer --ttt: weight each target's loss by its base bytes over the batch mean (BYTE_WEIGHTED_TTT).
     #[arg(long)]
     ttt_byte_weighted: bool,
-    /// Per-document LoRA test-time training as rec/2026-03-17_LoRA_TTT runs it (eval_val_ttt_lora): documents in
-    /// batches, each with its own adapters on q, v and the head; each chunk scored, then one Adam step.
-    #[arg(long)]
-    lora_ttt: bool,
-    /// LoRA TTT: adapter rank (TTT_LORA_RANK).
-    #[arg(long, default_value_t = 8, requires = "lora_ttt")]
-    ttt_lora_rank: usize,
-    /// LoRA TTT: Adam learning rate (TTT_LORA_LR).
-    #[arg(long, default_value_t = 0.01, requires = "lora_ttt")]
-    ttt_lora_lr: f64,
-    /// LoRA TTT: targets per document chunk (TTT_CHUNK_SIZE).
-    #[arg(long, default_value_t = 256, requires = "lora_ttt")]
-    ttt_chunk_size: usize,
-    /// LoRA TTT: the longest window a chunk is scored in (TTT_EVAL_SEQ_LEN).
-    #[arg(long, default_value_t = 1024, requires = "lora_ttt")]
-    ttt_eval_seq_len: usize,
-    /// LoRA TTT: documents per batch (TTT_BATCH_SIZE).
-    #[arg(long, default_value_t = 64, requires = "lora_ttt")]
-    ttt_batch_size: usize,
-    /// LoRA TTT: Adam β1 and β2 (BETA1, BETA2).
-    #[arg(long, default_value_t = 0.9, requires = "lora_ttt")]
-    beta1: f64,
-    #[arg(long, default_value_t = 0.95, requires = "lora_ttt")]
-    beta2: f64,
+    /// Per-document LoRA test-time training: documents in batches, each with its own adapters; each chunk scored,
+    /// then an optimizer step. `2026-03-17` (the default): rec/2026-03-17_LoRA_TTT's `eval_val_ttt_lora` (q, v and
+    /// head adapters, Adam, A drawn again per batch). `2026-04-27`: the per-document part of rec/2026-04-27's
+    /// `eval_val_ttt_phased` (and rec/2026-04-10's LoRA TTT): adapters on q, k, v, o, the MLP and the head scaled by
+    /// alpha/rank, AdamW, A kept warm, batches queued by document length; its global SGD phases are not run. The
+    /// knobs below override the recipe's values.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2026-03-17", value_parser = ["2026-03-17", "2026-04-27"])]
+    lora_ttt: Option<String>,
+    /// LoRA TTT: adapter rank (TTT_LORA_RANK; 8 / 80).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_lora_rank: Option<usize>,
+    /// LoRA TTT: learning rate (TTT_LORA_LR; 0.01 / 1e-4).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_lora_lr: Option<f64>,
+    /// LoRA TTT: targets per document chunk (TTT_CHUNK_SIZE; 256 / 48).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_chunk_size: Option<usize>,
+    /// LoRA TTT: the longest window a chunk is scored in (TTT_EVAL_SEQ_LEN; 1024 / 2048).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_eval_seq_len: Option<usize>,
+    /// LoRA TTT: documents per batch (TTT_BATCH_SIZE; 64).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_batch_size: Option<usize>,
+    /// LoRA TTT: Adam β1 and β2 (BETA1/BETA2 for 03-17, 0.9 / 0.95; TTT_BETA1/TTT_BETA2 for 04-27, 0 / 0.99).
+    #[arg(long, alias = "ttt-beta1", requires = "lora_ttt")]
+    beta1: Option<f64>,
+    #[arg(long, alias = "ttt-beta2", requires = "lora_ttt")]
+    beta2: Option<f64>,
+    /// LoRA TTT: scale the adapters by alpha / rank (TTT_LORA_ALPHA; 04-27: 144).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_lora_alpha: Option<f64>,
+    /// LoRA TTT: 1 keeps A across resets and zeroes only B (TTT_WARM_START_A; 04-27: 1).
+    #[arg(long, requires = "lora_ttt", value_parser = clap::value_parser!(u8).range(0..=1))]
+    ttt_warm_start_a: Option<u8>,
+    /// LoRA TTT: AdamW's decoupled weight decay (TTT_WEIGHT_DECAY; 04-27: 0.5; 0 is Adam).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_weight_decay: Option<f64>,
+    /// LoRA TTT: optimizer steps per chunk (TTT_GRAD_STEPS; 1).
+    #[arg(long, requires = "lora_ttt")]
+    ttt_grad_steps: Option<usize>,
     /// LoRA TTT: seed of the adapters' A draws (uniform in ±1/√in).
     #[arg(long, default_value_t = 0, requires = "lora_ttt")]
     ttt_seed: u64,
@@ -269,21 +285,31 @@ impl VerifyArgs {
             world_size, probes, probe_targets, probe_perturbations, probe_rows, probe_seed, code, canonical,
             score_stored_weights,
         }, {
-            lora_ttt: self.lora_ttt.then(|| run::LoraTttSpec {
-                recipe: pgolf::verify::lora_ttt::LoraTttRecipe {
-                    rank: self.ttt_lora_rank,
-                    lr: self.ttt_lora_lr,
-                    chunk_size: self.ttt_chunk_size,
-                    eval_seq_len: self.ttt_eval_seq_len,
-                    batch_size: self.ttt_batch_size,
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    world_size: self.world_size,
-                    ..Default::default()
-                },
-                seed: self.ttt_seed,
-                init_file: self.lora_init.clone(),
-                seeds: self.ttt_seeds,
+            lora_ttt: self.lora_ttt.as_deref().map(|which| {
+                use pgolf::verify::lora_ttt::LoraTttRecipe;
+                let mut r = if which == "2026-04-27" {
+                    LoraTttRecipe::rec_2026_04_27()
+                } else {
+                    LoraTttRecipe::default()
+                };
+                r.rank = self.ttt_lora_rank.unwrap_or(r.rank);
+                r.lr = self.ttt_lora_lr.unwrap_or(r.lr);
+                r.chunk_size = self.ttt_chunk_size.unwrap_or(r.chunk_size);
+                r.eval_seq_len = self.ttt_eval_seq_len.unwrap_or(r.eval_seq_len);
+                r.batch_size = self.ttt_batch_size.unwrap_or(r.batch_size);
+                r.beta1 = self.beta1.unwrap_or(r.beta1);
+                r.beta2 = self.beta2.unwrap_or(r.beta2);
+                r.alpha = self.ttt_lora_alpha.or(r.alpha);
+                r.warm_start_a = self.ttt_warm_start_a.map_or(r.warm_start_a, |v| v == 1);
+                r.weight_decay = self.ttt_weight_decay.unwrap_or(r.weight_decay);
+                r.grad_steps = self.ttt_grad_steps.unwrap_or(r.grad_steps);
+                r.world_size = self.world_size;
+                run::LoraTttSpec {
+                    recipe: r,
+                    seed: self.ttt_seed,
+                    init_file: self.lora_init.clone(),
+                    seeds: self.ttt_seeds,
+                }
             }),
             device: self.compute.device.clone(),
             precision: self.compute.precision,
