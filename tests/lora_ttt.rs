@@ -255,10 +255,11 @@ fn bad_lora_ttt_inputs_fail_cleanly() {
     assert!(e.contains("at least the chunk size"), "{e}");
 }
 
-/// The 2026-04-27 record's per-document LoRA TTT (its `eval_val_ttt_phased` with no global phase, run by
-/// fixtures/generate_lora_ttt.py on the 04-27 fixture model and CaseOps stream): adapters on q, k, v, o, the MLP and
-/// the head of all 17 layer passes (loops included) scaled by alpha/rank, AdamW, A kept warm, batches queued by
-/// length. Reproduced to 1e-7 relative (measured: ≤ 1e-8), and its scoring alone (lr 0) to 1e-8 (measured 2e-9).
+/// The 2026-04-27 record's `eval_val_ttt_phased` (run by fixtures/generate_lora_ttt.py on the 04-27 fixture model and
+/// CaseOps stream): per-document adapters on q, k, v, o, the MLP and the head of all 17 layer passes (loops included)
+/// scaled by alpha/rank, AdamW, A kept warm, batches queued by length — two cases without global phases and one with
+/// two (score-first SGD on the base weights over the documents scored so far). Reproduced to 1e-7 relative
+/// (measured: ≤ 1e-8), its scoring alone (lr 0) to 1e-8 (measured 2e-9); no step trains on an unscored target.
 #[test]
 fn lora_ttt_reproduces_the_04_27_record() {
     let g = golden("ttt/lora_0427/golden_lora_ttt.json");
@@ -268,8 +269,26 @@ fn lora_ttt_reproduces_the_04_27_record() {
         let name = case["name"].as_str().unwrap();
         let init = fixture(&format!("ttt/lora_0427/lora_init_{name}.safetensors"));
         let num = |k: &str| case[k].to_string();
-        let run = |lr: &str| {
-            report(&pgolf(&[
+        // The global phases where the case has them, else none (the recipe's default has them).
+        let phased: Vec<String> = match case.get("phased_ttt_prefix_docs") {
+            Some(_) => [
+                ("--phased-ttt-prefix-docs", "phased_ttt_prefix_docs"),
+                ("--phased-ttt-num-phases", "phased_ttt_num_phases"),
+                ("--global-ttt-lr", "global_ttt_lr"),
+                ("--global-ttt-momentum", "global_ttt_momentum"),
+                ("--global-ttt-epochs", "global_ttt_epochs"),
+                ("--global-ttt-chunk-tokens", "global_ttt_chunk_tokens"),
+                ("--global-ttt-batch-seqs", "global_ttt_batch_seqs"),
+                ("--global-ttt-grad-clip", "global_ttt_grad_clip"),
+                ("--eval-seq-len", "eval_seq_len"),
+            ]
+            .iter()
+            .flat_map(|(flag, key)| [flag.to_string(), num(key)])
+            .collect(),
+            None => vec!["--phased-ttt-prefix-docs".into(), "0".into()],
+        };
+        let run = |lr: &str, phases: &[String]| {
+            let mut args: Vec<String> = [
                 "verify",
                 s(&dir.join("model.safetensors")),
                 "--config",
@@ -303,9 +322,15 @@ fn lora_ttt_reproduces_the_04_27_record() {
                 "--lora-init",
                 s(&init),
                 "--json",
-            ]))
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+            args.extend(phases.iter().cloned());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            report(&pgolf(&refs))
         };
-        let r = run(&num("ttt_lora_lr"));
+        let r = run(&num("ttt_lora_lr"), &phased);
         close(
             r["val_loss"].as_f64().unwrap(),
             case["val_loss"].as_f64().unwrap(),
@@ -327,7 +352,14 @@ fn lora_ttt_reproduces_the_04_27_record() {
             recipe["targets"],
             serde_json::json!(["q", "k", "v", "o", "mlp"])
         );
-        let r0 = run("0");
+        let training = &r["ttt"]["training"];
+        assert_eq!(training["steps_using_unscored_targets"], 0, "{name}");
+        assert_eq!(training["steps_after_last_score"], 0, "{name}");
+        if case.get("phased_ttt_prefix_docs").is_some() {
+            // Three batches and two global phases, each with its receipt.
+            assert_eq!(r["receipts"]["count"], 5, "{name}");
+        }
+        let r0 = run("0", &["--phased-ttt-prefix-docs".into(), "0".into()]);
         close(
             r0["val_loss"].as_f64().unwrap(),
             case["no_adaptation_val_loss"].as_f64().unwrap(),
@@ -337,7 +369,7 @@ fn lora_ttt_reproduces_the_04_27_record() {
     }
 }
 
-/// `--lora-ttt 2026-04-27` alone carries the record's logged settings; a flag overrides one of them.
+/// `--lora-ttt 2026-04-27` alone carries the record's logged settings, global phases included; a flag overrides one.
 #[test]
 fn the_04_27_recipe_defaults_are_the_records() {
     let g = golden("ttt/lora_0317/golden_lora_ttt.json");
@@ -374,6 +406,20 @@ fn the_04_27_recipe_defaults_are_the_records() {
         ("grad_steps", serde_json::json!(1)),
     ] {
         assert_eq!(recipe[k], v, "{k}");
+    }
+    let phases = &recipe["phases"];
+    for (k, v) in [
+        ("prefix_docs", serde_json::json!(2500)),
+        ("num_phases", serde_json::json!(3)),
+        ("lr", serde_json::json!(0.001)),
+        ("momentum", serde_json::json!(0.9)),
+        ("epochs", serde_json::json!(1)),
+        ("chunk_tokens", serde_json::json!(32768)),
+        ("batch_seqs", serde_json::json!(32)),
+        ("seq_len", serde_json::json!(2048)),
+        ("grad_clip", serde_json::json!(1.0)),
+    ] {
+        assert_eq!(phases[k], v, "phases.{k}");
     }
     let _ = case;
 }

@@ -66,6 +66,18 @@ pub trait CausalLm: Sync {
             "this architecture takes no LoRA adapters".into(),
         ))
     }
+    /// Per-target cross-entropy [N] of one flat buffer [1, N] with attention isolated to `segments`,
+    /// differentiable with respect to the trainable weights (phased TTT's global SGD on documents).
+    fn train_token_losses_segmented(
+        &self,
+        _ids: &Tensor,
+        _targets: &Tensor,
+        _segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        Err(InferError::Unsupported(
+            "this architecture has no document-isolated training pass".into(),
+        ))
+    }
     /// Uncapped logits [B, T, V] with the adapters (for the probes' full rows).
     fn lora_uncapped_logits(&self, _ids: &Tensor, _lora: &LoraSet) -> Result<Tensor> {
         Err(InferError::Unsupported(
@@ -147,6 +159,15 @@ impl CausalLm for Gpt {
 
     fn lora_uncapped_logits(&self, ids: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         Gpt::lora_uncapped_logits(self, ids, lora)
+    }
+
+    fn train_token_losses_segmented(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        Gpt::train_token_losses_segmented(self, ids, targets, segments)
     }
 }
 

@@ -455,6 +455,19 @@ impl Gpt {
         self.capped_token_losses(z, targets)
     }
 
+    /// The cross-entropy of every target of one flat buffer ids [1, N] whose attention is isolated to `segments`
+    /// (the records' `forward(x, y, cu_seqlens=…)`: RoPE at flat-buffer positions), differentiable with respect to
+    /// every trainable weight: [N].
+    pub fn train_token_losses_segmented(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        let z = self.head(&self.hidden(ids, Some(segments), Pass::Train)?)?;
+        self.capped_token_losses(z, targets)
+    }
+
     /// The cross-entropy of every target [B, T] with each batch element's adapters in `lora` (one document per
     /// element), differentiable with respect to the adapters: the LoRA records' `GPT.forward(x, y, lora=…)`, whose
     /// head adapter adds to the logits before the soft-cap.

@@ -60,6 +60,31 @@ pub struct LoraTttRecipe {
     /// TTT_GRAD_STEPS: optimizer steps per chunk (a fresh forward pass before each after the first).
     pub grad_steps: usize,
     pub schedule: LoraSchedule,
+    /// rec/2026-04-27's global phases (`eval_val_ttt_phased`): score-first SGD on the base weights over the
+    /// documents scored so far, at phase boundaries (None: adapters only).
+    pub phases: Option<GlobalPhases>,
+}
+
+/// The global SGD phases of `eval_val_ttt_phased` (`train_val_ttt_global_sgd_distributed`), under the records'
+/// environment names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GlobalPhases {
+    /// PHASED_TTT_PREFIX_DOCS: the documents (in queue order) after which the phases fall.
+    pub prefix_docs: usize,
+    /// PHASED_TTT_NUM_PHASES: phase k (1-based) starts once prefix_docs·k/phases documents are scored.
+    pub num_phases: usize,
+    /// GLOBAL_TTT_LR (cosine over the phase's chunks), GLOBAL_TTT_MOMENTUM.
+    pub lr: f64,
+    pub momentum: f64,
+    /// GLOBAL_TTT_EPOCHS over each chunk.
+    pub epochs: usize,
+    /// GLOBAL_TTT_CHUNK_TOKENS: the phase's documents, concatenated, cut into chunks; the last is never trained on.
+    pub chunk_tokens: usize,
+    /// GLOBAL_TTT_BATCH_SEQS sequences of `seq_len` (the model's EVAL_SEQ_LEN) per step.
+    pub batch_seqs: usize,
+    pub seq_len: usize,
+    /// GLOBAL_TTT_GRAD_CLIP (0: none).
+    pub grad_clip: f64,
 }
 
 /// How documents become batches and batches reach ranks.
@@ -99,6 +124,17 @@ impl LoraTttRecipe {
             weight_decay: 0.5,
             grad_steps: 1,
             schedule: LoraSchedule::LengthQueue,
+            phases: Some(GlobalPhases {
+                prefix_docs: 2500,
+                num_phases: 3,
+                lr: 1e-3,
+                momentum: 0.9,
+                epochs: 1,
+                chunk_tokens: 32_768,
+                batch_seqs: 32,
+                seq_len: 2048,
+                grad_clip: 1.0,
+            }),
         }
     }
 }
@@ -121,6 +157,7 @@ impl Default for LoraTttRecipe {
             weight_decay: 0.0,
             grad_steps: 1,
             schedule: LoraSchedule::RankSlices,
+            phases: None,
         }
     }
 }
@@ -300,6 +337,8 @@ pub struct LoraTttSummary {
     pub chunks_scored: usize,
     pub adam_steps: usize,
     pub draws: usize,
+    pub global_phases: usize,
+    pub global_steps: usize,
 }
 
 pub struct LoraTtt {
@@ -311,6 +350,8 @@ pub struct LoraTtt {
     pub summary: std::sync::Mutex<LoraTttSummary>,
     /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
     pub adapt_before_score: bool,
+    /// With global phases: the base weights as variables, and their values at the start of every run.
+    base: Vec<(Var, Tensor)>,
 }
 
 /// (start, len) of each document: BOS to the next BOS inclusive (the last to the stream's end), as `_find_docs`
@@ -383,7 +424,32 @@ impl LoraTtt {
                 recipe.lr
             )));
         }
+        if recipe.phases.is_some() && recipe.world_size != 1 {
+            return Err(VerifyError::Setup(
+                "phased LoRA TTT replays one rank (--world-size 1): the records' ranks pause together at each phase"
+                    .into(),
+            ));
+        }
+        if recipe.phases.is_some() && recipe.schedule != LoraSchedule::LengthQueue {
+            return Err(VerifyError::Setup(
+                "global phases belong to the length-queued schedule of rec/2026-04-27".into(),
+            ));
+        }
+        let mut model = model;
+        let base = if recipe.phases.is_some() {
+            model
+                .make_trainable(&|_| true)?
+                .into_iter()
+                .map(|(_, v)| {
+                    let t = v.as_tensor().copy()?;
+                    Ok((v, t))
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(LoraTtt {
+            base,
             model,
             shapes,
             recipe,
@@ -618,6 +684,118 @@ impl LoraTtt {
     }
 }
 
+impl LoraTtt {
+    /// `train_val_ttt_global_sgd_distributed` on one rank: the documents' tokens concatenated, cut into chunks of
+    /// `chunk_tokens` targets; every chunk but the last trained on for `epochs` epochs of SGD with momentum (a fresh
+    /// optimizer per phase), lr cosine across the chunks, in steps of `batch_seqs` sequences of `seq_len`, attention
+    /// isolated to each document (split at BOS, pieces of at most `seq_len`), gradient norm clipped.
+    fn global_phase(
+        &self,
+        tokens: &[u16],
+        docs: &[(usize, usize, usize, usize)],
+        p: &GlobalPhases,
+        ledger: &mut Ledger,
+    ) -> Result<usize> {
+        // The phase's tokens, and for each the stream position it came from.
+        let mut phase_tokens: Vec<u16> = Vec::new();
+        let mut origin: Vec<usize> = Vec::new();
+        for &(_, _, start, len) in docs {
+            phase_tokens.extend_from_slice(&tokens[start..start + len]);
+            origin.extend(start..start + len);
+        }
+        let total = phase_tokens.len().saturating_sub(1);
+        let chunk = p.chunk_tokens.max(1);
+        let num_chunks = total.div_ceil(chunk);
+        let vars: Vec<Var> = self.base.iter().map(|(v, _)| v.clone()).collect();
+        let mut sgd = crate::optim::Sgd::new(vars.len(), p.lr, p.momentum);
+        let device = self.model.device();
+        let l = p.seq_len.max(1);
+        let mut steps = 0;
+        for ci in 0..num_chunks {
+            let chunk_start = ci * chunk;
+            let chunk_end = ((ci + 1) * chunk).min(total);
+            if ci == num_chunks - 1 || p.epochs == 0 {
+                continue;
+            }
+            let chunk_seqs = (chunk_end - chunk_start) / l;
+            if chunk_seqs == 0 {
+                continue;
+            }
+            let decay_steps = (num_chunks - 1).max(1);
+            sgd.lr =
+                p.lr * 0.5 * (1.0 + (std::f64::consts::PI * ci as f64 / decay_steps as f64).cos());
+            for _ in 0..p.epochs {
+                for bs in (0..chunk_seqs).step_by(p.batch_seqs.max(1)) {
+                    let be = (bs + p.batch_seqs).min(chunk_seqs);
+                    let start = chunk_start + bs * l;
+                    let end = chunk_start + be * l + 1;
+                    if end > phase_tokens.len() {
+                        continue;
+                    }
+                    let x: Vec<u32> = phase_tokens[start..end - 1]
+                        .iter()
+                        .map(|&t| t as u32)
+                        .collect();
+                    let y: Vec<u32> = phase_tokens[start + 1..end]
+                        .iter()
+                        .map(|&t| t as u32)
+                        .collect();
+                    // `_build_cu_seqlens`: segments start at 0, at every BOS, and every `seq_len` within a document.
+                    let mut starts: Vec<usize> = x
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &t)| t == crate::infer::layers::BOS_ID)
+                        .map(|(i, _)| i)
+                        .collect();
+                    if starts.first() != Some(&0) {
+                        starts.insert(0, 0);
+                    }
+                    starts.push(x.len());
+                    let mut segments = Vec::new();
+                    for win in starts.windows(2) {
+                        let mut pos = win[0];
+                        while pos < win[1] {
+                            let len = l.min(win[1] - pos);
+                            segments.push((pos, len));
+                            pos += len;
+                        }
+                    }
+                    let n = x.len();
+                    let xs = Tensor::from_vec(x, (1, n), device)?;
+                    let ys = Tensor::from_vec(y, (1, n), device)?;
+                    let loss = self
+                        .model
+                        .train_token_losses_segmented(&xs, &ys, &segments)?
+                        .mean_all()?;
+                    let grads = loss.backward()?;
+                    let mut g: Vec<Option<Tensor>> = vars
+                        .iter()
+                        .map(|v| grads.get(v.as_tensor()).cloned())
+                        .collect();
+                    if p.grad_clip > 0.0 {
+                        crate::optim::clip_grad_norm(&mut g, p.grad_clip)?;
+                    }
+                    sgd.step(&vars, &g)?;
+                    // The stream targets this step trained on: phase positions whose next token is the stream's next.
+                    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+                    for i in start..end - 1 {
+                        if origin[i + 1] == origin[i] + 1 {
+                            let j = origin[i];
+                            match ranges.last_mut() {
+                                Some(r) if r.end == j => r.end = j + 1,
+                                _ => ranges.push(j..j + 1),
+                            }
+                        }
+                    }
+                    ledger.train_step(&ranges);
+                    steps += 1;
+                }
+            }
+        }
+        Ok(steps)
+    }
+}
+
 impl Procedure for LoraTtt {
     fn name(&self) -> String {
         if self.adapt_before_score {
@@ -651,8 +829,12 @@ impl Procedure for LoraTtt {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
         let r = &self.recipe;
+        // Every run starts from the given weights (global phases change them).
+        for (v, t) in &self.base {
+            v.set(t)?;
+        }
         let docs = find_docs(tokens);
-        let base = weights_digest(self.model.as_ref())?;
+        let mut base = weights_digest(self.model.as_ref())?;
         let mut summary = LoraTttSummary {
             documents: docs.len(),
             ..Default::default()
@@ -669,22 +851,30 @@ impl Procedure for LoraTtt {
         };
         let n = docs.len();
         let w = r.world_size;
-        // Each rank's batches, in the order it runs them.
-        let rank_batches: Vec<Vec<Vec<(usize, usize)>>> = match r.schedule {
+        // Each rank's batches, in the order it runs them, with each batch's index before the queue's sort.
+        type Batch = (usize, Vec<(usize, usize)>);
+        let rank_batches: Vec<Vec<Batch>> = match r.schedule {
             LoraSchedule::RankSlices => (0..w)
                 .map(|rank| {
                     let mut d = docs[n * rank / w..n * (rank + 1) / w].to_vec();
                     // A stable sort, as Python's list.sort.
                     d.sort_by_key(|&(_, len)| (len - 2) / r.chunk_size);
-                    d.chunks(r.batch_size).map(<[_]>::to_vec).collect()
+                    d.chunks(r.batch_size)
+                        .map(<[_]>::to_vec)
+                        .enumerate()
+                        .collect()
                 })
                 .collect(),
             LoraSchedule::LengthQueue => {
                 let mut d = docs.clone();
                 d.sort_by_key(|&(_, len)| len);
-                let mut batches: Vec<Vec<(usize, usize)>> =
-                    d.chunks(r.batch_size).map(<[_]>::to_vec).collect();
-                batches.sort_by_key(|b| std::cmp::Reverse(b.iter().map(|&(_, len)| len).max()));
+                let mut batches: Vec<Batch> = d
+                    .chunks(r.batch_size)
+                    .map(<[_]>::to_vec)
+                    .enumerate()
+                    .collect();
+                batches
+                    .sort_by_key(|(_, b)| std::cmp::Reverse(b.iter().map(|&(_, len)| len).max()));
                 let mut per_rank = vec![Vec::new(); w];
                 for (k, b) in batches.into_iter().enumerate() {
                     per_rank[k % w].push(b);
@@ -692,12 +882,25 @@ impl Procedure for LoraTtt {
                 per_rank
             }
         };
+        // Global phases: the boundaries (documents scored) and the documents scored so far.
+        let boundaries: Vec<usize> = match &r.phases {
+            Some(p) => {
+                let limit = p.prefix_docs.min(n);
+                let k = p.num_phases.max(1);
+                (0..k).map(|pi| limit * (pi + 1) / k).collect()
+            }
+            None => Vec::new(),
+        };
+        let mut phase = 0;
+        let mut global_done = boundaries.first().is_none_or(|&b| b == 0);
+        let mut scored_docs: Vec<(usize, usize, usize, usize)> = Vec::new();
         let total_batches: usize = rank_batches.iter().map(Vec::len).sum();
         let mut done = 0;
         for (rank, batches) in rank_batches.iter().enumerate() {
-            // The full-size LoRA is built once per rank before the first batch (a draw even if no batch is full).
-            let full = self.build(r.batch_size, &mut draws)?;
-            for batch in batches {
+            // The full-size LoRA is built once per rank before the first batch (a draw even if no batch is full),
+            // and again after each global phase.
+            let mut full = self.build(r.batch_size, &mut draws)?;
+            for (orig_index, batch) in batches {
                 let fresh;
                 let lora = if batch.len() == r.batch_size {
                     self.reset(&full, &mut draws)?;
@@ -706,16 +909,17 @@ impl Procedure for LoraTtt {
                     fresh = self.build(batch.len(), &mut draws)?;
                     &fresh
                 };
-                // Receipts: the base weights (never changed) together with the batch's adapters.
-                let combined = |lora_digest: WeightsDigest| -> WeightsDigest {
-                    let mut h = Sha256::new();
-                    h.update(base);
-                    h.update(lora_digest);
-                    h.finalize().into()
-                };
-                let scored_with = combined(lora.digest()?);
+                // Receipts: the base weights together with the batch's adapters.
+                let combined =
+                    |base: &WeightsDigest, lora_digest: WeightsDigest| -> WeightsDigest {
+                        let mut h = Sha256::new();
+                        h.update(base);
+                        h.update(lora_digest);
+                        h.finalize().into()
+                    };
+                let scored_with = combined(&base, lora.digest()?);
                 self.run_batch(tokens, batch, lora, ledger, &mut summary)?;
-                let left = combined(lora.digest()?);
+                let left = combined(&base, lora.digest()?);
                 ledger.receipt(
                     format!("rank {rank} batch {}", summary.batches),
                     &scored_with,
@@ -724,6 +928,34 @@ impl Procedure for LoraTtt {
                 summary.batches += 1;
                 done += 1;
                 progress(done, total_batches);
+                if global_done {
+                    continue;
+                }
+                scored_docs.extend(
+                    batch
+                        .iter()
+                        .enumerate()
+                        .map(|(pos, &(start, len))| (*orig_index, pos, start, len)),
+                );
+                if scored_docs.len() < boundaries[phase] {
+                    continue;
+                }
+                // Phase: score-first SGD on the base weights over the documents scored so far, in the order of
+                // their batches before the queue's sort, cut at the boundary.
+                let mut phase_docs = scored_docs.clone();
+                phase_docs.sort_by_key(|&(b, pos, _, _)| (b, pos));
+                phase_docs.truncate(boundaries[phase]);
+                let p = r.phases.as_ref().expect("phases");
+                let before = base;
+                summary.global_steps += self.global_phase(tokens, &phase_docs, p, ledger)?;
+                base = weights_digest(self.model.as_ref())?;
+                ledger.receipt(format!("global phase {}", phase + 1), &before, &base);
+                summary.global_phases += 1;
+                full = self.build(r.batch_size, &mut draws)?;
+                phase += 1;
+                if phase >= boundaries.len() {
+                    global_done = true;
+                }
             }
         }
         summary.draws = draws.count;

@@ -210,6 +210,34 @@ pub struct VerifyArgs {
     /// LoRA TTT: optimizer steps per chunk (TTT_GRAD_STEPS; 1).
     #[arg(long, requires = "lora_ttt")]
     ttt_grad_steps: Option<usize>,
+    /// Phased TTT (`--lora-ttt 2026-04-27`): the global SGD phases fall after this many documents (in queue order)
+    /// are scored (PHASED_TTT_PREFIX_DOCS; 2500; 0: none).
+    #[arg(long, requires = "lora_ttt")]
+    phased_ttt_prefix_docs: Option<usize>,
+    /// Phased TTT: number of global phases (PHASED_TTT_NUM_PHASES; 3).
+    #[arg(long, requires = "lora_ttt")]
+    phased_ttt_num_phases: Option<usize>,
+    /// Phased TTT: SGD learning rate, cosine across a phase's chunks (GLOBAL_TTT_LR; 0.001).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_lr: Option<f64>,
+    /// Phased TTT: SGD momentum (GLOBAL_TTT_MOMENTUM; 0.9).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_momentum: Option<f64>,
+    /// Phased TTT: epochs over each chunk (GLOBAL_TTT_EPOCHS; 1).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_epochs: Option<usize>,
+    /// Phased TTT: tokens per chunk of a phase's documents (GLOBAL_TTT_CHUNK_TOKENS; 32768).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_chunk_tokens: Option<usize>,
+    /// Phased TTT: sequences per SGD step (GLOBAL_TTT_BATCH_SEQS; 32).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_batch_seqs: Option<usize>,
+    /// Phased TTT: gradient-norm clip (GLOBAL_TTT_GRAD_CLIP; 1.0).
+    #[arg(long, requires = "lora_ttt")]
+    global_ttt_grad_clip: Option<f64>,
+    /// Phased TTT: the sequence length of the global steps (the record's EVAL_SEQ_LEN; 2048).
+    #[arg(long, requires = "lora_ttt")]
+    eval_seq_len: Option<usize>,
     /// LoRA TTT: seed of the adapters' A draws (uniform in ±1/√in).
     #[arg(long, default_value_t = 0, requires = "lora_ttt")]
     ttt_seed: u64,
@@ -304,6 +332,20 @@ impl VerifyArgs {
                 r.weight_decay = self.ttt_weight_decay.unwrap_or(r.weight_decay);
                 r.grad_steps = self.ttt_grad_steps.unwrap_or(r.grad_steps);
                 r.world_size = self.world_size;
+                if let Some(p) = &mut r.phases {
+                    p.prefix_docs = self.phased_ttt_prefix_docs.unwrap_or(p.prefix_docs);
+                    p.num_phases = self.phased_ttt_num_phases.unwrap_or(p.num_phases);
+                    p.lr = self.global_ttt_lr.unwrap_or(p.lr);
+                    p.momentum = self.global_ttt_momentum.unwrap_or(p.momentum);
+                    p.epochs = self.global_ttt_epochs.unwrap_or(p.epochs);
+                    p.chunk_tokens = self.global_ttt_chunk_tokens.unwrap_or(p.chunk_tokens);
+                    p.batch_seqs = self.global_ttt_batch_seqs.unwrap_or(p.batch_seqs);
+                    p.grad_clip = self.global_ttt_grad_clip.unwrap_or(p.grad_clip);
+                    p.seq_len = self.eval_seq_len.unwrap_or(p.seq_len);
+                }
+                if r.phases.as_ref().is_some_and(|p| p.prefix_docs == 0) {
+                    r.phases = None;
+                }
                 run::LoraTttSpec {
                     recipe: r,
                     seed: self.ttt_seed,
