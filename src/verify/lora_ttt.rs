@@ -606,13 +606,7 @@ impl LoraTtt {
                     .map(|&nc| if ci < nc { 1.0 } else { 0.0 })
                     .collect();
                 let mask = Tensor::from_vec(mask, bsz, device)?;
-                let loss = (ptl.narrow(1, chunk_offset, chunk)?.mean(1)? * mask)?.sum_all()?;
-                let grads = loss.backward()?;
-                let g: Vec<Option<Tensor>> = vars
-                    .iter()
-                    .map(|v| grads.get(v.as_tensor()).cloned())
-                    .collect();
-                adam.step(&vars, &g)?;
+                adapter_step(&ptl, chunk_offset, chunk, &mask, &vars, &mut adam)?;
                 summary.adam_steps += 1;
                 let ranges: Vec<std::ops::Range<usize>> = scored
                     .iter()
@@ -658,14 +652,7 @@ impl LoraTtt {
                     } else {
                         self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?
                     };
-                    let per_doc = ptl.narrow(1, chunk_offset, chunk)?.mean(1)?;
-                    let loss = (per_doc * &mask)?.sum_all()?;
-                    let grads = loss.backward()?;
-                    let g: Vec<Option<Tensor>> = vars
-                        .iter()
-                        .map(|v| grads.get(v.as_tensor()).cloned())
-                        .collect();
-                    adam.step(&vars, &g)?;
+                    adapter_step(&ptl, chunk_offset, chunk, &mask, &vars, &mut adam)?;
                     summary.adam_steps += 1;
                 }
                 let ranges: Vec<std::ops::Range<usize>> = batch
@@ -682,6 +669,26 @@ impl LoraTtt {
         }
         Ok(())
     }
+}
+
+/// One optimizer step on the adapters: the loss is Σ over documents of mask · (the mean loss of the batch's chunk
+/// positions `[chunk_offset, chunk_offset + chunk)` of per-target losses `ptl` [B, T]), as the records write it.
+fn adapter_step(
+    ptl: &Tensor,
+    chunk_offset: usize,
+    chunk: usize,
+    mask: &Tensor,
+    vars: &[Var],
+    adam: &mut Adam,
+) -> Result<()> {
+    let per_doc = ptl.narrow(1, chunk_offset, chunk)?.mean(1)?;
+    let grads = (per_doc * mask)?.sum_all()?.backward()?;
+    let g: Vec<Option<Tensor>> = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).cloned())
+        .collect();
+    adam.step(vars, &g)?;
+    Ok(())
 }
 
 impl LoraTtt {
