@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::codec::{Codec, Coder};
+use super::codec::Codec;
 use super::container::Header;
 
 /// The full decoder (every codec and feature).
@@ -18,19 +18,13 @@ pub const PYTHON_DECODER: &str = include_str!("../../python/pgolf_decode.py");
 /// `body_shuffle`, `coded` and each span coder, `span_shuffle`, `lqer`.
 pub fn features(header: &Header, codec: Codec, shuffle: usize) -> BTreeSet<String> {
     let mut need = BTreeSet::new();
-    let coder_name = |c: Coder| match c {
-        Coder::Zlib => "zlib",
-        Coder::Zstd => "zstd",
-        Coder::Xz => "xz",
-        Coder::Brotli => "brotli",
-    };
     match codec {
         Codec::Rans => {
             need.insert("rans".to_string());
         }
         Codec::General(c) => {
             need.insert("body".into());
-            need.insert(coder_name(c).into());
+            need.insert(c.name().into());
             if shuffle > 1 {
                 need.insert("body_shuffle".into());
             }

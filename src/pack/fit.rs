@@ -155,6 +155,8 @@ fn add_lqer(
     let mut candidates: Vec<(usize, f64, Vec<f32>)> = tensors
         .iter()
         .enumerate()
+        // With per-tensor ranks, only the tensors given one need their error matrix.
+        .filter(|(_, q)| ranks.is_empty() || ranks.get(&q.name).is_some_and(|&r| r > 0))
         .filter_map(|(i, q)| {
             let orig = checkpoint.iter().find(|t| t.name == q.name)?;
             let e = lqer_error(orig, q)?;

@@ -329,25 +329,12 @@ impl BatchLora {
     }
 }
 
-/// What one run did, per batch (documents, chunks, optimizer steps).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LoraTttSummary {
-    pub documents: usize,
-    pub batches: usize,
-    pub chunks_scored: usize,
-    pub adam_steps: usize,
-    pub draws: usize,
-    pub global_phases: usize,
-    pub global_steps: usize,
-}
-
 pub struct LoraTtt {
     model: Box<dyn CausalLm + Send>,
     shapes: LoraShapes,
     pub recipe: LoraTttRecipe,
     /// Where A's draws come from (a seed replaces it for `--ttt-seeds` reruns).
     pub init: std::sync::Mutex<LoraInit>,
-    pub summary: std::sync::Mutex<LoraTttSummary>,
     /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
     pub adapt_before_score: bool,
     /// With global phases: the base weights as variables, and their values at the start of every run.
@@ -454,7 +441,6 @@ impl LoraTtt {
             shapes,
             recipe,
             init: std::sync::Mutex::new(init),
-            summary: Default::default(),
             adapt_before_score: false,
         })
     }
@@ -564,7 +550,6 @@ impl LoraTtt {
         batch: &[(usize, usize)],
         lora: &BatchLora,
         ledger: &mut Ledger,
-        summary: &mut LoraTttSummary,
     ) -> Result<()> {
         let r = &self.recipe;
         let (chunk, l) = (r.chunk_size, r.eval_seq_len);
@@ -607,7 +592,6 @@ impl LoraTtt {
                     .collect();
                 let mask = Tensor::from_vec(mask, bsz, device)?;
                 adapter_step(&ptl, chunk_offset, chunk, &mask, &vars, &mut adam)?;
-                summary.adam_steps += 1;
                 let ranges: Vec<std::ops::Range<usize>> = scored
                     .iter()
                     .flatten()
@@ -639,7 +623,6 @@ impl LoraTtt {
                     ledger.row(j, log_softmax_row(capped));
                 }
             }
-            summary.chunks_scored += 1;
             if needs_train && !self.adapt_before_score {
                 let mask: Vec<f32> = num_chunks
                     .iter()
@@ -653,7 +636,6 @@ impl LoraTtt {
                         self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?
                     };
                     adapter_step(&ptl, chunk_offset, chunk, &mask, &vars, &mut adam)?;
-                    summary.adam_steps += 1;
                 }
                 let ranges: Vec<std::ops::Range<usize>> = batch
                     .iter()
@@ -702,7 +684,7 @@ impl LoraTtt {
         docs: &[(usize, usize, usize, usize)],
         p: &GlobalPhases,
         ledger: &mut Ledger,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         // The phase's tokens, and for each the stream position it came from.
         let mut phase_tokens: Vec<u16> = Vec::new();
         let mut origin: Vec<usize> = Vec::new();
@@ -717,7 +699,6 @@ impl LoraTtt {
         let mut sgd = crate::optim::Sgd::new(vars.len(), p.lr, p.momentum);
         let device = self.model.device();
         let l = p.seq_len.max(1);
-        let mut steps = 0;
         for ci in 0..num_chunks {
             let chunk_start = ci * chunk;
             let chunk_end = ((ci + 1) * chunk).min(total);
@@ -795,11 +776,10 @@ impl LoraTtt {
                         }
                     }
                     ledger.train_step(&ranges);
-                    steps += 1;
                 }
             }
         }
-        Ok(steps)
+        Ok(())
     }
 }
 
@@ -842,10 +822,6 @@ impl Procedure for LoraTtt {
         }
         let docs = find_docs(tokens);
         let mut base = weights_digest(self.model.as_ref())?;
-        let mut summary = LoraTttSummary {
-            documents: docs.len(),
-            ..Default::default()
-        };
         let init = self.init.lock().expect("init lock").clone();
         let seed = match init {
             LoraInit::Seed(s) => s,
@@ -925,14 +901,9 @@ impl Procedure for LoraTtt {
                         h.finalize().into()
                     };
                 let scored_with = combined(&base, lora.digest()?);
-                self.run_batch(tokens, batch, lora, ledger, &mut summary)?;
+                self.run_batch(tokens, batch, lora, ledger)?;
                 let left = combined(&base, lora.digest()?);
-                ledger.receipt(
-                    format!("rank {rank} batch {}", summary.batches),
-                    &scored_with,
-                    &left,
-                );
-                summary.batches += 1;
+                ledger.receipt(format!("rank {rank} batch {done}"), &scored_with, &left);
                 done += 1;
                 progress(done, total_batches);
                 if global_done {
@@ -954,10 +925,9 @@ impl Procedure for LoraTtt {
                 phase_docs.truncate(boundaries[phase]);
                 let p = r.phases.as_ref().expect("phases");
                 let before = base;
-                summary.global_steps += self.global_phase(tokens, &phase_docs, p, ledger)?;
+                self.global_phase(tokens, &phase_docs, p, ledger)?;
                 base = weights_digest(self.model.as_ref())?;
                 ledger.receipt(format!("global phase {}", phase + 1), &before, &base);
-                summary.global_phases += 1;
                 full = self.build(r.batch_size, &mut draws)?;
                 phase += 1;
                 if phase >= boundaries.len() {
@@ -965,8 +935,6 @@ impl Procedure for LoraTtt {
                 }
             }
         }
-        summary.draws = draws.count;
-        *self.summary.lock().expect("summary lock") = summary;
         Ok(())
     }
 }
