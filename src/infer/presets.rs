@@ -4,8 +4,8 @@
 
 use super::config::{FinalLane, ModelConfig, SmearGate};
 
-/// How a record evaluates: the `pgolf verify` flags that reproduce its pre-TTT score.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a record evaluates: what `pgolf verify --preset NAME` runs when no evaluation flag is given.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeclaredEval {
     pub seq_len: usize,
     /// Sliding stride (None: the doc-isolated flat form).
@@ -16,8 +16,22 @@ pub struct DeclaredEval {
     pub doc_isolated_batch_seqs: Option<usize>,
     /// The record scores with a CaseOps byte sidecar (`--byte-sidecar`).
     pub byte_sidecar: bool,
-    /// The record's final score also uses score-first TTT.
-    pub ttt: bool,
+    /// What the record's reported (final) score runs over that form.
+    pub final_score: FinalScore,
+    /// The ranks the reported run had (8×H100); per-rank ranges and schedules depend on it.
+    pub world_size: usize,
+}
+
+/// The procedure behind a record's reported score.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FinalScore {
+    /// The window form alone.
+    Windows,
+    /// Score-first TTT over the windows at this SGD learning rate (TTT_LR; the other knobs the records' shared
+    /// defaults: 3 epochs, chunks of 32,768, momentum 0.9, clip 1.0).
+    ScoreFirstTtt { lr: f64 },
+    /// rec/2026-04-27's `eval_val_ttt_phased`: per-document LoRA TTT with global score-first SGD phases.
+    PhasedLoraTtt,
 }
 
 pub struct Preset {
@@ -47,14 +61,15 @@ fn base_11x512() -> ModelConfig {
     }
 }
 
-fn sliding(legacy: bool, ttt: bool) -> DeclaredEval {
+fn sliding(legacy: bool, final_score: FinalScore) -> DeclaredEval {
     DeclaredEval {
         seq_len: 2048,
         stride: Some(64),
         legacy_sliding: legacy,
         doc_isolated_batch_seqs: None,
         byte_sidecar: false,
-        ttt,
+        final_score,
+        world_size: 8,
     }
 }
 
@@ -120,7 +135,8 @@ pub fn presets() -> Vec<Preset> {
                 legacy_sliding: false,
                 doc_isolated_batch_seqs: None,
                 byte_sidecar: false,
-                ttt: false,
+                final_score: FinalScore::Windows,
+                world_size: 8,
             },
         },
         Preset {
@@ -130,7 +146,7 @@ pub fn presets() -> Vec<Preset> {
                       BigramHash 1536×128, SmearGate v1, VE128 on 9,10",
             logged_parameters: 26_928_220,
             config: rec_03_23,
-            eval: sliding(true, true),
+            eval: sliding(true, FinalScore::ScoreFirstTtt { lr: 0.002 }),
         },
         Preset {
             name: "rec-2026-03-29",
@@ -138,7 +154,7 @@ pub fn presets() -> Vec<Preset> {
             summary: "full-Hessian GPTQ, XSA on all 11 layers, BigramHash 2816×112",
             logged_parameters: 27_038_812,
             config: rec_03_29,
-            eval: sliding(true, false),
+            eval: sliding(true, FinalScore::Windows),
         },
         Preset {
             name: "rec-2026-04-09",
@@ -147,13 +163,13 @@ pub fn presets() -> Vec<Preset> {
                       legal TTT",
             logged_parameters: 35_944_536,
             config: rec_04_09,
-            eval: sliding(false, true),
+            eval: sliding(false, FinalScore::ScoreFirstTtt { lr: 0.005 }),
         },
         Preset {
             name: "rec-2026-04-27",
             record: "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
             summary: "CaseOps sp8192, two-lane parallel residuals from block 8, SmearGate v2 with the BOS fix, \
-                      SparseAttnGate (scale 0.5), document-isolated evaluation",
+                      SparseAttnGate (scale 0.5), phased LoRA TTT",
             logged_parameters: 35_945_671,
             config: rec_04_27,
             eval: DeclaredEval {
@@ -162,7 +178,8 @@ pub fn presets() -> Vec<Preset> {
                 legacy_sliding: false,
                 doc_isolated_batch_seqs: Some(32),
                 byte_sidecar: true,
-                ttt: true,
+                final_score: FinalScore::PhasedLoraTtt,
+                world_size: 8,
             },
         },
     ]

@@ -13,7 +13,17 @@
 //! full batch size, and again for a smaller batch) and when it is reset (before each full batch); B starts at zero.
 //! The draws come from a seeded generator, or from a file holding the reference's own draws in order
 //! (the first under the state dict's names, `lm_head_lora.A`, `q_loras.{slot}.A`, …; the k-th after it under
-//! `draw{k}.`), which reproduces the reference's run exactly.
+//! `draw{k}.`), which reproduces the reference's run exactly. Every rank draws from its own generator, all seeded
+//! alike as the records seed every rank; in a file, rank r > 0's draws carry the prefix `rank{r}.`.
+//!
+//! Ranks (`world_size` W) are replayed in one process, in lockstep: round j runs every rank's j-th batch (with the
+//! length queue, queue entries jW … jW + W − 1, entry k on rank k mod W), and a global phase starts between rounds
+//! once the documents scored reach its boundary (at most one phase per round). The records' ranks claim batches from
+//! a shared counter and pause when a file flag appears, so which rank runs which batch, and how many batches are
+//! scored before a phase, depend on timing there; the lockstep schedule is the one deterministic reading of it, and
+//! `fixtures/generate_lora_ttt.py` runs the record's own code on two gloo ranks under it. In a phase, rank r trains
+//! on its slice of each chunk's sequences and a step uses the ranks' gradients summed and divided by W (the
+//! records' all-reduce).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -212,6 +222,8 @@ struct Draws<'a> {
     /// Draws made so far (0: the first).
     count: usize,
     state: u64,
+    /// The rank's prefix in a `--lora-init` file (empty for rank 0).
+    prefix: String,
 }
 
 impl Draws<'_> {
@@ -239,9 +251,9 @@ impl Draws<'_> {
         let k = self.count;
         self.count += 1;
         let prefix = if k == 0 {
-            String::new()
+            self.prefix.clone()
         } else {
-            format!("draw{k}.")
+            format!("{}draw{k}.", self.prefix)
         };
         names
             .iter()
@@ -330,15 +342,18 @@ impl BatchLora {
 }
 
 pub struct LoraTtt {
-    model: Box<dyn CausalLm + Send>,
+    /// The model (a lock only so that global phases can turn its weights into variables and back: the adapters'
+    /// backward passes then compute no gradient for them).
+    model: std::sync::Mutex<Box<dyn CausalLm + Send>>,
+    device: candle_core::Device,
     shapes: LoraShapes,
     pub recipe: LoraTttRecipe,
     /// Where A's draws come from (a seed replaces it for `--ttt-seeds` reruns).
     pub init: std::sync::Mutex<LoraInit>,
     /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
     pub adapt_before_score: bool,
-    /// With global phases: the base weights as variables, and their values at the start of every run.
-    base: Vec<(Var, Tensor)>,
+    /// With global phases: the base weights' values at the start of every run (the phases change them).
+    base: Vec<Tensor>,
 }
 
 /// (start, len) of each document: BOS to the next BOS inclusive (the last to the stream's end), as `_find_docs`
@@ -411,12 +426,6 @@ impl LoraTtt {
                 recipe.lr
             )));
         }
-        if recipe.phases.is_some() && recipe.world_size != 1 {
-            return Err(VerifyError::Setup(
-                "phased LoRA TTT replays one rank (--world-size 1): the records' ranks pause together at each phase"
-                    .into(),
-            ));
-        }
         if recipe.phases.is_some() && recipe.schedule != LoraSchedule::LengthQueue {
             return Err(VerifyError::Setup(
                 "global phases belong to the length-queued schedule of rec/2026-04-27".into(),
@@ -424,25 +433,29 @@ impl LoraTtt {
         }
         let mut model = model;
         let base = if recipe.phases.is_some() {
-            model
+            let base = model
                 .make_trainable(&|_| true)?
                 .into_iter()
-                .map(|(_, v)| {
-                    let t = v.as_tensor().copy()?;
-                    Ok((v, t))
-                })
-                .collect::<Result<Vec<_>>>()?
+                .map(|(_, v)| Ok(v.as_tensor().copy()?))
+                .collect::<Result<Vec<_>>>()?;
+            model.make_trainable(&|_| false)?;
+            base
         } else {
             Vec::new()
         };
         Ok(LoraTtt {
             base,
-            model,
+            device: model.device().clone(),
+            model: std::sync::Mutex::new(model),
             shapes,
             recipe,
             init: std::sync::Mutex::new(init),
             adapt_before_score: false,
         })
+    }
+
+    fn lm(&self) -> std::sync::MutexGuard<'_, Box<dyn CausalLm + Send>> {
+        self.model.lock().expect("model lock")
     }
 
     /// Adapter values per batch element: Σ over adapters of r·(in + out) (each document trains this many).
@@ -497,7 +510,7 @@ impl LoraTtt {
             .iter()
             .map(|(n, fan_in, _, _)| (format!("{n}.A"), *fan_in))
             .collect();
-        let device = self.model.device();
+        let device = &self.device;
         let a = draws.draw(&names, bsz, self.recipe.rank, device)?;
         let mut lora = BatchLora {
             names: layout.iter().map(|(n, ..)| n.clone()).collect(),
@@ -532,7 +545,7 @@ impl LoraTtt {
             .zip(&lora.a)
             .map(|(n, a)| (format!("{n}.A"), a.dims()[2]))
             .collect();
-        let fresh = draws.draw(&names, bsz, self.recipe.rank, self.model.device())?;
+        let fresh = draws.draw(&names, bsz, self.recipe.rank, &self.device)?;
         for (v, t) in lora.a.iter().zip(fresh) {
             v.set(&t)?;
         }
@@ -553,7 +566,8 @@ impl LoraTtt {
     ) -> Result<()> {
         let r = &self.recipe;
         let (chunk, l) = (r.chunk_size, r.eval_seq_len);
-        let device = self.model.device();
+        let device = &self.device;
+        let model = self.lm();
         let bsz = batch.len();
         let vars = lora.vars();
         let mut adam = Adam::new(vars.len(), r.lr, r.beta1, r.beta2, 1e-10);
@@ -585,7 +599,7 @@ impl LoraTtt {
             let ys = Tensor::from_vec(y, (bsz, context), device)?;
             if self.adapt_before_score {
                 // Planted violation: one Adam step on every active document's chunk, then the chunk is scored.
-                let ptl = self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?;
+                let ptl = model.lora_token_losses(&xs, &ys, &lora.set(scale))?;
                 let mask: Vec<f32> = num_chunks
                     .iter()
                     .map(|&nc| if ci < nc { 1.0 } else { 0.0 })
@@ -600,7 +614,7 @@ impl LoraTtt {
                 ledger.train_step(&ranges);
             }
             let set = lora.set(scale);
-            let ptl = self.model.lora_token_losses(&xs, &ys, &set)?;
+            let ptl = model.lora_token_losses(&xs, &ys, &set)?;
             let rows = ptl.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (b, s) in scored.iter().enumerate() {
                 if let Some((window_start, co, cl)) = *s {
@@ -616,10 +630,10 @@ impl LoraTtt {
                 .filter(|&(_, _, j)| ledger.wants_row(j))
                 .collect();
             if !wanted.is_empty() {
-                let z = self.model.lora_uncapped_logits(&xs, &set)?;
+                let z = model.lora_uncapped_logits(&xs, &set)?;
                 for (b, p, j) in wanted {
                     let row = z.get(b)?.get(p)?.to_vec1::<f32>()?;
-                    let capped = row.iter().map(|&v| self.model.softcap(v));
+                    let capped = row.iter().map(|&v| model.softcap(v));
                     ledger.row(j, log_softmax_row(capped));
                 }
             }
@@ -633,7 +647,7 @@ impl LoraTtt {
                     let ptl = if step == 0 {
                         ptl.clone()
                     } else {
-                        self.model.lora_token_losses(&xs, &ys, &lora.set(scale))?
+                        model.lora_token_losses(&xs, &ys, &lora.set(scale))?
                     };
                     adapter_step(&ptl, chunk_offset, chunk, &mask, &vars, &mut adam)?;
                 }
@@ -695,9 +709,14 @@ impl LoraTtt {
         let total = phase_tokens.len().saturating_sub(1);
         let chunk = p.chunk_tokens.max(1);
         let num_chunks = total.div_ceil(chunk);
-        let vars: Vec<Var> = self.base.iter().map(|(v, _)| v.clone()).collect();
+        // The base weights are variables for the phase only.
+        let mut model = self.lm();
+        let vars: Vec<Var> = model
+            .make_trainable(&|_| true)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let mut sgd = crate::optim::Sgd::new(vars.len(), p.lr, p.momentum);
-        let device = self.model.device();
         let l = p.seq_len.max(1);
         for ci in 0..num_chunks {
             let chunk_start = ci * chunk;
@@ -712,74 +731,123 @@ impl LoraTtt {
             let decay_steps = (num_chunks - 1).max(1);
             sgd.lr =
                 p.lr * 0.5 * (1.0 + (std::f64::consts::PI * ci as f64 / decay_steps as f64).cos());
+            // Rank r trains on the chunk's sequences [chunk_seqs·r/W, chunk_seqs·(r+1)/W); the ranks' s-th steps
+            // are one step on the sum of their gradients divided by W (the records' all-reduce). A rank with no s-th
+            // step adds nothing (the records' collectives would not pair up there).
+            let w = self.recipe.world_size;
+            let spans: Vec<(usize, usize)> = (0..w)
+                .map(|rank| (chunk_seqs * rank / w, chunk_seqs * (rank + 1) / w))
+                .collect();
+            let batch_seqs = p.batch_seqs.max(1);
+            let steps = spans
+                .iter()
+                .map(|&(s, e)| (e - s).div_ceil(batch_seqs))
+                .max()
+                .unwrap_or(0);
             for _ in 0..p.epochs {
-                for bs in (0..chunk_seqs).step_by(p.batch_seqs.max(1)) {
-                    let be = (bs + p.batch_seqs).min(chunk_seqs);
-                    let start = chunk_start + bs * l;
-                    let end = chunk_start + be * l + 1;
-                    if end > phase_tokens.len() {
-                        continue;
-                    }
-                    let x: Vec<u32> = phase_tokens[start..end - 1]
-                        .iter()
-                        .map(|&t| t as u32)
-                        .collect();
-                    let y: Vec<u32> = phase_tokens[start + 1..end]
-                        .iter()
-                        .map(|&t| t as u32)
-                        .collect();
-                    // `_build_cu_seqlens`: segments start at 0, at every BOS, and every `seq_len` within a document.
-                    let mut starts: Vec<usize> = x
-                        .iter()
-                        .enumerate()
-                        .filter(|&(_, &t)| t == crate::infer::layers::BOS_ID)
-                        .map(|(i, _)| i)
-                        .collect();
-                    if starts.first() != Some(&0) {
-                        starts.insert(0, 0);
-                    }
-                    starts.push(x.len());
-                    let mut segments = Vec::new();
-                    for win in starts.windows(2) {
-                        let mut pos = win[0];
-                        while pos < win[1] {
-                            let len = l.min(win[1] - pos);
-                            segments.push((pos, len));
-                            pos += len;
+                for step in 0..steps {
+                    let mut g: Vec<Option<Tensor>> = vec![None; vars.len()];
+                    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+                    for &(my_s, my_e) in &spans {
+                        let bs = step * batch_seqs;
+                        if bs >= my_e - my_s {
+                            continue;
+                        }
+                        let be = (bs + batch_seqs).min(my_e - my_s);
+                        let start = chunk_start + (my_s + bs) * l;
+                        let end = chunk_start + (my_s + be) * l + 1;
+                        if end > phase_tokens.len() {
+                            continue;
+                        }
+                        let rank_grads = Self::global_step_grads(
+                            model.as_ref(),
+                            &phase_tokens[start..end],
+                            l,
+                            &vars,
+                        )?;
+                        for (acc, rg) in g.iter_mut().zip(rank_grads) {
+                            *acc = match (acc.take(), rg) {
+                                (Some(a), Some(b)) => Some((a + b)?),
+                                (a, b) => a.or(b),
+                            };
+                        }
+                        // The stream targets this step trained on: phase positions whose next token is the stream's
+                        // next.
+                        for i in start..end - 1 {
+                            if origin[i + 1] == origin[i] + 1 {
+                                let j = origin[i];
+                                match ranges.last_mut() {
+                                    Some(r) if r.end == j => r.end = j + 1,
+                                    _ => ranges.push(j..j + 1),
+                                }
+                            }
                         }
                     }
-                    let n = x.len();
-                    let xs = Tensor::from_vec(x, (1, n), device)?;
-                    let ys = Tensor::from_vec(y, (1, n), device)?;
-                    let loss = self
-                        .model
-                        .train_token_losses_segmented(&xs, &ys, &segments)?
-                        .mean_all()?;
-                    let grads = loss.backward()?;
-                    let mut g: Vec<Option<Tensor>> = vars
-                        .iter()
-                        .map(|v| grads.get(v.as_tensor()).cloned())
-                        .collect();
+                    if ranges.is_empty() {
+                        continue;
+                    }
+                    if w > 1 {
+                        for t in g.iter_mut().flatten() {
+                            *t = (&*t / w as f64)?;
+                        }
+                    }
                     if p.grad_clip > 0.0 {
                         crate::optim::clip_grad_norm(&mut g, p.grad_clip)?;
                     }
                     sgd.step(&vars, &g)?;
-                    // The stream targets this step trained on: phase positions whose next token is the stream's next.
-                    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
-                    for i in start..end - 1 {
-                        if origin[i + 1] == origin[i] + 1 {
-                            let j = origin[i];
-                            match ranges.last_mut() {
-                                Some(r) if r.end == j => r.end = j + 1,
-                                _ => ranges.push(j..j + 1),
-                            }
-                        }
-                    }
                     ledger.train_step(&ranges);
                 }
             }
         }
+        model.make_trainable(&|_| false)?;
         Ok(())
+    }
+
+    /// One rank's gradients for one global step: the mean loss over `window` (inputs and their next tokens),
+    /// attention isolated to each document as `_build_cu_seqlens` cuts it (segments start at 0, at every BOS, and
+    /// every `seq_len` within a document).
+    fn global_step_grads(
+        model: &dyn CausalLm,
+        window: &[u16],
+        seq_len: usize,
+        vars: &[Var],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let device = model.device();
+        let x: Vec<u32> = window[..window.len() - 1]
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
+        let y: Vec<u32> = window[1..].iter().map(|&t| t as u32).collect();
+        let mut starts: Vec<usize> = x
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t == crate::infer::layers::BOS_ID)
+            .map(|(i, _)| i)
+            .collect();
+        if starts.first() != Some(&0) {
+            starts.insert(0, 0);
+        }
+        starts.push(x.len());
+        let mut segments = Vec::new();
+        for win in starts.windows(2) {
+            let mut pos = win[0];
+            while pos < win[1] {
+                let len = seq_len.min(win[1] - pos);
+                segments.push((pos, len));
+                pos += len;
+            }
+        }
+        let n = x.len();
+        let xs = Tensor::from_vec(x, (1, n), device)?;
+        let ys = Tensor::from_vec(y, (1, n), device)?;
+        let loss = model
+            .train_token_losses_segmented(&xs, &ys, &segments)?
+            .mean_all()?;
+        let grads = loss.backward()?;
+        Ok(vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect())
     }
 }
 
@@ -793,7 +861,7 @@ impl Procedure for LoraTtt {
     }
 
     fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
+        self.lm().vocab_size()
     }
 
     fn trains(&self) -> bool {
@@ -817,20 +885,19 @@ impl Procedure for LoraTtt {
     ) -> Result<()> {
         let r = &self.recipe;
         // Every run starts from the given weights (global phases change them).
-        for (v, t) in &self.base {
-            v.set(t)?;
+        if !self.base.is_empty() {
+            let mut model = self.lm();
+            for ((_, v), t) in model.make_trainable(&|_| true)?.iter().zip(&self.base) {
+                v.set(t)?;
+            }
+            model.make_trainable(&|_| false)?;
         }
         let docs = find_docs(tokens);
-        let mut base = weights_digest(self.model.as_ref())?;
+        let mut base = weights_digest(self.lm().as_ref())?;
         let init = self.init.lock().expect("init lock").clone();
         let seed = match init {
             LoraInit::Seed(s) => s,
             LoraInit::File { .. } => 0,
-        };
-        let mut draws = Draws {
-            init: &init,
-            count: 0,
-            state: seed,
         };
         let n = docs.len();
         let w = r.world_size;
@@ -879,17 +946,41 @@ impl Procedure for LoraTtt {
         let mut scored_docs: Vec<(usize, usize, usize, usize)> = Vec::new();
         let total_batches: usize = rank_batches.iter().map(Vec::len).sum();
         let mut done = 0;
-        for (rank, batches) in rank_batches.iter().enumerate() {
-            // The full-size LoRA is built once per rank before the first batch (a draw even if no batch is full),
-            // and again after each global phase.
-            let mut full = self.build(r.batch_size, &mut draws)?;
-            for (orig_index, batch) in batches {
+        // Every rank draws from its own generator, seeded alike (the records seed every rank with the same
+        // `torch.manual_seed(h.seed)`); from a file, rank r > 0 reads its draws under `rank{r}.`.
+        let mut draws: Vec<Draws> = (0..w)
+            .map(|rank| Draws {
+                init: &init,
+                count: 0,
+                state: seed,
+                prefix: if rank == 0 {
+                    String::new()
+                } else {
+                    format!("rank{rank}.")
+                },
+            })
+            .collect();
+        // Each rank's full-size LoRA, built before its first batch (a draw even if no batch is full) and again
+        // after each global phase.
+        let mut full: Vec<BatchLora> = draws
+            .iter_mut()
+            .map(|d| self.build(r.batch_size, d))
+            .collect::<Result<_>>()?;
+        // The ranks run in lockstep: round j is every rank's j-th batch (queue entries jW … jW + W − 1); a phase
+        // starts only between rounds, once the documents scored reach its boundary (at most one per round, as the
+        // records' pause flag is checked once per batch).
+        let rounds = rank_batches.iter().map(Vec::len).max().unwrap_or(0);
+        for round in 0..rounds {
+            for rank in 0..w {
+                let Some((orig_index, batch)) = rank_batches[rank].get(round) else {
+                    continue;
+                };
                 let fresh;
                 let lora = if batch.len() == r.batch_size {
-                    self.reset(&full, &mut draws)?;
-                    &full
+                    self.reset(&full[rank], &mut draws[rank])?;
+                    &full[rank]
                 } else {
-                    fresh = self.build(batch.len(), &mut draws)?;
+                    fresh = self.build(batch.len(), &mut draws[rank])?;
                     &fresh
                 };
                 // Receipts: the base weights together with the batch's adapters.
@@ -906,33 +997,34 @@ impl Procedure for LoraTtt {
                 ledger.receipt(format!("rank {rank} batch {done}"), &scored_with, &left);
                 done += 1;
                 progress(done, total_batches);
-                if global_done {
-                    continue;
+                if !global_done {
+                    scored_docs.extend(
+                        batch
+                            .iter()
+                            .enumerate()
+                            .map(|(pos, &(start, len))| (*orig_index, pos, start, len)),
+                    );
                 }
-                scored_docs.extend(
-                    batch
-                        .iter()
-                        .enumerate()
-                        .map(|(pos, &(start, len))| (*orig_index, pos, start, len)),
-                );
-                if scored_docs.len() < boundaries[phase] {
-                    continue;
-                }
-                // Phase: score-first SGD on the base weights over the documents scored so far, in the order of
-                // their batches before the queue's sort, cut at the boundary.
-                let mut phase_docs = scored_docs.clone();
-                phase_docs.sort_by_key(|&(b, pos, _, _)| (b, pos));
-                phase_docs.truncate(boundaries[phase]);
-                let p = r.phases.as_ref().expect("phases");
-                let before = base;
-                self.global_phase(tokens, &phase_docs, p, ledger)?;
-                base = weights_digest(self.model.as_ref())?;
-                ledger.receipt(format!("global phase {}", phase + 1), &before, &base);
-                full = self.build(r.batch_size, &mut draws)?;
-                phase += 1;
-                if phase >= boundaries.len() {
-                    global_done = true;
-                }
+            }
+            if global_done || scored_docs.len() < boundaries[phase] {
+                continue;
+            }
+            // Phase: score-first SGD on the base weights over the documents scored so far, in the order of their
+            // batches before the queue's sort, cut at the boundary.
+            let mut phase_docs = scored_docs.clone();
+            phase_docs.sort_by_key(|&(b, pos, _, _)| (b, pos));
+            phase_docs.truncate(boundaries[phase]);
+            let p = r.phases.as_ref().expect("phases");
+            let before = base;
+            self.global_phase(tokens, &phase_docs, p, ledger)?;
+            base = weights_digest(self.lm().as_ref())?;
+            ledger.receipt(format!("global phase {}", phase + 1), &before, &base);
+            for (f, d) in full.iter_mut().zip(&mut draws) {
+                *f = self.build(r.batch_size, d)?;
+            }
+            phase += 1;
+            if phase >= boundaries.len() {
+                global_done = true;
             }
         }
         Ok(())

@@ -286,6 +286,9 @@ pub struct CanonicalComparison {
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
     pub model: String,
+    /// `--preset NAME` with no evaluation flag ran the evaluation that preset's record declares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
     pub tokenizer: String,
     pub parameters: usize,
     /// The procedure that ran (`sliding`, `score_first_ttt`, …).

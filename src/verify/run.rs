@@ -119,6 +119,8 @@ pub struct VerifySpec {
     pub canonical: bool,
     /// Ignore a config's evaluation-time fake quantization.
     pub score_stored_weights: bool,
+    /// The preset whose declared evaluation this spec runs ([`VerifySpec::declared_evaluation`]).
+    pub declared_by: Option<String>,
 }
 
 /// `--lora-ttt`: the recipe, and the A draws' source (a file of the reference's draws, else the seed).
@@ -192,7 +194,56 @@ impl VerifySpec {
             code: None,
             canonical: false,
             score_stored_weights: false,
+            declared_by: None,
         }
+    }
+
+    /// `verify --preset NAME` with no evaluation flag: the evaluation the preset's record reports its score with —
+    /// its window form and lengths, its byte sidecar (the record's `fineweb_val_bytes_*.bin` beside the validation
+    /// shards, unless `--byte-sidecar` names it), the TTT of its final score with the record's knobs, and its 8
+    /// ranks. Unchanged without a preset.
+    pub fn declared_evaluation(mut self) -> Result<Self> {
+        let Some(name) = self.preset.clone() else {
+            return Ok(self);
+        };
+        let eval = named_preset(&name)?.eval;
+        self.seq_len = Some(eval.seq_len);
+        self.stride = eval.stride;
+        self.legacy_sliding = eval.legacy_sliding;
+        if let Some(b) = eval.doc_isolated_batch_seqs {
+            self.doc_isolated = true;
+            self.batch_seqs = b;
+        }
+        if eval.byte_sidecar && self.byte_sidecar.is_none() {
+            let dir = Path::new(&self.val)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            let glob = dir.map_or_else(
+                || PathBuf::from("fineweb_val_bytes_*.bin"),
+                |d| d.join("fineweb_val_bytes_*.bin"),
+            );
+            self.byte_sidecar = Some(glob.to_string_lossy().into_owned());
+        }
+        self.world_size = eval.world_size;
+        match eval.final_score {
+            presets::FinalScore::Windows => {}
+            presets::FinalScore::ScoreFirstTtt { lr } => {
+                self.ttt = true;
+                self.ttt_lr = lr;
+            }
+            presets::FinalScore::PhasedLoraTtt => {
+                // Its own per-document windows: no window form of its own.
+                self.doc_isolated = false;
+                self.lora_ttt = Some(LoraTttSpec {
+                    recipe: LoraTttRecipe::rec_2026_04_27(),
+                    seed: 0,
+                    init_file: None,
+                    seeds: 0,
+                });
+            }
+        }
+        self.declared_by = Some(name);
+        Ok(self)
     }
 
     /// The TTT order the spec asks for: a planted TTT violation, score-first TTT, or none.
@@ -443,19 +494,7 @@ impl Architecture {
         }
         let setup = VerifyError::Setup;
         let mut cfg = match (&spec.preset, &spec.config, carried) {
-            (Some(name), _, _) => match presets::preset(name) {
-                Some(p) => p.config,
-                None => {
-                    return Err(setup(format!(
-                        "no preset named {name:?}; known: {}",
-                        presets::presets()
-                            .iter()
-                            .map(|p| p.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            },
+            (Some(name), _, _) => named_preset(name)?.config,
             (None, Some(p), _) => ModelConfig::load(p)?,
             (None, None, Some(v)) => {
                 let cfg: ModelConfig = serde_json::from_value(v).map_err(|e| {
@@ -484,6 +523,20 @@ impl Architecture {
         }
         Ok(Architecture::Gpt(Box::new(cfg)))
     }
+}
+
+/// The preset of that name, or an error listing the known ones.
+fn named_preset(name: &str) -> Result<presets::Preset> {
+    presets::preset(name).ok_or_else(|| {
+        VerifyError::Setup(format!(
+            "no preset named {name:?}; known: {}",
+            presets::presets()
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// Whether a config file names seed 001's byte-patch JEPA (`"architecture": "byte_patch_jepa"`).
@@ -1009,6 +1062,7 @@ fn verify_once(
     } = evaluated;
     Ok(VerifyReport {
         model: spec.model.display().to_string(),
+        declared_by: spec.declared_by.clone(),
         tokenizer: tokenizer.name(),
         parameters,
         procedure: procedure_name,
@@ -1164,5 +1218,60 @@ mod tests {
         };
         let (c, _) = blend.canonical(false).unwrap();
         assert!(!c.ngram_blend && c.ngram_prefill.is_none() && c.validate().is_ok());
+    }
+}
+
+#[cfg(test)]
+mod declared_tests {
+    use super::*;
+
+    fn declared(preset: &str, val: &str) -> VerifySpec {
+        let mut s = VerifySpec::new("m.safetensors".into(), val.into(), "t.model".into());
+        s.preset = Some(preset.into());
+        s.declared_evaluation().unwrap()
+    }
+
+    /// Each preset's declared evaluation is the flags docs/ARCHITECTURES.md lists for its record.
+    #[test]
+    fn a_preset_alone_runs_its_records_declared_evaluation() {
+        let b = declared("baseline", "v/fineweb_val_*.bin");
+        assert_eq!(
+            (b.seq_len, b.stride, b.ttt, b.world_size),
+            (Some(1024), None, false, 8)
+        );
+        assert!(b.lora_ttt.is_none() && b.byte_sidecar.is_none() && !b.doc_isolated);
+        let r = declared("rec-2026-03-23", "v/fineweb_val_*.bin");
+        assert_eq!((r.seq_len, r.stride), (Some(2048), Some(64)));
+        assert!(r.legacy_sliding && r.ttt && r.ttt_lr == 0.002 && r.ttt_epochs == 3);
+        assert_eq!(r.window_form(), WindowForm::LegacySliding { stride: 64 });
+        let r = declared("rec-2026-03-29", "v/fineweb_val_*.bin");
+        assert!(r.legacy_sliding && !r.ttt);
+        let r = declared("rec-2026-04-09", "v/fineweb_val_*.bin");
+        assert!(!r.legacy_sliding && r.ttt && r.ttt_lr == 0.005);
+        assert_eq!(r.window_form(), WindowForm::Sliding { stride: 64 });
+        // 04-27: phased LoRA TTT with the record's logged knobs, its byte sidecar beside the shards, 8 ranks.
+        let r = declared("rec-2026-04-27", "/data/caseops/fineweb_val_0*.bin");
+        let lora = r.lora_ttt.as_ref().unwrap();
+        assert_eq!(lora.recipe, LoraTttRecipe::rec_2026_04_27());
+        assert_eq!(
+            r.byte_sidecar.as_deref(),
+            Some("/data/caseops/fineweb_val_bytes_*.bin")
+        );
+        assert_eq!(r.world_size, 8);
+        assert!(!r.doc_isolated && !r.ttt && r.stride.is_none());
+        assert_eq!(r.declared_by.as_deref(), Some("rec-2026-04-27"));
+        r.validate().unwrap();
+        // A shard glob without a folder: the sidecar glob has none either; a given sidecar is kept.
+        let r = declared("rec-2026-04-27", "fineweb_val_*.bin");
+        assert_eq!(r.byte_sidecar.as_deref(), Some("fineweb_val_bytes_*.bin"));
+        let mut s = VerifySpec::new("m".into(), "v/x.bin".into(), "t".into());
+        s.preset = Some("rec-2026-04-27".into());
+        s.byte_sidecar = Some("elsewhere/b_*.bin".into());
+        let s = s.declared_evaluation().unwrap();
+        assert_eq!(s.byte_sidecar.as_deref(), Some("elsewhere/b_*.bin"));
+        let mut s = VerifySpec::new("m".into(), "v".into(), "t".into());
+        s.preset = Some("rec-1999".into());
+        let err = s.declared_evaluation().unwrap_err().to_string();
+        assert!(err.contains("no preset named \"rec-1999\""), "{err}");
     }
 }

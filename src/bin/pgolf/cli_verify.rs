@@ -251,9 +251,10 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 0, requires = "lora_ttt")]
     ttt_seeds: usize,
     /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
-    /// and --doc-isolated's per-rank ranges, each truncated to whole buffers.
-    #[arg(long, default_value_t = 1)]
-    world_size: usize,
+    /// --doc-isolated's per-rank ranges, each truncated to whole buffers, and LoRA TTT's ranks in lockstep
+    /// (docs/VERIFY.md). Default 1; a preset's declared evaluation: its record's 8.
+    #[arg(long)]
+    world_size: Option<usize>,
     /// Run the legality probes (C1–C4, TTT ordering, determinism) on a prefix of the stream.
     #[arg(long)]
     probes: bool,
@@ -310,7 +311,7 @@ impl VerifyArgs {
             ngram_alpha, ngram_prefill, ngram_prefill_tokens, ngram_tilt, ngram_prior, ngram_tilt_beta, doc_isolated,
             byte_sidecar, batch_seqs, ttt, ttt_chunk_tokens, ttt_epochs, ttt_lr, ttt_momentum, ttt_batch_seqs,
             ttt_micro_batch, ttt_grad_clip, ttt_freeze_blocks, ttt_polyak, ttt_adaptive_lr_max, ttt_byte_weighted,
-            world_size, probes, probe_targets, probe_perturbations, probe_rows, probe_seed, code, canonical,
+            probes, probe_targets, probe_perturbations, probe_rows, probe_seed, code, canonical,
             score_stored_weights,
         }, {
             lora_ttt: self.lora_ttt.as_deref().map(|which| {
@@ -331,7 +332,7 @@ impl VerifyArgs {
                 r.warm_start_a = self.ttt_warm_start_a.map_or(r.warm_start_a, |v| v == 1);
                 r.weight_decay = self.ttt_weight_decay.unwrap_or(r.weight_decay);
                 r.grad_steps = self.ttt_grad_steps.unwrap_or(r.grad_steps);
-                r.world_size = self.world_size;
+                r.world_size = self.world_size.unwrap_or(1);
                 if let Some(p) = &mut r.phases {
                     p.prefix_docs = self.phased_ttt_prefix_docs.unwrap_or(p.prefix_docs);
                     p.num_phases = self.phased_ttt_num_phases.unwrap_or(p.num_phases);
@@ -353,6 +354,8 @@ impl VerifyArgs {
                     seeds: self.ttt_seeds,
                 }
             }),
+            world_size: self.world_size.unwrap_or(1),
+            declared_by: None,
             device: self.compute.device.clone(),
             precision: self.compute.precision,
             generic_ops: self.compute.generic_ops,
@@ -366,8 +369,34 @@ impl VerifyArgs {
     }
 }
 
+impl VerifyArgs {
+    /// Whether any flag chooses the evaluation (window form, lengths, byte sidecar, a procedure): without one,
+    /// `--preset NAME` runs the evaluation its record declares.
+    fn evaluation_flags_given(&self) -> bool {
+        self.seq_len.is_some()
+            || self.stride.is_some()
+            || self.legacy_sliding
+            || self.legacy_sliding_full
+            || self.full_windows
+            || self.mixer
+            || self.ngram_blend
+            || self.ngram_tilt
+            || self.doc_isolated
+            || self.byte_sidecar.is_some()
+            || self.ttt
+            || self.lora_ttt.is_some()
+            || self.planted.is_some()
+    }
+}
+
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
-    let spec = args.spec();
+    let mut spec = args.spec();
+    if args.preset.is_some() && !args.evaluation_flags_given() {
+        spec = spec.declared_evaluation()?;
+        if let Some(w) = args.world_size {
+            spec.world_size = w;
+        }
+    }
     let mut inputs = vec![args.model.as_path()];
     inputs.extend(args.config.as_deref());
     inputs.extend(args.code.as_deref());
@@ -413,6 +442,9 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
 
 fn print_report(r: &VerifyReport) -> Result<()> {
     println!("model        {} ({} parameters)", r.model, r.parameters);
+    if let Some(name) = &r.declared_by {
+        println!("declared     the evaluation preset {name}'s record reports its score with");
+    }
     let stride = match r.form {
         WindowForm::DocIsolated {
             batch_seqs,
