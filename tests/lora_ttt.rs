@@ -253,6 +253,48 @@ fn bad_lora_ttt_inputs_fail_cleanly() {
     );
     let e = err(&run_with(c0, &[("--ttt-eval-seq-len", "16")], &[]));
     assert!(e.contains("at least the chunk size"), "{e}");
+    // Zero rank, chunk or ranks.
+    for (flag, v) in [
+        ("--ttt-lora-rank", "0"),
+        ("--ttt-chunk-size", "0"),
+        ("--ttt-batch-size", "0"),
+        ("--world-size", "0"),
+    ] {
+        let e = err(&run_with(c0, &[(flag, v)], &[]));
+        assert!(
+            e.contains("must be positive") && e.lines().count() == 1,
+            "{flag}: {e}"
+        );
+    }
+    // Phase knobs on the 03-17 recipe, which has no phases; bad phase knobs on 04-27's.
+    let e = err(&run(c0, &["--phased-ttt-prefix-docs", "3"]));
+    assert!(e.contains("the 2026-03-17 recipe has none"), "{e}");
+    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
+    for flag in [
+        "--global-ttt-chunk-tokens=0",
+        "--phased-ttt-num-phases=0",
+        "--global-ttt-batch-seqs=0",
+        "--eval-seq-len=0",
+        "--global-ttt-momentum=1.5",
+        "--global-ttt-lr=-1",
+    ] {
+        let o = pgolf(&[
+            "verify",
+            s(&fixture("models/sp1024_tied.safetensors")),
+            "--config",
+            s(&fixture("models/sp1024_tied.json")),
+            "--val",
+            &val,
+            "--tokenizer",
+            s(&tokenizer_path(1024)),
+            "--phased-ttt",
+            "--ttt-eval-seq-len",
+            "96",
+            flag,
+        ]);
+        let e = err(&o);
+        assert!(e.contains("global TTT phases"), "{flag}: {e}");
+    }
 }
 
 /// The 2026-04-27 record's `eval_val_ttt_phased` (run by fixtures/generate_lora_ttt.py on the 04-27 fixture model and
@@ -430,4 +472,106 @@ fn the_04_27_recipe_defaults_are_the_records() {
         assert_eq!(phases[k], v, "phases.{k}");
     }
     let _ = case;
+    // 11 documents in one batch of 64: the prefix of 2500 is clamped to 11 (boundaries 3, 7, 11) and only the first
+    // phase runs, after the only batch; the report says both, and that the score is one draw of A.
+    let ids: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "lora_ttt_randomness",
+        "phased_prefix_clamped",
+        "global_phases_not_run",
+    ] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    let title = |id: &str| {
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap()["title"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(title("phased_prefix_clamped").contains("2500 exceeds the stream's 11 documents"));
+    assert!(title("global_phases_not_run").starts_with("1 of 3 global phases ran"));
+    assert_eq!(r["receipts"]["count"], 2);
+}
+
+/// `--ttt-seeds K` over two ranks reruns with other seeds and rank rotations and reports the spread; the finding
+/// names both sources of randomness.
+#[test]
+fn seed_reruns_over_ranks_rotate_the_schedule() {
+    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
+    let o = pgolf(&[
+        "verify",
+        s(&fixture("models/sp1024_tied.safetensors")),
+        "--config",
+        s(&fixture("models/sp1024_tied.json")),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer_path(1024)),
+        "--lora-ttt",
+        "2026-04-27",
+        "--ttt-lora-rank",
+        "2",
+        "--ttt-lora-lr",
+        "0.003",
+        "--ttt-chunk-size",
+        "32",
+        "--ttt-eval-seq-len",
+        "64",
+        "--ttt-batch-size",
+        "2",
+        "--world-size",
+        "2",
+        "--phased-ttt-prefix-docs",
+        "6",
+        "--phased-ttt-num-phases",
+        "2",
+        "--global-ttt-chunk-tokens",
+        "256",
+        "--eval-seq-len",
+        "64",
+        "--ttt-seeds",
+        "3",
+        "--json",
+    ]);
+    let r = report(&o);
+    let spread = &r["seed_spread"];
+    assert_eq!(spread["seeds"], serde_json::json!([0, 1, 2]));
+    let bpb: Vec<f64> = spread["val_bpb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // Seed 0 without rotation is the main run itself.
+    assert_eq!(bpb[0], r["val_bpb"].as_f64().unwrap());
+    assert!(bpb[1] != bpb[0] && bpb[2] != bpb[0], "{bpb:?}");
+    let f = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "lora_ttt_randomness")
+        .unwrap();
+    assert!(
+        f["title"]
+            .as_str()
+            .unwrap()
+            .contains("which rank runs which batch")
+    );
+    let evidence = f["evidence"].to_string();
+    assert!(
+        evidence.contains("3 reruns (seeds 0..=2, rank assignment rotated"),
+        "{evidence}"
+    );
+    // 11 documents in batches of 2 on two ranks: 6 batches, two phases, each with a receipt.
+    assert_eq!(r["receipts"]["count"], 8);
 }

@@ -352,6 +352,8 @@ pub struct LoraTtt {
     pub init: std::sync::Mutex<LoraInit>,
     /// Planted violation: each chunk is trained on (one Adam step) before it is scored.
     pub adapt_before_score: bool,
+    /// The length queue's rank rotation ([`Procedure::reschedule`]; 0: entry k on rank k mod W).
+    rotation: std::sync::atomic::AtomicUsize,
     /// With global phases: the base weights' values at the start of every run (the phases change them).
     base: Vec<Tensor>,
 }
@@ -426,6 +428,28 @@ impl LoraTtt {
                 recipe.lr
             )));
         }
+        if let Some(p) = &recipe.phases
+            && (p.num_phases == 0
+                || p.chunk_tokens == 0
+                || p.batch_seqs == 0
+                || p.seq_len == 0
+                || !(p.lr.is_finite() && p.lr >= 0.0)
+                || !(p.momentum.is_finite() && (0.0..1.0).contains(&p.momentum))
+                || !(p.grad_clip.is_finite() && p.grad_clip >= 0.0))
+        {
+            return Err(VerifyError::Setup(format!(
+                "global TTT phases: the number of phases ({}), chunk tokens ({}), batch sequences ({}) and sequence \
+                 length ({}) must be positive, the learning rate ({}) and clip ({}) finite and non-negative, the \
+                 momentum ({}) in [0, 1)",
+                p.num_phases,
+                p.chunk_tokens,
+                p.batch_seqs,
+                p.seq_len,
+                p.lr,
+                p.grad_clip,
+                p.momentum
+            )));
+        }
         if recipe.phases.is_some() && recipe.schedule != LoraSchedule::LengthQueue {
             return Err(VerifyError::Setup(
                 "global phases belong to the length-queued schedule of rec/2026-04-27".into(),
@@ -451,6 +475,7 @@ impl LoraTtt {
             recipe,
             init: std::sync::Mutex::new(init),
             adapt_before_score: false,
+            rotation: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -877,6 +902,19 @@ impl Procedure for LoraTtt {
         true
     }
 
+    /// The length queue's batches go to ranks rotated by k (entry i on rank (i + k) mod W): the records' ranks claim
+    /// them by timing, so any rotation is a schedule a real run could have had.
+    fn reschedule(&self, k: usize) -> bool {
+        if self.recipe.schedule != LoraSchedule::LengthQueue || self.recipe.world_size < 2 {
+            return false;
+        }
+        self.rotation.store(
+            k % self.recipe.world_size,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        true
+    }
+
     fn run(
         &self,
         tokens: &[u16],
@@ -925,9 +963,10 @@ impl Procedure for LoraTtt {
                     .collect();
                 batches
                     .sort_by_key(|(_, b)| std::cmp::Reverse(b.iter().map(|&(_, len)| len).max()));
+                let rotation = self.rotation.load(std::sync::atomic::Ordering::Relaxed);
                 let mut per_rank = vec![Vec::new(); w];
                 for (k, b) in batches.into_iter().enumerate() {
-                    per_rank[k % w].push(b);
+                    per_rank[(k + rotation) % w].push(b);
                 }
                 per_rank
             }

@@ -31,6 +31,11 @@ pub trait Procedure {
     fn reseed(&self, _seed: u64) -> bool {
         false
     }
+    /// Makes its next runs use another of the equally valid rank schedules (the `k`-th; 0 is the documented one);
+    /// false for a procedure whose schedule is fixed.
+    fn reschedule(&self, _k: usize) -> bool {
+        false
+    }
     /// Runs on `tokens` (targets `0 .. tokens.len() − 1`). `progress(done, total)` reports the procedure's own units.
     fn run(
         &self,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::eval::{self, EvalReport};
-use super::ledger::weights_digest;
+use super::ledger::{RunRecord, weights_digest};
 use super::lora_ttt::{LoraInit, LoraTtt, LoraTttRecipe};
 use super::mixer::{BackoffMixerProcedure, MixerOptions, MixerTttRecipe, NgramCacheBlend};
 use super::planted::{HashedNgramCache, SlotDelta};
@@ -781,6 +781,98 @@ fn build_procedure<'a>(
     Ok((procedure, None))
 }
 
+/// What a LoRA TTT run's reader must know: its score is one draw of the procedure's randomness (adapter draws and,
+/// over several ranks, which rank ran which batch), measured when `--ttt-seeds` reran it; a phase prefix larger than
+/// the stream's documents (clamped, as the records clamp it); phases that never ran because the documents ran out.
+fn lora_findings(
+    l: &LoraTttSpec,
+    spec: &VerifySpec,
+    tokens: &[u16],
+    record: &RunRecord,
+    spread: Option<&SeedSpread>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let r = &l.recipe;
+    let varies_schedule =
+        r.schedule == super::lora_ttt::LoraSchedule::LengthQueue && spec.world_size > 1;
+    let source = match &l.init_file {
+        Some(p) => format!("A drawn from {}", p.display()),
+        None => format!("A drawn from seed {}", l.seed),
+    };
+    let mut evidence = vec![source];
+    if varies_schedule {
+        evidence.push(format!(
+            "{} ranks claim the length queue's batches by timing in the records; pgolf's lockstep schedule gives \
+             entry k to rank k mod {}",
+            spec.world_size, spec.world_size
+        ));
+    }
+    match spread {
+        Some(s) => evidence.push(format!(
+            "{} reruns (seeds {}..={}{}): val_bpb mean {:.6}, std {:.2e}, range {:.2e}",
+            s.seeds.len(),
+            s.seeds.first().copied().unwrap_or(0),
+            s.seeds.last().copied().unwrap_or(0),
+            if varies_schedule {
+                ", rank assignment rotated by the rerun's index"
+            } else {
+                ""
+            },
+            s.mean,
+            s.std,
+            s.max - s.min
+        )),
+        None => evidence.push(
+            "not measured: --ttt-seeds K reruns it and reports the spread; a claimed gain inside it is noise"
+                .into(),
+        ),
+    }
+    findings.push(Finding {
+        id: "lora_ttt_randomness",
+        title: if varies_schedule {
+            "the score depends on the adapters' random initial A and on which rank runs which batch"
+                .into()
+        } else {
+            "the score depends on the adapters' random initial A".into()
+        },
+        evidence,
+    });
+    if let Some(p) = &r.phases {
+        let docs = super::lora_ttt::find_docs(tokens).len();
+        if p.prefix_docs > docs {
+            findings.push(Finding {
+                id: "phased_prefix_clamped",
+                title: format!(
+                    "--phased-ttt-prefix-docs {} exceeds the stream's {docs} documents: the phases fall within \
+                     all {docs}, as the records clamp it",
+                    p.prefix_docs
+                ),
+                evidence: vec![],
+            });
+        }
+        let ran = record
+            .receipts
+            .iter()
+            .filter(|rc| rc.label.starts_with("global phase"))
+            .count();
+        if ran < p.num_phases {
+            findings.push(Finding {
+                id: "global_phases_not_run",
+                title: format!(
+                    "{ran} of {} global phases ran: the documents ran out before the later boundaries were reached \
+                     between rounds",
+                    p.num_phases
+                ),
+                evidence: vec![format!(
+                    "phases start between rounds of {} batch(es) of {} documents",
+                    spec.world_size, r.batch_size
+                )],
+            });
+        }
+    }
+    findings
+}
+
 /// The tilt's prior: the file given, else the artifact's bundled `"ngram"` entry. Returns it with its byte size.
 fn load_tilt_prior(
     spec: &VerifySpec,
@@ -1019,6 +1111,7 @@ fn verify_once(
             for k in 0..l.seeds {
                 let seed = l.seed + k as u64;
                 procedure.reseed(seed);
+                procedure.reschedule(k);
                 let (e, _) = eval::evaluate(procedure.as_ref(), &tokens, &bytes, &mut |d, t| {
                     progress(&format!("seed {seed}"), d, t)
                 })
@@ -1049,6 +1142,15 @@ fn verify_once(
                     .into(),
             ],
         });
+    }
+    if let Some(l) = &spec.lora_ttt {
+        findings.extend(lora_findings(
+            l,
+            spec,
+            &tokens,
+            &record,
+            seed_spread.as_ref(),
+        ));
     }
     let (compliance, compliance_basis) =
         Compliance::decide(&record, probes.as_ref(), size.as_ref(), ttt.is_some());

@@ -28,6 +28,7 @@ enum PlantedArg {
 }
 
 #[derive(Args, Clone)]
+#[group(id = "lora_procedure", args = ["lora_ttt", "phased_ttt"], multiple = false)]
 pub struct VerifyArgs {
     /// Model weights: safetensors with the challenge's state-dict names, or an artifact (torch `.pt`, or a `.ptz`
     /// under zlib/zstd/xz/brotli/BSHF in the baseline int8 or the `{"w","m"}` schemas), dequantized in memory.
@@ -174,81 +175,85 @@ pub struct VerifyArgs {
     /// then an optimizer step. `2026-03-17` (the default): rec/2026-03-17_LoRA_TTT's `eval_val_ttt_lora` (q, v and
     /// head adapters, Adam, A drawn again per batch). `2026-04-27`: the per-document part of rec/2026-04-27's
     /// `eval_val_ttt_phased` (and rec/2026-04-10's LoRA TTT): adapters on q, k, v, o, the MLP and the head scaled by
-    /// alpha/rank, AdamW, A kept warm, batches queued by document length; its global SGD phases are not run. The
-    /// knobs below override the recipe's values.
+    /// alpha/rank, AdamW, A kept warm, batches queued by document length, and its global score-first SGD phases on
+    /// the base weights (--phased-ttt-prefix-docs 0: none, as 04-10). The knobs below override the recipe's values.
     #[arg(long, num_args = 0..=1, default_missing_value = "2026-03-17", value_parser = ["2026-03-17", "2026-04-27"])]
     lora_ttt: Option<String>,
+    /// The same as --lora-ttt 2026-04-27: rec/2026-04-27's `eval_val_ttt_phased`, the score of every record from
+    /// 2026-04-14 on.
+    #[arg(long, conflicts_with = "lora_ttt")]
+    phased_ttt: bool,
     /// LoRA TTT: adapter rank (TTT_LORA_RANK; 8 / 80).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_lora_rank: Option<usize>,
     /// LoRA TTT: learning rate (TTT_LORA_LR; 0.01 / 1e-4).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_lora_lr: Option<f64>,
     /// LoRA TTT: targets per document chunk (TTT_CHUNK_SIZE; 256 / 48).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_chunk_size: Option<usize>,
     /// LoRA TTT: the longest window a chunk is scored in (TTT_EVAL_SEQ_LEN; 1024 / 2048).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_eval_seq_len: Option<usize>,
     /// LoRA TTT: documents per batch (TTT_BATCH_SIZE; 64).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_batch_size: Option<usize>,
     /// LoRA TTT: Adam β1 and β2 (BETA1/BETA2 for 03-17, 0.9 / 0.95; TTT_BETA1/TTT_BETA2 for 04-27, 0 / 0.99).
-    #[arg(long, alias = "ttt-beta1", requires = "lora_ttt")]
+    #[arg(long, alias = "ttt-beta1", requires = "lora_procedure")]
     beta1: Option<f64>,
-    #[arg(long, alias = "ttt-beta2", requires = "lora_ttt")]
+    #[arg(long, alias = "ttt-beta2", requires = "lora_procedure")]
     beta2: Option<f64>,
     /// LoRA TTT: scale the adapters by alpha / rank (TTT_LORA_ALPHA; 04-27: 144).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_lora_alpha: Option<f64>,
     /// LoRA TTT: 1 keeps A across resets and zeroes only B (TTT_WARM_START_A; 04-27: 1).
-    #[arg(long, requires = "lora_ttt", value_parser = clap::value_parser!(u8).range(0..=1))]
+    #[arg(long, requires = "lora_procedure", value_parser = clap::value_parser!(u8).range(0..=1))]
     ttt_warm_start_a: Option<u8>,
     /// LoRA TTT: AdamW's decoupled weight decay (TTT_WEIGHT_DECAY; 04-27: 0.5; 0 is Adam).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_weight_decay: Option<f64>,
     /// LoRA TTT: optimizer steps per chunk (TTT_GRAD_STEPS; 1).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     ttt_grad_steps: Option<usize>,
     /// Phased TTT (`--lora-ttt 2026-04-27`): the global SGD phases fall after this many documents (in queue order)
     /// are scored (PHASED_TTT_PREFIX_DOCS; 2500; 0: none).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     phased_ttt_prefix_docs: Option<usize>,
     /// Phased TTT: number of global phases (PHASED_TTT_NUM_PHASES; 3).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     phased_ttt_num_phases: Option<usize>,
     /// Phased TTT: SGD learning rate, cosine across a phase's chunks (GLOBAL_TTT_LR; 0.001).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_lr: Option<f64>,
     /// Phased TTT: SGD momentum (GLOBAL_TTT_MOMENTUM; 0.9).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_momentum: Option<f64>,
     /// Phased TTT: epochs over each chunk (GLOBAL_TTT_EPOCHS; 1).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_epochs: Option<usize>,
     /// Phased TTT: tokens per chunk of a phase's documents (GLOBAL_TTT_CHUNK_TOKENS; 32768).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_chunk_tokens: Option<usize>,
     /// Phased TTT: sequences per SGD step (GLOBAL_TTT_BATCH_SEQS; 32).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_batch_seqs: Option<usize>,
     /// Phased TTT: gradient-norm clip (GLOBAL_TTT_GRAD_CLIP; 1.0).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     global_ttt_grad_clip: Option<f64>,
     /// Phased TTT: the sequence length of the global steps (the record's EVAL_SEQ_LEN; 2048).
-    #[arg(long, requires = "lora_ttt")]
+    #[arg(long, requires = "lora_procedure")]
     eval_seq_len: Option<usize>,
     /// LoRA TTT: seed of the adapters' A draws (uniform in ±1/√in).
-    #[arg(long, default_value_t = 0, requires = "lora_ttt")]
+    #[arg(long, default_value_t = 0, requires = "lora_procedure")]
     ttt_seed: u64,
     /// LoRA TTT: take every A from this safetensors file instead (the reference's own draws, in order: the first
     /// under the state dict's names, `lm_head_lora.A`, `q_loras.{i}.A`, `v_loras.{i}.A`, the k-th after it under
     /// `draw{k}.`; fixtures/generate_lora_ttt.py writes one).
-    #[arg(long, requires = "lora_ttt", conflicts_with = "ttt_seed")]
+    #[arg(long, requires = "lora_procedure", conflicts_with = "ttt_seed")]
     lora_init: Option<PathBuf>,
     /// LoRA TTT: also rerun with K seeds (--ttt-seed, +1, …) and report the mean, std and range of the BPB — how
     /// much of a claimed gain lies inside the procedure's own noise.
-    #[arg(long, default_value_t = 0, requires = "lora_ttt")]
+    #[arg(long, default_value_t = 0, requires = "lora_procedure")]
     ttt_seeds: usize,
     /// Replay W ranks, e.g. 8 to reproduce an 8×H100 run: TTT's per-rank sequence ranges with averaged gradients,
     /// --doc-isolated's per-rank ranges, each truncated to whole buffers, and LoRA TTT's ranks in lockstep
@@ -314,7 +319,7 @@ impl VerifyArgs {
             probes, probe_targets, probe_perturbations, probe_rows, probe_seed, code, canonical,
             score_stored_weights,
         }, {
-            lora_ttt: self.lora_ttt.as_deref().map(|which| {
+            lora_ttt: self.lora_recipe().map(|which| {
                 use pgolf::verify::lora_ttt::LoraTttRecipe;
                 let mut r = if which == "2026-04-27" {
                     LoraTttRecipe::rec_2026_04_27()
@@ -372,6 +377,27 @@ impl VerifyArgs {
 impl VerifyArgs {
     /// Whether any flag chooses the evaluation (window form, lengths, byte sidecar, a procedure): without one,
     /// `--preset NAME` runs the evaluation its record declares.
+    /// The LoRA TTT recipe asked for: `--lora-ttt [DATE]`, or `--phased-ttt` (04-27's).
+    fn lora_recipe(&self) -> Option<&str> {
+        if self.phased_ttt {
+            Some("2026-04-27")
+        } else {
+            self.lora_ttt.as_deref()
+        }
+    }
+
+    fn phase_flags_given(&self) -> bool {
+        self.phased_ttt_prefix_docs.is_some()
+            || self.phased_ttt_num_phases.is_some()
+            || self.global_ttt_lr.is_some()
+            || self.global_ttt_momentum.is_some()
+            || self.global_ttt_epochs.is_some()
+            || self.global_ttt_chunk_tokens.is_some()
+            || self.global_ttt_batch_seqs.is_some()
+            || self.global_ttt_grad_clip.is_some()
+            || self.eval_seq_len.is_some()
+    }
+
     fn evaluation_flags_given(&self) -> bool {
         self.seq_len.is_some()
             || self.stride.is_some()
@@ -384,12 +410,18 @@ impl VerifyArgs {
             || self.doc_isolated
             || self.byte_sidecar.is_some()
             || self.ttt
-            || self.lora_ttt.is_some()
+            || self.lora_recipe().is_some()
             || self.planted.is_some()
     }
 }
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
+    if args.lora_recipe().is_some_and(|w| w != "2026-04-27") && args.phase_flags_given() {
+        return Err(anyhow::anyhow!(
+            "--phased-ttt-*, --global-ttt-* and --eval-seq-len set the global phases of --lora-ttt 2026-04-27; \
+             the 2026-03-17 recipe has none"
+        ));
+    }
     let mut spec = args.spec();
     if args.preset.is_some() && !args.evaluation_flags_given() {
         spec = spec.declared_evaluation()?;
