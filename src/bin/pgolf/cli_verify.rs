@@ -375,8 +375,8 @@ impl VerifyArgs {
 }
 
 impl VerifyArgs {
-    /// Whether any flag chooses the evaluation (window form, lengths, byte sidecar, a procedure): without one,
-    /// `--preset NAME` runs the evaluation its record declares.
+    /// Whether any flag chooses the evaluation (window form, lengths, a procedure): without one, `--preset NAME`
+    /// runs the evaluation its record declares (`--byte-sidecar` only says where its sidecar is).
     /// The LoRA TTT recipe asked for: `--lora-ttt [DATE]`, or `--phased-ttt` (04-27's).
     fn lora_recipe(&self) -> Option<&str> {
         if self.phased_ttt {
@@ -408,7 +408,6 @@ impl VerifyArgs {
             || self.ngram_blend
             || self.ngram_tilt
             || self.doc_isolated
-            || self.byte_sidecar.is_some()
             || self.ttt
             || self.lora_recipe().is_some()
             || self.planted.is_some()
