@@ -49,6 +49,29 @@ fn run_with(case: &Value, set: &[(&str, &str)], extra: &[&str]) -> std::process:
     pgolf(&refs)
 }
 
+/// The 04-27 recipe (`--phased-ttt`) on the 03-17 fixture model and its 11-document stream, with `extra` flags.
+fn phased_on_0317(extra: &[&str]) -> std::process::Output {
+    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
+    let (model, config) = (
+        fixture("models/sp1024_tied.safetensors"),
+        fixture("models/sp1024_tied.json"),
+    );
+    let tokenizer = tokenizer_path(1024);
+    let mut args = vec![
+        "verify",
+        s(&model),
+        "--config",
+        s(&config),
+        "--val",
+        &val,
+        "--tokenizer",
+        s(&tokenizer),
+        "--phased-ttt",
+    ];
+    args.extend_from_slice(extra);
+    pgolf(&args)
+}
+
 fn run(case: &Value, extra: &[&str]) -> std::process::Output {
     run_with(case, &[], extra)
 }
@@ -269,7 +292,6 @@ fn bad_lora_ttt_inputs_fail_cleanly() {
     // Phase knobs on the 03-17 recipe, which has no phases; bad phase knobs on 04-27's.
     let e = err(&run(c0, &["--phased-ttt-prefix-docs", "3"]));
     assert!(e.contains("the 2026-03-17 recipe has none"), "{e}");
-    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
     for flag in [
         "--global-ttt-chunk-tokens=0",
         "--phased-ttt-num-phases=0",
@@ -278,21 +300,7 @@ fn bad_lora_ttt_inputs_fail_cleanly() {
         "--global-ttt-momentum=1.5",
         "--global-ttt-lr=-1",
     ] {
-        let o = pgolf(&[
-            "verify",
-            s(&fixture("models/sp1024_tied.safetensors")),
-            "--config",
-            s(&fixture("models/sp1024_tied.json")),
-            "--val",
-            &val,
-            "--tokenizer",
-            s(&tokenizer_path(1024)),
-            "--phased-ttt",
-            "--ttt-eval-seq-len",
-            "96",
-            flag,
-        ]);
-        let e = err(&o);
+        let e = err(&phased_on_0317(&["--ttt-eval-seq-len", "96", flag]));
         assert!(e.contains("global TTT phases"), "{flag}: {e}");
     }
 }
@@ -425,22 +433,7 @@ fn the_04_27_recipe_defaults_are_the_records() {
     let g = golden("ttt/lora_0317/golden_lora_ttt.json");
     let case = &g["cases"][0];
     // Any model will do for reading the recipe back: the 03-17 fixture with a seed (rank-80 adapters are small).
-    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
-    let o = pgolf(&[
-        "verify",
-        s(&fixture("models/sp1024_tied.safetensors")),
-        "--config",
-        s(&fixture("models/sp1024_tied.json")),
-        "--val",
-        &val,
-        "--tokenizer",
-        s(&tokenizer_path(1024)),
-        "--lora-ttt",
-        "2026-04-27",
-        "--ttt-eval-seq-len",
-        "96",
-        "--json",
-    ]);
+    let o = phased_on_0317(&["--ttt-eval-seq-len", "96", "--json"]);
     let r = report(&o);
     let recipe = &r["ttt"]["recipe"];
     for (k, v) in [
@@ -507,18 +500,7 @@ fn the_04_27_recipe_defaults_are_the_records() {
 /// names both sources of randomness.
 #[test]
 fn seed_reruns_over_ranks_rotate_the_schedule() {
-    let val = format!("{}/*.bin", fixture("ttt/lora_0317/val").display());
-    let o = pgolf(&[
-        "verify",
-        s(&fixture("models/sp1024_tied.safetensors")),
-        "--config",
-        s(&fixture("models/sp1024_tied.json")),
-        "--val",
-        &val,
-        "--tokenizer",
-        s(&tokenizer_path(1024)),
-        "--lora-ttt",
-        "2026-04-27",
+    let o = phased_on_0317(&[
         "--ttt-lora-rank",
         "2",
         "--ttt-lora-lr",
