@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--shape", default="baseline", choices=sorted(SHAPES))
     ap.add_argument("--pgolf", default="target/release/pgolf")
+    ap.add_argument("--mixed", action="store_true",
+                    help="also PyTorch under torch.autocast('cpu', torch.bfloat16) and pgolf --precision mixed")
     args = ap.parse_args()
 
     spec = importlib.util.spec_from_file_location("train_gpt", os.path.join(args.challenge, "train_gpt.py"))
@@ -79,21 +81,42 @@ def main():
     _, torch_bpb = tg.eval_val(hp, model, 0, 1, torch.device("cpu"), 1, val, *luts)
     torch_s = time.perf_counter() - t0
 
-    out = subprocess.run([args.pgolf, "--threads", str(args.threads), "verify", os.path.join(tmp, "model.safetensors"),
-                          "--config", os.path.join(tmp, "config.json"), "--val", os.path.join(tmp, "fineweb_val_*.bin"),
-                          "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"),
-                          "--batch-seqs", "8", "--json"], check=True, capture_output=True, text=True)
-    r = json.loads(out.stdout)
+    def pgolf(precision):
+        out = subprocess.run([args.pgolf, "--threads", str(args.threads), "verify",
+                              os.path.join(tmp, "model.safetensors"), "--config", os.path.join(tmp, "config.json"),
+                              "--val", os.path.join(tmp, "fineweb_val_*.bin"),
+                              "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                                                          "tokenizers", "fineweb_1024_bpe.model"),
+                              "--batch-seqs", "8", "--precision", precision, "--json"],
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    r = pgolf("fp32")
     targets = args.seqs * L
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({
+    report = {
         "shape": args.shape, "parameters": params, "threads": args.threads, "targets": targets,
         "torch_version": torch.__version__,
         "torch_targets_per_s": targets / torch_s, "pgolf_targets_per_s": r["targets_per_second"],
         "pgolf_over_torch": r["targets_per_second"] / (targets / torch_s),
         "torch_val_bpb": torch_bpb, "pgolf_val_bpb": r["val_bpb"],
         "bpb_rel_diff": abs(r["val_bpb"] - torch_bpb) / torch_bpb,
-    }, indent=1))
+    }
+    if args.mixed:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, torch_mixed_bpb = tg.eval_val(hp, model, 0, 1, torch.device("cpu"), 1, val, *luts)
+        torch_mixed_s = time.perf_counter() - t0
+        m = pgolf("mixed")
+        report.update({
+            "torch_bf16_autocast_targets_per_s": targets / torch_mixed_s,
+            "pgolf_mixed_targets_per_s": m["targets_per_second"],
+            "pgolf_mixed_over_torch_bf16": m["targets_per_second"] / (targets / torch_mixed_s),
+            "pgolf_mixed_over_torch_fp32": m["targets_per_second"] / (targets / torch_s),
+            "torch_bf16_val_bpb": torch_mixed_bpb, "pgolf_mixed_val_bpb": m["val_bpb"],
+            "pgolf_mixed_minus_fp32_bpb": m["val_bpb"] - r["val_bpb"],
+        })
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

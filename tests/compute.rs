@@ -56,6 +56,13 @@ fn mixed_precision_stays_within_1e3_of_the_f32_reference() {
         assert_eq!(fp32["precision"], "fp32", "{name}");
         assert_eq!(mixed["precision"], "mixed", "{name}");
         assert_eq!(mixed["device"], "cpu", "{name}");
+        // Where the bf16 products ran: AMX tiles, or the reason there are none.
+        let how = mixed["mixed_products"].as_str().unwrap();
+        assert!(
+            how.starts_with("AMX bf16 tiles") || how.starts_with("no AMX: "),
+            "{how}"
+        );
+        assert!(fp32.get("mixed_products").is_none(), "{name}");
         assert!(
             rel(bpb(&fp32), reference) < 1e-5,
             "{name}: fp32 {} vs {reference}",

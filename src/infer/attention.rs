@@ -21,12 +21,16 @@ pub struct AttentionShape {
 }
 
 /// Softmax(q·kᵀ · scale + causal mask) · v, returned as [B, H, T, hd]. Query head h reads kv head h / (H / Hkv).
+/// With `bf16_probabilities` (mixed precision, q, k and v already rounded by the caller), the probabilities enter
+/// the product with v rounded to bf16 as FlashAttention's bf16 kernels round them: the unnormalized exp values,
+/// with the row sum taken before rounding and divided out after the product.
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     s: AttentionShape,
     scale: f32,
+    bf16_probabilities: bool,
 ) -> Vec<f32> {
     let (t, hd) = (s.seq_len, s.head_dim);
     let per_head = t * hd;
@@ -77,6 +81,9 @@ pub fn causal_attention(
                     let row = &mut sc[r * keys..(r + 1) * keys];
                     let (valid, masked) = row.split_at_mut(qs + r + 1);
                     inv_sums[r] = 1.0 / exp_scaled_shifted(valid, scale);
+                    if bf16_probabilities {
+                        round_to_bf16(valid);
+                    }
                     masked.fill(0.0);
                 }
                 // out[qs..qe] = P[m × keys] · V[0..keys]
@@ -110,6 +117,13 @@ pub fn causal_attention(
             }
         });
     out
+}
+
+/// In place: every value rounded to the nearest bf16 (ties to even), kept as f32.
+pub fn round_to_bf16(values: &mut [f32]) {
+    for x in values {
+        *x = f32::from_bits((super::amx::bf16_bits(*x) as u32) << 16);
+    }
 }
 
 /// In place: row ← exp(row · scale − max); returns Σ row (the softmax denominator).
@@ -365,7 +379,7 @@ mod tests {
         let q = rnd(2 * 4 * 150 * 16);
         let k = rnd(2 * 2 * 150 * 16);
         let v = rnd(2 * 2 * 150 * 16);
-        let fast = causal_attention(&q, &k, &v, s, 0.25);
+        let fast = causal_attention(&q, &k, &v, s, 0.25, false);
         let slow = naive(&q, &k, &v, s, 0.25);
         let worst = fast
             .iter()

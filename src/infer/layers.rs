@@ -27,10 +27,43 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Ten
     // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
     let dims = x.dims();
     let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
-    let y = precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?;
+    let y = if precision == Precision::Mixed && amx_applies(x, w) {
+        // The same rule on AMX tiles (forward only: nothing here is differentiated).
+        let out = w.dim(0)?;
+        let c = with_f32_values(x, |xs| {
+            with_f32_values(w, |ws| Ok(super::amx::matmul_bt(xs, ws, rows, out, inner)))
+        })?;
+        Tensor::from_vec(c, (rows, out), x.device())?
+    } else {
+        precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?
+    };
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
     Ok(y.reshape(out_dims)?)
+}
+
+/// `f` over a CPU f32 tensor's values in row-major order: its own storage when contiguous, else a copy.
+fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return f(&cpu.as_slice::<f32>()?[start..end]);
+        }
+    }
+    f(&t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Whether a mixed-precision `F.linear(x, W)` runs on AMX: f32 tensors on the CPU, neither tracked for gradients
+/// (a training pass keeps candle's differentiable product), and a CPU with AMX-BF16.
+fn amx_applies(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && !x.track_op()
+        && !w.track_op()
+        && super::amx::available()
 }
 
 /// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).
@@ -121,8 +154,8 @@ pub(crate) fn rope(
 }
 
 /// Causal grouped-query softmax attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (scale 1/√hd): the blocked
-/// CPU kernel when scoring in f32 with `cpu_kernels`, the explicit softmax otherwise (its two products under
-/// `precision`).
+/// CPU kernel when scoring with `cpu_kernels` (under mixed precision on bf16-rounded operands), the explicit
+/// softmax otherwise (its two products under `precision`).
 pub(crate) fn grouped_causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -132,7 +165,7 @@ pub(crate) fn grouped_causal_attention(
     cpu_kernels: bool,
 ) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
-    if pass == Pass::Score && cpu_kernels && precision == Precision::Fp32 {
+    if pass == Pass::Score && cpu_kernels {
         let shape = AttentionShape {
             batch: b,
             heads: h,
@@ -140,12 +173,17 @@ pub(crate) fn grouped_causal_attention(
             seq_len: t,
             head_dim: hd,
         };
-        let flat = |z: &Tensor| {
-            z.contiguous()
-                .and_then(|z| z.flatten_all()?.to_vec1::<f32>())
+        let mixed = precision == Precision::Mixed;
+        let flat = |z: &Tensor| -> Result<Vec<f32>> {
+            let mut values = z.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            if mixed {
+                // Both products read bf16 operands: q, k and v rounded here, the probabilities in the kernel.
+                super::attention::round_to_bf16(&mut values);
+            }
+            Ok(values)
         };
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale);
+        let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale, mixed);
         return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
     }
     let (p, v) = causal_probabilities(q, k, v, pass, precision, cpu_kernels)?;

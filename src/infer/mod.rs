@@ -1,5 +1,6 @@
 //! Model configs and the forward pass (candle), and weight loading. Knows nothing of evaluation or training.
 
+pub mod amx;
 pub mod attention;
 pub mod config;
 pub mod device;

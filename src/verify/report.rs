@@ -297,6 +297,9 @@ pub struct VerifyReport {
     pub method: &'static str,
     pub device: String,
     pub precision: Precision,
+    /// With `--precision mixed` on the CPU: which engine ran the bf16 products (AMX tiles, or why not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed_products: Option<String>,
     pub generic_ops: bool,
     pub seq_len: usize,
     pub stride: Option<usize>,

@@ -1171,6 +1171,18 @@ fn verify_once(
         method: form.name(),
         device: spec.device.clone(),
         precision: spec.precision,
+        mixed_products: (spec.precision == Precision::Mixed && device.is_cpu()).then(|| {
+            if crate::infer::amx::available() {
+                "AMX bf16 tiles for the scoring passes' projections and head; attention on bf16-rounded q, k, v \
+                 and probabilities; training passes through candle's bf16 products"
+                    .to_string()
+            } else {
+                format!(
+                    "no AMX: {}; bf16-rounded operands through f32 products (slower than fp32)",
+                    crate::infer::amx::why_not()
+                )
+            }
+        }),
         generic_ops: spec.generic_ops,
         seq_len,
         stride: form.stride(),

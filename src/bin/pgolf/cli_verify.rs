@@ -473,6 +473,9 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
 
 fn print_report(r: &VerifyReport) -> Result<()> {
     println!("model        {} ({} parameters)", r.model, r.parameters);
+    if let Some(how) = &r.mixed_products {
+        println!("precision    mixed: {how}");
+    }
     if let Some(name) = &r.declared_by {
         println!("declared     the evaluation preset {name}'s record reports its score with");
     }

@@ -1,0 +1,289 @@
+//! bf16 matrix products on Intel AMX, for `--precision mixed` on the CPU.
+//!
+//! The rule is the one [`super::precision::Precision::Mixed`] states (the records' autocast): both operands rounded
+//! to bf16 (round-to-nearest-even, as torch's cast), products accumulated in f32, the result f32. AMX's
+//! `TDPBF16PS` computes exactly that on 16×32 by 32×16 bf16 tiles into 16×16 f32 tiles; only the order of the f32
+//! additions differs from a plain loop (and bf16 subnormal inputs count as zero), so results agree with the rounded
+//! operands' f32 product to f32 rounding.
+//!
+//! Used where the CPU has AMX-BF16 (cpuid leaf 7: AMX-TILE and AMX-BF16) and Linux grants this process the tile
+//! data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`available`] says which. Stable Rust has no
+//! AMX intrinsics, so the five instructions are written as inline assembly.
+
+use std::sync::OnceLock;
+
+/// Whether AMX bf16 products can run in this process (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    // cpuid.(eax=7, ecx=0):edx bit 22 AMX-BF16, bit 24 AMX-TILE.
+    let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+    if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call; it only changes which register state this process may use.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// What the CPU lacks, for the message where `--precision mixed` falls back to rounding plus f32 products.
+pub fn why_not() -> &'static str {
+    if cfg!(not(all(target_arch = "x86_64", target_os = "linux"))) {
+        "AMX products need Linux on x86-64"
+    } else {
+        "this CPU has no AMX-BF16 (or the kernel refused its tile state)"
+    }
+}
+
+/// bf16 of `x`, round-to-nearest-even (NaN stays NaN), as torch's `.to(torch.bfloat16)`.
+#[inline]
+pub fn bf16_bits(x: f32) -> u16 {
+    // Branch-free (a select), so that the packing loops vectorize.
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() { 0x7fc0 } else { rounded }
+}
+
+/// Rows and columns of a C block: 2×2 tiles of 16×16.
+const BLOCK: usize = 32;
+/// bf16 values per tile row (64 bytes), the k-step of one `TDPBF16PS`.
+const KSTEP: usize = 32;
+
+/// `C [m, n] = A [m, k] · Bᵀ` for row-major A and B [n, k] (a linear layer's x·Wᵀ), operands rounded to bf16, f32
+/// accumulation. Call only where [`available`] is true. Rows of C are shared out over rayon's threads.
+pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(
+        available(),
+        "AMX products asked for where they are not available"
+    );
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), n * k);
+    let kp = k.div_ceil(KSTEP) * KSTEP;
+    let np = n.div_ceil(BLOCK) * BLOCK;
+    let b_packed = pack_b(b, n, k, np, kp);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return c;
+    }
+    use rayon::prelude::*;
+    c.par_chunks_mut(BLOCK * n)
+        .enumerate()
+        .for_each(|(block, c_rows)| {
+            let r0 = block * BLOCK;
+            let rows = c_rows.len() / n;
+            let a_packed = pack_a(&a[r0 * k..(r0 + rows) * k], rows, k, kp);
+            // SAFETY: the packed buffers hold BLOCK rows of kp bf16 (A) and np/16 panels of kp/2 × 16 pairs (B), the
+            // tile loads below stay inside them, and `tile_block` configures the tiles before using them.
+            unsafe { tile_block(&a_packed, &b_packed, c_rows, rows, n, np, kp) };
+        });
+    c
+}
+
+/// A's rows as bf16, [BLOCK, kp] row-major, zero-padded.
+fn pack_a(a: &[f32], rows: usize, k: usize, kp: usize) -> Vec<u16> {
+    let mut out = vec![0u16; BLOCK * kp];
+    for r in 0..rows {
+        for (o, &x) in out[r * kp..r * kp + k]
+            .iter_mut()
+            .zip(&a[r * k..(r + 1) * k])
+        {
+            *o = bf16_bits(x);
+        }
+    }
+    out
+}
+
+/// B [n, k] as bf16 in the tiles' pair-interleaved layout: panel j (columns 16j..16j+16) holds, for each k-pair p,
+/// 16 × (B[col, 2p], B[col, 2p+1]); a panel is kp/2 rows of 64 bytes, so one k-step's tile is 16 consecutive rows.
+fn pack_b(b: &[f32], n: usize, k: usize, np: usize, kp: usize) -> Vec<u16> {
+    let panels = np / 16;
+    let mut out = vec![0u16; panels * kp * 16];
+    for col in 0..n {
+        let (panel, lane) = (col / 16, col % 16);
+        let base = panel * kp * 16;
+        for (kk, &x) in b[col * k..(col + 1) * k].iter().enumerate() {
+            out[base + (kk / 2) * 32 + lane * 2 + kk % 2] = bf16_bits(x);
+        }
+    }
+    out
+}
+
+/// The tile configuration `LDTILECFG` reads (palette 1): tmm0–3 the C tiles, tmm4–5 A, tmm6–7 B, all 16 rows of 64
+/// bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over the k-steps.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_block(
+    a: &[u16],
+    b: &[u16],
+    c_rows: &mut [f32],
+    rows: usize,
+    n: usize,
+    np: usize,
+    kp: usize,
+) {
+    use std::arch::asm;
+    let mut cfg = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    for t in 0..8 {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    let mut out = [0f32; BLOCK * BLOCK];
+    let a_stride = kp * 2;
+    let a0 = a.as_ptr();
+    // SAFETY (whole block): every pointer below addresses BLOCK × kp bf16 of `a`, a panel of kp/2 × 32 bf16 of `b`,
+    // or the BLOCK × BLOCK `out`; the caller guarantees the sizes.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack));
+        for cb in (0..np).step_by(BLOCK) {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack)
+            );
+            let panel0 = b.as_ptr().add((cb / 16) * kp * 16);
+            let panel1 = panel0.add(kp * 16);
+            for ks in (0..kp).step_by(KSTEP) {
+                let a_top = a0.add(ks);
+                let a_bottom = a0.add(16 * kp + ks);
+                let b_left = panel0.add((ks / 2) * 32);
+                let b_right = panel1.add((ks / 2) * 32);
+                asm!(
+                    "tileloadd tmm4, [{a_top} + {a_stride}*1]",
+                    "tileloadd tmm5, [{a_bottom} + {a_stride}*1]",
+                    "tileloadd tmm6, [{b_left} + {b_stride}*1]",
+                    "tileloadd tmm7, [{b_right} + {b_stride}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a_top = in(reg) a_top,
+                    a_bottom = in(reg) a_bottom,
+                    b_left = in(reg) b_left,
+                    b_right = in(reg) b_right,
+                    a_stride = in(reg) a_stride,
+                    b_stride = in(reg) 64usize,
+                    options(nostack),
+                );
+            }
+            let o = out.as_mut_ptr();
+            asm!(
+                "tilestored [{o00} + {s}*1], tmm0",
+                "tilestored [{o01} + {s}*1], tmm1",
+                "tilestored [{o10} + {s}*1], tmm2",
+                "tilestored [{o11} + {s}*1], tmm3",
+                o00 = in(reg) o,
+                o01 = in(reg) o.add(16),
+                o10 = in(reg) o.add(16 * BLOCK),
+                o11 = in(reg) o.add(16 * BLOCK + 16),
+                s = in(reg) BLOCK * 4,
+                options(nostack),
+            );
+            let cols = BLOCK.min(n - cb.min(n));
+            for r in 0..rows {
+                c_rows[r * n + cb..r * n + cb + cols]
+                    .copy_from_slice(&out[r * BLOCK..r * BLOCK + cols]);
+            }
+        }
+        asm!("tilerelease", options(nostack));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_block(_: &[u16], _: &[u16], _: &mut [f32], _: usize, _: usize, _: usize, _: usize) {
+    unreachable!("AMX is x86-64 only; `available` is false elsewhere")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_bf16(h: u16) -> f32 {
+        f32::from_bits((h as u32) << 16)
+    }
+
+    #[test]
+    fn rounding_is_nearest_even_as_torch() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ and 1 + 2⁻⁶: ties to even (1 + 2⁻⁶).
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(-2.5), half::bf16::from_f32(-2.5).to_bits());
+        assert!(from_bf16(bf16_bits(f32::NAN)).is_nan());
+        for i in 0..10_000u32 {
+            let x = f32::from_bits(i.wrapping_mul(2_654_435_761));
+            if x.is_finite() {
+                assert_eq!(bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{x}");
+            }
+        }
+    }
+
+    /// Odd sizes (padding in every dimension) against the f64 product of the bf16-rounded operands.
+    #[test]
+    fn products_are_the_rounded_operands_product() {
+        if !available() {
+            eprintln!("skipped: {}", why_not());
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 1), (33, 47, 65), (64, 96, 512), (100, 17, 31)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
+                .collect();
+            let b: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 41.0)
+                .collect();
+            let c = matmul_bt(&a, &b, m, n, k);
+            for r in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|kk| {
+                            from_bf16(bf16_bits(a[r * k + kk])) as f64
+                                * from_bf16(bf16_bits(b[j * k + kk])) as f64
+                        })
+                        .sum();
+                    let scale: f64 = (0..k)
+                        .map(|kk| (a[r * k + kk] as f64 * b[j * k + kk] as f64).abs())
+                        .sum();
+                    let got = c[r * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * scale.max(1.0),
+                        "{m}×{n}×{k} at ({r}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
