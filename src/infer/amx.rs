@@ -66,17 +66,10 @@ const BLOCK: usize = 32;
 const KSTEP: usize = 32;
 
 /// `C [m, n] = A [m, k] · Bᵀ` for row-major A and B [n, k] (a linear layer's x·Wᵀ), operands rounded to bf16, f32
-/// accumulation. Call only where [`available`] is true. Rows of C are shared out over rayon's threads.
+/// accumulation. Call only where [`available`] is true. Blocks of C's rows are shared out over rayon's threads.
 pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    assert!(
-        available(),
-        "AMX products asked for where they are not available"
-    );
     assert_eq!(a.len(), m * k);
-    assert_eq!(b.len(), n * k);
-    let kp = k.div_ceil(KSTEP) * KSTEP;
-    let np = n.div_ceil(BLOCK) * BLOCK;
-    let b_packed = pack_b(b, n, k, np, kp);
+    let packed = PackedB::from_nk(b, n, k);
     let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 {
         return c;
@@ -87,41 +80,95 @@ pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32>
         .for_each(|(block, c_rows)| {
             let r0 = block * BLOCK;
             let rows = c_rows.len() / n;
-            let a_packed = pack_a(&a[r0 * k..(r0 + rows) * k], rows, k, kp);
-            // SAFETY: the packed buffers hold BLOCK rows of kp bf16 (A) and np/16 panels of kp/2 × 16 pairs (B), the
-            // tile loads below stay inside them, and `tile_block` configures the tiles before using them.
-            unsafe { tile_block(&a_packed, &b_packed, c_rows, rows, n, np, kp) };
+            matmul_packed(
+                &a[r0 * k..(r0 + rows) * k],
+                k,
+                rows,
+                k,
+                &packed,
+                n,
+                c_rows,
+                n,
+            );
         });
     c
 }
 
-/// A's rows as bf16, [BLOCK, kp] row-major, zero-padded.
-fn pack_a(a: &[f32], rows: usize, k: usize, kp: usize) -> Vec<u16> {
-    let mut out = vec![0u16; BLOCK * kp];
-    for r in 0..rows {
-        for (o, &x) in out[r * kp..r * kp + k]
-            .iter_mut()
-            .zip(&a[r * k..(r + 1) * k])
-        {
-            *o = bf16_bits(x);
-        }
-    }
-    out
+/// B rounded to bf16 in the tiles' pair-interleaved layout: panel j (columns 16j..16j+16) holds, for each k-pair p,
+/// 16 × (B[2p, col], B[2p+1, col]); a panel is kp/2 rows of 64 bytes, so one k-step's tile is 16 consecutive rows.
+/// Columns are padded to a multiple of 32, k to a multiple of 32, with zeros.
+pub struct PackedB {
+    data: Vec<u16>,
+    n: usize,
+    kp: usize,
 }
 
-/// B [n, k] as bf16 in the tiles' pair-interleaved layout: panel j (columns 16j..16j+16) holds, for each k-pair p,
-/// 16 × (B[col, 2p], B[col, 2p+1]); a panel is kp/2 rows of 64 bytes, so one k-step's tile is 16 consecutive rows.
-fn pack_b(b: &[f32], n: usize, k: usize, np: usize, kp: usize) -> Vec<u16> {
-    let panels = np / 16;
-    let mut out = vec![0u16; panels * kp * 16];
-    for col in 0..n {
-        let (panel, lane) = (col / 16, col % 16);
-        let base = panel * kp * 16;
-        for (kk, &x) in b[col * k..(col + 1) * k].iter().enumerate() {
-            out[base + (kk / 2) * 32 + lane * 2 + kk % 2] = bf16_bits(x);
-        }
+impl PackedB {
+    /// From B given as [n, k] row-major (C = A·Bᵀ: a weight, or attention's keys).
+    pub fn from_nk(b: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(b.len(), n * k);
+        Self::pack(n, k, |col, kk| b[col * k + kk])
     }
-    out
+
+    /// From B given as [k, n] row-major (C = A·B: attention's values).
+    pub fn from_kn(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), n * k);
+        Self::pack(n, k, |col, kk| b[kk * n + col])
+    }
+
+    fn pack(n: usize, k: usize, value: impl Fn(usize, usize) -> f32) -> Self {
+        assert!(
+            available(),
+            "AMX products asked for where they are not available"
+        );
+        let kp = k.div_ceil(KSTEP) * KSTEP;
+        let panels = n.div_ceil(BLOCK) * 2;
+        let mut data = vec![0u16; panels * kp * 16];
+        for col in 0..n {
+            let base = (col / 16) * kp * 16 + (col % 16) * 2;
+            for kk in 0..k {
+                data[base + (kk / 2) * 32 + kk % 2] = bf16_bits(value(col, kk));
+            }
+        }
+        PackedB { data, n, kp }
+    }
+}
+
+/// `C[.., ..cols] = A · B[..k, ..cols]` on one thread: A is `rows` rows of `k` f32 values with row stride `lda`,
+/// C has row stride `ldc`; `k` at most B's k and `cols` at most its n. Rows go in blocks of 32, columns in blocks of
+/// 32 (the last ones computed padded and cut).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed(
+    a: &[f32],
+    lda: usize,
+    rows: usize,
+    k: usize,
+    b: &PackedB,
+    cols: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(k <= b.kp && cols <= b.n);
+    let kpa = k.div_ceil(KSTEP) * KSTEP;
+    let mut packed = vec![0u16; BLOCK * kpa];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let block_rows = BLOCK.min(rows - r0);
+        for r in 0..BLOCK {
+            let row = &mut packed[r * kpa..(r + 1) * kpa];
+            if r < block_rows {
+                let src = &a[(r0 + r) * lda..(r0 + r) * lda + k];
+                for (o, &x) in row[..k].iter_mut().zip(src) {
+                    *o = bf16_bits(x);
+                }
+                row[k..].fill(0);
+            } else {
+                row.fill(0);
+            }
+        }
+        // SAFETY: `packed` is BLOCK rows of kpa bf16, `b` holds panels of b.kp/2 × 32 bf16 covering `cols` (padded
+        // to 32) and kpa ≤ b.kp; the C rows written are r0..r0 + block_rows, columns below `cols`.
+        unsafe { tile_block(&packed, kpa, b, &mut c[r0 * ldc..], block_rows, ldc, cols) };
+    }
 }
 
 /// The tile configuration `LDTILECFG` reads (palette 1): tmm0–3 the C tiles, tmm4–5 A, tmm6–7 B, all 16 rows of 64
@@ -135,16 +182,16 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over the k-steps.
+/// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over A's k-steps.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_block(
     a: &[u16],
-    b: &[u16],
+    kpa: usize,
+    b: &PackedB,
     c_rows: &mut [f32],
     rows: usize,
-    n: usize,
-    np: usize,
-    kp: usize,
+    ldc: usize,
+    cols: usize,
 ) {
     use std::arch::asm;
     let mut cfg = TileConfig {
@@ -159,13 +206,13 @@ unsafe fn tile_block(
         cfg.rows[t] = 16;
     }
     let mut out = [0f32; BLOCK * BLOCK];
-    let a_stride = kp * 2;
+    let a_stride = kpa * 2;
     let a0 = a.as_ptr();
-    // SAFETY (whole block): every pointer below addresses BLOCK × kp bf16 of `a`, a panel of kp/2 × 32 bf16 of `b`,
-    // or the BLOCK × BLOCK `out`; the caller guarantees the sizes.
+    // SAFETY (whole block): every pointer below addresses BLOCK × kpa bf16 of `a`, a panel of b.kp/2 × 32 bf16 of
+    // `b`, or the BLOCK × BLOCK `out`; the caller guarantees the sizes.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack));
-        for cb in (0..np).step_by(BLOCK) {
+        for cb in (0..cols).step_by(BLOCK) {
             asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
@@ -173,11 +220,11 @@ unsafe fn tile_block(
                 "tilezero tmm3",
                 options(nostack)
             );
-            let panel0 = b.as_ptr().add((cb / 16) * kp * 16);
-            let panel1 = panel0.add(kp * 16);
-            for ks in (0..kp).step_by(KSTEP) {
+            let panel0 = b.data.as_ptr().add((cb / 16) * b.kp * 16);
+            let panel1 = panel0.add(b.kp * 16);
+            for ks in (0..kpa).step_by(KSTEP) {
                 let a_top = a0.add(ks);
-                let a_bottom = a0.add(16 * kp + ks);
+                let a_bottom = a0.add(16 * kpa + ks);
                 let b_left = panel0.add((ks / 2) * 32);
                 let b_right = panel1.add((ks / 2) * 32);
                 asm!(
@@ -211,10 +258,10 @@ unsafe fn tile_block(
                 s = in(reg) BLOCK * 4,
                 options(nostack),
             );
-            let cols = BLOCK.min(n - cb.min(n));
+            let width = BLOCK.min(cols - cb);
             for r in 0..rows {
-                c_rows[r * n + cb..r * n + cb + cols]
-                    .copy_from_slice(&out[r * BLOCK..r * BLOCK + cols]);
+                c_rows[r * ldc + cb..r * ldc + cb + width]
+                    .copy_from_slice(&out[r * BLOCK..r * BLOCK + width]);
             }
         }
         asm!("tilerelease", options(nostack));
@@ -222,7 +269,15 @@ unsafe fn tile_block(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_block(_: &[u16], _: &[u16], _: &mut [f32], _: usize, _: usize, _: usize, _: usize) {
+unsafe fn tile_block(
+    _: &[u16],
+    _: usize,
+    _: &PackedB,
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+    _: usize,
+) {
     unreachable!("AMX is x86-64 only; `available` is false elsewhere")
 }
 
@@ -247,6 +302,36 @@ mod tests {
             let x = f32::from_bits(i.wrapping_mul(2_654_435_761));
             if x.is_finite() {
                 assert_eq!(bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{x}");
+            }
+        }
+    }
+
+    /// B given as [k, n], used for fewer of its k rows and columns than it holds (attention's causal blocks).
+    #[test]
+    fn packed_kn_products_over_a_prefix() {
+        if !available() {
+            eprintln!("skipped: {}", why_not());
+            return;
+        }
+        let (rows, k_all, n_all, k, cols) = (40, 100, 70, 45, 33);
+        let a: Vec<f32> = (0..rows * k_all)
+            .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
+            .collect();
+        let b: Vec<f32> = (0..k_all * n_all)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
+            .collect();
+        let packed = PackedB::from_kn(&b, k_all, n_all);
+        let mut c = vec![f32::NAN; rows * cols];
+        matmul_packed(&a, k_all, rows, k, &packed, cols, &mut c, cols);
+        for r in 0..rows {
+            for j in 0..cols {
+                let want: f64 = (0..k)
+                    .map(|kk| {
+                        from_bf16(bf16_bits(a[r * k_all + kk])) as f64
+                            * from_bf16(bf16_bits(b[kk * n_all + j])) as f64
+                    })
+                    .sum();
+                assert!((c[r * cols + j] as f64 - want).abs() <= 1e-5, "({r}, {j})");
             }
         }
     }

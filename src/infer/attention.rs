@@ -47,6 +47,10 @@ pub fn causal_attention(
             let q_head = &q[bh * per_head..(bh + 1) * per_head];
             let k_head = &k[kv * per_head..(kv + 1) * per_head];
             let v_head = &v[kv * per_head..(kv + 1) * per_head];
+            if bf16_probabilities && super::amx::available() {
+                amx_head(q_head, k_head, v_head, out_head, t, hd, scale);
+                return;
+            }
             let mut scores = vec![0f32; QUERY_BLOCK * t];
             for qs in (0..t).step_by(QUERY_BLOCK) {
                 let qe = (qs + QUERY_BLOCK).min(t);
@@ -117,6 +121,42 @@ pub fn causal_attention(
             }
         });
     out
+}
+
+/// One head of [`causal_attention`] with `bf16_probabilities` on AMX tiles: both products read bf16 operands (the
+/// packing rounds q, the keys, the probabilities and the values, to nearest-even), accumulate in f32; the softmax
+/// is f32 and its row sums are taken before the probabilities are rounded, as in the f32-product path.
+fn amx_head(
+    q_head: &[f32],
+    k_head: &[f32],
+    v_head: &[f32],
+    out_head: &mut [f32],
+    t: usize,
+    hd: usize,
+    scale: f32,
+) {
+    use super::amx::{PackedB, matmul_packed};
+    let keys_packed = PackedB::from_nk(k_head, t, hd);
+    let values_packed = PackedB::from_kn(v_head, t, hd);
+    let mut scores = vec![0f32; QUERY_BLOCK * t];
+    for qs in (0..t).step_by(QUERY_BLOCK) {
+        let qe = (qs + QUERY_BLOCK).min(t);
+        let (m, keys) = (qe - qs, qe);
+        let sc = &mut scores[..m * keys];
+        matmul_packed(&q_head[qs * hd..], hd, m, hd, &keys_packed, keys, sc, keys);
+        let mut inv_sums = [0f32; QUERY_BLOCK];
+        for r in 0..m {
+            let row = &mut sc[r * keys..(r + 1) * keys];
+            let (valid, masked) = row.split_at_mut(qs + r + 1);
+            inv_sums[r] = 1.0 / exp_scaled_shifted(valid, scale);
+            masked.fill(0.0);
+        }
+        let out = &mut out_head[qs * hd..qe * hd];
+        matmul_packed(sc, keys, m, keys, &values_packed, hd, out, hd);
+        for (r, row) in out.chunks_exact_mut(hd).enumerate() {
+            row.iter_mut().for_each(|x| *x *= inv_sums[r]);
+        }
+    }
 }
 
 /// In place: every value rounded to the nearest bf16 (ties to even), kept as f32.
