@@ -713,13 +713,7 @@ fn seed_002_declared_tilted_evaluation_is_reproduced_from_its_artifact_with_its_
     assert_eq!(compliance["causal"], true);
     assert_eq!(compliance["score_before_update"], true);
     assert_eq!(compliance["single_pass"], false);
-    let findings = tilted["findings"].as_array().unwrap();
-    let finding = |id: &str| {
-        findings
-            .iter()
-            .find(|f| f["id"] == id)
-            .unwrap_or_else(|| panic!("no finding {id}: {findings:?}"))
-    };
+    let finding = |id: &str| finding(&tilted, id);
     let tilt = finding("ngram_tilt");
     let prior_bytes = g["prior_bytes"].as_u64().unwrap();
     assert!(
@@ -951,12 +945,7 @@ fn seed_001_declared_ttt_is_reproduced_from_its_artifact_and_never_scores_the_ta
     assert_eq!(cov["targets"], 4088);
     assert_eq!(cov["unscored"], 57);
     assert_eq!(cov["scored_more_than_once"], 0);
-    let never = ttt["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "targets_never_scored")
-        .unwrap();
+    let never = finding(&ttt, "targets_never_scored");
     assert!(
         never["title"]
             .as_str()

@@ -21,9 +21,10 @@ pub struct AttentionShape {
 }
 
 /// Softmax(q·kᵀ · scale + causal mask) · v, returned as [B, H, T, hd]. Query head h reads kv head h / (H / Hkv).
-/// With `bf16_probabilities` (mixed precision, q, k and v already rounded by the caller), the probabilities enter
-/// the product with v rounded to bf16 as FlashAttention's bf16 kernels round them: the unnormalized exp values,
-/// with the row sum taken before rounding and divided out after the product.
+/// With `bf16_probabilities` (mixed precision), the probabilities enter the product with v rounded to bf16 as
+/// FlashAttention's bf16 kernels round them: the unnormalized exp values, with the row sum taken before rounding and
+/// divided out after the product. Both products then run on AMX tiles where [`super::amx::available`] (whose packing
+/// rounds q, k and v), else as f32 products, for which the caller passes q, k and v already rounded.
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],

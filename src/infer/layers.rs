@@ -174,10 +174,12 @@ pub(crate) fn grouped_causal_attention(
             head_dim: hd,
         };
         let mixed = precision == Precision::Mixed;
+        // Both products read bf16 operands: on AMX the kernel's packing rounds q, k and v; for its f32 products
+        // they are rounded here (the probabilities are rounded in the kernel either way).
+        let round_here = mixed && !super::amx::available();
         let flat = |z: &Tensor| -> Result<Vec<f32>> {
             let mut values = z.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            if mixed {
-                // Both products read bf16 operands: q, k and v rounded here, the probabilities in the kernel.
+            if round_here {
                 super::attention::round_to_bf16(&mut values);
             }
             Ok(values)

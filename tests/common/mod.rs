@@ -70,6 +70,15 @@ pub fn pgolf_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
 }
 
+/// The finding with this id in a `verify --json` report (panics, naming the ids present, when it is missing).
+pub fn finding<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    let all = report["findings"].as_array().expect("a findings list");
+    all.iter().find(|f| f["id"] == id).unwrap_or_else(|| {
+        let ids: Vec<&serde_json::Value> = all.iter().map(|f| &f["id"]).collect();
+        panic!("no finding {id} in {ids:?}")
+    })
+}
+
 /// The exit code and the JSON report of a run that may exit non-zero on purpose (a failing probe exits 2).
 pub fn pgolf_report(args: &[&str]) -> (i32, serde_json::Value) {
     let out = pgolf(args);
