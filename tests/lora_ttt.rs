@@ -89,7 +89,9 @@ fn close(got: f64, want: f64, rel: f64, what: &str) {
 }
 
 /// Both cases (two batch sizes with a smaller last batch, ranks 2 and 4, chunks 32 and 16) reproduce the record's
-/// val_loss and val_bpb to 1e-8 relative (measured: ≤ 4e-9), and with lr 0 its scoring alone to 1e-9.
+/// val_loss and val_bpb to 1e-8 relative (measured: ≤ 4e-9), and with lr 0 its scoring alone to 1e-8 (measured:
+/// 4e-10 with glibc's `tanhf` in the soft-cap, 1.9e-9 since the soft-cap's vectorized tanh is correctly rounded for
+/// 93-100% of arguments like PyTorch's; f32 reductions in a different order move the mean by ~1e-9).
 #[test]
 fn lora_ttt_reproduces_the_record() {
     let g = golden("ttt/lora_0317/golden_lora_ttt.json");
@@ -120,7 +122,7 @@ fn lora_ttt_reproduces_the_record() {
         // The adaptation itself: with lr 0 only the scoring remains, and it is the record's too.
         let r0 = report(&run_with(case, &[("--ttt-lora-lr", "0")], &[]));
         let want0 = case["no_adaptation_val_loss"].as_f64().unwrap();
-        close(r0["val_loss"].as_f64().unwrap(), want0, 1e-9, name);
+        close(r0["val_loss"].as_f64().unwrap(), want0, 1e-8, name);
         assert!(
             r["val_loss"].as_f64().unwrap() < want0,
             "{name}: TTT lowers the loss"

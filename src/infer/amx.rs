@@ -60,6 +60,15 @@ pub fn bf16_bits(x: f32) -> u16 {
     if x.is_nan() { 0x7fc0 } else { rounded }
 }
 
+/// `dst ← bf16(src)` value by value ([`bf16_bits`]), compiled for AVX-512 where the CPU has it (16 lanes; the
+/// same integer arithmetic, so the same bits).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn round_row(src: &[f32], dst: &mut [u16]) {
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = bf16_bits(x);
+    }
+}
+
 /// Rows and columns of a C block: 2×2 tiles of 16×16.
 const BLOCK: usize = 32;
 /// bf16 values per tile row (64 bytes), the k-step of one `TDPBF16PS`.
@@ -70,11 +79,17 @@ const KSTEP: usize = 32;
 pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k);
     let packed = PackedB::from_nk(b, n, k);
-    let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return c;
+        return vec![0f32; m * n];
     }
     use rayon::prelude::*;
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: f32 has no invalid bit patterns and every element is written below (matmul_packed writes all of C's
+    // `rows` × `cols`), before the vector is read.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        c.set_len(m * n)
+    };
     c.par_chunks_mut(BLOCK * n)
         .enumerate()
         .for_each(|(block, c_rows)| {
@@ -156,10 +171,7 @@ pub fn matmul_packed(
         for r in 0..BLOCK {
             let row = &mut packed[r * kpa..(r + 1) * kpa];
             if r < block_rows {
-                let src = &a[(r0 + r) * lda..(r0 + r) * lda + k];
-                for (o, &x) in row[..k].iter_mut().zip(src) {
-                    *o = bf16_bits(x);
-                }
+                round_row(&a[(r0 + r) * lda..(r0 + r) * lda + k], &mut row[..k]);
                 row[k..].fill(0);
             } else {
                 row.fill(0);
@@ -245,6 +257,24 @@ unsafe fn tile_block(
                     options(nostack),
                 );
             }
+            let width = BLOCK.min(cols - cb);
+            if rows == BLOCK && width == BLOCK {
+                // A full block: the tiles go straight to C (row stride ldc).
+                let o = c_rows.as_mut_ptr().add(cb);
+                asm!(
+                    "tilestored [{o00} + {s}*1], tmm0",
+                    "tilestored [{o01} + {s}*1], tmm1",
+                    "tilestored [{o10} + {s}*1], tmm2",
+                    "tilestored [{o11} + {s}*1], tmm3",
+                    o00 = in(reg) o,
+                    o01 = in(reg) o.add(16),
+                    o10 = in(reg) o.add(16 * ldc),
+                    o11 = in(reg) o.add(16 * ldc + 16),
+                    s = in(reg) ldc * 4,
+                    options(nostack),
+                );
+                continue;
+            }
             let o = out.as_mut_ptr();
             asm!(
                 "tilestored [{o00} + {s}*1], tmm0",
@@ -258,7 +288,6 @@ unsafe fn tile_block(
                 s = in(reg) BLOCK * 4,
                 options(nostack),
             );
-            let width = BLOCK.min(cols - cb);
             for r in 0..rows {
                 c_rows[r * ldc + cb..r * ldc + cb + width]
                     .copy_from_slice(&out[r * BLOCK..r * BLOCK + width]);

@@ -184,7 +184,7 @@ pub fn exp_scaled_shifted(row: &mut [f32], scale: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 unsafe fn exp_scaled_shifted_avx512(row: &mut [f32], scale: f32) -> f32 {
     exp_scaled_shifted_portable(row, scale)
 }
@@ -230,8 +230,10 @@ fn exp_scaled_shifted_portable(row: &mut [f32], scale: f32) -> f32 {
 }
 
 /// exp(x) for x ≤ 0 (softmax arguments), branch-free so it vectorizes: x = n·ln2 + r with |r| ≤ ln2/2, exp(r) by
-/// its Taylor series to degree 7 (relative error < 3e-9, below f32 rounding), 2^n assembled in the exponent bits.
-/// Arguments below −87.3 (where exp underflows f32's normal range) give 0.
+/// its Taylor series to degree 7 (relative error < 3e-9, below f32 rounding) in Horner form with fused
+/// multiply-adds (one instruction and one rounding per step where the CPU has FMA; the same correctly rounded
+/// `fma` elsewhere), 2^n assembled in the exponent bits. Arguments below −87.3 (where exp underflows f32's normal
+/// range) give 0.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -240,15 +242,25 @@ pub fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to the nearest integer
     let underflow = x < -87.3;
     let x = x.clamp(-87.3, 0.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let mut p = 1.0 / 5040.0f32;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add(r, c);
+    }
+    // n ∈ [−126, 0] is the integer in `shifted`'s low mantissa bits (1.5·2^23 + n, exact): its bits minus ROUND's
+    // are n itself. Integer arithmetic on the bits vectorizes; `n as i32` (saturating) would not.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     if underflow { 0.0 } else { p * scale }
 }
 

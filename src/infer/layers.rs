@@ -26,44 +26,50 @@ pub enum Pass {
 pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
     // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
     let dims = x.dims();
-    let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
-    let y = if precision == Precision::Mixed && amx_applies(x, w) {
-        // The same rule on AMX tiles (forward only: nothing here is differentiated).
-        let out = w.dim(0)?;
-        let c = with_f32_values(x, |xs| {
-            with_f32_values(w, |ws| Ok(super::amx::matmul_bt(xs, ws, rows, out, inner)))
-        })?;
-        Tensor::from_vec(c, (rows, out), x.device())?
-    } else {
-        precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?
-    };
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
+    if let Some(values) = linear_forward_values(x, w, precision)? {
+        return Ok(Tensor::from_vec(values, out_dims, x.device())?);
+    }
+    let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
+    let y = precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?;
     Ok(y.reshape(out_dims)?)
+}
+
+/// The values of `F.linear(x, W)` (row-major, x's leading dimensions by W's rows) from the forward-only CPU
+/// kernels, where they apply: CPU f32 tensors that no gradient tracks, in f32 on the `gemm` crate, under mixed
+/// precision on AMX tiles (where the CPU has them). None: the caller composes candle's product.
+pub(crate) fn linear_forward_values(
+    x: &Tensor,
+    w: &Tensor,
+    precision: Precision,
+) -> Result<Option<Vec<f32>>> {
+    let forward_only = super::fused::applies(&[x, w]) && !x.track_op() && !w.track_op();
+    let kernel = precision == Precision::Fp32 || super::amx::available();
+    if !forward_only || !kernel || w.rank() != 2 || x.rank() == 0 {
+        return Ok(None);
+    }
+    let inner = *x.dims().last().expect("rank checked");
+    let (out, w_inner) = w.dims2()?;
+    if inner != w_inner {
+        return Ok(None); // candle's product reports the mismatch
+    }
+    let rows = x.elem_count() / inner.max(1);
+    let product = with_f32_values(x, |xs| {
+        with_f32_values(w, |ws| {
+            Ok(match precision {
+                Precision::Fp32 => Some(super::fused::linear_f32(xs, ws, rows, out, inner)),
+                // The same rule as candle's bf16 product, on AMX tiles.
+                Precision::Mixed => Some(super::amx::matmul_bt(xs, ws, rows, out, inner)),
+            })
+        })
+    })?;
+    Ok(product)
 }
 
 /// `f` over a CPU f32 tensor's values in row-major order: its own storage when contiguous, else a copy.
 fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return f(&cpu.as_slice::<f32>()?[start..end]);
-        }
-    }
-    f(&t.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// Whether a mixed-precision `F.linear(x, W)` runs on AMX: f32 tensors on the CPU, neither tracked for gradients
-/// (a training pass keeps candle's differentiable product), and a CPU with AMX-BF16.
-fn amx_applies(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && !x.track_op()
-        && !w.track_op()
-        && super::amx::available()
+    super::fused::with_values(t, f)
 }
 
 /// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).
@@ -177,15 +183,22 @@ pub(crate) fn grouped_causal_attention(
         // Both products read bf16 operands: on AMX the kernel's packing rounds q, k and v; for its f32 products
         // they are rounded here (the probabilities are rounded in the kernel either way).
         let round_here = mixed && !super::amx::available();
-        let flat = |z: &Tensor| -> Result<Vec<f32>> {
-            let mut values = z.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            if round_here {
-                super::attention::round_to_bf16(&mut values);
-            }
-            Ok(values)
+        let rounded = |z: &Tensor| -> Result<Tensor> {
+            let mut values = z.flatten_all()?.to_vec1::<f32>()?;
+            super::attention::round_to_bf16(&mut values);
+            Ok(Tensor::from_vec(values, z.shape(), z.device())?)
+        };
+        let (q, k, v) = if round_here {
+            (rounded(q)?, rounded(k)?, rounded(v)?)
+        } else {
+            (q.clone(), k.clone(), v.clone())
         };
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let y = causal_attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale, mixed);
+        let y = with_f32_values(&q, |q| {
+            with_f32_values(&k, |k| {
+                with_f32_values(&v, |v| Ok(causal_attention(q, k, v, shape, scale, mixed)))
+            })
+        })?;
         return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
     }
     let (p, v) = causal_probabilities(q, k, v, pass, precision, cpu_kernels)?;

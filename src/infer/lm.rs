@@ -27,6 +27,12 @@ pub trait CausalLm: Sync {
     fn uncapped_logits(&self, ids: &Tensor) -> Result<Tensor>;
     /// The soft-cap applied to one logit (the identity for a model without one).
     fn softcap(&self, z: f32) -> f32;
+    /// [`CausalLm::softcap`] over a row of logits into `out` (same length), value for value.
+    fn softcap_row(&self, z: &[f32], out: &mut [f32]) {
+        for (o, &z) in out.iter_mut().zip(z) {
+            *o = self.softcap(z);
+        }
+    }
     /// The soft-cap applied to a tensor of logits, where they are (the identity for a model without one).
     fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {
         Ok(z.clone())
@@ -101,6 +107,11 @@ impl CausalLm for Gpt {
 
     fn softcap(&self, z: f32) -> f32 {
         Gpt::softcap(self, z)
+    }
+
+    fn softcap_row(&self, z: &[f32], out: &mut [f32]) {
+        // The same expression as `softcap`, vectorized.
+        super::loss::softcap_values(self.cfg.logit_softcap as f32, z, out);
     }
 
     fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {

@@ -4,6 +4,7 @@ pub mod amx;
 pub mod attention;
 pub mod config;
 pub mod device;
+pub mod fused;
 pub mod layers;
 pub mod lm;
 pub mod lora;

@@ -10,10 +10,11 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
 use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
+use super::fused;
 use super::layers::{
     BOS_ID, Pass, RMS_NORM_EPS, causal_probabilities, channel_scale, fake_quant_clip,
-    fake_quantize_rows, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
-    rope_tables, softmax_last_dim_differentiable,
+    fake_quantize_rows, grouped_causal_attention, linear, linear_forward_values, make_trainable,
+    rms_norm, rope, rope_tables, softmax_last_dim_differentiable,
 };
 use super::lora::{LoraSet, LoraTarget};
 use super::precision::Precision;
@@ -413,6 +414,19 @@ impl Gpt {
         channel_scale(x, s, pass, self.cpu_kernels)
     }
 
+    /// `x + s · a` with a per-channel `s` [d] (a branch's output added to the residual stream).
+    fn add_scaled(&self, x: &Tensor, a: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
+        if self.fused_scoring(pass, &[x, a, s]) {
+            return fused::add_scaled(x, a, s);
+        }
+        Ok((x + self.channel_scale(a, s, pass)?)?)
+    }
+
+    /// Whether a step of a scoring pass over these tensors runs on the fused forward-only CPU kernels.
+    fn fused_scoring(&self, pass: Pass, tensors: &[&Tensor]) -> bool {
+        pass == Pass::Score && self.cpu_kernels && fused::applies(tensors)
+    }
+
     /// Logits [B, T, V] (f32, soft-capped) for token ids [B, T] (u32).
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         self.softcap_tensor(&self.uncapped_logits(ids)?)
@@ -424,11 +438,12 @@ impl Gpt {
         Ok(((z / c)?.tanh()? * c)?)
     }
 
-    /// The soft-cap `c · tanh(z / c)` applied to one uncapped logit, in f32 as the reference computes it.
-    #[inline]
+    /// The soft-cap `c · tanh(z / c)` applied to one uncapped logit, in f32 as the reference computes it (tanh
+    /// within 2 ulp, branch-free so that row loops vectorize).
+    #[inline(always)]
     pub fn softcap(&self, z: f32) -> f32 {
         let c = self.cfg.logit_softcap as f32;
-        c * (z / c).tanh()
+        c * super::loss::tanh_f32(z / c)
     }
 
     /// The head's output [B, T, V] (f32) before the soft-cap, for callers that fuse the cap with their own pass
@@ -766,6 +781,9 @@ impl Gpt {
 
     /// The normed block input times the block's LN scale.
     fn block_norm(&self, blk: &BlockParams, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        if self.fused_scoring(pass, &[x]) {
+            return fused::rms_norm_scaled(x, RMS_NORM_EPS, blk.ln_scale as f32);
+        }
         let n = self.rms_norm(x, &self.ones_model, pass)?;
         Ok(if blk.ln_scale == 1.0 {
             n
@@ -783,6 +801,9 @@ impl Gpt {
         pass: Pass,
     ) -> Result<Tensor> {
         let mix = self.p(blk.resid_mix);
+        if self.fused_scoring(pass, &[x, x0, mix]) {
+            return fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?);
+        }
         Ok((self.channel_scale(x, &mix.get(0)?, pass)?
             + self.channel_scale(x0, &mix.get(1)?, pass)?)?)
     }
@@ -803,19 +824,16 @@ impl Gpt {
         let x = self.residual_mix(blk, x, x0, pass)?;
         let n = self.block_norm(blk, &x, pass)?;
         let (a, raw_v) = self.attention(blk, slot, &n, ctx, v0)?;
-        let attn = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
         if blk.gptj_parallel {
             // GPT-J: attention and MLP both read the normed x_in (mlp_norm(x_in)·s is the same value).
+            let attn = self.channel_scale(&a, self.p(blk.attn_scale), pass)?;
             let m = self.mlp_adapted(blk, slot, &n, ctx)?;
             let out = ((&x + attn)? + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?;
             return Ok((out, raw_v));
         }
-        let x = (&x + attn)?;
+        let x = self.add_scaled(&x, &a, self.p(blk.attn_scale), pass)?;
         let m = self.mlp_adapted(blk, slot, &self.block_norm(blk, &x, pass)?, ctx)?;
-        Ok((
-            (&x + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?,
-            raw_v,
-        ))
+        Ok((self.add_scaled(&x, &m, self.p(blk.mlp_scale), pass)?, raw_v))
     }
 
     /// A two-lane parallel residual block (PR #1529): attention reads the resid-mixed lane0, the MLP reads raw lane1,
@@ -878,8 +896,21 @@ impl Gpt {
 
     /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², then ·projᵀ.
     fn mlp(&self, blk: &BlockParams, x: &Tensor) -> Result<Tensor> {
-        let u = self.linear(x, self.p(blk.fc))?;
         let slope = self.cfg.mlp_negative_slope;
+        if self.input_moments.is_none()
+            && let Some(mut u) = linear_forward_values(x, self.p(blk.fc), self.precision)?
+        {
+            // Forward only: the activation in place on the product's values.
+            fused::relu_squared(&mut u, slope as f32);
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank ≥ 1") = self.p(blk.fc).dim(0)?;
+            let mut h = Tensor::from_vec(u, dims, x.device())?;
+            if let Some(gain) = blk.hidden_gain {
+                h = h.broadcast_mul(self.p(gain))?;
+            }
+            return self.linear(&h, self.p(blk.mlp_proj));
+        }
+        let u = self.linear(x, self.p(blk.fc))?;
         let h = if slope == 0.0 {
             u.relu()?
         } else {
@@ -939,12 +970,21 @@ impl Gpt {
         let heads = |z: &Tensor, n: usize| -> Result<Tensor> {
             Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
-        let k = self.rms_norm(
-            &heads(&adapted(x, blk.c_k, LoraTarget::K)?, hkv)?,
-            &self.ones_head,
-            pass,
-        )?;
+        let k_raw = adapted(x, blk.c_k, LoraTarget::K)?;
+        // Scoring on the CPU: the heads' transpose, RMSNorm, full RoPE and q_gain in one pass each.
+        let fused_heads = cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]);
+        let (q, k) = if fused_heads {
+            let (cos, neg_sin) = (&ctx.cos, &ctx.neg_sin);
+            let gain = self.p(blk.q_gain);
+            (
+                fused::heads_normed_rotated(&q_raw, h, RMS_NORM_EPS, cos, neg_sin, Some(gain))?,
+                fused::heads_normed_rotated(&k_raw, hkv, RMS_NORM_EPS, cos, neg_sin, None)?,
+            )
+        } else {
+            let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
+            let k = self.rms_norm(&heads(&k_raw, hkv)?, &self.ones_head, pass)?;
+            (q, k)
+        };
         let mut v_flat = adapted(x, blk.c_v, LoraTarget::V)?;
         // The value embedding and seed 003's VRL term are summed first and added together, as the seed does.
         let ve = match (blk.ve_scale, &ctx.value_embedding) {
@@ -975,9 +1015,14 @@ impl Gpt {
             v = (v.broadcast_mul(&lam.narrow(0, 0, 1)?)?
                 + v0.broadcast_mul(&lam.narrow(0, 1, 1)?)?)?;
         }
-        let q = self.rope(&q, ctx)?;
-        let k = self.rope(&k, ctx)?;
-        let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
+        let (q, k) = if fused_heads {
+            (q, k)
+        } else {
+            let q = self.rope(&q, ctx)?;
+            let k = self.rope(&k, ctx)?;
+            let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
+            (q, k)
+        };
         let v_heads = v.transpose(1, 2)?.contiguous()?;
         let minus_self = blk.xsa && cfg.xsa_diag;
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {

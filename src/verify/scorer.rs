@@ -4,7 +4,7 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
-use super::softmax::{capped_cross_entropy, log_softmax_row};
+use super::softmax::{capped_cross_entropy, cross_entropy_row, log_softmax_row};
 use crate::infer::layers::BOS_ID;
 use crate::infer::lm::CausalLm;
 use crate::infer::model::Gpt;
@@ -135,7 +135,13 @@ impl WindowScorer for ModelScorer<'_> {
         let nll: Vec<f32> = logits
             .par_chunks(v)
             .zip(y.par_iter())
-            .map(|(row, &target)| capped_cross_entropy(row, target as usize, |z| model.softcap(z)))
+            .map_init(
+                || vec![0f32; v],
+                |capped, (row, &target)| {
+                    model.softcap_row(row, capped);
+                    cross_entropy_row(capped, target as usize)
+                },
+            )
             .collect();
         let rows = rows
             .iter()

@@ -1,0 +1,463 @@
+//! Forward-only CPU f32 kernels for scoring passes: the element-wise steps of a block fused into single parallel
+//! passes that write fresh buffers without zero-filling them first, and linear layers straight into the `gemm`
+//! crate. Each computes, element by element, the same f32 expression in the same order as the candle composition
+//! it replaces (products and sums rounded one at a time, no fused multiply-add), so results are bit-identical except
+//! the RMSNorm: its sum of squares is summed in 16 lanes, and the row is multiplied by the reciprocal square root as
+//! PyTorch's `rms_norm` does (candle divides by the square root): differences of ~1e-7 relative.
+//!
+//! They serve [`super::layers::Pass::Score`] on CPU f32 tensors only; callers fall back to candle otherwise.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::Result;
+
+/// Rows per parallel task of the element-wise kernels (the rows are one model dimension wide).
+const ROWS_PER_TASK: usize = 16;
+
+/// Whether every tensor is an f32 tensor on the CPU: the kernels here apply.
+pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// A CPU f32 tensor's values in row-major order, borrowed from its storage when contiguous (else copied), for `f`.
+pub(crate) fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return f(&cpu.as_slice::<f32>()?[start..end]);
+        }
+    }
+    f(&t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A buffer of `len` values written by `fill`, which must write every element (the buffer is not zeroed first).
+fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements (every caller writes each output row in full).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `x · wᵀ` for x [rows, inner] and w [out, inner] (F.linear without bias), f32, on the `gemm` crate over the rayon
+/// pool: the product candle's matmul computes, without its zero-filled output buffer.
+pub(crate) fn linear_f32(x: &[f32], w: &[f32], rows: usize, out: usize, inner: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * inner);
+    assert_eq!(w.len(), out * inner);
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    filled(rows * out, |dst| {
+        // SAFETY: dst holds rows × out elements with row stride `out`; x is rows × inner (row stride inner) and
+        // wᵀ's element (k, j) is w[j·inner + k]. With read_dst false gemm writes every element without reading it.
+        unsafe {
+            gemm::gemm(
+                rows,
+                out,
+                inner,
+                dst.as_mut_ptr() as *mut f32,
+                1,
+                out as isize,
+                false,
+                x.as_ptr(),
+                1,
+                inner as isize,
+                w.as_ptr(),
+                inner as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    })
+}
+
+/// The row-wise steps of a block, each one pass over rows of `d` values.
+enum RowStep<'a> {
+    /// `x · m0 + other · m1` (the residual mix).
+    Mix { m0: &'a [f32], m1: &'a [f32] },
+    /// `x + other · s` (a branch added to the residual stream).
+    AddScaled { s: &'a [f32] },
+    /// `(x · rsqrt(mean(x²) + eps)) · scale` (RMSNorm, then the LN scale when it is not 1).
+    RmsNorm { eps: f32, scale: f32 },
+}
+
+/// Runs `step` over all rows of `x` (and the matching rows of `other`, empty when the step reads none), in parallel
+/// tasks of [`ROWS_PER_TASK`] rows.
+fn map_rows(x: &[f32], other: &[f32], d: usize, step: &RowStep) -> Vec<f32> {
+    filled(x.len(), |out| {
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let span = task * d * ROWS_PER_TASK..task * d * ROWS_PER_TASK + out.len();
+                let other = if other.is_empty() {
+                    other
+                } else {
+                    &other[span.clone()]
+                };
+                rows_task(step, &x[span], other, d, out);
+            })
+    })
+}
+
+/// One task of [`map_rows`], compiled for AVX-512 and for AVX2 (chosen at run time) so its loops vectorize wide.
+/// No fused multiply-add is involved, so every target computes the same values.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn rows_task(step: &RowStep, x: &[f32], other: &[f32], d: usize, out: &mut [MaybeUninit<f32>]) {
+    for (i, out) in out.chunks_mut(d).enumerate() {
+        let x = &x[i * d..(i + 1) * d];
+        match *step {
+            RowStep::Mix { m0, m1 } => {
+                let x0 = &other[i * d..(i + 1) * d];
+                for c in 0..d {
+                    out[c].write(x[c] * m0[c] + x0[c] * m1[c]);
+                }
+            }
+            RowStep::AddScaled { s } => {
+                let a = &other[i * d..(i + 1) * d];
+                for c in 0..d {
+                    out[c].write(x[c] + a[c] * s[c]);
+                }
+            }
+            RowStep::RmsNorm { eps, scale } => {
+                let r = inv_rms(x, eps);
+                if scale == 1.0 {
+                    for c in 0..d {
+                        out[c].write(x[c] * r);
+                    }
+                } else {
+                    for c in 0..d {
+                        out[c].write((x[c] * r) * scale);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 16 partial sums of squares, added in lane order: Σ x² over a row.
+#[inline(always)]
+fn sum_of_squares(row: &[f32]) -> f32 {
+    let (chunks, rest) = row.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for c in chunks {
+        for l in 0..16 {
+            lanes[l] += c[l] * c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>()
+}
+
+/// `rsqrt(mean(x²) + eps)` over a row, as PyTorch's `rms_norm` computes it (1 / sqrt, two roundings); the row is
+/// then multiplied by it (candle's RMSNorm divides by the square root instead, which can differ in the last bit).
+#[inline(always)]
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_of_squares(row) / row.len() as f32 + eps).sqrt()
+}
+
+/// Checks that `t`'s last dimension is `d` and returns the row count.
+fn rows_of(t: &Tensor, d: usize, what: &str) -> Result<usize> {
+    match t.dims().last() {
+        Some(&last) if last == d && d > 0 => Ok(t.elem_count() / d),
+        _ => Err(
+            candle_core::Error::Msg(format!("{what}: {:?} does not end in {d}", t.dims())).into(),
+        ),
+    }
+}
+
+/// The residual mix `m0 · x + m1 · x0` with per-channel m0, m1 [d] (the records' `resid_mix`).
+pub(crate) fn residual_mix(x: &Tensor, x0: &Tensor, m0: &Tensor, m1: &Tensor) -> Result<Tensor> {
+    let d = m0.elem_count();
+    rows_of(x, d, "residual mix")?;
+    rows_of(x0, d, "residual mix")?;
+    if x0.elem_count() != x.elem_count() || m1.elem_count() != d {
+        return Err(candle_core::Error::Msg(format!(
+            "residual mix: {:?} with {:?}",
+            x.dims(),
+            x0.dims()
+        ))
+        .into());
+    }
+    let values = with_values(x, |x| {
+        with_values(x0, |x0| {
+            with_values(m0, |m0| {
+                with_values(m1, |m1| Ok(map_rows(x, x0, d, &RowStep::Mix { m0, m1 })))
+            })
+        })
+    })?;
+    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+}
+
+/// `x + s · a` with a per-channel scale s [d] (a block's attention or MLP output added to the residual stream).
+pub(crate) fn add_scaled(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let d = s.elem_count();
+    rows_of(x, d, "scaled residual add")?;
+    if a.elem_count() != x.elem_count() {
+        return Err(candle_core::Error::Msg(format!(
+            "scaled residual add: {:?} with {:?}",
+            x.dims(),
+            a.dims()
+        ))
+        .into());
+    }
+    let values = with_values(x, |x| {
+        with_values(a, |a| {
+            with_values(s, |s| Ok(map_rows(x, a, d, &RowStep::AddScaled { s })))
+        })
+    })?;
+    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+}
+
+/// `F.rms_norm(x, (d,))` over the last dimension, times `scale` when it is not 1 (a block's LN scale):
+/// x · rsqrt(mean(x²) + eps), then the product.
+pub(crate) fn rms_norm_scaled(x: &Tensor, eps: f32, scale: f32) -> Result<Tensor> {
+    let d = *x.dims().last().unwrap_or(&0);
+    rows_of(x, d, "rms norm")?;
+    let values = with_values(x, |x| {
+        Ok(map_rows(x, &[], d, &RowStep::RmsNorm { eps, scale }))
+    })?;
+    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+}
+
+/// The attention heads of a projection z [B, T, n·hd] as [B, n, T, hd], each head RMS-normed (eps), rotated by
+/// half-split RoPE over all hd dims with tables cos, −sin [T, hd/2] ((x₁, x₂) → (x₁·cos + x₂·sin, x₂·cos − x₁·sin),
+/// as the records' `apply_rotary_emb`, evaluated as candle's `rope` on (cos, −sin) does), then times its gain g[h] when given (q_gain): the transpose, RMSNorm, RoPE
+/// and gain of the composition, in one pass.
+pub(crate) fn heads_normed_rotated(
+    z: &Tensor,
+    heads: usize,
+    eps: f32,
+    cos: &Tensor,
+    neg_sin: &Tensor,
+    gain: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, width) = z.dims3()?;
+    let hd = width / heads;
+    if hd * heads != width
+        || !hd.is_multiple_of(2)
+        || cos.dims() != [t, hd / 2]
+        || neg_sin.dims() != [t, hd / 2]
+    {
+        return Err(candle_core::Error::Msg(format!(
+            "heads: {:?} as {heads} heads with rotary tables {:?}",
+            z.dims(),
+            cos.dims()
+        ))
+        .into());
+    }
+    let gains = match gain {
+        Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
+    let values = with_values(z, |z| {
+        with_values(cos, |cos| {
+            with_values(neg_sin, |neg_sin| {
+                Ok(filled(z.len(), |out| {
+                    // One task per (batch, head): T rows of hd.
+                    out.par_chunks_mut(t * hd)
+                        .enumerate()
+                        .for_each(|(bh, out)| {
+                            let (bi, h) = (bh / heads, bh % heads);
+                            let head = HeadTask {
+                                z: &z[bi * t * width..(bi + 1) * t * width],
+                                width,
+                                offset: h * hd,
+                                eps,
+                                cos,
+                                neg_sin,
+                                gain: gains.get(h).copied(),
+                            };
+                            head_task(&head, out);
+                        })
+                }))
+            })
+        })
+    })?;
+    Ok(Tensor::from_vec(values, (b, heads, t, hd), z.device())?)
+}
+
+/// One (batch, head) of [`heads_normed_rotated`]: the batch's rows of z [T, width], the head's columns from `offset`.
+struct HeadTask<'a> {
+    z: &'a [f32],
+    width: usize,
+    offset: usize,
+    eps: f32,
+    cos: &'a [f32],
+    neg_sin: &'a [f32],
+    gain: Option<f32>,
+}
+
+/// Writes the head's T rows of hd (out is [T, hd]). Compiled for AVX-512 and AVX2 (chosen at run time); no fused
+/// multiply-add, so every target computes the same values.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn head_task(task: &HeadTask, out: &mut [MaybeUninit<f32>]) {
+    let t = task.z.len() / task.width;
+    let hd = out.len() / t;
+    let half = hd / 2;
+    let mut normed = vec![0f32; hd];
+    for (ti, o) in out.chunks_mut(hd).enumerate() {
+        let row = &task.z[ti * task.width + task.offset..][..hd];
+        let r = inv_rms(row, task.eps);
+        for (n, x) in normed.iter_mut().zip(row) {
+            *n = x * r;
+        }
+        let (c, ns) = (
+            &task.cos[ti * half..][..half],
+            &task.neg_sin[ti * half..][..half],
+        );
+        let (x1, x2) = normed.split_at(half);
+        let (o1, o2) = o.split_at_mut(half);
+        match task.gain {
+            Some(g) => {
+                for i in 0..half {
+                    o1[i].write((x1[i] * c[i] - x2[i] * ns[i]) * g);
+                    o2[i].write((x1[i] * ns[i] + x2[i] * c[i]) * g);
+                }
+            }
+            None => {
+                for i in 0..half {
+                    o1[i].write(x1[i] * c[i] - x2[i] * ns[i]);
+                    o2[i].write(x1[i] * ns[i] + x2[i] * c[i]);
+                }
+            }
+        }
+    }
+}
+
+/// In place: u ← relu(u)², or with a negative slope (max(u, 0) + slope·min(u, 0))² as the composition
+/// `(relu(u) − relu(−u)·slope)²` evaluates it.
+pub(crate) fn relu_squared(values: &mut [f32], slope: f32) {
+    values
+        .par_chunks_mut(4096)
+        .for_each(|chunk| relu_squared_chunk(chunk, slope));
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn relu_squared_chunk(chunk: &mut [f32], slope: f32) {
+    if slope == 0.0 {
+        for u in chunk {
+            let r = u.max(0.0);
+            *u = r * r;
+        }
+    } else {
+        for u in chunk {
+            let r = u.max(0.0) - (-*u).max(0.0) * slope;
+            *u = r * r;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                (h % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn linear_matches_candles_matmul_bit_for_bit() {
+        let (rows, out, inner) = (37, 29, 53);
+        let x = tensor(pseudo(rows * inner, 1), &[rows, inner]);
+        let w = tensor(pseudo(out * inner, 2), &[out, inner]);
+        let want = values(&x.matmul(&w.t().unwrap()).unwrap());
+        let got = linear_f32(&values(&x), &values(&w), rows, out, inner);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn element_wise_kernels_match_the_compositions() {
+        let (rows, d) = (45, 24);
+        let x = tensor(pseudo(rows * d, 3), &[3, 15, d]);
+        let x0 = tensor(pseudo(rows * d, 4), &[3, 15, d]);
+        let m0 = tensor(pseudo(d, 5), &[d]);
+        let m1 = tensor(pseudo(d, 6), &[d]);
+        let want = (x.broadcast_mul(&m0).unwrap() + x0.broadcast_mul(&m1).unwrap()).unwrap();
+        assert_eq!(
+            values(&residual_mix(&x, &x0, &m0, &m1).unwrap()),
+            values(&want)
+        );
+        let want = (&x + x0.broadcast_mul(&m1).unwrap()).unwrap();
+        assert_eq!(values(&add_scaled(&x, &x0, &m1).unwrap()), values(&want));
+        let ones = tensor(vec![1.0; d], &[d]);
+        for scale in [1.0f32, 0.7] {
+            let want = (candle_nn::ops::rms_norm(&x, &ones, 1e-6).unwrap() * scale as f64).unwrap();
+            let got = values(&rms_norm_scaled(&x, 1e-6, scale).unwrap());
+            for (a, b) in got.iter().zip(values(&want)) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{a} vs {b}");
+            }
+        }
+        for slope in [0.0f32, 0.5] {
+            let u = x.clone();
+            let want = if slope == 0.0 {
+                u.relu().unwrap().sqr().unwrap()
+            } else {
+                (u.relu().unwrap() - (u.neg().unwrap().relu().unwrap() * slope as f64).unwrap())
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+            };
+            let mut got = values(&x);
+            relu_squared(&mut got, slope);
+            assert_eq!(got, values(&want));
+        }
+    }
+
+    #[test]
+    fn heads_match_transpose_norm_rope_and_gain() {
+        let (b, t, h, hd) = (2, 7, 3, 8);
+        let z = tensor(pseudo(b * t * h * hd, 7), &[b, t, h * hd]);
+        let cos = tensor(pseudo(t * hd / 2, 8), &[t, hd / 2]);
+        let sin = tensor(pseudo(t * hd / 2, 9), &[t, hd / 2]);
+        let gain = tensor(pseudo(h, 10), &[h]);
+        let heads = z
+            .reshape((b, t, h, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let ones = tensor(vec![1.0; hd], &[hd]);
+        let normed = candle_nn::ops::rms_norm(&heads, &ones, 1e-6).unwrap();
+        let neg_sin = sin.neg().unwrap();
+        let rotated = candle_nn::rotary_emb::rope(&normed, &cos, &neg_sin).unwrap();
+        let want = rotated
+            .broadcast_mul(&gain.reshape((1, h, 1, 1)).unwrap())
+            .unwrap();
+        let got = heads_normed_rotated(&z, h, 1e-6, &cos, &neg_sin, Some(&gain)).unwrap();
+        assert_eq!(got.dims(), &[b, h, t, hd]);
+        for (a, b) in values(&got).iter().zip(values(&want)) {
+            assert!((a - b).abs() <= 2e-6 * b.abs().max(1e-3), "{a} vs {b}");
+        }
+    }
+}
