@@ -258,24 +258,13 @@ unsafe fn tile_block(
                 );
             }
             let width = BLOCK.min(cols - cb);
-            if rows == BLOCK && width == BLOCK {
-                // A full block: the tiles go straight to C (row stride ldc).
-                let o = c_rows.as_mut_ptr().add(cb);
-                asm!(
-                    "tilestored [{o00} + {s}*1], tmm0",
-                    "tilestored [{o01} + {s}*1], tmm1",
-                    "tilestored [{o10} + {s}*1], tmm2",
-                    "tilestored [{o11} + {s}*1], tmm3",
-                    o00 = in(reg) o,
-                    o01 = in(reg) o.add(16),
-                    o10 = in(reg) o.add(16 * ldc),
-                    o11 = in(reg) o.add(16 * ldc + 16),
-                    s = in(reg) ldc * 4,
-                    options(nostack),
-                );
-                continue;
-            }
-            let o = out.as_mut_ptr();
+            // A full block goes from the tiles straight to C (row stride ldc); a partial one through `out`.
+            let direct = rows == BLOCK && width == BLOCK;
+            let (o, stride) = if direct {
+                (c_rows.as_mut_ptr().add(cb), ldc)
+            } else {
+                (out.as_mut_ptr(), BLOCK)
+            };
             asm!(
                 "tilestored [{o00} + {s}*1], tmm0",
                 "tilestored [{o01} + {s}*1], tmm1",
@@ -283,11 +272,14 @@ unsafe fn tile_block(
                 "tilestored [{o11} + {s}*1], tmm3",
                 o00 = in(reg) o,
                 o01 = in(reg) o.add(16),
-                o10 = in(reg) o.add(16 * BLOCK),
-                o11 = in(reg) o.add(16 * BLOCK + 16),
-                s = in(reg) BLOCK * 4,
+                o10 = in(reg) o.add(16 * stride),
+                o11 = in(reg) o.add(16 * stride + 16),
+                s = in(reg) stride * 4,
                 options(nostack),
             );
+            if direct {
+                continue;
+            }
             for r in 0..rows {
                 c_rows[r * ldc + cb..r * ldc + cb + width]
                     .copy_from_slice(&out[r * BLOCK..r * BLOCK + width]);

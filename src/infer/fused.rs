@@ -179,18 +179,18 @@ fn rows_of(t: &Tensor, d: usize, what: &str) -> Result<usize> {
     }
 }
 
+/// The error for two tensors that should have had the same shape.
+fn mismatch(what: &str, a: &Tensor, b: &Tensor) -> super::InferError {
+    candle_core::Error::Msg(format!("{what}: {:?} with {:?}", a.dims(), b.dims())).into()
+}
+
 /// The residual mix `m0 · x + m1 · x0` with per-channel m0, m1 [d] (the records' `resid_mix`).
 pub(crate) fn residual_mix(x: &Tensor, x0: &Tensor, m0: &Tensor, m1: &Tensor) -> Result<Tensor> {
     let d = m0.elem_count();
     rows_of(x, d, "residual mix")?;
     rows_of(x0, d, "residual mix")?;
     if x0.elem_count() != x.elem_count() || m1.elem_count() != d {
-        return Err(candle_core::Error::Msg(format!(
-            "residual mix: {:?} with {:?}",
-            x.dims(),
-            x0.dims()
-        ))
-        .into());
+        return Err(mismatch("residual mix", x, x0));
     }
     let values = with_values(x, |x| {
         with_values(x0, |x0| {
@@ -207,12 +207,7 @@ pub(crate) fn add_scaled(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
     let d = s.elem_count();
     rows_of(x, d, "scaled residual add")?;
     if a.elem_count() != x.elem_count() {
-        return Err(candle_core::Error::Msg(format!(
-            "scaled residual add: {:?} with {:?}",
-            x.dims(),
-            a.dims()
-        ))
-        .into());
+        return Err(mismatch("scaled residual add", x, a));
     }
     let values = with_values(x, |x| {
         with_values(a, |a| {
