@@ -122,30 +122,130 @@ impl PackedB {
     /// From B given as [n, k] row-major (C = A·Bᵀ: a weight, or attention's keys).
     pub fn from_nk(b: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(b.len(), n * k);
-        Self::pack(n, k, |col, kk| b[col * k + kk])
+        let mut packed = Self::zeroed(n, k);
+        let kp = packed.kp;
+        let mut rounded = vec![0u16; k.next_multiple_of(2)];
+        for col in 0..n {
+            // Column `col` of the panel holds B's row `col`, two k values per 32-bit slot, slots 16 apart.
+            round_row(&b[col * k..(col + 1) * k], &mut rounded[..k]);
+            let base = (col / 16) * kp * 16 + (col % 16) * 2;
+            for (pair, values) in rounded.chunks_exact(2).enumerate() {
+                packed.data[base + pair * 32] = values[0];
+                packed.data[base + pair * 32 + 1] = values[1];
+            }
+        }
+        packed
     }
 
     /// From B given as [k, n] row-major (C = A·B: attention's values).
     pub fn from_kn(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), n * k);
-        Self::pack(n, k, |col, kk| b[kk * n + col])
+        let mut packed = Self::zeroed(n, k);
+        let kp = packed.kp;
+        let zeros = vec![0f32; n];
+        for pair in 0..k.div_ceil(2) {
+            let even = &b[2 * pair * n..(2 * pair + 1) * n];
+            let odd = if 2 * pair + 1 < k {
+                &b[(2 * pair + 1) * n..(2 * pair + 2) * n]
+            } else {
+                &zeros[..]
+            };
+            for panel in 0..n.div_ceil(16) {
+                let cols = panel * 16..((panel + 1) * 16).min(n);
+                let start = panel * kp * 16 + pair * 32;
+                interleave_rows(
+                    &even[cols.clone()],
+                    &odd[cols],
+                    &mut packed.data[start..start + 32],
+                );
+            }
+        }
+        packed
     }
 
-    fn pack(n: usize, k: usize, value: impl Fn(usize, usize) -> f32) -> Self {
+    fn zeroed(n: usize, k: usize) -> Self {
         assert!(
             available(),
             "AMX products asked for where they are not available"
         );
         let kp = k.div_ceil(KSTEP) * KSTEP;
         let panels = n.div_ceil(BLOCK) * 2;
-        let mut data = vec![0u16; panels * kp * 16];
-        for col in 0..n {
-            let base = (col / 16) * kp * 16 + (col % 16) * 2;
-            for kk in 0..k {
-                data[base + (kk / 2) * 32 + kk % 2] = bf16_bits(value(col, kk));
-            }
+        PackedB {
+            data: vec![0u16; panels * kp * 16],
+            n,
+            kp,
         }
-        PackedB { data, n, kp }
+    }
+}
+
+/// `dst[2c] = bf16(even[c])`, `dst[2c + 1] = bf16(odd[c])`: one k-pair row of a panel.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn interleave_rows(even: &[f32], odd: &[f32], dst: &mut [u16]) {
+    for (c, (&e, &o)) in even.iter().zip(odd).enumerate() {
+        dst[2 * c] = bf16_bits(e);
+        dst[2 * c + 1] = bf16_bits(o);
+    }
+}
+
+/// A rounded to bf16 in the layout the tiles read: blocks of 32 rows of `kpa` values (k padded with zeros to a
+/// multiple of 32), written row by row by the caller (attention's probabilities, straight from the softmax).
+pub struct PackedA {
+    data: Vec<u16>,
+    rows: usize,
+    kpa: usize,
+}
+
+impl PackedA {
+    /// Room for `rows` rows of up to `k` values, all zero.
+    pub fn zeroed(rows: usize, k: usize) -> Self {
+        let kpa = k.div_ceil(KSTEP) * KSTEP;
+        PackedA {
+            data: vec![0u16; rows.div_ceil(BLOCK) * BLOCK * kpa],
+            rows,
+            kpa,
+        }
+    }
+
+    /// Re-lays the buffer out for `rows` rows of `k` values (within the capacity it was made with); the rows past
+    /// `rows` up to the block are zeroed, and the rows themselves are the caller's to write in full
+    /// ([`PackedA::row_mut`], padding included).
+    pub fn reshape(&mut self, rows: usize, k: usize) {
+        let kpa = k.div_ceil(KSTEP) * KSTEP;
+        let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
+        assert!(
+            padded_rows * kpa <= self.data.len(),
+            "PackedA::reshape beyond its capacity"
+        );
+        self.rows = rows;
+        self.kpa = kpa;
+        self.data[rows * kpa..padded_rows * kpa].fill(0);
+    }
+
+    /// Row r, all of its k-padded-to-32 values (its values, then zeros).
+    pub fn row_mut(&mut self, r: usize) -> &mut [u16] {
+        assert!(r < self.rows);
+        &mut self.data[r * self.kpa..(r + 1) * self.kpa]
+    }
+}
+
+/// `C[..rows, ..cols] = A · B[..A's k, ..cols]` on one thread for A already packed; C has row stride `ldc`.
+pub fn matmul_prepacked(a: &PackedA, b: &PackedB, cols: usize, c: &mut [f32], ldc: usize) {
+    assert!(a.kpa <= b.kp && cols <= b.n);
+    for r0 in (0..a.rows).step_by(BLOCK) {
+        let block = &a.data[r0 * a.kpa..(r0 + BLOCK) * a.kpa];
+        // SAFETY: `block` is BLOCK rows of kpa bf16 (rows past a.rows zero), `b` covers kpa and `cols`; the C rows
+        // written are r0..min(r0 + BLOCK, rows), columns below `cols`.
+        unsafe {
+            tile_block(
+                block,
+                a.kpa,
+                b,
+                &mut c[r0 * ldc..],
+                BLOCK.min(a.rows - r0),
+                ldc,
+                cols,
+            )
+        };
     }
 }
 
@@ -354,6 +454,40 @@ mod tests {
                     .sum();
                 assert!((c[r * cols + j] as f64 - want).abs() <= 1e-5, "({r}, {j})");
             }
+        }
+    }
+
+    /// A packed by the caller row by row gives what `matmul_packed` gives from the same f32 rows, bit for bit, also
+    /// after a reshape to fewer rows and a shorter k (the stale padding is cleared).
+    #[test]
+    fn prepacked_a_matches_packing_on_the_fly() {
+        if !available() {
+            eprintln!("skipped: {}", why_not());
+            return;
+        }
+        let (k_all, n) = (90, 40);
+        let b: Vec<f32> = (0..k_all * n)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
+            .collect();
+        let packed_b = PackedB::from_kn(&b, k_all, n);
+        let mut a_packed = PackedA::zeroed(64, k_all);
+        for &(rows, k) in &[(64, 90), (37, 61), (5, 3)] {
+            let a: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
+                .collect();
+            a_packed.reshape(rows, k);
+            for r in 0..rows {
+                let row = a_packed.row_mut(r);
+                row.fill(0);
+                for kk in 0..k {
+                    row[kk] = bf16_bits(a[r * k + kk]);
+                }
+            }
+            let mut want = vec![f32::NAN; rows * n];
+            matmul_packed(&a, k, rows, k, &packed_b, n, &mut want, n);
+            let mut got = vec![f32::NAN; rows * n];
+            matmul_prepacked(&a_packed, &packed_b, n, &mut got, n);
+            assert_eq!(got, want, "{rows} × {k}");
         }
     }
 

@@ -39,6 +39,22 @@ pub fn causal_attention(
     assert_eq!(k.len(), s.batch * s.kv_heads * per_head);
     assert_eq!(v.len(), k.len());
     let group = s.heads / s.kv_heads;
+    let on_tiles = bf16_probabilities && super::amx::available();
+    // On tiles, each kv head's keys and values are packed once for the query heads that share them.
+    let packed: Vec<(super::amx::PackedB, super::amx::PackedB)> = if on_tiles {
+        (0..s.batch * s.kv_heads)
+            .into_par_iter()
+            .map(|kv| {
+                let span = kv * per_head..(kv + 1) * per_head;
+                (
+                    super::amx::PackedB::from_nk(&k[span.clone()], t, hd),
+                    super::amx::PackedB::from_kn(&v[span], t, hd),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut out = vec![0f32; q.len()];
     out.par_chunks_mut(per_head)
         .enumerate()
@@ -48,8 +64,9 @@ pub fn causal_attention(
             let q_head = &q[bh * per_head..(bh + 1) * per_head];
             let k_head = &k[kv * per_head..(kv + 1) * per_head];
             let v_head = &v[kv * per_head..(kv + 1) * per_head];
-            if bf16_probabilities && super::amx::available() {
-                amx_head(q_head, k_head, v_head, out_head, t, hd, scale);
+            if on_tiles {
+                let (keys, values) = &packed[kv];
+                amx_head(q_head, keys, values, out_head, t, hd, scale);
                 return;
             }
             let mut scores = vec![0f32; QUERY_BLOCK * t];
@@ -129,31 +146,34 @@ pub fn causal_attention(
 /// is f32 and its row sums are taken before the probabilities are rounded, as in the f32-product path.
 fn amx_head(
     q_head: &[f32],
-    k_head: &[f32],
-    v_head: &[f32],
+    keys_packed: &super::amx::PackedB,
+    values_packed: &super::amx::PackedB,
     out_head: &mut [f32],
     t: usize,
     hd: usize,
     scale: f32,
 ) {
-    use super::amx::{PackedB, matmul_packed};
-    let keys_packed = PackedB::from_nk(k_head, t, hd);
-    let values_packed = PackedB::from_kn(v_head, t, hd);
+    use super::amx::{PackedA, matmul_packed, matmul_prepacked};
     let mut scores = vec![0f32; QUERY_BLOCK * t];
+    let mut probabilities = PackedA::zeroed(QUERY_BLOCK, t);
     for qs in (0..t).step_by(QUERY_BLOCK) {
         let qe = (qs + QUERY_BLOCK).min(t);
         let (m, keys) = (qe - qs, qe);
         let sc = &mut scores[..m * keys];
-        matmul_packed(&q_head[qs * hd..], hd, m, hd, &keys_packed, keys, sc, keys);
+        matmul_packed(&q_head[qs * hd..], hd, m, hd, keys_packed, keys, sc, keys);
         let mut inv_sums = [0f32; QUERY_BLOCK];
+        // The probabilities go straight into A's bf16 tile layout: exp values (f32, summed before rounding) rounded
+        // as they are written; keys after the query's own (masked) and the padding stay zero.
+        probabilities.reshape(m, keys);
         for r in 0..m {
-            let row = &mut sc[r * keys..(r + 1) * keys];
-            let (valid, masked) = row.split_at_mut(qs + r + 1);
-            inv_sums[r] = 1.0 / exp_scaled_shifted(valid, scale);
-            masked.fill(0.0);
+            let valid = &sc[r * keys..r * keys + qs + r + 1];
+            let row = probabilities.row_mut(r);
+            let (written, masked) = row.split_at_mut(valid.len());
+            inv_sums[r] = 1.0 / exp_scaled_shifted_to_bf16(valid, scale, written);
+            masked.fill(0);
         }
         let out = &mut out_head[qs * hd..qe * hd];
-        matmul_packed(sc, keys, m, keys, &values_packed, hd, out, hd);
+        matmul_prepacked(&probabilities, values_packed, hd, out, hd);
         for (r, row) in out.chunks_exact_mut(hd).enumerate() {
             row.iter_mut().for_each(|x| *x *= inv_sums[r]);
         }
@@ -193,6 +213,58 @@ unsafe fn exp_scaled_shifted_avx512(row: &mut [f32], scale: f32) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_scaled_shifted_avx2(row: &mut [f32], scale: f32) -> f32 {
     exp_scaled_shifted_portable(row, scale)
+}
+
+/// [`exp_scaled_shifted`] of `row` written as bf16 bits into `out` (round-to-nearest-even of the same f32 values);
+/// returns the f32 sum of the unrounded values.
+pub fn exp_scaled_shifted_to_bf16(row: &[f32], scale: f32, out: &mut [u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { exp_scaled_shifted_to_bf16_avx512(row, scale, out) };
+        }
+    }
+    exp_scaled_shifted_to_bf16_portable(row, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+unsafe fn exp_scaled_shifted_to_bf16_avx512(row: &[f32], scale: f32, out: &mut [u16]) -> f32 {
+    exp_scaled_shifted_to_bf16_portable(row, scale, out)
+}
+
+#[inline(always)]
+fn exp_scaled_shifted_to_bf16_portable(row: &[f32], scale: f32, out: &mut [u16]) -> f32 {
+    assert_eq!(row.len(), out.len());
+    let (chunks, rest) = row.as_chunks::<LANES>();
+    let mut maxv = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for l in 0..LANES {
+            let x = c[l] * scale;
+            maxv[l] = if x > maxv[l] { x } else { maxv[l] };
+        }
+    }
+    let mut max = maxv.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in rest {
+        max = max.max(x * scale);
+    }
+    let (out_chunks, out_rest) = out.as_chunks_mut::<LANES>();
+    let mut sumv = [0f32; LANES];
+    for (c, o) in chunks.iter().zip(out_chunks.iter_mut()) {
+        for l in 0..LANES {
+            let e = exp_f32(c[l] * scale - max);
+            sumv[l] += e;
+            o[l] = super::amx::bf16_bits(e);
+        }
+    }
+    let mut sum: f32 = sumv.iter().sum();
+    for (x, o) in rest.iter().zip(out_rest.iter_mut()) {
+        let e = exp_f32(x * scale - max);
+        sum += e;
+        *o = super::amx::bf16_bits(e);
+    }
+    sum
 }
 
 /// Lanes of the element-wise loops: written over fixed-size arrays so the compiler vectorizes them (an f32 sum in
@@ -361,6 +433,25 @@ impl candle_core::CustomOp2 for CausalSoftmaxBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bf16_softmax_rows_are_the_f32_ones_rounded() {
+        for len in [1usize, 15, 16, 17, 100, 1024] {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let mut f32_row = row.clone();
+            let sum = exp_scaled_shifted(&mut f32_row, 0.125);
+            let mut bits = vec![0u16; len];
+            let bf16_sum = exp_scaled_shifted_to_bf16(&row, 0.125, &mut bits);
+            assert_eq!(bf16_sum, sum, "{len}");
+            let rounded: Vec<u16> = f32_row
+                .iter()
+                .map(|&x| super::super::amx::bf16_bits(x))
+                .collect();
+            assert_eq!(bits, rounded, "{len}");
+        }
+    }
 
     #[test]
     fn exp_matches_libm_to_a_few_ulp() {

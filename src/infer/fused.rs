@@ -92,57 +92,110 @@ enum RowStep<'a> {
     Mix { m0: &'a [f32], m1: &'a [f32] },
     /// `x + other · s` (a branch added to the residual stream).
     AddScaled { s: &'a [f32] },
-    /// `(x · rsqrt(mean(x²) + eps)) · scale` (RMSNorm, then the LN scale when it is not 1).
-    RmsNorm { eps: f32, scale: f32 },
+    /// `x` itself (for [`rms_norm_scaled`], whose only output is the normed one).
+    Copy,
+}
+
+/// An RMSNorm written beside a step's output: `(y · rsqrt(mean(y²) + eps)) · scale` of each output row y, the LN
+/// scale applied when it is not 1.
+#[derive(Clone, Copy)]
+pub(crate) struct Norm {
+    pub eps: f32,
+    pub scale: f32,
 }
 
 /// Runs `step` over all rows of `x` (and the matching rows of `other`, empty when the step reads none), in parallel
-/// tasks of [`ROWS_PER_TASK`] rows.
-fn map_rows(x: &[f32], other: &[f32], d: usize, step: &RowStep) -> Vec<f32> {
-    filled(x.len(), |out| {
-        out.par_chunks_mut(d * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let span = task * d * ROWS_PER_TASK..task * d * ROWS_PER_TASK + out.len();
-                let other = if other.is_empty() {
-                    other
-                } else {
-                    &other[span.clone()]
-                };
-                rows_task(step, &x[span], other, d, out);
-            })
-    })
+/// tasks of [`ROWS_PER_TASK`] rows; with `norm`, also the normed rows, in the same pass. `keep` false: only the
+/// normed rows are wanted (the first vector comes back empty).
+fn map_rows(
+    x: &[f32],
+    other: &[f32],
+    d: usize,
+    step: &RowStep,
+    norm: Option<Norm>,
+    keep: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let len = x.len();
+    let (out_len, normed_len) = (
+        if keep { len } else { 0 },
+        if norm.is_some() { len } else { 0 },
+    );
+    let mut out = Vec::with_capacity(out_len);
+    let mut normed = Vec::with_capacity(normed_len);
+    let chunk = d * ROWS_PER_TASK;
+    let mut out_chunks = out.spare_capacity_mut()[..out_len].chunks_mut(chunk);
+    let mut normed_chunks = normed.spare_capacity_mut()[..normed_len].chunks_mut(chunk);
+    let work: Vec<_> = (0..len.div_ceil(chunk))
+        .map(|_| (out_chunks.next(), normed_chunks.next()))
+        .collect();
+    work.into_par_iter()
+        .enumerate()
+        .for_each(|(task, (out, normed))| {
+            let span = task * chunk..((task + 1) * chunk).min(len);
+            let other = if other.is_empty() {
+                other
+            } else {
+                &other[span.clone()]
+            };
+            rows_task(step, &x[span], other, d, out, norm.zip(normed));
+        });
+    // SAFETY: every task wrote its rows of each requested output in full (rows_task writes every element).
+    unsafe {
+        if keep {
+            out.set_len(len);
+        }
+        if norm.is_some() {
+            normed.set_len(len);
+        }
+    }
+    (out, normed)
 }
 
 /// One task of [`map_rows`], compiled for AVX-512 and for AVX2 (chosen at run time) so its loops vectorize wide.
 /// No fused multiply-add is involved, so every target computes the same values.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
-fn rows_task(step: &RowStep, x: &[f32], other: &[f32], d: usize, out: &mut [MaybeUninit<f32>]) {
-    for (i, out) in out.chunks_mut(d).enumerate() {
-        let x = &x[i * d..(i + 1) * d];
+fn rows_task(
+    step: &RowStep,
+    x: &[f32],
+    other: &[f32],
+    d: usize,
+    mut out: Option<&mut [MaybeUninit<f32>]>,
+    mut norm: Option<(Norm, &mut [MaybeUninit<f32>])>,
+) {
+    let mut row = vec![0f32; d];
+    for i in 0..x.len() / d {
+        let span = i * d..(i + 1) * d;
+        let x = &x[span.clone()];
         match *step {
             RowStep::Mix { m0, m1 } => {
-                let x0 = &other[i * d..(i + 1) * d];
+                let x0 = &other[span.clone()];
                 for c in 0..d {
-                    out[c].write(x[c] * m0[c] + x0[c] * m1[c]);
+                    row[c] = x[c] * m0[c] + x0[c] * m1[c];
                 }
             }
             RowStep::AddScaled { s } => {
-                let a = &other[i * d..(i + 1) * d];
+                let a = &other[span.clone()];
                 for c in 0..d {
-                    out[c].write(x[c] + a[c] * s[c]);
+                    row[c] = x[c] + a[c] * s[c];
                 }
             }
-            RowStep::RmsNorm { eps, scale } => {
-                let r = inv_rms(x, eps);
-                if scale == 1.0 {
-                    for c in 0..d {
-                        out[c].write(x[c] * r);
-                    }
-                } else {
-                    for c in 0..d {
-                        out[c].write((x[c] * r) * scale);
-                    }
+            RowStep::Copy => row.copy_from_slice(x),
+        }
+        if let Some(out) = out.as_deref_mut() {
+            for (o, v) in out[span.clone()].iter_mut().zip(&row) {
+                o.write(*v);
+            }
+        }
+        if let Some((Norm { eps, scale }, normed)) = norm.as_mut() {
+            let normed = &mut normed[span];
+            let r = inv_rms(&row, *eps);
+            if *scale == 1.0 {
+                for c in 0..d {
+                    normed[c].write(row[c] * r);
+                }
+            } else {
+                for c in 0..d {
+                    normed[c].write((row[c] * r) * *scale);
                 }
             }
         }
@@ -184,37 +237,66 @@ fn mismatch(what: &str, a: &Tensor, b: &Tensor) -> super::InferError {
     candle_core::Error::Msg(format!("{what}: {:?} with {:?}", a.dims(), b.dims())).into()
 }
 
-/// The residual mix `m0 · x + m1 · x0` with per-channel m0, m1 [d] (the records' `resid_mix`).
-pub(crate) fn residual_mix(x: &Tensor, x0: &Tensor, m0: &Tensor, m1: &Tensor) -> Result<Tensor> {
+/// The residual mix `m0 · x + m1 · x0` with per-channel m0, m1 [d] (the records' `resid_mix`), and with `norm`
+/// its RMSNorm too, from the same pass.
+pub(crate) fn residual_mix(
+    x: &Tensor,
+    x0: &Tensor,
+    m0: &Tensor,
+    m1: &Tensor,
+    norm: Option<Norm>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let d = m0.elem_count();
     rows_of(x, d, "residual mix")?;
-    rows_of(x0, d, "residual mix")?;
     if x0.elem_count() != x.elem_count() || m1.elem_count() != d {
         return Err(mismatch("residual mix", x, x0));
     }
-    let values = with_values(x, |x| {
+    let (out, normed) = with_values(x, |x| {
         with_values(x0, |x0| {
             with_values(m0, |m0| {
-                with_values(m1, |m1| Ok(map_rows(x, x0, d, &RowStep::Mix { m0, m1 })))
+                with_values(m1, |m1| {
+                    Ok(map_rows(x, x0, d, &RowStep::Mix { m0, m1 }, norm, true))
+                })
             })
         })
     })?;
-    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+    two_outputs(x, out, normed, norm.is_some())
 }
 
-/// `x + s · a` with a per-channel scale s [d] (a block's attention or MLP output added to the residual stream).
-pub(crate) fn add_scaled(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+/// `x + s · a` with a per-channel scale s [d] (a block's attention or MLP output added to the residual stream), and
+/// with `norm` its RMSNorm too, from the same pass.
+pub(crate) fn add_scaled(
+    x: &Tensor,
+    a: &Tensor,
+    s: &Tensor,
+    norm: Option<Norm>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let d = s.elem_count();
     rows_of(x, d, "scaled residual add")?;
     if a.elem_count() != x.elem_count() {
         return Err(mismatch("scaled residual add", x, a));
     }
-    let values = with_values(x, |x| {
+    let (out, normed) = with_values(x, |x| {
         with_values(a, |a| {
-            with_values(s, |s| Ok(map_rows(x, a, d, &RowStep::AddScaled { s })))
+            with_values(s, |s| {
+                Ok(map_rows(x, a, d, &RowStep::AddScaled { s }, norm, true))
+            })
         })
     })?;
-    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+    two_outputs(x, out, normed, norm.is_some())
+}
+
+/// Tensors of x's shape from a step's outputs.
+fn two_outputs(
+    x: &Tensor,
+    out: Vec<f32>,
+    normed: Vec<f32>,
+    with_norm: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let normed = with_norm
+        .then(|| Tensor::from_vec(normed, x.shape(), x.device()))
+        .transpose()?;
+    Ok((Tensor::from_vec(out, x.shape(), x.device())?, normed))
 }
 
 /// `F.rms_norm(x, (d,))` over the last dimension, times `scale` when it is not 1 (a block's LN scale):
@@ -222,10 +304,9 @@ pub(crate) fn add_scaled(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
 pub(crate) fn rms_norm_scaled(x: &Tensor, eps: f32, scale: f32) -> Result<Tensor> {
     let d = *x.dims().last().unwrap_or(&0);
     rows_of(x, d, "rms norm")?;
-    let values = with_values(x, |x| {
-        Ok(map_rows(x, &[], d, &RowStep::RmsNorm { eps, scale }))
-    })?;
-    Ok(Tensor::from_vec(values, x.shape(), x.device())?)
+    let norm = Some(Norm { eps, scale });
+    let (_, normed) = with_values(x, |x| Ok(map_rows(x, &[], d, &RowStep::Copy, norm, false)))?;
+    Ok(Tensor::from_vec(normed, x.shape(), x.device())?)
 }
 
 /// The attention heads of a projection z [B, T, n·hd] as [B, n, T, hd], each head RMS-normed (eps), rotated by
@@ -399,11 +480,27 @@ mod tests {
         let m1 = tensor(pseudo(d, 6), &[d]);
         let want = (x.broadcast_mul(&m0).unwrap() + x0.broadcast_mul(&m1).unwrap()).unwrap();
         assert_eq!(
-            values(&residual_mix(&x, &x0, &m0, &m1).unwrap()),
+            values(&residual_mix(&x, &x0, &m0, &m1, None).unwrap().0),
             values(&want)
         );
+        // With the norm: the same sum, and its RMSNorm (times the LN scale) from the same pass.
+        let norm = Some(Norm {
+            eps: 1e-6,
+            scale: 0.7,
+        });
+        let (mixed, normed) = residual_mix(&x, &x0, &m0, &m1, norm).unwrap();
+        assert_eq!(values(&mixed), values(&want));
+        let want_normed = values(&rms_norm_scaled(&want, 1e-6, 0.7).unwrap());
+        assert_eq!(values(&normed.unwrap()), want_normed);
         let want = (&x + x0.broadcast_mul(&m1).unwrap()).unwrap();
-        assert_eq!(values(&add_scaled(&x, &x0, &m1).unwrap()), values(&want));
+        assert_eq!(
+            values(&add_scaled(&x, &x0, &m1, None).unwrap().0),
+            values(&want)
+        );
+        let (sum, normed) = add_scaled(&x, &x0, &m1, norm).unwrap();
+        assert_eq!(values(&sum), values(&want));
+        let want_normed = values(&rms_norm_scaled(&want, 1e-6, 0.7).unwrap());
+        assert_eq!(values(&normed.unwrap()), want_normed);
         let ones = tensor(vec![1.0; d], &[d]);
         for scale in [1.0f32, 0.7] {
             let want = (candle_nn::ops::rms_norm(&x, &ones, 1e-6).unwrap() * scale as f64).unwrap();

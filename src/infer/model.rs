@@ -417,9 +417,35 @@ impl Gpt {
     /// `x + s · a` with a per-channel `s` [d] (a branch's output added to the residual stream).
     fn add_scaled(&self, x: &Tensor, a: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
         if self.fused_scoring(pass, &[x, a, s]) {
-            return fused::add_scaled(x, a, s);
+            return Ok(fused::add_scaled(x, a, s, None)?.0);
         }
         Ok((x + self.channel_scale(a, s, pass)?)?)
+    }
+
+    /// [`Gpt::add_scaled`] and the block norm of its result (one pass on the fused kernels).
+    fn add_scaled_normed(
+        &self,
+        blk: &BlockParams,
+        x: &Tensor,
+        a: &Tensor,
+        s: &Tensor,
+        pass: Pass,
+    ) -> Result<(Tensor, Tensor)> {
+        if self.fused_scoring(pass, &[x, a, s]) {
+            let (sum, normed) = fused::add_scaled(x, a, s, Some(self.block_norm_kernel(blk)))?;
+            return Ok((sum, normed.expect("asked for")));
+        }
+        let sum = self.add_scaled(x, a, s, pass)?;
+        let normed = self.block_norm(blk, &sum, pass)?;
+        Ok((sum, normed))
+    }
+
+    /// The block norm as the fused kernels take it.
+    fn block_norm_kernel(&self, blk: &BlockParams) -> fused::Norm {
+        fused::Norm {
+            eps: RMS_NORM_EPS,
+            scale: blk.ln_scale as f32,
+        }
     }
 
     /// Whether a step of a scoring pass over these tensors runs on the fused forward-only CPU kernels.
@@ -793,6 +819,25 @@ impl Gpt {
         })
     }
 
+    /// [`Gpt::residual_mix`] and the block norm of its result (one pass on the fused kernels).
+    fn residual_mix_normed(
+        &self,
+        blk: &BlockParams,
+        x: &Tensor,
+        x0: &Tensor,
+        pass: Pass,
+    ) -> Result<(Tensor, Tensor)> {
+        let mix = self.p(blk.resid_mix);
+        if self.fused_scoring(pass, &[x, x0, mix]) {
+            let norm = Some(self.block_norm_kernel(blk));
+            let (mixed, normed) = fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, norm)?;
+            return Ok((mixed, normed.expect("asked for")));
+        }
+        let mixed = self.residual_mix(blk, x, x0, pass)?;
+        let normed = self.block_norm(blk, &mixed, pass)?;
+        Ok((mixed, normed))
+    }
+
     fn residual_mix(
         &self,
         blk: &BlockParams,
@@ -802,7 +847,7 @@ impl Gpt {
     ) -> Result<Tensor> {
         let mix = self.p(blk.resid_mix);
         if self.fused_scoring(pass, &[x, x0, mix]) {
-            return fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?);
+            return Ok(fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, None)?.0);
         }
         Ok((self.channel_scale(x, &mix.get(0)?, pass)?
             + self.channel_scale(x0, &mix.get(1)?, pass)?)?)
@@ -821,8 +866,7 @@ impl Gpt {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let blk = &self.blocks[i];
         let pass = ctx.pass;
-        let x = self.residual_mix(blk, x, x0, pass)?;
-        let n = self.block_norm(blk, &x, pass)?;
+        let (x, n) = self.residual_mix_normed(blk, x, x0, pass)?;
         let (a, raw_v) = self.attention(blk, slot, &n, ctx, v0)?;
         if blk.gptj_parallel {
             // GPT-J: attention and MLP both read the normed x_in (mlp_norm(x_in)·s is the same value).
@@ -831,8 +875,8 @@ impl Gpt {
             let out = ((&x + attn)? + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?;
             return Ok((out, raw_v));
         }
-        let x = self.add_scaled(&x, &a, self.p(blk.attn_scale), pass)?;
-        let m = self.mlp_adapted(blk, slot, &self.block_norm(blk, &x, pass)?, ctx)?;
+        let (x, n) = self.add_scaled_normed(blk, &x, &a, self.p(blk.attn_scale), pass)?;
+        let m = self.mlp_adapted(blk, slot, &n, ctx)?;
         Ok((self.add_scaled(&x, &m, self.p(blk.mlp_scale), pass)?, raw_v))
     }
 
