@@ -79,33 +79,63 @@ const KSTEP: usize = 32;
 pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k);
     let packed = PackedB::from_nk(b, n, k);
+    over_row_blocks(m, n, |r0, rows, c_rows| {
+        matmul_packed(
+            &a[r0 * k..(r0 + rows) * k],
+            k,
+            rows,
+            k,
+            &packed,
+            n,
+            c_rows,
+            n,
+        );
+    })
+}
+
+/// [`matmul_bt`] for A already rounded: its bf16 bits, row-major [m, k] (an activation written in bf16 by the kernel
+/// that made it). Where k is a multiple of 32, full blocks of 32 rows are read in place as the tiles' A.
+pub fn matmul_bt_bf16(a: &[u16], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k);
+    let packed = PackedB::from_nk(b, n, k);
+    let kpa = k.div_ceil(KSTEP) * KSTEP;
+    over_row_blocks(m, n, |r0, rows, c_rows| {
+        let block = &a[r0 * k..(r0 + rows) * k];
+        if rows == BLOCK && kpa == k {
+            // SAFETY: `block` is BLOCK rows of k = kpa bf16, `packed` covers k and n; C rows r0..r0 + BLOCK.
+            unsafe { tile_block(block, kpa, &packed, c_rows, rows, n, n) };
+            return;
+        }
+        let mut padded = vec![0u16; BLOCK * kpa];
+        for (r, row) in block.chunks_exact(k).enumerate() {
+            padded[r * kpa..r * kpa + k].copy_from_slice(row);
+        }
+        // SAFETY: `padded` is BLOCK rows of kpa bf16 (zero past k and past `rows`), as above.
+        unsafe { tile_block(&padded, kpa, &packed, c_rows, rows, n, n) };
+    })
+}
+
+/// C [m, n] (f32, every element written by `block`) computed by blocks of 32 rows over rayon's threads:
+/// `block(r0, rows, c_rows)` writes rows r0..r0 + rows.
+fn over_row_blocks(
+    m: usize,
+    n: usize,
+    block: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
     use rayon::prelude::*;
     let mut c = Vec::with_capacity(m * n);
-    // SAFETY: f32 has no invalid bit patterns and every element is written below (matmul_packed writes all of C's
-    // `rows` × `cols`), before the vector is read.
+    // SAFETY: f32 has no invalid bit patterns and every element is written below (each block writes all of its
+    // rows × n), before the vector is read.
     #[allow(clippy::uninit_vec)]
     unsafe {
         c.set_len(m * n)
     };
     c.par_chunks_mut(BLOCK * n)
         .enumerate()
-        .for_each(|(block, c_rows)| {
-            let r0 = block * BLOCK;
-            let rows = c_rows.len() / n;
-            matmul_packed(
-                &a[r0 * k..(r0 + rows) * k],
-                k,
-                rows,
-                k,
-                &packed,
-                n,
-                c_rows,
-                n,
-            );
-        });
+        .for_each(|(i, c_rows)| block(i * BLOCK, c_rows.len() / n, c_rows));
     c
 }
 
@@ -488,6 +518,30 @@ mod tests {
             let mut got = vec![f32::NAN; rows * n];
             matmul_prepacked(&a_packed, &packed_b, n, &mut got, n);
             assert_eq!(got, want, "{rows} × {k}");
+        }
+    }
+
+    /// A given already in bf16 gives what rounding it on the fly gives, bit for bit: in place where k is a multiple
+    /// of 32 and the block is full, padded otherwise.
+    #[test]
+    fn bf16_activations_give_the_same_products() {
+        if !available() {
+            eprintln!("skipped: {}", why_not());
+            return;
+        }
+        for &(m, n, k) in &[(70, 40, 64), (64, 33, 45), (5, 32, 96)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
+                .collect();
+            let b: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
+                .collect();
+            let bits: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
+            assert_eq!(
+                matmul_bt_bf16(&bits, &b, m, n, k),
+                matmul_bt(&a, &b, m, n, k),
+                "{m}×{n}×{k}"
+            );
         }
     }
 

@@ -34,7 +34,15 @@ pub(crate) fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) ->
             return f(&cpu.as_slice::<f32>()?[start..end]);
         }
     }
-    f(&t.flatten_all()?.to_vec1::<f32>()?)
+    // One copy into a contiguous tensor, then its storage.
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
+            f(&cpu.as_slice::<f32>()?[start..end])
+        }
+        _ => f(&t.flatten_all()?.to_vec1::<f32>()?),
+    }
 }
 
 /// A buffer of `len` values written by `fill`, which must write every element (the buffer is not zeroed first).
@@ -97,11 +105,36 @@ enum RowStep<'a> {
 }
 
 /// An RMSNorm written beside a step's output: `(y · rsqrt(mean(y²) + eps)) · scale` of each output row y, the LN
-/// scale applied when it is not 1.
+/// scale applied when it is not 1. `bf16`: the normed rows are written rounded to bf16 (nearest-even), for the
+/// mixed-precision products that read them (they would round them themselves, once per product).
 #[derive(Clone, Copy)]
 pub(crate) struct Norm {
     pub eps: f32,
     pub scale: f32,
+    pub bf16: bool,
+}
+
+/// A task's rows of the normed output.
+enum NormedRows<'a> {
+    F32(&'a mut [MaybeUninit<f32>]),
+    Bf16(&'a mut [MaybeUninit<half::bf16>]),
+}
+
+/// The normed output of [`map_rows`].
+enum Normed {
+    None,
+    F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Normed {
+    fn into_tensor(self, like: &Tensor) -> Result<Option<Tensor>> {
+        Ok(match self {
+            Normed::None => None,
+            Normed::F32(v) => Some(Tensor::from_vec(v, like.shape(), like.device())?),
+            Normed::Bf16(v) => Some(Tensor::from_vec(v, like.shape(), like.device())?),
+        })
+    }
 }
 
 /// Runs `step` over all rows of `x` (and the matching rows of `other`, empty when the step reads none), in parallel
@@ -114,19 +147,30 @@ fn map_rows(
     step: &RowStep,
     norm: Option<Norm>,
     keep: bool,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Normed) {
     let len = x.len();
-    let (out_len, normed_len) = (
-        if keep { len } else { 0 },
-        if norm.is_some() { len } else { 0 },
-    );
+    let out_len = if keep { len } else { 0 };
+    let (f32_len, bf16_len) = match norm {
+        Some(Norm { bf16: true, .. }) => (0, len),
+        Some(_) => (len, 0),
+        None => (0, 0),
+    };
     let mut out = Vec::with_capacity(out_len);
-    let mut normed = Vec::with_capacity(normed_len);
+    let mut normed_f32: Vec<f32> = Vec::with_capacity(f32_len);
+    let mut normed_bf16: Vec<half::bf16> = Vec::with_capacity(bf16_len);
     let chunk = d * ROWS_PER_TASK;
     let mut out_chunks = out.spare_capacity_mut()[..out_len].chunks_mut(chunk);
-    let mut normed_chunks = normed.spare_capacity_mut()[..normed_len].chunks_mut(chunk);
+    let mut f32_chunks = normed_f32.spare_capacity_mut()[..f32_len].chunks_mut(chunk);
+    let mut bf16_chunks = normed_bf16.spare_capacity_mut()[..bf16_len].chunks_mut(chunk);
     let work: Vec<_> = (0..len.div_ceil(chunk))
-        .map(|_| (out_chunks.next(), normed_chunks.next()))
+        .map(|_| {
+            let normed = match (f32_chunks.next(), bf16_chunks.next()) {
+                (Some(rows), _) => Some(NormedRows::F32(rows)),
+                (_, Some(rows)) => Some(NormedRows::Bf16(rows)),
+                _ => None,
+            };
+            (out_chunks.next(), normed)
+        })
         .collect();
     work.into_par_iter()
         .enumerate()
@@ -141,13 +185,15 @@ fn map_rows(
         });
     // SAFETY: every task wrote its rows of each requested output in full (rows_task writes every element).
     unsafe {
-        if keep {
-            out.set_len(len);
-        }
-        if norm.is_some() {
-            normed.set_len(len);
-        }
+        out.set_len(out_len);
+        normed_f32.set_len(f32_len);
+        normed_bf16.set_len(bf16_len);
     }
+    let normed = match norm {
+        Some(Norm { bf16: true, .. }) => Normed::Bf16(normed_bf16),
+        Some(_) => Normed::F32(normed_f32),
+        None => Normed::None,
+    };
     (out, normed)
 }
 
@@ -160,7 +206,7 @@ fn rows_task(
     other: &[f32],
     d: usize,
     mut out: Option<&mut [MaybeUninit<f32>]>,
-    mut norm: Option<(Norm, &mut [MaybeUninit<f32>])>,
+    mut norm: Option<(Norm, NormedRows)>,
 ) {
     let mut row = vec![0f32; d];
     for i in 0..x.len() / d {
@@ -186,16 +232,27 @@ fn rows_task(
                 o.write(*v);
             }
         }
-        if let Some((Norm { eps, scale }, normed)) = norm.as_mut() {
-            let normed = &mut normed[span];
+        if let Some((Norm { eps, scale, .. }, normed)) = norm.as_mut() {
             let r = inv_rms(&row, *eps);
             if *scale == 1.0 {
-                for c in 0..d {
-                    normed[c].write(row[c] * r);
+                for v in row.iter_mut() {
+                    *v *= r;
                 }
             } else {
-                for c in 0..d {
-                    normed[c].write((row[c] * r) * *scale);
+                for v in row.iter_mut() {
+                    *v = (*v * r) * *scale;
+                }
+            }
+            match normed {
+                NormedRows::F32(rows) => {
+                    for (o, v) in rows[span].iter_mut().zip(&row) {
+                        o.write(*v);
+                    }
+                }
+                NormedRows::Bf16(rows) => {
+                    for (o, v) in rows[span].iter_mut().zip(&row) {
+                        o.write(half::bf16::from_bits(super::amx::bf16_bits(*v)));
+                    }
                 }
             }
         }
@@ -260,7 +317,7 @@ pub(crate) fn residual_mix(
             })
         })
     })?;
-    two_outputs(x, out, normed, norm.is_some())
+    two_outputs(x, out, normed)
 }
 
 /// `x + s · a` with a per-channel scale s [d] (a block's attention or MLP output added to the residual stream), and
@@ -283,19 +340,12 @@ pub(crate) fn add_scaled(
             })
         })
     })?;
-    two_outputs(x, out, normed, norm.is_some())
+    two_outputs(x, out, normed)
 }
 
 /// Tensors of x's shape from a step's outputs.
-fn two_outputs(
-    x: &Tensor,
-    out: Vec<f32>,
-    normed: Vec<f32>,
-    with_norm: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let normed = with_norm
-        .then(|| Tensor::from_vec(normed, x.shape(), x.device()))
-        .transpose()?;
+fn two_outputs(x: &Tensor, out: Vec<f32>, normed: Normed) -> Result<(Tensor, Option<Tensor>)> {
+    let normed = normed.into_tensor(x)?;
     Ok((Tensor::from_vec(out, x.shape(), x.device())?, normed))
 }
 
@@ -304,9 +354,13 @@ fn two_outputs(
 pub(crate) fn rms_norm_scaled(x: &Tensor, eps: f32, scale: f32) -> Result<Tensor> {
     let d = *x.dims().last().unwrap_or(&0);
     rows_of(x, d, "rms norm")?;
-    let norm = Some(Norm { eps, scale });
+    let norm = Some(Norm {
+        eps,
+        scale,
+        bf16: false,
+    });
     let (_, normed) = with_values(x, |x| Ok(map_rows(x, &[], d, &RowStep::Copy, norm, false)))?;
-    Ok(Tensor::from_vec(normed, x.shape(), x.device())?)
+    Ok(normed.into_tensor(x)?.expect("asked for"))
 }
 
 /// The attention heads of a projection z [B, T, n·hd] as [B, n, T, hd], each head RMS-normed (eps), rotated by
@@ -414,12 +468,55 @@ fn head_task(task: &HeadTask, out: &mut [MaybeUninit<f32>]) {
     }
 }
 
+/// [B, H, T, hd] values as [B, T, H, hd] (attention's output heads back to positions), in parallel over positions.
+pub(crate) fn heads_to_positions(y: &[f32], b: usize, h: usize, t: usize, hd: usize) -> Vec<f32> {
+    assert_eq!(y.len(), b * h * t * hd);
+    filled(y.len(), |out| {
+        out.par_chunks_mut(h * hd)
+            .enumerate()
+            .for_each(|(bt, row)| {
+                let (bi, ti) = (bt / t, bt % t);
+                for (hi, o) in row.chunks_mut(hd).enumerate() {
+                    let src = &y[((bi * h + hi) * t + ti) * hd..][..hd];
+                    for (o, v) in o.iter_mut().zip(src) {
+                        o.write(*v);
+                    }
+                }
+            })
+    })
+}
+
 /// In place: u ← relu(u)², or with a negative slope (max(u, 0) + slope·min(u, 0))² as the composition
 /// `(relu(u) − relu(−u)·slope)²` evaluates it.
 pub(crate) fn relu_squared(values: &mut [f32], slope: f32) {
     values
         .par_chunks_mut(4096)
         .for_each(|chunk| relu_squared_chunk(chunk, slope));
+}
+
+/// [`relu_squared`] of `values` rounded to bf16 (nearest-even) into a new buffer, for a mixed-precision product on
+/// AMX tiles that reads it next (it would round it itself).
+pub(crate) fn relu_squared_bf16(values: &[f32], slope: f32) -> Vec<half::bf16> {
+    let mut out = Vec::with_capacity(values.len());
+    out.spare_capacity_mut()[..values.len()]
+        .par_chunks_mut(4096)
+        .zip(values.par_chunks(4096))
+        .for_each(|(out, chunk)| relu_squared_bf16_chunk(chunk, slope, out));
+    // SAFETY: every chunk wrote all of its elements.
+    unsafe { out.set_len(values.len()) };
+    out
+}
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn relu_squared_bf16_chunk(chunk: &[f32], slope: f32, out: &mut [MaybeUninit<half::bf16>]) {
+    for (o, &u) in out.iter_mut().zip(chunk) {
+        let r = if slope == 0.0 {
+            u.max(0.0)
+        } else {
+            u.max(0.0) - (-u).max(0.0) * slope
+        };
+        o.write(half::bf16::from_bits(super::amx::bf16_bits(r * r)));
+    }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
@@ -487,6 +584,7 @@ mod tests {
         let norm = Some(Norm {
             eps: 1e-6,
             scale: 0.7,
+            bf16: false,
         });
         let (mixed, normed) = residual_mix(&x, &x0, &m0, &m1, norm).unwrap();
         assert_eq!(values(&mixed), values(&want));
@@ -501,6 +599,25 @@ mod tests {
         assert_eq!(values(&sum), values(&want));
         let want_normed = values(&rms_norm_scaled(&want, 1e-6, 0.7).unwrap());
         assert_eq!(values(&normed.unwrap()), want_normed);
+        // Written in bf16: the same normed values, rounded to nearest-even.
+        let bf16_norm = norm.map(|n| Norm { bf16: true, ..n });
+        let (sum, normed) = add_scaled(&x, &x0, &m1, bf16_norm).unwrap();
+        assert_eq!(values(&sum), values(&want));
+        let normed = normed.unwrap();
+        assert_eq!(normed.dtype(), candle_core::DType::BF16);
+        let got_bits: Vec<u16> = normed
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want_bits: Vec<u16> = want_normed
+            .iter()
+            .map(|&v| super::super::amx::bf16_bits(v))
+            .collect();
+        assert_eq!(got_bits, want_bits);
         let ones = tensor(vec![1.0; d], &[d]);
         for scale in [1.0f32, 0.7] {
             let want = (candle_nn::ops::rms_norm(&x, &ones, 1e-6).unwrap() * scale as f64).unwrap();
@@ -520,8 +637,15 @@ mod tests {
                     .unwrap()
             };
             let mut got = values(&x);
+            let rounded = relu_squared_bf16(&got, slope);
             relu_squared(&mut got, slope);
             assert_eq!(got, values(&want));
+            let want_bits: Vec<u16> = got
+                .iter()
+                .map(|&v| super::super::amx::bf16_bits(v))
+                .collect();
+            let got_bits: Vec<u16> = rounded.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got_bits, want_bits);
         }
     }
 

@@ -44,8 +44,14 @@ pub(crate) fn linear_forward_values(
     w: &Tensor,
     precision: Precision,
 ) -> Result<Option<Vec<f32>>> {
-    let forward_only = super::fused::applies(&[x, w]) && !x.track_op() && !w.track_op();
-    let kernel = precision == Precision::Fp32 || super::amx::available();
+    let on_tiles = precision == Precision::Mixed && super::amx::available();
+    // An activation a fused kernel already wrote in bf16 for the tiles.
+    let bf16_input = on_tiles && x.dtype() == DType::BF16 && x.device().is_cpu();
+    let forward_only = (super::fused::applies(&[x, w])
+        || bf16_input && super::fused::applies(&[w]))
+        && !x.track_op()
+        && !w.track_op();
+    let kernel = precision == Precision::Fp32 || on_tiles;
     if !forward_only || !kernel || w.rank() != 2 || x.rank() == 0 {
         return Ok(None);
     }
@@ -55,6 +61,21 @@ pub(crate) fn linear_forward_values(
         return Ok(None); // candle's product reports the mismatch
     }
     let rows = x.elem_count() / inner.max(1);
+    if bf16_input {
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let values = &cpu.as_slice::<half::bf16>()?[start..end];
+        // SAFETY: half::bf16 is a transparent u16 (its bits).
+        let xs = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u16, values.len()) };
+        return Ok(Some(with_f32_values(w, |ws| {
+            Ok(super::amx::matmul_bt_bf16(xs, ws, rows, out, inner))
+        })?));
+    }
     let product = with_f32_values(x, |xs| {
         with_f32_values(w, |ws| {
             Ok(match precision {
@@ -199,7 +220,10 @@ pub(crate) fn grouped_causal_attention(
                 with_f32_values(&v, |v| Ok(causal_attention(q, k, v, shape, scale, mixed)))
             })
         })?;
-        return Ok(Tensor::from_vec(y, (b, h, t, hd), q.device())?);
+        // Returned as a [B, H, T, hd] view of [B, T, H, hd] values (transposed here over all threads): the caller
+        // takes the heads back to [B, T, H·hd] for the output projection, which then reads them in place.
+        let by_position = super::fused::heads_to_positions(&y, b, h, t, hd);
+        return Ok(Tensor::from_vec(by_position, (b, t, h, hd), q.device())?.transpose(1, 2)?);
     }
     let (p, v) = causal_probabilities(q, k, v, pass, precision, cpu_kernels)?;
     precision.matmul(&p, &v)

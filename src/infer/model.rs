@@ -429,10 +429,12 @@ impl Gpt {
         x: &Tensor,
         a: &Tensor,
         s: &Tensor,
-        pass: Pass,
+        ctx: &Context,
     ) -> Result<(Tensor, Tensor)> {
+        let pass = ctx.pass;
         if self.fused_scoring(pass, &[x, a, s]) {
-            let (sum, normed) = fused::add_scaled(x, a, s, Some(self.block_norm_kernel(blk)))?;
+            let norm = Some(self.block_norm_kernel(blk, self.bf16_normed(ctx)));
+            let (sum, normed) = fused::add_scaled(x, a, s, norm)?;
             return Ok((sum, normed.expect("asked for")));
         }
         let sum = self.add_scaled(x, a, s, pass)?;
@@ -440,12 +442,22 @@ impl Gpt {
         Ok((sum, normed))
     }
 
-    /// The block norm as the fused kernels take it.
-    fn block_norm_kernel(&self, blk: &BlockParams) -> fused::Norm {
+    /// The block norm as the fused kernels take it; `bf16` writes it rounded for the mixed-precision products.
+    fn block_norm_kernel(&self, blk: &BlockParams, bf16: bool) -> fused::Norm {
         fused::Norm {
             eps: RMS_NORM_EPS,
             scale: blk.ln_scale as f32,
+            bf16,
         }
+    }
+
+    /// Whether a block's normed inputs may be written in bf16: every reader is then a product on AMX tiles (mixed
+    /// precision, no adapters, no calibration tap).
+    fn bf16_normed(&self, ctx: &Context) -> bool {
+        self.precision == Precision::Mixed
+            && super::amx::available()
+            && ctx.lora.is_none()
+            && self.input_moments.is_none()
     }
 
     /// Whether a step of a scoring pass over these tensors runs on the fused forward-only CPU kernels.
@@ -825,11 +837,12 @@ impl Gpt {
         blk: &BlockParams,
         x: &Tensor,
         x0: &Tensor,
-        pass: Pass,
+        ctx: &Context,
     ) -> Result<(Tensor, Tensor)> {
+        let pass = ctx.pass;
         let mix = self.p(blk.resid_mix);
         if self.fused_scoring(pass, &[x, x0, mix]) {
-            let norm = Some(self.block_norm_kernel(blk));
+            let norm = Some(self.block_norm_kernel(blk, self.bf16_normed(ctx)));
             let (mixed, normed) = fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, norm)?;
             return Ok((mixed, normed.expect("asked for")));
         }
@@ -866,7 +879,7 @@ impl Gpt {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let blk = &self.blocks[i];
         let pass = ctx.pass;
-        let (x, n) = self.residual_mix_normed(blk, x, x0, pass)?;
+        let (x, n) = self.residual_mix_normed(blk, x, x0, ctx)?;
         let (a, raw_v) = self.attention(blk, slot, &n, ctx, v0)?;
         if blk.gptj_parallel {
             // GPT-J: attention and MLP both read the normed x_in (mlp_norm(x_in)·s is the same value).
@@ -875,7 +888,7 @@ impl Gpt {
             let out = ((&x + attn)? + self.channel_scale(&m, self.p(blk.mlp_scale), pass)?)?;
             return Ok((out, raw_v));
         }
-        let (x, n) = self.add_scaled_normed(blk, &x, &a, self.p(blk.attn_scale), pass)?;
+        let (x, n) = self.add_scaled_normed(blk, &x, &a, self.p(blk.attn_scale), ctx)?;
         let m = self.mlp_adapted(blk, slot, &n, ctx)?;
         Ok((self.add_scaled(&x, &m, self.p(blk.mlp_scale), pass)?, raw_v))
     }
@@ -944,10 +957,19 @@ impl Gpt {
         if self.input_moments.is_none()
             && let Some(mut u) = linear_forward_values(x, self.p(blk.fc), self.precision)?
         {
-            // Forward only: the activation in place on the product's values.
-            fused::relu_squared(&mut u, slope as f32);
+            // Forward only: the activation on the product's values, in place, or (when the next product reads
+            // bf16 on AMX tiles) written rounded to bf16 once.
             let mut dims = x.dims().to_vec();
             *dims.last_mut().expect("rank ≥ 1") = self.p(blk.fc).dim(0)?;
+            if blk.hidden_gain.is_none()
+                && self.precision == Precision::Mixed
+                && super::amx::available()
+            {
+                let h =
+                    Tensor::from_vec(fused::relu_squared_bf16(&u, slope as f32), dims, x.device())?;
+                return self.linear(&h, self.p(blk.mlp_proj));
+            }
+            fused::relu_squared(&mut u, slope as f32);
             let mut h = Tensor::from_vec(u, dims, x.device())?;
             if let Some(gain) = blk.hidden_gain {
                 h = h.broadcast_mul(self.p(gain))?;
