@@ -55,7 +55,13 @@ pub fn causal_attention(
     } else {
         Vec::new()
     };
-    let mut out = vec![0f32; q.len()];
+    let mut out = Vec::with_capacity(q.len());
+    // SAFETY: f32 has no invalid bit patterns, and every head's rows are written in full below (each query block's
+    // product writes all of its rows × hd) before the vector is read.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        out.set_len(q.len())
+    };
     out.par_chunks_mut(per_head)
         .enumerate()
         .for_each(|(bh, out_head)| {
