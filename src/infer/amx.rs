@@ -436,6 +436,19 @@ unsafe fn tile_block(
 mod tests {
     use super::*;
 
+    /// Deterministic operands in [−1.4, 1.4] (A's and B's patterns of the tests below).
+    fn pattern_a(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
+            .collect()
+    }
+
+    fn pattern_b(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
+            .collect()
+    }
+
     fn from_bf16(h: u16) -> f32 {
         f32::from_bits((h as u32) << 16)
     }
@@ -465,12 +478,8 @@ mod tests {
             return;
         }
         let (rows, k_all, n_all, k, cols) = (40, 100, 70, 45, 33);
-        let a: Vec<f32> = (0..rows * k_all)
-            .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
-            .collect();
-        let b: Vec<f32> = (0..k_all * n_all)
-            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
-            .collect();
+        let a = pattern_a(rows * k_all);
+        let b = pattern_b(k_all * n_all);
         let packed = PackedB::from_kn(&b, k_all, n_all);
         let mut c = vec![f32::NAN; rows * cols];
         matmul_packed(&a, k_all, rows, k, &packed, cols, &mut c, cols);
@@ -496,15 +505,11 @@ mod tests {
             return;
         }
         let (k_all, n) = (90, 40);
-        let b: Vec<f32> = (0..k_all * n)
-            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
-            .collect();
+        let b = pattern_b(k_all * n);
         let packed_b = PackedB::from_kn(&b, k_all, n);
         let mut a_packed = PackedA::zeroed(64, k_all);
         for &(rows, k) in &[(64, 90), (37, 61), (5, 3)] {
-            let a: Vec<f32> = (0..rows * k)
-                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
-                .collect();
+            let a = pattern_a(rows * k);
             a_packed.reshape(rows, k);
             for r in 0..rows {
                 let row = a_packed.row_mut(r);
@@ -530,12 +535,8 @@ mod tests {
             return;
         }
         for &(m, n, k) in &[(70, 40, 64), (64, 33, 45), (5, 32, 96)] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
-                .collect();
-            let b: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
-                .collect();
+            let a = pattern_a(m * k);
+            let b = pattern_b(n * k);
             let bits: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
             assert_eq!(
                 matmul_bt_bf16(&bits, &b, m, n, k),

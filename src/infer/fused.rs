@@ -537,28 +537,28 @@ pub(crate) fn relu_squared_bf16(values: &[f32], slope: f32) -> Vec<half::bf16> {
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
 fn relu_squared_bf16_chunk(chunk: &[f32], slope: f32, out: &mut [MaybeUninit<half::bf16>]) {
     for (o, &u) in out.iter_mut().zip(chunk) {
-        let r = if slope == 0.0 {
-            u.max(0.0)
-        } else {
-            u.max(0.0) - (-u).max(0.0) * slope
-        };
-        o.write(half::bf16::from_bits(super::amx::bf16_bits(r * r)));
+        o.write(half::bf16::from_bits(super::amx::bf16_bits(
+            relu_squared_value(u, slope),
+        )));
     }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
 fn relu_squared_chunk(chunk: &mut [f32], slope: f32) {
-    if slope == 0.0 {
-        for u in chunk {
-            let r = u.max(0.0);
-            *u = r * r;
-        }
-    } else {
-        for u in chunk {
-            let r = u.max(0.0) - (-*u).max(0.0) * slope;
-            *u = r * r;
-        }
+    for u in chunk {
+        *u = relu_squared_value(*u, slope);
     }
+}
+
+/// relu(u)², or (max(u, 0) − max(−u, 0)·slope)² with a negative slope, as the composition evaluates it.
+#[inline(always)]
+fn relu_squared_value(u: f32, slope: f32) -> f32 {
+    let r = if slope == 0.0 {
+        u.max(0.0)
+    } else {
+        u.max(0.0) - (-u).max(0.0) * slope
+    };
+    r * r
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
 use super::attention::{AttentionShape, causal_attention};
+use super::fused::with_values;
 use super::precision::Precision;
 
 /// The BOS token id of every tokenizer the challenge uses.
@@ -72,12 +73,12 @@ pub(crate) fn linear_forward_values(
         let values = &cpu.as_slice::<half::bf16>()?[start..end];
         // SAFETY: half::bf16 is a transparent u16 (its bits).
         let xs = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u16, values.len()) };
-        return Ok(Some(with_f32_values(w, |ws| {
+        return Ok(Some(with_values(w, |ws| {
             Ok(super::amx::matmul_bt_bf16(xs, ws, rows, out, inner))
         })?));
     }
-    let product = with_f32_values(x, |xs| {
-        with_f32_values(w, |ws| {
+    let product = with_values(x, |xs| {
+        with_values(w, |ws| {
             Ok(match precision {
                 Precision::Fp32 => Some(super::fused::linear_f32(xs, ws, rows, out, inner)),
                 // The same rule as candle's bf16 product, on AMX tiles.
@@ -86,11 +87,6 @@ pub(crate) fn linear_forward_values(
         })
     })?;
     Ok(product)
-}
-
-/// `f` over a CPU f32 tensor's values in row-major order: its own storage when contiguous, else a copy.
-fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    super::fused::with_values(t, f)
 }
 
 /// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).
@@ -215,9 +211,9 @@ pub(crate) fn grouped_causal_attention(
             (q.clone(), k.clone(), v.clone())
         };
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let y = with_f32_values(&q, |q| {
-            with_f32_values(&k, |k| {
-                with_f32_values(&v, |v| Ok(causal_attention(q, k, v, shape, scale, mixed)))
+        let y = with_values(&q, |q| {
+            with_values(&k, |k| {
+                with_values(&v, |v| Ok(causal_attention(q, k, v, shape, scale, mixed)))
             })
         })?;
         // Returned as a [B, H, T, hd] view of [B, T, H, hd] values (transposed here over all threads): the caller

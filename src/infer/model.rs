@@ -1038,8 +1038,7 @@ impl Gpt {
         };
         let k_raw = adapted(x, blk.c_k, LoraTarget::K)?;
         // Scoring on the CPU: the heads' transpose, RMSNorm, full RoPE and q_gain in one pass each.
-        let fused_heads = cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]);
-        let (q, k) = if fused_heads {
+        let (q, k) = if cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]) {
             let (cos, neg_sin) = (&ctx.cos, &ctx.neg_sin);
             let gain = self.p(blk.q_gain);
             (
@@ -1049,6 +1048,9 @@ impl Gpt {
         } else {
             let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
             let k = self.rms_norm(&heads(&k_raw, hkv)?, &self.ones_head, pass)?;
+            let q = self.rope(&q, ctx)?;
+            let k = self.rope(&k, ctx)?;
+            let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
             (q, k)
         };
         let mut v_flat = adapted(x, blk.c_v, LoraTarget::V)?;
@@ -1081,14 +1083,6 @@ impl Gpt {
             v = (v.broadcast_mul(&lam.narrow(0, 0, 1)?)?
                 + v0.broadcast_mul(&lam.narrow(0, 1, 1)?)?)?;
         }
-        let (q, k) = if fused_heads {
-            (q, k)
-        } else {
-            let q = self.rope(&q, ctx)?;
-            let k = self.rope(&k, ctx)?;
-            let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
-            (q, k)
-        };
         let v_heads = v.transpose(1, 2)?.contiguous()?;
         let minus_self = blk.xsa && cfg.xsa_diag;
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {

@@ -17,7 +17,7 @@ use candle_core::{Tensor, Var};
 
 use super::ledger::{Ledger, WeightsDigest, weights_digest};
 use super::procedure::Procedure;
-use super::softmax::{capped_cross_entropy, log_softmax_f32, log_softmax_row};
+use super::softmax::{cross_entropy_row, log_softmax_f32, log_softmax_row};
 use super::windows::{Window, WindowForm, plan_windows};
 use super::{Result, VerifyError};
 use crate::infer::lm::CausalLm;
@@ -650,7 +650,7 @@ impl Procedure for NgramCacheBlend<'_> {
                         .collect();
                     let target = tokens[w.start + p + 1];
                     let ctx_end = w.start + p + 1;
-                    let neural = capped_cross_entropy(&row, target as usize, |z| z) as f64;
+                    let neural = cross_entropy_row(&row, target as usize) as f64;
                     nll.push(self.blend(&counts, neural, target, ctx_end, tokens) as f32);
                     if ledger.wants_row(w.start + p) {
                         let logp = log_softmax_row(row.iter().copied());

@@ -4,7 +4,7 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::Result;
-use super::softmax::{capped_cross_entropy, cross_entropy_row, log_softmax_row};
+use super::softmax::{cross_entropy_row, log_softmax_row};
 use crate::infer::layers::BOS_ID;
 use crate::infer::lm::CausalLm;
 use crate::infer::model::Gpt;
@@ -132,17 +132,7 @@ impl WindowScorer for ModelScorer<'_> {
         };
         let y = padded_ids(targets, len);
         let model = self.model;
-        let nll: Vec<f32> = logits
-            .par_chunks(v)
-            .zip(y.par_iter())
-            .map_init(
-                || vec![0f32; v],
-                |capped, (row, &target)| {
-                    model.softcap_row(row, capped);
-                    cross_entropy_row(capped, target as usize)
-                },
-            )
-            .collect();
+        let nll = capped_nll_rows(model, &logits, v, y.par_iter().map(|&t| t as usize));
         let rows = rows
             .iter()
             .map(|&(i, p)| {
@@ -212,15 +202,12 @@ impl WindowScorer for DocIsolatedScorer<'_> {
                 model.uncapped_logits_segmented(&ids, &doc_segments(inp, self.max_doc_len))?;
             let v = logits.dim(D::Minus1)?;
             let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-            nll.push(
-                logits
-                    .par_chunks(v)
-                    .zip(tgt.par_iter())
-                    .map(|(row, &target)| {
-                        capped_cross_entropy(row, target as usize, |z| model.softcap(z))
-                    })
-                    .collect(),
-            );
+            nll.push(capped_nll_rows(
+                model,
+                &logits,
+                v,
+                tgt.par_iter().map(|&t| t as usize),
+            ));
             for (k, &(w, p)) in rows.iter().enumerate() {
                 if w == i {
                     let at = p * v;
@@ -264,6 +251,27 @@ fn batch_ids(inputs: &[&[u16]], pad_to: usize, device: &Device) -> Result<Option
         Tensor::from_vec(padded_ids(inputs, len), (b, len), device)?,
         len,
     )))
+}
+
+/// `F.cross_entropy` in f32 of each row of uncapped logits [n, v] against its target, the model's soft-cap applied
+/// to the row first ([`CausalLm::softcap_row`], vectorized).
+fn capped_nll_rows(
+    model: &dyn CausalLm,
+    logits: &[f32],
+    v: usize,
+    targets: impl IndexedParallelIterator<Item = usize>,
+) -> Vec<f32> {
+    logits
+        .par_chunks(v)
+        .zip(targets)
+        .map_init(
+            || vec![0f32; v],
+            |capped, (row, target)| {
+                model.softcap_row(row, capped);
+                cross_entropy_row(capped, target)
+            },
+        )
+        .collect()
 }
 
 /// Windows of ids laid out as zero-padded rows of `len`, flattened.

@@ -2,13 +2,6 @@
 //! it in: cross-entropy of one row in f32 (`F.cross_entropy` on f32 logits), log-probabilities in f64 (what probes
 //! and the ledger's rows keep) or in f32 (seed 003's mixer), and a log-sum-exp in f64.
 
-/// `F.cross_entropy` of one row of soft-capped logits, in f32: the cap applied to each logit, then
-/// [`cross_entropy_row`].
-pub fn capped_cross_entropy(uncapped: &[f32], target: usize, cap: impl Fn(f32) -> f32) -> f32 {
-    let capped: Vec<f32> = uncapped.iter().map(|&z| cap(z)).collect();
-    cross_entropy_row(&capped, target)
-}
-
 /// `F.cross_entropy` of one row of logits, in f32: `log Σ exp(z − max) + max − z[target]`.
 pub fn cross_entropy_row(logits: &[f32], target: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
