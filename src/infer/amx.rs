@@ -94,24 +94,22 @@ pub fn matmul_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32>
 }
 
 /// [`matmul_bt`] for A already rounded: its bf16 bits, row-major [m, k] (an activation written in bf16 by the kernel
-/// that made it). Where k is a multiple of 32, full blocks of 32 rows are read in place as the tiles' A.
+/// that made it), copied block by block into the tiles' layout.
 pub fn matmul_bt_bf16(a: &[u16], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k);
     let packed = PackedB::from_nk(b, n, k);
     let kpa = k.div_ceil(KSTEP) * KSTEP;
     over_row_blocks(m, n, |r0, rows, c_rows| {
-        let block = &a[r0 * k..(r0 + rows) * k];
-        if rows == BLOCK && kpa == k {
-            // SAFETY: `block` is BLOCK rows of k = kpa bf16, `packed` covers k and n; C rows r0..r0 + BLOCK.
-            unsafe { tile_block(block, kpa, &packed, c_rows, rows, n, n) };
-            return;
+        let mut tiled = vec![0u16; BLOCK * kpa];
+        for (r, row) in a[r0 * k..(r0 + rows) * k].chunks_exact(k).enumerate() {
+            for (step, values) in row.chunks(KSTEP).enumerate() {
+                let at = step * BLOCK * KSTEP + r * KSTEP;
+                tiled[at..at + values.len()].copy_from_slice(values);
+            }
         }
-        let mut padded = vec![0u16; BLOCK * kpa];
-        for (r, row) in block.chunks_exact(k).enumerate() {
-            padded[r * kpa..r * kpa + k].copy_from_slice(row);
-        }
-        // SAFETY: `padded` is BLOCK rows of kpa bf16 (zero past k and past `rows`), as above.
-        unsafe { tile_block(&padded, kpa, &packed, c_rows, rows, n, n) };
+        // SAFETY: `tiled` is BLOCK rows of kpa bf16 in the tiled layout (zero past k and past `rows`), `packed`
+        // covers k and n; C rows r0..r0 + rows.
+        unsafe { tile_block(&tiled, ATiles::tiled(kpa), &packed, c_rows, rows, n, n) };
     })
 }
 
@@ -139,9 +137,11 @@ fn over_row_blocks(
     c
 }
 
-/// B rounded to bf16 in the tiles' pair-interleaved layout: panel j (columns 16j..16j+16) holds, for each k-pair p,
-/// 16 × (B[2p, col], B[2p+1, col]); a panel is kp/2 rows of 64 bytes, so one k-step's tile is 16 consecutive rows.
-/// Columns are padded to a multiple of 32, k to a multiple of 32, with zeros.
+/// B rounded to bf16 in the tiles' pair-interleaved layout, one C block's two tiles after the other k-step by k-step:
+/// for columns 32j..32j+32, k-step s holds the left tile (columns 32j..32j+16) then the right one, each 16 rows of
+/// 64 bytes, row p (k-pair 16s + p) holding 16 × (B[2·pair, col], B[2·pair + 1, col]). A block's k-steps are one
+/// stream of 2 KiB steps (what the tile kernel prefetches). Columns are padded to a multiple of 32, k to a multiple
+/// of 32, with zeros.
 pub struct PackedB {
     data: Vec<u16>,
     n: usize,
@@ -156,12 +156,12 @@ impl PackedB {
         let kp = packed.kp;
         let mut rounded = vec![0u16; k.next_multiple_of(2)];
         for col in 0..n {
-            // Column `col` of the panel holds B's row `col`, two k values per 32-bit slot, slots 16 apart.
+            // Column `col` holds B's row `col`, two k values per 32-bit slot, slots 16 apart.
             round_row(&b[col * k..(col + 1) * k], &mut rounded[..k]);
-            let base = (col / 16) * kp * 16 + (col % 16) * 2;
             for (pair, values) in rounded.chunks_exact(2).enumerate() {
-                packed.data[base + pair * 32] = values[0];
-                packed.data[base + pair * 32 + 1] = values[1];
+                let at = PackedB::offset(kp, col / 16, pair) + (col % 16) * 2;
+                packed.data[at] = values[0];
+                packed.data[at + 1] = values[1];
             }
         }
         packed
@@ -182,7 +182,7 @@ impl PackedB {
             };
             for panel in 0..n.div_ceil(16) {
                 let cols = panel * 16..((panel + 1) * 16).min(n);
-                let start = panel * kp * 16 + pair * 32;
+                let start = PackedB::offset(kp, panel, pair);
                 interleave_rows(
                     &even[cols.clone()],
                     &odd[cols],
@@ -191,6 +191,14 @@ impl PackedB {
             }
         }
         packed
+    }
+
+    /// Where k-pair `pair` of 16-column panel `panel` starts (its 16 slots of two values).
+    fn offset(kp: usize, panel: usize, pair: usize) -> usize {
+        (panel / 2) * kp * BLOCK
+            + (pair / 16) * BLOCK * KSTEP
+            + (panel % 2) * 16 * KSTEP
+            + (pair % 16) * KSTEP
     }
 
     fn zeroed(n: usize, k: usize) -> Self {
@@ -268,7 +276,7 @@ pub fn matmul_prepacked(a: &PackedA, b: &PackedB, cols: usize, c: &mut [f32], ld
         unsafe {
             tile_block(
                 block,
-                a.kpa,
+                ATiles::row_major(a.kpa),
                 b,
                 &mut c[r0 * ldc..],
                 BLOCK.min(a.rows - r0),
@@ -295,21 +303,74 @@ pub fn matmul_packed(
 ) {
     assert!(k <= b.kp && cols <= b.n);
     let kpa = k.div_ceil(KSTEP) * KSTEP;
-    let mut packed = vec![0u16; BLOCK * kpa];
+    let mut tiled = vec![0u16; BLOCK * kpa];
     for r0 in (0..rows).step_by(BLOCK) {
         let block_rows = BLOCK.min(rows - r0);
-        for r in 0..BLOCK {
-            let row = &mut packed[r * kpa..(r + 1) * kpa];
-            if r < block_rows {
-                round_row(&a[(r0 + r) * lda..(r0 + r) * lda + k], &mut row[..k]);
-                row[k..].fill(0);
-            } else {
-                row.fill(0);
-            }
+        if block_rows < BLOCK {
+            tiled.fill(0);
         }
-        // SAFETY: `packed` is BLOCK rows of kpa bf16, `b` holds panels of b.kp/2 × 32 bf16 covering `cols` (padded
-        // to 32) and kpa ≤ b.kp; the C rows written are r0..r0 + block_rows, columns below `cols`.
-        unsafe { tile_block(&packed, kpa, b, &mut c[r0 * ldc..], block_rows, ldc, cols) };
+        for r in 0..block_rows {
+            round_row_tiled(&a[(r0 + r) * lda..(r0 + r) * lda + k], &mut tiled, r);
+        }
+        // SAFETY: `tiled` is BLOCK rows of kpa bf16 in the tiled layout, `b` covers `cols` (padded to 32) and
+        // kpa ≤ b.kp; the C rows written are r0..r0 + block_rows, columns below `cols`.
+        unsafe {
+            tile_block(
+                &tiled,
+                ATiles::tiled(kpa),
+                b,
+                &mut c[r0 * ldc..],
+                block_rows,
+                ldc,
+                cols,
+            )
+        };
+    }
+}
+
+/// Row `r` of a block of A, rounded ([`bf16_bits`]) into the tiled layout ([`ATiles::tiled`]): its k-step s at
+/// `s · 32 · 32 + r · 32`, the last one padded with zeros.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn round_row_tiled(src: &[f32], tiled: &mut [u16], r: usize) {
+    for (step, values) in src.chunks(KSTEP).enumerate() {
+        let dst = &mut tiled[step * BLOCK * KSTEP + r * KSTEP..][..KSTEP];
+        for (o, &x) in dst.iter_mut().zip(values) {
+            *o = bf16_bits(x);
+        }
+        dst[values.len()..].fill(0);
+    }
+}
+
+/// Where a block's A tiles lie: the tile of rows 16h..16h+16 at k-step s starts `h · half + s · step` bf16 values
+/// from the block's start, its 16 rows `stride` bytes apart.
+#[derive(Clone, Copy)]
+struct ATiles {
+    half: usize,
+    step: usize,
+    stride: usize,
+    ksteps: usize,
+}
+
+impl ATiles {
+    /// BLOCK rows of `kpa` values each, one after the other ([`PackedA`]).
+    fn row_major(kpa: usize) -> Self {
+        ATiles {
+            half: 16 * kpa,
+            step: KSTEP,
+            stride: kpa * 2,
+            ksteps: kpa / KSTEP,
+        }
+    }
+
+    /// k-step by k-step: each k-step's BLOCK × KSTEP values row-major (1 KiB per tile, rows 64 bytes apart), so
+    /// that a tile load reads 16 consecutive cache lines.
+    fn tiled(kpa: usize) -> Self {
+        ATiles {
+            half: 16 * KSTEP,
+            step: BLOCK * KSTEP,
+            stride: 64,
+            ksteps: kpa / KSTEP,
+        }
     }
 }
 
@@ -324,11 +385,13 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over A's k-steps.
+/// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over A's k-steps. Each
+/// k-step's loads are interleaved with the products that need them (tiles are not renamed, so a load waits for the
+/// products reading its register), and the next k-step's B (2 KiB) is prefetched into L1 while this one runs.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_block(
     a: &[u16],
-    kpa: usize,
+    a_tiles: ATiles,
     b: &PackedB,
     c_rows: &mut [f32],
     rows: usize,
@@ -336,6 +399,7 @@ unsafe fn tile_block(
     cols: usize,
 ) {
     use std::arch::asm;
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
     let mut cfg = TileConfig {
         palette: 1,
         start_row: 0,
@@ -348,10 +412,10 @@ unsafe fn tile_block(
         cfg.rows[t] = 16;
     }
     let mut out = [0f32; BLOCK * BLOCK];
-    let a_stride = kpa * 2;
     let a0 = a.as_ptr();
-    // SAFETY (whole block): every pointer below addresses BLOCK × kpa bf16 of `a`, a panel of b.kp/2 × 32 bf16 of
-    // `b`, or the BLOCK × BLOCK `out`; the caller guarantees the sizes.
+    // SAFETY (whole block): every pointer below addresses a tile of `a` (the caller's layout `a_tiles`), one of a
+    // 32-column block's k-steps in `b`, or the BLOCK × BLOCK `out` / C rows; the caller guarantees the sizes. The
+    // prefetches may point past `b` (wrapping arithmetic; a prefetch does not fault).
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack));
         for cb in (0..cols).step_by(BLOCK) {
@@ -362,27 +426,30 @@ unsafe fn tile_block(
                 "tilezero tmm3",
                 options(nostack)
             );
-            let panel0 = b.data.as_ptr().add((cb / 16) * b.kp * 16);
-            let panel1 = panel0.add(b.kp * 16);
-            for ks in (0..kpa).step_by(KSTEP) {
-                let a_top = a0.add(ks);
-                let a_bottom = a0.add(16 * kpa + ks);
-                let b_left = panel0.add((ks / 2) * 32);
-                let b_right = panel1.add((ks / 2) * 32);
+            let steps = b.data.as_ptr().add((cb / BLOCK) * b.kp * BLOCK);
+            for s in 0..a_tiles.ksteps {
+                let a_top = a0.add(s * a_tiles.step);
+                let a_bottom = a_top.add(a_tiles.half);
+                let b_left = steps.add(s * BLOCK * KSTEP);
+                let b_right = b_left.add(16 * KSTEP);
+                let next = b_left.wrapping_add(BLOCK * KSTEP);
+                for line in 0..BLOCK {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line * 32) as *const i8);
+                }
                 asm!(
                     "tileloadd tmm4, [{a_top} + {a_stride}*1]",
-                    "tileloadd tmm5, [{a_bottom} + {a_stride}*1]",
                     "tileloadd tmm6, [{b_left} + {b_stride}*1]",
-                    "tileloadd tmm7, [{b_right} + {b_stride}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b_right} + {b_stride}*1]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a_bottom} + {a_stride}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a_top = in(reg) a_top,
                     a_bottom = in(reg) a_bottom,
                     b_left = in(reg) b_left,
                     b_right = in(reg) b_right,
-                    a_stride = in(reg) a_stride,
+                    a_stride = in(reg) a_tiles.stride,
                     b_stride = in(reg) 64usize,
                     options(nostack),
                 );
@@ -422,7 +489,7 @@ unsafe fn tile_block(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_block(
     _: &[u16],
-    _: usize,
+    _: ATiles,
     _: &PackedB,
     _: &mut [f32],
     _: usize,
