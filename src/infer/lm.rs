@@ -33,6 +33,12 @@ pub trait CausalLm: Sync {
             *o = self.softcap(z);
         }
     }
+    /// [`CausalLm::softcap_row`] into a new vector: a row of capped logits.
+    fn capped_row(&self, z: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; z.len()];
+        self.softcap_row(z, &mut out);
+        out
+    }
     /// The soft-cap applied to a tensor of logits, where they are (the identity for a model without one).
     fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {
         Ok(z.clone())

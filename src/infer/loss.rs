@@ -83,11 +83,28 @@ pub fn softcap_values(cap: f32, z: &[f32], out: &mut [f32]) {
 
 /// In place: `z → exp(cap·tanh(z/cap) − max)`; `th` receives tanh(z/cap). Returns Σ over the row.
 fn capped_exp_row(z: &[f32], cap: f32, th: &mut Vec<f32>, e: &mut Vec<f32>) -> f32 {
-    th.clear();
-    th.extend(z.iter().map(|&v| tanh_f32(v / cap)));
-    e.clear();
-    e.extend(th.iter().map(|&t| cap * t));
+    th.resize(z.len(), 0.0);
+    e.resize(z.len(), 0.0);
+    tanh_and_capped(cap, z, th, e);
     exp_scaled_shifted(e, 1.0)
+}
+
+/// `th ← tanh(z/cap)`, `capped ← cap·th` (the soft-cap of [`softcap_values`], keeping the tanh for the backward),
+/// compiled as [`softcap_values`] is: without FMA in the target, each `mul_add` would be a library call.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn tanh_and_capped(cap: f32, z: &[f32], th: &mut [f32], capped: &mut [f32]) {
+    for ((t, c), &z) in th.iter_mut().zip(capped.iter_mut()).zip(z) {
+        *t = tanh_f32(z / cap);
+        *c = cap * *t;
+    }
+}
+
+/// `d ← g·(p·inv)·(1 − th²)`: a row of the backward before the target's own term.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn capped_softmax_gradient(d: &mut [f32], g: f32, e: &[f32], inv: f32, th: &[f32]) {
+    for ((d, &p), &t) in d.iter_mut().zip(e).zip(th) {
+        *d = g * (p * inv) * (1.0 - t * t);
+    }
 }
 
 impl CustomOp2 for CappedCrossEntropy {
@@ -165,9 +182,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
                 || (Vec::new(), Vec::new()),
                 |(th, e), ((d, row), (&target, &g))| {
                     let inv = 1.0 / capped_exp_row(row, self.cap, th, e);
-                    for ((d, &p), &t) in d.iter_mut().zip(e.iter()).zip(th.iter()) {
-                        *d = g * (p * inv) * (1.0 - t * t);
-                    }
+                    capped_softmax_gradient(d, g, e, inv, th);
                     let t = th[target as usize];
                     d[target as usize] -= g * (1.0 - t * t);
                 },

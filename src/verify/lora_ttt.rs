@@ -658,8 +658,7 @@ impl LoraTtt {
                 let z = model.lora_uncapped_logits(&xs, &set)?;
                 for (b, p, j) in wanted {
                     let row = z.get(b)?.get(p)?.to_vec1::<f32>()?;
-                    let capped = row.iter().map(|&v| model.softcap(v));
-                    ledger.row(j, log_softmax_row(capped));
+                    ledger.row(j, log_softmax_row(model.capped_row(&row).into_iter()));
                 }
             }
             if needs_train && !self.adapt_before_score {

@@ -368,10 +368,8 @@ impl BackoffMixerProcedure {
         let max_ctx = self.opts.max_order - 1;
         let mut nll = vec![0.0f32; targets.len()];
         for p in from..targets.len() {
-            let row: Vec<f32> = uncapped[p * vocab..(p + 1) * vocab]
-                .iter()
-                .map(|&z| model.softcap(z) / temperature)
-                .collect();
+            let mut row = model.capped_row(&uncapped[p * vocab..(p + 1) * vocab]);
+            row.iter_mut().for_each(|c| *c /= temperature);
             let logp = log_softmax_f32(&row);
             let y = targets[p] as usize;
             if !counts.active() {
@@ -644,10 +642,7 @@ impl Procedure for NgramCacheBlend<'_> {
                 let mut nll = Vec::with_capacity(scored);
                 for p in w.score_from..w.len {
                     let at = (p - w.score_from) * vocab;
-                    let row: Vec<f32> = logits[at..at + vocab]
-                        .iter()
-                        .map(|&z| model.softcap(z))
-                        .collect();
+                    let row = model.capped_row(&logits[at..at + vocab]);
                     let target = tokens[w.start + p + 1];
                     let ctx_end = w.start + p + 1;
                     let neural = cross_entropy_row(&row, target as usize) as f64;

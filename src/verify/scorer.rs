@@ -137,7 +137,7 @@ impl WindowScorer for ModelScorer<'_> {
             .iter()
             .map(|&(i, p)| {
                 let at = (i * len + p) * v;
-                log_softmax_row(logits[at..at + v].iter().map(|&z| model.softcap(z)))
+                log_softmax_row(model.capped_row(&logits[at..at + v]).into_iter())
             })
             .collect();
         Ok(Scored::from_rows_of(inputs, &nll, len, rows))
@@ -212,7 +212,7 @@ impl WindowScorer for DocIsolatedScorer<'_> {
                 if w == i {
                     let at = p * v;
                     wanted_rows[k] =
-                        log_softmax_row(logits[at..at + v].iter().map(|&z| model.softcap(z)));
+                        log_softmax_row(model.capped_row(&logits[at..at + v]).into_iter());
                 }
             }
         }

@@ -106,10 +106,7 @@ impl WindowScorer for NgramTiltScorer<'_> {
         let delta = (self.beta * 0.5) as f32;
         let tilted = |i: usize, p: usize| -> Vec<f32> {
             let at = (i * len + p) * v;
-            let mut row: Vec<f32> = logits[at..at + v]
-                .iter()
-                .map(|&z| self.model.softcap(z))
-                .collect();
+            let mut row = self.model.capped_row(&logits[at..at + v]);
             self.prior.tilt_row(&mut row, inputs[i], p, delta);
             row
         };
