@@ -59,30 +59,82 @@ fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
 pub(crate) fn linear_f32(x: &[f32], w: &[f32], rows: usize, out: usize, inner: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * inner);
     assert_eq!(w.len(), out * inner);
+    // wᵀ's element (k, j) is w[j·inner + k].
+    product_f32(
+        Strided::new(x, rows, inner, inner, 1),
+        Strided::new(w, inner, out, 1, inner),
+        false,
+    )
+}
+
+/// A matrix operand of [`product_f32`]: `rows` × `cols` values of `values`, element (i, j) at
+/// `i · row_stride + j · col_stride`.
+pub(crate) struct Strided<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    pub(crate) fn new(
+        values: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        if rows > 0 && cols > 0 {
+            assert!((rows - 1) * row_stride + (cols - 1) * col_stride < values.len());
+        }
+        Strided {
+            values,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+}
+
+/// `C = A · B` (f32) on the `gemm` crate over the rayon pool, into a fresh buffer that is not zero-filled first:
+/// C [m, n] row-major, or with `transposed_out` its transpose [n, m] row-major (the same products and sums, stored
+/// the other way). The call candle's CPU matmul makes for the same operands and strides.
+pub(crate) fn product_f32(a: Strided, b: Strided, transposed_out: bool) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    filled(rows * out, |dst| {
-        // SAFETY: dst holds rows × out elements with row stride `out`; x is rows × inner (row stride inner) and
-        // wᵀ's element (k, j) is w[j·inner + k]. With read_dst false gemm writes every element without reading it.
+    let (dst_row, dst_col) = if transposed_out { (1, m) } else { (n, 1) };
+    filled(m * n, |dst| {
+        if k == 0 {
+            dst.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+            return;
+        }
+        // SAFETY: dst holds m × n elements at (i, j) ↦ i·dst_row + j·dst_col; `Strided::new` checked that A's and
+        // B's elements lie within their slices. With read_dst false gemm writes every element without reading it.
         unsafe {
             gemm::gemm(
-                rows,
-                out,
-                inner,
+                m,
+                n,
+                k,
                 dst.as_mut_ptr() as *mut f32,
-                1,
-                out as isize,
+                dst_col as isize,
+                dst_row as isize,
                 false,
-                x.as_ptr(),
-                1,
-                inner as isize,
-                w.as_ptr(),
-                inner as isize,
-                1,
+                a.values.as_ptr(),
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b.values.as_ptr(),
+                b.col_stride as isize,
+                b.row_stride as isize,
                 0.0,
                 1.0,
                 false,

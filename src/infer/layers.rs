@@ -32,6 +32,10 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Ten
     if let Some(values) = linear_forward_values(x, w, precision)? {
         return Ok(Tensor::from_vec(values, out_dims, x.device())?);
     }
+    if precision == Precision::Fp32 && super::fused::applies(&[x, w]) && w.rank() == 2 {
+        // A tracked product (training): one differentiable node on the gemm crate.
+        return Ok(super::ops::linear(x, w)?);
+    }
     let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
     let y = precision.matmul(&x.reshape((rows, inner))?, &w.t()?)?;
     Ok(y.reshape(out_dims)?)

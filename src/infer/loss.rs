@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use super::attention::{exp_f32, exp_scaled_shifted};
 use super::ops::contiguous;
 
-/// Per-row losses [N] (f32) of uncapped logits [N, V] (f32) against targets [N] (u32).
+/// Per-row losses [N] (f32) of uncapped logits [.., V] (f32; N rows over the leading dimensions) against targets
+/// [N] (u32).
 pub fn capped_cross_entropy_rows(
     logits: &Tensor,
     targets: &Tensor,
@@ -29,9 +30,11 @@ struct CappedCrossEntropyBackward {
     cap: f32,
 }
 
-/// Rows of [N, V] logits and V.
+/// Rows of [.., V] logits (the leading dimensions flattened) and V.
 fn rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<(&'a [f32], usize)> {
-    let (_, v) = l.shape().dims2()?;
+    let Some(&v) = l.dims().last() else {
+        candle_core::bail!("{what}: logits need a vocabulary dimension")
+    };
     Ok((contiguous::<f32>(s, l, what)?, v))
 }
 

@@ -552,12 +552,13 @@ impl Gpt {
     /// Soft-capped cross-entropy of uncapped logits z [.., V] against `targets`: one loss per row.
     fn capped_token_losses(&self, z: Tensor, targets: &Tensor) -> Result<Tensor> {
         let v = z.dim(D::Minus1)?;
-        let z = z.reshape(((), v))?;
         let targets = targets.flatten_all()?;
         if self.cpu_kernels {
+            // Over the leading dimensions as they are: a reshape would be one more logits-sized gradient.
             let cap = self.cfg.logit_softcap as f32;
             return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?);
         }
+        let z = z.reshape(((), v))?;
         let logits = self.softcap_tensor(&z)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = (logits

@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::{Strided, linear_f32, product_f32};
+
 /// The elements a contiguous layout covers, for the custom operations' CPU kernels.
 pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
@@ -111,6 +113,97 @@ impl CustomOp2 for ChannelScaleGrad {
             Shape::from(d),
         ))
     }
+}
+
+/// `F.linear(x, W)` = x · Wᵀ for x [.., in] and W [out, in] (f32, CPU) as one differentiable operation: one node
+/// instead of the reshape, transpose, matmul and reshape a composition records (each of whose gradients candle
+/// accumulates into a zero-filled buffer), and products into buffers that are not zero-filled first. Forward and
+/// backward are the gemm calls candle's matmul makes for the composition: y = x·Wᵀ, ∂x = ∂y·W, and ∂W as
+/// (xᵀ·∂y)ᵀ, stored transposed.
+pub fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+struct Linear;
+
+/// Rows, `in` and `out` of a linear layer's operands (x's leading dimensions flattened).
+fn linear_dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let inner = *x.dims().last().unwrap_or(&0);
+    let (out, w_inner) = w.shape().dims2()?;
+    if inner != w_inner || x.dims().is_empty() {
+        candle_core::bail!("linear: x {:?} against W {:?}", x.dims(), w.dims())
+    }
+    Ok((x.shape().elem_count() / inner.max(1), inner, out))
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inner, out) = linear_dims(l1, l2)?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let w = contiguous::<f32>(s2, l2, self.name())?;
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("rank checked") = out;
+        Ok((
+            CpuStorage::F32(linear_f32(x, w, rows, out, inner)),
+            Shape::from(dims),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, inner, out) = linear_dims(x.layout(), w.layout())?;
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(g, |g| {
+                    // ∂x [rows, in] = ∂y [rows, out] · W [out, in].
+                    let dx = product_f32(
+                        Strided::new(g, rows, out, out, 1),
+                        Strided::new(w, out, inner, inner, 1),
+                        false,
+                    );
+                    // xᵀ [in, rows] · ∂y [rows, out], stored as its transpose [out, in]: ∂W.
+                    let dw = product_f32(
+                        Strided::new(x, inner, rows, 1, inner),
+                        Strided::new(g, rows, out, out, 1),
+                        true,
+                    );
+                    Ok((dx, dw))
+                })
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// A CPU f32 tensor's values (contiguous: [`linear`] made its operands so, and candle's gradients are), for `f`.
+fn with_f32<T>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("linear: CPU tensors only")
+    };
+    f(contiguous::<f32>(cpu, layout, "linear")?)
 }
 
 /// `F.rms_norm(x, (d,))` without weight: `x / sqrt(mean(x²) + eps)` over the last dimension.
@@ -292,6 +385,50 @@ pub(crate) mod tests {
         );
         let dg = max_abs_diff(ga, gb);
         assert!(dg < 1e-4, "gradients differ by {dg}");
+    }
+
+    /// The linear node gives candle's composition (reshape, transpose, matmul, reshape) bit for bit: values and the
+    /// gradients of both operands, also with a row count that splits gemm's blocks unevenly.
+    #[test]
+    fn linear_matches_the_composition_bit_for_bit() {
+        let dev = Device::Cpu;
+        for &(b, t, inner, out) in &[(2, 5, 16, 24), (3, 67, 64, 130), (1, 1, 3, 1)] {
+            let x = Var::randn(0f32, 1.0, (b, t, inner), &dev).unwrap();
+            let w = Var::randn(0f32, 1.0, (out, inner), &dev).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (b, t, out), &dev).unwrap();
+            let ours = linear(x.as_tensor(), w.as_tensor()).unwrap();
+            let theirs = x
+                .as_tensor()
+                .reshape((b * t, inner))
+                .unwrap()
+                .matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .reshape((b, t, out))
+                .unwrap();
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                values(&ours),
+                values(&theirs),
+                "values {b}×{t}×{inner}→{out}"
+            );
+            let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (theirs * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (what, v) in [("x", &x), ("W", &w)] {
+                assert_eq!(
+                    values(ga.get(v.as_tensor()).unwrap()),
+                    values(gb.get(v.as_tensor()).unwrap()),
+                    "∂{what} {b}×{t}×{inner}→{out}"
+                );
+            }
+        }
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 5), candle_core::DType::F32, &dev).unwrap();
+        assert!(linear(&x, &w).is_err(), "mismatched inner dimensions");
     }
 
     #[test]
