@@ -126,7 +126,18 @@ fn main() -> ExitCode {
         max_expansion: cli.max_expansion,
         ..pgolf::limits::Limits::DEFAULT
     });
-    match dispatch(cli.command, false) {
+    // The command runs on one of rayon's workers, so that the parallel kernels it calls share the pool's threads
+    // with it (on the main thread it would wait while the workers ran: one more thread than `--threads` wanting a
+    // core whenever candle's own pool runs too). Workers get the main thread's stack size (candle's backward walks
+    // the graph recursively).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    let outcome = match pool {
+        Ok(()) => rayon::scope(|_| dispatch(cli.command, false)),
+        Err(_) => dispatch(cli.command, false),
+    };
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             // One line: the error and its causes.
