@@ -46,7 +46,7 @@ pub(crate) fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) ->
 }
 
 /// A buffer of `len` values written by `fill`, which must write every element (the buffer is not zeroed first).
-fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` elements (every caller writes each output row in full).
@@ -102,48 +102,61 @@ impl<'a> Strided<'a> {
 /// C [m, n] row-major, or with `transposed_out` its transpose [n, m] row-major (the same products and sums, stored
 /// the other way). The call candle's CPU matmul makes for the same operands and strides.
 pub(crate) fn product_f32(a: Strided, b: Strided, transposed_out: bool) -> Vec<f32> {
+    filled(a.rows * b.cols, |dst| {
+        product_into(a, b, transposed_out, true, dst)
+    })
+}
+
+/// [`product_f32`] into `dst` (m·n values, every one written), over the rayon pool where `parallel` (else on this
+/// thread: for callers that run many small products in parallel themselves).
+pub(crate) fn product_into(
+    a: Strided,
+    b: Strided,
+    transposed_out: bool,
+    parallel: bool,
+    dst: &mut [MaybeUninit<f32>],
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
+    assert_eq!(dst.len(), m * n);
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     let (dst_row, dst_col) = if transposed_out { (1, m) } else { (n, 1) };
-    filled(m * n, |dst| {
-        if k == 0 {
-            dst.iter_mut().for_each(|v| {
-                v.write(0.0);
-            });
-            return;
-        }
-        // SAFETY: dst holds m × n elements at (i, j) ↦ i·dst_row + j·dst_col; `Strided::new` checked that A's and
-        // B's elements lie within their slices. With read_dst false gemm writes every element without reading it.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr() as *mut f32,
-                dst_col as isize,
-                dst_row as isize,
-                false,
-                a.values.as_ptr(),
-                a.col_stride as isize,
-                a.row_stride as isize,
-                b.values.as_ptr(),
-                b.col_stride as isize,
-                b.row_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            )
-        }
-    })
+    if k == 0 {
+        dst.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        return;
+    }
+    // SAFETY: dst holds m × n elements at (i, j) ↦ i·dst_row + j·dst_col; `Strided::new` checked that A's and B's
+    // elements lie within their slices. With read_dst false gemm writes every element without reading it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr() as *mut f32,
+            dst_col as isize,
+            dst_row as isize,
+            false,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// The row-wise steps of a block, each one pass over rows of `d` values.

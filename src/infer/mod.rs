@@ -2,6 +2,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod attention_grad;
 pub mod config;
 pub mod device;
 pub mod fused;

@@ -193,17 +193,17 @@ impl CustomOp2 for Linear {
     }
 }
 
-/// A CPU f32 tensor's values (contiguous: [`linear`] made its operands so, and candle's gradients are), for `f`.
-fn with_f32<T>(
+/// A CPU f32 tensor's values (copied into a contiguous tensor first where they are not), for `f`.
+pub(crate) fn with_f32<T>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
 ) -> candle_core::Result<T> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("linear: CPU tensors only")
+        candle_core::bail!("expected a CPU tensor")
     };
-    f(contiguous::<f32>(cpu, layout, "linear")?)
+    f(contiguous::<f32>(cpu, layout, "a CPU f32 tensor")?)
 }
 
 /// `F.rms_norm(x, (d,))` without weight: `x / sqrt(mean(x²) + eps)` over the last dimension.
