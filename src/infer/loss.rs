@@ -7,7 +7,10 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exp_f32, exp_scaled_shifted};
-use super::ops::contiguous;
+use std::sync::Mutex;
+
+use super::fused::linear_f32;
+use super::ops::{contiguous, linear_backward, with_f32};
 
 /// Per-row losses [N] (f32) of uncapped logits [.., V] (f32; N rows over the leading dimensions) against targets
 /// [N] (u32).
@@ -110,6 +113,148 @@ fn capped_softmax_gradient(d: &mut [f32], g: f32, e: &[f32], inv: f32, th: &[f32
     }
 }
 
+/// Per-row losses [N] of the soft-capped logits `hidden · Wᵀ` against targets [N] (u32), for hidden [.., d] (N rows
+/// over the leading dimensions) and the head W [V, d] (f32, CPU), as one differentiable node: the head's product
+/// and [`capped_cross_entropy_rows`] with the logits [N, V] never a graph tensor (candle would accumulate their
+/// gradient into a zero-filled buffer). The forward keeps each row's tanh and exp values and sum; the backward
+/// writes ∂logits row by row from them and goes straight into the head's two products. Arithmetic, values and
+/// gradients are those of the head's [`super::ops::linear`] followed by [`capped_cross_entropy_rows`].
+pub fn capped_head_losses(
+    hidden: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    cap: f32,
+) -> candle_core::Result<Tensor> {
+    hidden.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &targets.contiguous()?,
+        CappedHeadLosses {
+            cap,
+            kept: Mutex::new(None),
+        },
+    )
+}
+
+struct CappedHeadLosses {
+    cap: f32,
+    kept: Mutex<Option<KeptRows>>,
+}
+
+/// The forward's per-row values the backward needs: tanh(z/cap) and exp(c − max) [N, V], and each row's Σ.
+struct KeptRows {
+    th: Vec<f32>,
+    e: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl CustomOp3 for CappedHeadLosses {
+    fn name(&self) -> &'static str {
+        "capped-head-losses"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (hidden, d) = rows(s1, l1, self.name())?;
+        let w = contiguous::<f32>(s2, l2, self.name())?;
+        let t = contiguous::<u32>(s3, l3, self.name())?;
+        let (v, wd) = l2.shape().dims2()?;
+        let n = hidden.len() / d.max(1);
+        if wd != d || t.len() != n || v == 0 {
+            candle_core::bail!(
+                "capped head losses: hidden {:?}, head {:?}, {} targets",
+                l1.dims(),
+                l2.dims(),
+                t.len()
+            )
+        }
+        if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("capped head losses: target {bad} outside the vocabulary of {v}")
+        }
+        // The logits become the exp values in place; their tanh goes beside them.
+        let mut e = linear_f32(hidden, w, n, v, d);
+        let mut th = vec![0f32; n * v];
+        let (losses, sums): (Vec<f32>, Vec<f32>) = e
+            .par_chunks_mut(v)
+            .zip(th.par_chunks_mut(v))
+            .zip(t.par_iter())
+            .map(|((e, th), &target)| {
+                let sum = capped_exp_in_place(e, self.cap, th);
+                (sum.ln() - e[target as usize].ln(), sum)
+            })
+            .unzip();
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(KeptRows { th, e, sums });
+        Ok((CpuStorage::F32(losses), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        w: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(kept) = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            candle_core::bail!("capped head losses: backward without its forward's rows")
+        };
+        let (v, d) = w.dims2()?;
+        let n = kept.sums.len();
+        let t = targets.flatten_all()?.to_vec1::<u32>()?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let mut dz = Vec::with_capacity(n * v);
+        // SAFETY: f32 has no invalid bit patterns, and every element is written below (each row in full) before
+        // the vector is read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            dz.set_len(n * v)
+        };
+        dz.par_chunks_mut(v)
+            .zip(kept.e.par_chunks(v).zip(kept.th.par_chunks(v)))
+            .zip(kept.sums.par_iter().zip(t.par_iter().zip(g.par_iter())))
+            .for_each(|((d, (e, th)), (&sum, (&target, &g)))| {
+                capped_row_gradient(d, g, e, 1.0 / sum, th, target as usize)
+            });
+        drop(kept);
+        let (dh, dw) = with_f32(hidden, |x| {
+            with_f32(w, |w| Ok(linear_backward(x, w, &dz, n, d, v)))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dh, hidden.shape(), hidden.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            None,
+        ))
+    }
+}
+
+/// One row of ∂z: `g·(p·inv)·(1 − th²)`, less `g·(1 − th[target]²)` at the target.
+fn capped_row_gradient(d: &mut [f32], g: f32, e: &[f32], inv: f32, th: &[f32], target: usize) {
+    capped_softmax_gradient(d, g, e, inv, th);
+    let t = th[target];
+    d[target] -= g * (1.0 - t * t);
+}
+
+/// [`capped_exp_row`] with the row's logits turned into its exp values in place.
+fn capped_exp_in_place(z: &mut [f32], cap: f32, th: &mut [f32]) -> f32 {
+    tanh_and_capped_in_place(cap, z, th);
+    exp_scaled_shifted(z, 1.0)
+}
+
+/// [`tanh_and_capped`] with the capped values written over z.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+fn tanh_and_capped_in_place(cap: f32, z: &mut [f32], th: &mut [f32]) {
+    for (t, z) in th.iter_mut().zip(z.iter_mut()) {
+        *t = tanh_f32(*z / cap);
+        *z = cap * *t;
+    }
+}
+
 impl CustomOp2 for CappedCrossEntropy {
     fn name(&self) -> &'static str {
         "capped-cross-entropy"
@@ -185,9 +330,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
                 || (Vec::new(), Vec::new()),
                 |(th, e), ((d, row), (&target, &g))| {
                     let inv = 1.0 / capped_exp_row(row, self.cap, th, e);
-                    capped_softmax_gradient(d, g, e, inv, th);
-                    let t = th[target as usize];
-                    d[target as usize] -= g * (1.0 - t * t);
+                    capped_row_gradient(d, g, e, inv, th, target as usize);
                 },
             );
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
@@ -221,6 +364,51 @@ mod tests {
         assert_eq!(tanh_f32(0.0), 0.0);
         assert_eq!(tanh_f32(40.0), 1.0);
         assert_eq!(tanh_f32(-40.0), -1.0);
+    }
+
+    /// The head-and-loss node against the head's linear node followed by the capped cross-entropy node: losses and
+    /// the gradients of the hidden states and of the head, bit for bit.
+    #[test]
+    fn head_losses_are_the_two_nodes_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (b, t, d, v) = (3, 7, 16, 50);
+        let hidden = candle_core::Var::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+        let w = candle_core::Var::randn(0f32, 0.5, (v, d), &dev).unwrap();
+        let targets = Tensor::new(
+            (0..(b * t) as u32)
+                .map(|i| i * 7 % v as u32)
+                .collect::<Vec<_>>(),
+            &dev,
+        )
+        .unwrap();
+        let g = Tensor::randn(0f32, 1.0, b * t, &dev).unwrap();
+        let ours = capped_head_losses(hidden.as_tensor(), w.as_tensor(), &targets, 12.0).unwrap();
+        let z = crate::infer::ops::linear(hidden.as_tensor(), w.as_tensor()).unwrap();
+        let theirs = capped_cross_entropy_rows(&z, &targets, 12.0).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&ours), values(&theirs));
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for x in [&hidden, &w] {
+            assert_eq!(
+                values(ga.get(x.as_tensor()).unwrap()),
+                values(gb.get(x.as_tensor()).unwrap())
+            );
+        }
+        let bad = Tensor::new(&[v as u32], &dev).unwrap();
+        let one = hidden
+            .as_tensor()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap();
+        let err = capped_head_losses(&one, w.as_tensor(), &bad, 12.0).unwrap_err();
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     }
 
     #[test]

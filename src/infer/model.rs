@@ -504,8 +504,25 @@ impl Gpt {
 
     /// The cross-entropy of every target [B·T], differentiable like [`Gpt::train_loss`] (for weighted losses).
     pub fn train_token_losses(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let z = self.head(&self.final_hidden(ids, Pass::Train)?)?;
-        self.capped_token_losses(z, targets)
+        self.head_losses(&self.final_hidden(ids, Pass::Train)?, targets)
+    }
+
+    /// The head and the soft-capped cross-entropy of final hidden states [.., d] against `targets`: one loss per
+    /// row, as one node on the CPU kernels in f32 ([`super::loss::capped_head_losses`]).
+    fn head_losses(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
+        if self.cpu_kernels
+            && self.precision == Precision::Fp32
+            && self.input_moments.is_none()
+            && fused::applies(&[hidden, head])
+        {
+            let cap = self.cfg.logit_softcap as f32;
+            let targets = targets.flatten_all()?;
+            return Ok(super::loss::capped_head_losses(
+                hidden, head, &targets, cap,
+            )?);
+        }
+        self.capped_token_losses(self.head(hidden)?, targets)
     }
 
     /// The cross-entropy of every target of one flat buffer ids [1, N] whose attention is isolated to `segments`
@@ -517,8 +534,7 @@ impl Gpt {
         targets: &Tensor,
         segments: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let z = self.head(&self.hidden(ids, Some(segments), Pass::Train)?)?;
-        self.capped_token_losses(z, targets)
+        self.head_losses(&self.hidden(ids, Some(segments), Pass::Train)?, targets)
     }
 
     /// The cross-entropy of every target [B, T] with each batch element's adapters in `lora` (one document per

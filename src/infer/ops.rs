@@ -169,21 +169,7 @@ impl CustomOp2 for Linear {
         let (rows, inner, out) = linear_dims(x.layout(), w.layout())?;
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
-                with_f32(g, |g| {
-                    // ∂x [rows, in] = ∂y [rows, out] · W [out, in].
-                    let dx = product_f32(
-                        Strided::new(g, rows, out, out, 1),
-                        Strided::new(w, out, inner, inner, 1),
-                        false,
-                    );
-                    // xᵀ [in, rows] · ∂y [rows, out], stored as its transpose [out, in]: ∂W.
-                    let dw = product_f32(
-                        Strided::new(x, inner, rows, 1, inner),
-                        Strided::new(g, rows, out, out, 1),
-                        true,
-                    );
-                    Ok((dx, dw))
-                })
+                with_f32(g, |g| Ok(linear_backward(x, w, g, rows, inner, out)))
             })
         })?;
         Ok((
@@ -191,6 +177,29 @@ impl CustomOp2 for Linear {
             Some(Tensor::from_vec(dw, w.shape(), w.device())?),
         ))
     }
+}
+
+/// The gradients of `y = x · Wᵀ` (x [rows, in], W [out, in]) from ∂y [rows, out]: ∂x = ∂y·W, and ∂W as (xᵀ·∂y)ᵀ
+/// stored transposed; the gemm calls candle's matmul backward makes for the composition.
+pub(crate) fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    rows: usize,
+    inner: usize,
+    out: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let dx = product_f32(
+        Strided::new(g, rows, out, out, 1),
+        Strided::new(w, out, inner, inner, 1),
+        false,
+    );
+    let dw = product_f32(
+        Strided::new(x, inner, rows, 1, inner),
+        Strided::new(g, rows, out, out, 1),
+        true,
+    );
+    (dx, dw)
 }
 
 /// A CPU f32 tensor's values (copied into a contiguous tensor first where they are not), for `f`.
