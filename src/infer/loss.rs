@@ -10,7 +10,7 @@ use super::attention::{exp_f32, exp_scaled_shifted};
 use std::sync::Mutex;
 
 use super::fused::linear_f32;
-use super::ops::{contiguous, linear_backward, with_f32};
+use super::ops::{contiguous, linear_backward, output_buffer, with_f32};
 
 /// Per-row losses [N] (f32) of uncapped logits [.., V] (f32; N rows over the leading dimensions) against targets
 /// [N] (u32).
@@ -179,7 +179,7 @@ impl CustomOp3 for CappedHeadLosses {
         }
         // The logits become the exp values in place; their tanh goes beside them.
         let mut e = linear_f32(hidden, w, n, v, d);
-        let mut th = vec![0f32; n * v];
+        let mut th = output_buffer(n * v);
         let (losses, sums): (Vec<f32>, Vec<f32>) = e
             .par_chunks_mut(v)
             .zip(th.par_chunks_mut(v))
@@ -208,13 +208,7 @@ impl CustomOp3 for CappedHeadLosses {
         let n = kept.sums.len();
         let t = targets.flatten_all()?.to_vec1::<u32>()?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dz = Vec::with_capacity(n * v);
-        // SAFETY: f32 has no invalid bit patterns, and every element is written below (each row in full) before
-        // the vector is read.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            dz.set_len(n * v)
-        };
+        let mut dz = output_buffer(n * v);
         dz.par_chunks_mut(v)
             .zip(kept.e.par_chunks(v).zip(kept.th.par_chunks(v)))
             .zip(kept.sums.par_iter().zip(t.par_iter().zip(g.par_iter())))
@@ -322,7 +316,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
         let (z, v) = rows(s1, l1, self.name())?;
         let t = contiguous::<u32>(s2, l2, self.name())?;
         let g = contiguous::<f32>(s3, l3, self.name())?;
-        let mut dz = vec![0f32; z.len()];
+        let mut dz = output_buffer(z.len());
         dz.par_chunks_mut(v)
             .zip(z.par_chunks(v))
             .zip(t.par_iter().zip(g.par_iter()))

@@ -19,6 +19,18 @@ pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
     Ok(&s.as_slice::<T>()?[a..b])
 }
 
+/// An output buffer of `len` values that is not zero-filled first: for the kernels here, each of which writes
+/// every element of its output before anything reads it.
+pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before reading any.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        out.set_len(len)
+    };
+    out
+}
+
 /// `x · s` with `s` [d] broadcast along the last dimension of `x` [.., d].
 pub fn channel_scale(x: &Tensor, s: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(&s.contiguous()?, ChannelScale)
@@ -47,7 +59,7 @@ impl CustomOp2 for ChannelScale {
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("channel-scale: {:?} by {:?}", l1.dims(), l2.dims())
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(d * 64)
             .zip(x.par_chunks(d * 64))
             .for_each(|(o, x)| {
@@ -241,7 +253,7 @@ impl CustomOp1 for RmsNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l, self.name())?;
         let d = *l.dims().last().unwrap_or(&0);
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d))
             .for_each(|(o, row)| {
@@ -277,7 +289,7 @@ impl CustomOp2 for RmsNormGrad {
         let x = contiguous::<f32>(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = *l1.dims().last().unwrap_or(&0);
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d).zip(g.par_chunks(d)))
             .for_each(|(o, (x, g))| {
@@ -327,7 +339,7 @@ impl CustomOp1 for Rope {
             )
         }
         let sign = if self.inverse { -1.0 } else { 1.0 };
-        let mut out = vec![0f32; x.len()];
+        let mut out = output_buffer(x.len());
         out.par_chunks_mut(t * d)
             .zip(x.par_chunks(t * d))
             .for_each(|(o, x)| {
