@@ -994,12 +994,13 @@ impl Gpt {
             return self.linear(&h, self.p(blk.mlp_proj));
         }
         let u = self.linear(x, self.p(blk.fc))?;
-        let h = if slope == 0.0 {
-            u.relu()?
+        let mut h = if slope == 0.0 && self.cpu_kernels && fused::applies(&[&u]) {
+            super::ops::relu_squared(&u)?
+        } else if slope == 0.0 {
+            u.relu()?.sqr()?
         } else {
-            (u.relu()? - (u.neg()?.relu()? * slope)?)?
+            (u.relu()? - (u.neg()?.relu()? * slope)?)?.sqr()?
         };
-        let mut h = h.sqr()?;
         if let Some(gain) = blk.hidden_gain {
             h = h.broadcast_mul(self.p(gain))?;
         }

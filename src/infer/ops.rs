@@ -227,6 +227,87 @@ pub(crate) fn with_f32<T>(
     f(contiguous::<f32>(cpu, layout, "a CPU f32 tensor")?)
 }
 
+/// `relu(u)²` (the MLP's activation) as one differentiable node: candle's `relu` then `sqr` record two nodes whose
+/// backward passes take eight passes over the hidden activations (a comparison mask, its conversion, products, the
+/// doubling, and two zero-filled accumulations). Same arithmetic: forward `h·h` with `h = max(u, 0)`, backward
+/// `(h·g)·2` where `u ≥ 0`, else 0.
+pub fn relu_squared(u: &Tensor) -> candle_core::Result<Tensor> {
+    u.contiguous()?.apply_op1(ReluSquared)
+}
+
+struct ReluSquared;
+
+struct ReluSquaredGrad;
+
+impl CustomOp1 for ReluSquared {
+    fn name(&self) -> &'static str {
+        "relu-squared"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let u = contiguous::<f32>(s, l, self.name())?;
+        let mut out = output_buffer(u.len());
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(u.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(o, u)| relu_squared_values(u, o));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, u: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            u.apply_op2_no_bwd(&g.contiguous()?, &ReluSquaredGrad)?,
+        ))
+    }
+}
+
+impl CustomOp2 for ReluSquaredGrad {
+    fn name(&self) -> &'static str {
+        "relu-squared-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let u = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
+        if u.len() != g.len() {
+            candle_core::bail!("relu-squared-grad: {:?} against {:?}", l1.dims(), l2.dims())
+        }
+        let mut out = output_buffer(u.len());
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(
+                u.par_chunks(ELEMENTS_PER_TASK)
+                    .zip(g.par_chunks(ELEMENTS_PER_TASK)),
+            )
+            .for_each(|(o, (u, g))| relu_squared_gradient(u, g, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Elements per parallel task of the element-wise nodes.
+const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn relu_squared_values(u: &[f32], out: &mut [f32]) {
+    for (o, &u) in out.iter_mut().zip(u) {
+        let h = if u > 0.0 { u } else { 0.0 };
+        *o = h * h;
+    }
+}
+
+/// candle's chain: sqr's backward `(h·g)·2 + 0`, then relu's `· 1[u ≥ 0]`, accumulated onto zero.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn relu_squared_gradient(u: &[f32], g: &[f32], out: &mut [f32]) {
+    for ((o, &u), &g) in out.iter_mut().zip(u).zip(g) {
+        let h = if u > 0.0 { u } else { 0.0 };
+        *o = if u >= 0.0 { (h * g) * 2.0 + 0.0 } else { 0.0 };
+    }
+}
+
 /// `F.rms_norm(x, (d,))` without weight: `x / sqrt(mean(x²) + eps)` over the last dimension.
 pub fn rms_norm(x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNorm { eps })
@@ -450,6 +531,34 @@ pub(crate) mod tests {
         let x = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 5), candle_core::DType::F32, &dev).unwrap();
         assert!(linear(&x, &w).is_err(), "mismatched inner dimensions");
+    }
+
+    /// relu² as one node against candle's relu then sqr: values and gradient bit for bit, exact zeros included.
+    #[test]
+    fn relu_squared_is_relu_then_sqr_bit_for_bit() {
+        let dev = Device::Cpu;
+        let mut values = Tensor::randn(0f32, 1.0, 40_000, &dev)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        values[..7].copy_from_slice(&[0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, f32::MIN_POSITIVE]);
+        let u = Var::from_tensor(&Tensor::from_vec(values, (200, 200), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (200, 200), &dev).unwrap();
+        let ours = relu_squared(u.as_tensor()).unwrap();
+        let theirs = u.as_tensor().relu().unwrap().sqr().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&ours), flat(&theirs));
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            flat(ga.get(u.as_tensor()).unwrap()),
+            flat(gb.get(u.as_tensor()).unwrap())
+        );
     }
 
     #[test]
