@@ -1068,7 +1068,12 @@ impl Gpt {
             let k = self.rms_norm(&heads(&k_raw, hkv)?, &self.ones_head, pass)?;
             let q = self.rope(&q, ctx)?;
             let k = self.rope(&k, ctx)?;
-            let q = q.broadcast_mul(&self.p(blk.q_gain).reshape((1, h, 1, 1))?)?;
+            let gain = self.p(blk.q_gain);
+            let q = if self.cpu_kernels && fused::applies(&[&q, gain]) {
+                super::ops::head_gain(&q, gain)?
+            } else {
+                q.broadcast_mul(&gain.reshape((1, h, 1, 1))?)?
+            };
             (q, k)
         };
         let mut v_flat = adapted(x, blk.c_v, LoraTarget::V)?;

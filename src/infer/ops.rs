@@ -308,6 +308,106 @@ fn relu_squared_gradient(u: &[f32], g: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `q · gain[h]` for q [B, H, T, hd] and one gain per head [H] (the records' q_gain) as one differentiable node:
+/// the broadcast product candle records reduces the gain's gradient element by element, on one thread, through a
+/// full-size product and a zero-filled accumulation. Same arithmetic: ∂q = g·gain[h], and ∂gain[h] the f32 sum of
+/// g·q over (batch, position, channel) in row-major order from 0, as candle's reduction adds them.
+pub fn head_gain(q: &Tensor, gain: &Tensor) -> candle_core::Result<Tensor> {
+    q.contiguous()?.apply_op2(&gain.contiguous()?, HeadGain)
+}
+
+struct HeadGain;
+
+/// ∂gain of [`head_gain`] from (q, ∂y).
+struct HeadGainGrad;
+
+/// (B, H, T·hd) of q [B, H, T, hd] against a gain of H values.
+fn head_gain_dims(q: &Layout, gain: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (b, h, t, hd) = q.shape().dims4()?;
+    if gain.shape().elem_count() != h {
+        candle_core::bail!("head-gain: q {:?} against gain {:?}", q.dims(), gain.dims())
+    }
+    Ok((b, h, t * hd))
+}
+
+impl CustomOp2 for HeadGain {
+    fn name(&self) -> &'static str {
+        "head-gain"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, h, span) = head_gain_dims(l1, l2)?;
+        let q = contiguous::<f32>(s1, l1, self.name())?;
+        let gain = contiguous::<f32>(s2, l2, self.name())?;
+        let mut out = output_buffer(q.len());
+        out.par_chunks_mut(span)
+            .zip(q.par_chunks(span))
+            .enumerate()
+            .for_each(|(bh, (o, q))| {
+                let g = gain[bh % h];
+                o.iter_mut().zip(q).for_each(|(o, q)| *o = q * g);
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        gain: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dq = g.apply_op2_no_bwd(gain, &HeadGain)?;
+        let dgain = q
+            .apply_op2_no_bwd(&g, &HeadGainGrad)?
+            .reshape(gain.shape())?;
+        Ok((Some(dq), Some(dgain)))
+    }
+}
+
+impl CustomOp2 for HeadGainGrad {
+    fn name(&self) -> &'static str {
+        "head-gain-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, t, hd) = l1.shape().dims4()?;
+        let span = t * hd;
+        let q = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
+        if g.len() != q.len() {
+            candle_core::bail!("head-gain-grad: {:?} against {:?}", l1.dims(), l2.dims())
+        }
+        let sums: Vec<f32> = (0..h)
+            .into_par_iter()
+            .map(|head| {
+                let mut acc = 0f32;
+                for batch in 0..b {
+                    let at = (batch * h + head) * span;
+                    for (&g, &q) in g[at..at + span].iter().zip(&q[at..at + span]) {
+                        acc += g * q;
+                    }
+                }
+                acc
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(h)))
+    }
+}
+
 /// `F.rms_norm(x, (d,))` without weight: `x / sqrt(mean(x²) + eps)` over the last dimension.
 pub fn rms_norm(x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNorm { eps })
@@ -558,6 +658,43 @@ pub(crate) mod tests {
         assert_eq!(
             flat(ga.get(u.as_tensor()).unwrap()),
             flat(gb.get(u.as_tensor()).unwrap())
+        );
+    }
+
+    /// The per-head gain as one node against candle's broadcast product: values and both gradients bit for bit.
+    #[test]
+    fn head_gain_is_the_broadcast_product_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (b, h, t, hd) = (3, 4, 37, 16);
+        let q = Var::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap();
+        let gain = Var::randn(0f32, 1.0, h, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap();
+        let ours = head_gain(q.as_tensor(), gain.as_tensor()).unwrap();
+        let theirs = q
+            .as_tensor()
+            .broadcast_mul(&gain.as_tensor().reshape((1, h, 1, 1)).unwrap())
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&ours), flat(&theirs));
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for x in [&q, &gain] {
+            assert_eq!(
+                flat(ga.get(x.as_tensor()).unwrap()),
+                flat(gb.get(x.as_tensor()).unwrap())
+            );
+        }
+        assert!(
+            head_gain(
+                q.as_tensor(),
+                &Tensor::ones(3, candle_core::DType::F32, &dev).unwrap()
+            )
+            .is_err()
         );
     }
 
