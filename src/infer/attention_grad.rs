@@ -307,6 +307,7 @@ mod tests {
     use super::*;
     use crate::infer::layers::Pass;
     use crate::infer::layers::causal_probabilities;
+    use crate::infer::ops::tests::assert_same_node;
     use crate::infer::precision::Precision;
     use candle_core::{Device, Var};
 
@@ -338,23 +339,14 @@ mod tests {
             )
             .unwrap();
             let theirs = p.matmul(&vx).unwrap();
-            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let shape = format!("{b}×{h}/{hkv}×{t}×{hd}");
-            assert_eq!(values(&ours), values(&theirs), "values {shape}");
-            let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                assert_eq!(
-                    values(ga.get(x.as_tensor()).unwrap()),
-                    values(gb.get(x.as_tensor()).unwrap()),
-                    "∂{what} {shape}"
-                );
-            }
+            let case = format!("{b}×{h}/{hkv}×{t}×{hd}");
+            assert_same_node(
+                &ours,
+                &theirs,
+                &g,
+                &[("q", &q), ("k", &k), ("v", &v)],
+                &case,
+            );
         }
     }
 

@@ -334,7 +334,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::ops::tests::max_abs_diff;
+    use crate::infer::ops::tests::{assert_same_node, max_abs_diff};
     use candle_core::Device;
 
     #[test]
@@ -379,21 +379,13 @@ mod tests {
         let ours = capped_head_losses(hidden.as_tensor(), w.as_tensor(), &targets, 12.0).unwrap();
         let z = crate::infer::ops::linear(hidden.as_tensor(), w.as_tensor()).unwrap();
         let theirs = capped_cross_entropy_rows(&z, &targets, 12.0).unwrap();
-        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(values(&ours), values(&theirs));
-        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for x in [&hidden, &w] {
-            assert_eq!(
-                values(ga.get(x.as_tensor()).unwrap()),
-                values(gb.get(x.as_tensor()).unwrap())
-            );
-        }
+        assert_same_node(
+            &ours,
+            &theirs,
+            &g,
+            &[("hidden", &hidden), ("W", &w)],
+            "head losses",
+        );
         let bad = Tensor::new(&[v as u32], &dev).unwrap();
         let one = hidden
             .as_tensor()

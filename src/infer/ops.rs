@@ -567,6 +567,28 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// A node against the composition it replaces, bit for bit: the values of `ours` and `theirs`, and the gradients
+    /// of Σ(y ⊙ g) with respect to each named variable. `case` names the case in a failure.
+    pub(crate) fn assert_same_node(
+        ours: &Tensor,
+        theirs: &Tensor,
+        g: &Tensor,
+        vars: &[(&str, &Var)],
+        case: &str,
+    ) {
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(ours), values(theirs), "values {case}");
+        let ga = (ours * g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, v) in vars {
+            assert_eq!(
+                values(ga.get(v.as_tensor()).unwrap()),
+                values(gb.get(v.as_tensor()).unwrap()),
+                "∂{what} {case}"
+            );
+        }
+    }
+
     /// max |a − b| over values and over the gradients of Σ(y ⊙ w) for a fixed random w.
     fn compare(
         ours: impl Fn(&Tensor) -> Tensor,
@@ -607,26 +629,8 @@ pub(crate) mod tests {
                 .unwrap()
                 .reshape((b, t, out))
                 .unwrap();
-            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(
-                values(&ours),
-                values(&theirs),
-                "values {b}×{t}×{inner}→{out}"
-            );
-            let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (theirs * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (what, v) in [("x", &x), ("W", &w)] {
-                assert_eq!(
-                    values(ga.get(v.as_tensor()).unwrap()),
-                    values(gb.get(v.as_tensor()).unwrap()),
-                    "∂{what} {b}×{t}×{inner}→{out}"
-                );
-            }
+            let case = format!("{b}×{t}×{inner}→{out}");
+            assert_same_node(&ours, &theirs, &g, &[("x", &x), ("W", &w)], &case);
         }
         let x = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 5), candle_core::DType::F32, &dev).unwrap();
@@ -646,19 +650,7 @@ pub(crate) mod tests {
         let g = Tensor::randn(0f32, 1.0, (200, 200), &dev).unwrap();
         let ours = relu_squared(u.as_tensor()).unwrap();
         let theirs = u.as_tensor().relu().unwrap().sqr().unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(flat(&ours), flat(&theirs));
-        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_eq!(
-            flat(ga.get(u.as_tensor()).unwrap()),
-            flat(gb.get(u.as_tensor()).unwrap())
-        );
+        assert_same_node(&ours, &theirs, &g, &[("u", &u)], "relu²");
     }
 
     /// The per-head gain as one node against candle's broadcast product: values and both gradients bit for bit.
@@ -674,21 +666,13 @@ pub(crate) mod tests {
             .as_tensor()
             .broadcast_mul(&gain.as_tensor().reshape((1, h, 1, 1)).unwrap())
             .unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(flat(&ours), flat(&theirs));
-        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for x in [&q, &gain] {
-            assert_eq!(
-                flat(ga.get(x.as_tensor()).unwrap()),
-                flat(gb.get(x.as_tensor()).unwrap())
-            );
-        }
+        assert_same_node(
+            &ours,
+            &theirs,
+            &g,
+            &[("q", &q), ("gain", &gain)],
+            "head gain",
+        );
         assert!(
             head_gain(
                 q.as_tensor(),
