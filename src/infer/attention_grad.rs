@@ -64,6 +64,8 @@ impl Dims {
             || v.dims() != k.dims()
             || kv_heads == 0
             || heads % kv_heads != 0
+            || t == 0
+            || hd == 0
         {
             candle_core::bail!(
                 "causal attention: q {:?}, k {:?}, v {:?}",
@@ -356,6 +358,11 @@ mod tests {
         let q = Tensor::zeros((1, 4, 8, 16), candle_core::DType::F32, &dev).unwrap();
         let k = Tensor::zeros((1, 3, 8, 16), candle_core::DType::F32, &dev).unwrap();
         let err = causal_attention(&q, &k, &k, 0.25).unwrap_err().to_string();
+        assert!(err.contains("causal attention"), "{err}");
+        let empty = Tensor::zeros((1, 4, 0, 16), candle_core::DType::F32, &dev).unwrap();
+        let err = causal_attention(&empty, &empty, &empty, 0.25)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("causal attention"), "{err}");
     }
 }

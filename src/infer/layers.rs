@@ -225,7 +225,11 @@ pub(crate) fn grouped_causal_attention(
         let by_position = super::fused::heads_to_positions(&y, b, h, t, hd);
         return Ok(Tensor::from_vec(by_position, (b, t, h, hd), q.device())?.transpose(1, 2)?);
     }
-    if cpu_kernels && precision == Precision::Fp32 && super::fused::applies(&[q, k, v]) {
+    if cpu_kernels
+        && precision == Precision::Fp32
+        && t * hd > 0
+        && super::fused::applies(&[q, k, v])
+    {
         // A tracked pass: one differentiable node, the composition's arithmetic.
         let scale = 1.0 / (hd as f64).sqrt();
         return Ok(super::attention_grad::causal_attention(q, k, v, scale)?);

@@ -324,7 +324,7 @@ struct HeadGainGrad;
 /// (B, H, T·hd) of q [B, H, T, hd] against a gain of H values.
 fn head_gain_dims(q: &Layout, gain: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     let (b, h, t, hd) = q.shape().dims4()?;
-    if gain.shape().elem_count() != h {
+    if gain.shape().elem_count() != h || t * hd == 0 {
         candle_core::bail!("head-gain: q {:?} against gain {:?}", q.dims(), gain.dims())
     }
     Ok((b, h, t * hd))
@@ -386,6 +386,9 @@ impl CustomOp2 for HeadGainGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, t, hd) = l1.shape().dims4()?;
         let span = t * hd;
+        if span == 0 {
+            candle_core::bail!("head-gain-grad: empty heads {:?}", l1.dims())
+        }
         let q = contiguous::<f32>(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
         if g.len() != q.len() {
