@@ -31,6 +31,12 @@ pub fn newton_schulz5(g: &Tensor, steps: usize) -> Result<Tensor> {
     if transposed {
         x = x.t()?.contiguous()?;
     }
+    if crate::infer::amx::available() && x.device().is_cpu() {
+        let (r, c) = x.dims2()?;
+        let values = tiles_iterations(x.flatten_all()?.to_vec1::<f32>()?, r, c, steps);
+        let x = Tensor::from_vec(values, (r, c), x.device())?;
+        return Ok(if transposed { x.t()?.contiguous()? } else { x });
+    }
     for _ in 0..steps {
         let am = bf16(&x.matmul(&x.t()?)?)?;
         let ca = bf16(&(&am * c)?)?;
@@ -38,6 +44,51 @@ pub fn newton_schulz5(g: &Tensor, steps: usize) -> Result<Tensor> {
         x = bf16(&(bf16(&(&x * a)?)? + bf16(&bm.matmul(&x)?)?)?)?;
     }
     Ok(if transposed { x.t()?.contiguous()? } else { x })
+}
+
+/// The Newton–Schulz iterations of [`newton_schulz5`] on AMX tiles, for x [r, c] already normalized and rounded:
+/// each product's operands are bf16 values (the tiles take them exactly) accumulated in f32, then rounded to bf16, as
+/// the reference's bf16 matmuls on a CPU (oneDNN on AMX) and on a GPU compute them; every element-wise step is the
+/// composition's (a product or sum in f32, then rounded). Only the order of a product's f32 sums differs from the
+/// composition's f32 `gemm`: an entry may round one bf16 ulp apart (the optimizer test's bound).
+fn tiles_iterations(mut x: Vec<f32>, r: usize, c: usize, steps: usize) -> Vec<f32> {
+    use crate::infer::amx::{bf16_bits, matmul_bt};
+    let (a, b, cc) = NS_COEFFICIENTS;
+    let (a, b, cc) = (a as f32, b as f32, cc as f32);
+    let round = |v: f32| f32::from_bits((bf16_bits(v) as u32) << 16);
+    // candle's `tensor * scalar` is affine(x · s + 0).
+    let scaled =
+        |m: &[f32], s: f32| -> Vec<f32> { m.iter().map(|&v| round(v * s + 0.0)).collect() };
+    let transpose = |m: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        let mut t = vec![0f32; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                t[j * rows + i] = m[i * cols + j];
+            }
+        }
+        t
+    };
+    for _ in 0..steps {
+        // A = X·Xᵀ [r, r]; B = b·A + c·A·A; X = a·X + B·X.
+        let am: Vec<f32> = matmul_bt(&x, &x, r, r, c).into_iter().map(round).collect();
+        let ca = scaled(&am, cc);
+        let a_sq: Vec<f32> = matmul_bt(&ca, &transpose(&am, r, r), r, r, r)
+            .into_iter()
+            .map(round)
+            .collect();
+        let bm: Vec<f32> = scaled(&am, b)
+            .iter()
+            .zip(&a_sq)
+            .map(|(p, q)| round(p + q))
+            .collect();
+        let bx = matmul_bt(&bm, &transpose(&x, r, c), r, c, r);
+        x = scaled(&x, a)
+            .iter()
+            .zip(&bx)
+            .map(|(p, &q)| round(p + round(q)))
+            .collect();
+    }
+    x
 }
 
 pub struct Muon {
