@@ -87,22 +87,13 @@ pub fn softcap_values(cap: f32, z: &[f32], out: &mut [f32]) {
     }
 }
 
-/// In place: `z → exp(cap·tanh(z/cap) − max)`; `th` receives tanh(z/cap). Returns Σ over the row.
+/// `e ← exp(cap·tanh(z/cap) − max)` for a row z (copied into `e`, then [`capped_exp_in_place`]); `th` receives
+/// tanh(z/cap). Returns Σ over the row.
 fn capped_exp_row(z: &[f32], cap: f32, th: &mut Vec<f32>, e: &mut Vec<f32>) -> f32 {
     th.resize(z.len(), 0.0);
-    e.resize(z.len(), 0.0);
-    tanh_and_capped(cap, z, th, e);
-    exp_scaled_shifted(e, 1.0)
-}
-
-/// `th ← tanh(z/cap)`, `capped ← cap·th` (the soft-cap of [`softcap_values`], keeping the tanh for the backward),
-/// compiled as [`softcap_values`] is: without FMA in the target, each `mul_add` would be a library call.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
-fn tanh_and_capped(cap: f32, z: &[f32], th: &mut [f32], capped: &mut [f32]) {
-    for ((t, c), &z) in th.iter_mut().zip(capped.iter_mut()).zip(z) {
-        *t = tanh_f32(z / cap);
-        *c = cap * *t;
-    }
+    e.clear();
+    e.extend_from_slice(z);
+    capped_exp_in_place(e, cap, th)
 }
 
 /// `d ← g·(p·inv)·(1 − th²)`: a row of the backward before the target's own term.
@@ -234,13 +225,14 @@ fn capped_row_gradient(d: &mut [f32], g: f32, e: &[f32], inv: f32, th: &[f32], t
     d[target] -= g * (1.0 - t * t);
 }
 
-/// [`capped_exp_row`] with the row's logits turned into its exp values in place.
+/// In place: a row of logits `z → exp(cap·tanh(z/cap) − max)`; `th` receives tanh(z/cap). Returns Σ over the row.
 fn capped_exp_in_place(z: &mut [f32], cap: f32, th: &mut [f32]) -> f32 {
     tanh_and_capped_in_place(cap, z, th);
     exp_scaled_shifted(z, 1.0)
 }
 
-/// [`tanh_and_capped`] with the capped values written over z.
+/// `th ← tanh(z/cap)`, `z ← cap·th` (the soft-cap of [`softcap_values`], keeping the tanh for the backward),
+/// compiled as [`softcap_values`] is: without FMA in the target, each `mul_add` would be a library call.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
 fn tanh_and_capped_in_place(cap: f32, z: &mut [f32], th: &mut [f32]) {
     for (t, z) in th.iter_mut().zip(z.iter_mut()) {
