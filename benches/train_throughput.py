@@ -5,9 +5,15 @@
     cargo build --release
     python benches/train_throughput.py --challenge /path/to/parameter-golf [--threads 2] [--steps 20] [--dim 64]
 
+The baseline recipe's shape (9x512, 8 heads over 4 KV heads, seq 1024), on 8 sequences a step:
+
+    python benches/train_throughput.py --challenge ... --dim 512 --layers 9 --heads 8 --kv-heads 4 \
+        --seq-len 1024 --batch-tokens 8192 --steps 4
+
 Both sides take the same sequential batches from fixtures/data/sp1024/fineweb_val_000000.bin and run the reference
 optimizer split (Adam for the tied embedding and the control tensors, Muon for the block matrices). Prints
-tokens/s for both (PyTorch timed after one warm-up step; pgolf's own train_time, validation excluded) and the ratio.
+tokens/s for both (PyTorch timed after one warm-up step; pgolf's own train_time, validation excluded, the mean of
+one run before PyTorch's and one after) and the ratio.
 """
 import argparse
 import importlib.util
@@ -29,16 +35,22 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--pgolf", default="target/release/pgolf")
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("train_gpt", os.path.join(args.challenge, "train_gpt.py"))
     tg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tg)
     torch.set_num_threads(args.threads)
-    L = 128
-    cfg = dict(vocab_size=1024, num_layers=args.layers, model_dim=args.dim, num_heads=4, num_kv_heads=2, mlp_mult=2,
+    L = args.seq_len
+    if args.batch_tokens % L:
+        ap.error("--batch-tokens must be a multiple of --seq-len")
+    H, KV = args.heads, args.kv_heads
+    cfg = dict(vocab_size=1024, num_layers=args.layers, model_dim=args.dim, num_heads=H, num_kv_heads=KV, mlp_mult=2,
                tie_embeddings=True, logit_softcap=30.0, rope_base=10000.0, qk_gain_init=1.5, train_seq_len=L)
-    model = tg.GPT(vocab_size=1024, num_layers=args.layers, model_dim=args.dim, num_heads=4, num_kv_heads=2,
+    model = tg.GPT(vocab_size=1024, num_layers=args.layers, model_dim=args.dim, num_heads=H, num_kv_heads=KV,
                    mlp_mult=2, tie_embeddings=True, tied_embed_init_std=0.005, logit_softcap=30.0,
                    rope_base=10000.0, qk_gain_init=1.5).float()
     named = list(model.blocks.named_parameters())
@@ -64,31 +76,39 @@ def main():
             o.zero_grad(set_to_none=True)
         return float(loss)
 
+    def run_pgolf():
+        with tempfile.TemporaryDirectory() as d:
+            cpath = os.path.join(d, "cfg.json")
+            with open(cpath, "w") as f:
+                json.dump(cfg, f)
+            cmd = [args.pgolf, "--threads", str(args.threads), "train", "--config", cpath, "--train", shard,
+                   "--val", "fixtures/data/sp1024/fineweb_val_000001.bin", "--max-val-tokens", "4096",
+                   "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                                               "tokenizers", "fineweb_1024_bpe.model"),
+                   "-o", os.path.join(d, "out"), "--train-batch-tokens", str(B), "--iterations", str(args.steps),
+                   "--max-wallclock-seconds", "0", "--val-loss-every", "0", "--json"]
+            out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+        return out["train_time_ms"] / 1000
+
+    # pgolf runs once before PyTorch and once after, so neither side always runs first on a machine whose speed
+    # drifts; its time is the mean of the two.
+    pg_before = run_pgolf()
     step()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         last = step()
     torch_s = time.perf_counter() - t0
+    pg_after = run_pgolf()
+    pg_s = (pg_before + pg_after) / 2
 
-    with tempfile.TemporaryDirectory() as d:
-        cpath = os.path.join(d, "cfg.json")
-        with open(cpath, "w") as f:
-            json.dump(cfg, f)
-        cmd = [args.pgolf, "--threads", str(args.threads), "train", "--config", cpath, "--train", shard,
-               "--val", "fixtures/data/sp1024/fineweb_val_000001.bin", "--max-val-tokens", "4096",
-               "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizers", "fineweb_1024_bpe.model"),
-               "-o", os.path.join(d, "out"), "--train-batch-tokens", str(B), "--iterations", str(args.steps),
-               "--max-wallclock-seconds", "0", "--val-loss-every", "0", "--json"]
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
     n = args.steps * B
     params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.layers}x{args.dim} sp1024 seq {L}, {params} parameters, {args.steps} steps of {B} tokens, "
-          f"{args.threads} threads")
+    print(f"model {args.layers}x{args.dim} sp1024 {H}/{KV} heads seq {L}, {params} parameters, {args.steps} steps of "
+          f"{B} tokens, {args.threads} threads")
     print(f"pytorch  {n / torch_s:8.0f} tokens/s  ({torch_s:.2f} s, last loss {last:.3f})")
-    pg_s = out["train_time_ms"] / 1000
-    print(f"pgolf    {out['tokens_per_second']:8.0f} tokens/s  ({pg_s:.2f} s)")
+    print(f"pgolf    {n / pg_s:8.0f} tokens/s  ({pg_s:.2f} s: {n / pg_before:.0f} before PyTorch, "
+          f"{n / pg_after:.0f} after)")
     print(f"ratio    {torch_s / pg_s:.2f}x of PyTorch")
-
 
 if __name__ == "__main__":
     main()
