@@ -52,43 +52,65 @@ pub fn newton_schulz5(g: &Tensor, steps: usize) -> Result<Tensor> {
 /// composition's (a product or sum in f32, then rounded). Only the order of a product's f32 sums differs from the
 /// composition's f32 `gemm`: an entry may round one bf16 ulp apart (the optimizer test's bound).
 fn tiles_iterations(mut x: Vec<f32>, r: usize, c: usize, steps: usize) -> Vec<f32> {
-    use crate::infer::amx::{bf16_bits, matmul_bt};
+    use crate::infer::amx::matmul_bt;
     let (a, b, cc) = NS_COEFFICIENTS;
     let (a, b, cc) = (a as f32, b as f32, cc as f32);
-    let round = |v: f32| f32::from_bits((bf16_bits(v) as u32) << 16);
-    // candle's `tensor * scalar` is affine(x · s + 0).
-    let scaled =
-        |m: &[f32], s: f32| -> Vec<f32> { m.iter().map(|&v| round(v * s + 0.0)).collect() };
-    let transpose = |m: &[f32], rows: usize, cols: usize| -> Vec<f32> {
-        let mut t = vec![0f32; rows * cols];
-        for i in 0..rows {
-            for j in 0..cols {
-                t[j * rows + i] = m[i * cols + j];
-            }
-        }
-        t
-    };
     for _ in 0..steps {
         // A = X·Xᵀ [r, r]; B = b·A + c·A·A; X = a·X + B·X.
-        let am: Vec<f32> = matmul_bt(&x, &x, r, r, c).into_iter().map(round).collect();
-        let ca = scaled(&am, cc);
-        let a_sq: Vec<f32> = matmul_bt(&ca, &transpose(&am, r, r), r, r, r)
-            .into_iter()
-            .map(round)
-            .collect();
-        let bm: Vec<f32> = scaled(&am, b)
-            .iter()
-            .zip(&a_sq)
-            .map(|(p, q)| round(p + q))
-            .collect();
-        let bx = matmul_bt(&bm, &transpose(&x, r, c), r, c, r);
-        x = scaled(&x, a)
-            .iter()
-            .zip(&bx)
-            .map(|(p, &q)| round(p + round(q)))
-            .collect();
+        let mut am = matmul_bt(&x, &x, r, r, c);
+        round_in_place(&mut am);
+        let ca = scaled_rounded(&am, cc);
+        let mut bm = matmul_bt(&ca, &transposed(&am, r, r), r, r, r);
+        scaled_plus_rounded(&am, b, &mut bm);
+        let mut bx = matmul_bt(&bm, &transposed(&x, r, c), r, c, r);
+        scaled_plus_rounded(&x, a, &mut bx);
+        x = bx;
     }
     x
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), kept as f32.
+#[inline(always)]
+fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((crate::infer::amx::bf16_bits(x) as u32) << 16)
+}
+
+/// Every value rounded to bf16 (a bf16 matmul's output).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn round_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = round_bf16(*v);
+    }
+}
+
+/// `bf16(m · s + 0)`: candle's `tensor * scalar` (affine) on a bf16 tensor.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn scaled_rounded(m: &[f32], s: f32) -> Vec<f32> {
+    m.iter().map(|&v| round_bf16(v * s + 0.0)).collect()
+}
+
+/// In place: `product ← bf16(bf16(base · s + 0) + bf16(product))`, a scaled bf16 tensor plus a bf16 matmul's output.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
+fn scaled_plus_rounded(base: &[f32], s: f32, product: &mut [f32]) {
+    for (p, &v) in product.iter_mut().zip(base) {
+        *p = round_bf16(round_bf16(v * s + 0.0) + round_bf16(*p));
+    }
+}
+
+/// The transpose of m [rows, cols], by 16×16 blocks (both matrices' lines stay in cache).
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 16;
+    let mut t = vec![0f32; rows * cols];
+    for i0 in (0..rows).step_by(TILE) {
+        for j0 in (0..cols).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(rows) {
+                for j in j0..(j0 + TILE).min(cols) {
+                    t[j * rows + i] = m[i * cols + j];
+                }
+            }
+        }
+    }
+    t
 }
 
 pub struct Muon {
@@ -119,8 +141,14 @@ impl Muon {
                 grads.len()
             )));
         }
-        for ((p, g), buf) in params.iter().zip(grads).zip(self.buffers.iter_mut()) {
-            let Some(g) = g else { continue };
+        // Momentum and Nesterov per matrix, then the orthogonalizations (independent of each other) over the
+        // thread pool, then the updates: the same arithmetic per matrix as one after the other.
+        let mut updates = Vec::with_capacity(params.len());
+        for (g, buf) in grads.iter().zip(self.buffers.iter_mut()) {
+            let Some(g) = g else {
+                updates.push(None);
+                continue;
+            };
             let (rows, cols) = g.dims2().map_err(|_| {
                 OptimError::Setup(format!(
                     "Muon updates matrices only, got shape {:?}",
@@ -136,10 +164,25 @@ impl Muon {
             } else {
                 b.clone()
             };
-            let scale = (rows as f64 / cols as f64).max(1.0).sqrt();
-            let update = bf16(&(newton_schulz5(&g, self.backend_steps)? * scale)?)?;
-            p.set(&(p.as_tensor() - (update * self.lr)?)?)?;
             *buf = Some(b);
+            let scale = (rows as f64 / cols as f64).max(1.0).sqrt();
+            updates.push(Some((g, scale)));
+        }
+        let steps = self.backend_steps;
+        let orthogonalized: Vec<Option<Tensor>> = {
+            use rayon::prelude::*;
+            updates
+                .into_par_iter()
+                .map(|u| {
+                    u.map(|(g, scale)| bf16(&(newton_schulz5(&g, steps)? * scale)?))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?
+        };
+        for (p, update) in params.iter().zip(orthogonalized) {
+            if let Some(update) = update {
+                p.set(&(p.as_tensor() - (update * self.lr)?)?)?;
+            }
         }
         Ok(())
     }
