@@ -195,6 +195,12 @@ pub fn round_to_bf16(values: &mut [f32]) {
 
 /// In place: row ← exp(row · scale − max); returns Σ row (the softmax denominator).
 pub fn exp_scaled_shifted(row: &mut [f32], scale: f32) -> f32 {
+    exp_scaled_shifted_with_max(row, scale).1
+}
+
+/// [`exp_scaled_shifted`], also returning the max it subtracted (of the scaled row): (max, Σ row).
+/// [`exp_scaled_minus`] with that max recomputes the same values.
+pub fn exp_scaled_shifted_with_max(row: &mut [f32], scale: f32) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
@@ -211,14 +217,50 @@ pub fn exp_scaled_shifted(row: &mut [f32], scale: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn exp_scaled_shifted_avx512(row: &mut [f32], scale: f32) -> f32 {
+unsafe fn exp_scaled_shifted_avx512(row: &mut [f32], scale: f32) -> (f32, f32) {
     exp_scaled_shifted_portable(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_scaled_shifted_avx2(row: &mut [f32], scale: f32) -> f32 {
+unsafe fn exp_scaled_shifted_avx2(row: &mut [f32], scale: f32) -> (f32, f32) {
     exp_scaled_shifted_portable(row, scale)
+}
+
+/// In place: row ← exp(row · scale − max) · factor, each exp the one [`exp_scaled_shifted_with_max`] computes for
+/// the same score and max (so a softmax row is recomputed bit for bit from its max and 1/Σ).
+pub fn exp_scaled_minus(row: &mut [f32], scale: f32, max: f32, factor: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { exp_scaled_minus_avx512(row, scale, max, factor) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected at run time.
+            return unsafe { exp_scaled_minus_avx2(row, scale, max, factor) };
+        }
+    }
+    exp_scaled_minus_portable(row, scale, max, factor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn exp_scaled_minus_avx512(row: &mut [f32], scale: f32, max: f32, factor: f32) {
+    exp_scaled_minus_portable(row, scale, max, factor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_scaled_minus_avx2(row: &mut [f32], scale: f32, max: f32, factor: f32) {
+    exp_scaled_minus_portable(row, scale, max, factor)
+}
+
+#[inline(always)]
+fn exp_scaled_minus_portable(row: &mut [f32], scale: f32, max: f32, factor: f32) {
+    for x in row.iter_mut() {
+        *x = exp_f32(*x * scale - max) * factor;
+    }
 }
 
 /// [`exp_scaled_shifted`] of `row` written as bf16 bits into `out` (round-to-nearest-even of the same f32 values);
@@ -278,7 +320,7 @@ fn exp_scaled_shifted_to_bf16_portable(row: &[f32], scale: f32, out: &mut [u16])
 const LANES: usize = 16;
 
 #[inline(always)]
-fn exp_scaled_shifted_portable(row: &mut [f32], scale: f32) -> f32 {
+fn exp_scaled_shifted_portable(row: &mut [f32], scale: f32) -> (f32, f32) {
     let (chunks, rest) = row.as_chunks_mut::<LANES>();
     let mut maxv = [f32::NEG_INFINITY; LANES];
     for c in chunks.iter_mut() {
@@ -304,7 +346,7 @@ fn exp_scaled_shifted_portable(row: &mut [f32], scale: f32) -> f32 {
         *x = exp_f32(*x - max);
         sum += *x;
     }
-    sum
+    (max, sum)
 }
 
 /// exp(x) for x ≤ 0 (softmax arguments), branch-free so it vectorizes: x = n·ln2 + r with |r| ≤ ln2/2, exp(r) by

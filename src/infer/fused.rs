@@ -159,6 +159,68 @@ pub(crate) fn product_into(
     }
 }
 
+/// `dst += A · B` (f32) on this thread, dst [m, n] row-major: for callers that accumulate products into a result
+/// they own.
+pub(crate) fn product_accumulate(a: Strided, b: Strided, dst: &mut [f32]) {
+    let n = b.cols;
+    assert_eq!(dst.len(), a.rows * n);
+    // SAFETY: dst holds the m × n elements, rows n apart, and is borrowed exclusively.
+    unsafe { product_to(a, b, dst.as_mut_ptr(), n, true) }
+}
+
+/// `C = A · B` (or with `accumulate`, `C += A · B`) (f32) on this thread, into rows of n values `dst_row_stride`
+/// apart from `dst`: for products whose output rows interleave with other tasks' (a head's rows of a tensor laid
+/// out by position).
+///
+/// # Safety
+/// The m rows of n values at `dst + i · dst_row_stride` lie in one live allocation, no one else reads or writes
+/// them during the call, and with `accumulate` they hold initialized values.
+pub(crate) unsafe fn product_to(
+    a: Strided,
+    b: Strided,
+    dst: *mut f32,
+    dst_row_stride: usize,
+    accumulate: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert!(m <= 1 || dst_row_stride >= n, "output rows overlap");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row i lies in the caller's allocation.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_row_stride), n).fill(0.0) };
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller guarantees dst's rows; `Strided::new` checked that A's and B's elements lie within their
+    // slices. With read_dst, gemm computes dst ← 1·dst + 1·A·B; without, it writes every element without reading.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// The row-wise steps of a block, each one pass over rows of `d` values.
 enum RowStep<'a> {
     /// `x · m0 + other · m1` (the residual mix).

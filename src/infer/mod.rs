@@ -6,6 +6,7 @@ pub mod attention_grad;
 pub mod config;
 pub mod device;
 pub mod fused;
+pub mod heads;
 pub mod layers;
 pub mod lm;
 pub mod lora;

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
+use super::attention_grad::causal_attention_by_position;
 use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
 use super::fused;
+use super::heads::normed_rotated_heads;
 use super::layers::{
     BOS_ID, Pass, RMS_NORM_EPS, causal_probabilities, channel_scale, fake_quant_clip,
     fake_quantize_rows, grouped_causal_attention, linear, linear_forward_values, make_trainable,
@@ -1055,6 +1057,12 @@ impl Gpt {
             Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let k_raw = adapted(x, blk.c_k, LoraTarget::K)?;
+        // Training on the CPU in f32: the hand-differentiated nodes (heads, attention) that take the place of the
+        // compositions below.
+        let train_kernels = pass == Pass::Train
+            && self.cpu_kernels
+            && self.precision == Precision::Fp32
+            && fused::applies(&[&q_raw, &k_raw]);
         // Scoring on the CPU: the heads' transpose, RMSNorm, full RoPE and q_gain in one pass each.
         let (q, k) = if cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]) {
             let (cos, neg_sin) = (&ctx.cos, &ctx.neg_sin);
@@ -1062,6 +1070,14 @@ impl Gpt {
             (
                 fused::heads_normed_rotated(&q_raw, h, RMS_NORM_EPS, cos, neg_sin, Some(gain))?,
                 fused::heads_normed_rotated(&k_raw, hkv, RMS_NORM_EPS, cos, neg_sin, None)?,
+            )
+        } else if cfg.rotary_dims() == hd && train_kernels {
+            // The same steps as one differentiable node per projection (bit for bit the composition below).
+            let sin = ctx.neg_sin.neg()?;
+            let gain = self.p(blk.q_gain);
+            (
+                normed_rotated_heads(&q_raw, h, RMS_NORM_EPS, &ctx.cos, &sin, Some(gain))?,
+                normed_rotated_heads(&k_raw, hkv, RMS_NORM_EPS, &ctx.cos, &sin, None)?,
             )
         } else {
             let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
@@ -1090,8 +1106,50 @@ impl Gpt {
             (Some(a), Some(b)) => Some((a + b)?),
             (a, b) => a.or(b),
         };
+        let values_as_projected = extra.is_none();
         if let Some(extra) = extra {
             v_flat = (v_flat + extra)?;
+        }
+        let gate = if let Some((w, bias)) = blk.legacy_gate {
+            Some(candle_nn::ops::sigmoid(
+                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
+            )?)
+        } else if let Some(w) = blk.out_gate {
+            let src = match cfg.attn_out_gate_src {
+                GateSource::Proj => x,
+                GateSource::Q => &q_raw,
+            };
+            let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
+        } else if let Some(w) = blk.head_gate {
+            let z = if cfg.sparse_attn_gate {
+                let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
+            } else {
+                self.linear(x, self.p(w))?
+            };
+            Some(candle_nn::ops::sigmoid(&z)?)
+        } else {
+            None
+        };
+        // Training on the CPU with plain values (no value embedding, residual or XSA, one segment): the attention
+        // node reads the value projection's output and writes the output projection's input as they are laid out.
+        let values_as_projected = values_as_projected
+            && !(cfg.value_residual || cfg.v_lambda)
+            && (v0.is_none() || (blk.vr_lambda.is_none() && blk.v_lambda.is_none()))
+            && !blk.xsa
+            && ctx.segments.is_none()
+            && q.dims4()? == (b, h, t, hd);
+        if train_kernels && values_as_projected && fused::applies(&[&q, &k, &v_flat]) {
+            let scale = 1.0 / (hd as f64).sqrt();
+            let mut y = causal_attention_by_position(&q, &k, &v_flat, scale)?;
+            if let Some(g) = gate {
+                y = y
+                    .reshape((b, t, h, hd))?
+                    .broadcast_mul(&g.unsqueeze(3)?)?
+                    .reshape((b, t, d))?;
+            }
+            return self.output_projection(blk, slot, x, &y, ctx, None);
         }
         // [B, T, Hkv, hd]: the values as XSA and the value residual see them.
         let mut v = v_flat.reshape((b, t, hkv, hd))?;
@@ -1134,35 +1192,26 @@ impl Gpt {
         if blk.xsa && !cfg.xsa_diag {
             y = xsa(&y, &v)?;
         }
-        let gate = if let Some((w, bias)) = blk.legacy_gate {
-            Some(candle_nn::ops::sigmoid(
-                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
-            )?)
-        } else if let Some(w) = blk.out_gate {
-            let src = match cfg.attn_out_gate_src {
-                GateSource::Proj => x,
-                GateSource::Q => &q_raw,
-            };
-            let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
-        } else if let Some(w) = blk.head_gate {
-            let z = if cfg.sparse_attn_gate {
-                let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
-            } else {
-                self.linear(x, self.p(w))?
-            };
-            Some(candle_nn::ops::sigmoid(&z)?)
-        } else {
-            None
-        };
         if let Some(g) = gate {
             y = y.broadcast_mul(&g.unsqueeze(3)?)?;
         }
         let y = y.reshape((b, t, d))?;
+        self.output_projection(blk, slot, x, &y, ctx, raw_v)
+    }
+
+    /// The attention's output projection of y [B, T, d] with its LoRA correction; passes `raw_v` through.
+    fn output_projection(
+        &self,
+        blk: &BlockParams,
+        slot: Option<usize>,
+        x: &Tensor,
+        y: &Tensor,
+        ctx: &Context,
+        raw_v: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         // The records' o_loras read the block's normed input (as q, k, v do), not the attention output, and add to
         // the output projection's result.
-        let out = self.linear(&y, self.p(blk.attn_proj))?;
+        let out = self.linear(y, self.p(blk.attn_proj))?;
         match ctx
             .lora
             .map(|l| l.delta(slot, LoraTarget::O, x))

@@ -31,6 +31,38 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     out
 }
 
+/// A buffer whose disjoint rows parallel tasks write through a shared reference.
+pub(crate) struct SharedRows {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint rows only (see `row`'s callers), and the buffer is not read until they are done.
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    pub(crate) fn new(buffer: &mut [f32]) -> Self {
+        SharedRows {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        }
+    }
+
+    /// The buffer's start, for products that write strided rows of it ([`super::fused::product_to`]).
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    /// # Safety
+    /// No other task reads or writes `at..at + len` while the returned slice lives, and the buffer outlives it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len);
+        // SAFETY: in bounds (checked); exclusive and live by the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+}
+
 /// `x · s` with `s` [d] broadcast along the last dimension of `x` [.., d].
 pub fn channel_scale(x: &Tensor, s: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(&s.contiguous()?, ChannelScale)
@@ -424,7 +456,8 @@ struct RmsNormGrad {
     eps: f32,
 }
 
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
+/// 1/√(mean(x²) + eps) of one row (the training RMSNorm's f32 arithmetic).
+pub(crate) fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
