@@ -421,7 +421,15 @@ impl Gpt {
         if self.fused_scoring(pass, &[x, a, s]) {
             return Ok(fused::add_scaled(x, a, s, None)?.0);
         }
+        if self.training_kernels(pass, &[x, a, s]) && x.dims() == a.dims() {
+            return Ok(super::ops::add_scaled(x, a, s)?);
+        }
         Ok((x + self.channel_scale(a, s, pass)?)?)
+    }
+
+    /// Whether a training pass runs the hand-differentiated CPU f32 nodes of [`super::ops`] on these tensors.
+    fn training_kernels(&self, pass: Pass, tensors: &[&Tensor]) -> bool {
+        pass == Pass::Train && self.cpu_kernels && fused::applies(tensors)
     }
 
     /// [`Gpt::add_scaled`] and the block norm of its result (one pass on the fused kernels).
@@ -880,6 +888,9 @@ impl Gpt {
         let mix = self.p(blk.resid_mix);
         if self.fused_scoring(pass, &[x, x0, mix]) {
             return Ok(fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, None)?.0);
+        }
+        if self.training_kernels(pass, &[x, x0, mix]) && x.dims() == x0.dims() {
+            return Ok(super::ops::residual_mix(x, x0, mix)?);
         }
         Ok((self.channel_scale(x, &mix.get(0)?, pass)?
             + self.channel_scale(x0, &mix.get(1)?, pass)?)?)

@@ -2,7 +2,7 @@
 //! a composition of candle operations records several nodes per use, and their backward passes reduce over
 //! broadcast dimensions element by element, which dominated the training step.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::{Strided, linear_f32, product_f32};
@@ -60,6 +60,144 @@ impl SharedRows {
         assert!(at + len <= self.len);
         // SAFETY: in bounds (checked); exclusive and live by the caller's guarantee.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+}
+
+/// The residual mix `x · mix[0] + x0 · mix[1]` for x, x0 [.., d] and mix [2, d] as one differentiable node (the
+/// composition records two channel scales, two row selections and a sum, each with a materialized gradient). The
+/// same f32 operations: each product rounded, then the sum; ∂x = g·mix[0], ∂x0 = g·mix[1], ∂mix the channel scales'
+/// column sums.
+pub fn residual_mix(x: &Tensor, x0: &Tensor, mix: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&x0.contiguous()?, &mix.contiguous()?, ResidualMix)
+}
+
+struct ResidualMix;
+
+impl CustomOp3 for ResidualMix {
+    fn name(&self) -> &'static str {
+        "residual-mix"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let x0 = contiguous::<f32>(s2, l2, self.name())?;
+        let mix = contiguous::<f32>(s3, l3, self.name())?;
+        let d = *l1.dims().last().unwrap_or(&0);
+        if d == 0 || l1.dims() != l2.dims() || l3.dims() != [2, d] {
+            candle_core::bail!(
+                "residual-mix: {:?} and {:?} by {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let (m0, m1) = mix.split_at(d);
+        let mut out = output_buffer(x.len());
+        out.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64).zip(x0.par_chunks(d * 64)))
+            .for_each(|(o, (x, x0))| {
+                for ((o, x), x0) in o.chunks_mut(d).zip(x.chunks(d)).zip(x0.chunks(d)) {
+                    for i in 0..d {
+                        o[i] = x[i] * m0[i] + x0[i] * m1[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        x0: &Tensor,
+        mix: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let (m0, m1) = (mix.get(0)?, mix.get(1)?);
+        let dx = g.apply_op2_no_bwd(&m0, &ChannelScale)?;
+        let dx0 = g.apply_op2_no_bwd(&m1, &ChannelScale)?;
+        let dmix = Tensor::stack(
+            &[
+                x.apply_op2_no_bwd(&g, &ChannelScaleGrad)?,
+                x0.apply_op2_no_bwd(&g, &ChannelScaleGrad)?,
+            ],
+            0,
+        )?;
+        Ok((Some(dx), Some(dx0), Some(dmix)))
+    }
+}
+
+/// `x + a · s` for x, a [.., d] and s [d] (a branch's output scaled into the residual stream) as one
+/// differentiable node: the product rounded, then the sum, as the composition; ∂x = g, ∂a = g·s, ∂s the column
+/// sums of g ⊙ a.
+pub fn add_scaled(x: &Tensor, a: &Tensor, s: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &s.contiguous()?, AddScaled)
+}
+
+struct AddScaled;
+
+impl CustomOp3 for AddScaled {
+    fn name(&self) -> &'static str {
+        "add-scaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let a = contiguous::<f32>(s2, l2, self.name())?;
+        let s = contiguous::<f32>(s3, l3, self.name())?;
+        let d = s.len();
+        if d == 0 || l1.dims() != l2.dims() || l1.dims().last() != Some(&d) {
+            candle_core::bail!(
+                "add-scaled: {:?} plus {:?} by {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let mut out = output_buffer(x.len());
+        out.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64).zip(a.par_chunks(d * 64)))
+            .for_each(|(o, (x, a))| {
+                for ((o, x), a) in o.chunks_mut(d).zip(x.chunks(d)).zip(a.chunks(d)) {
+                    for i in 0..d {
+                        o[i] = x[i] + a[i] * s[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        a: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let da = g.apply_op2_no_bwd(s, &ChannelScale)?;
+        let ds = a.apply_op2_no_bwd(&g, &ChannelScaleGrad)?;
+        Ok((Some(g), Some(da), Some(ds)))
     }
 }
 
@@ -623,6 +761,51 @@ pub(crate) mod tests {
                 "∂{what} {case}"
             );
         }
+    }
+
+    /// The residual mix and the scaled add against the compositions they replace (channel-scale nodes, row
+    /// selections and sums), bit for bit: values and the gradients of every input.
+    #[test]
+    fn residual_mix_and_add_scaled_are_their_compositions_bit_for_bit() {
+        let dev = Device::Cpu;
+        for &(b, t, d) in &[(2, 5, 16), (1, 70, 24), (3, 1, 1)] {
+            let x = Var::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+            let x0 = Var::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+            let a = Var::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+            let mix = Var::randn(0.5f32, 0.5, (2, d), &dev).unwrap();
+            let s = Var::randn(0f32, 0.3, d, &dev).unwrap();
+            let g = Tensor::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+            let case = format!("{b}×{t}×{d}");
+            let ours = residual_mix(x.as_tensor(), x0.as_tensor(), mix.as_tensor()).unwrap();
+            let theirs = (channel_scale(x.as_tensor(), &mix.as_tensor().get(0).unwrap()).unwrap()
+                + channel_scale(x0.as_tensor(), &mix.as_tensor().get(1).unwrap()).unwrap())
+            .unwrap();
+            assert_same_node(
+                &ours,
+                &theirs,
+                &g,
+                &[("x", &x), ("x0", &x0), ("mix", &mix)],
+                &case,
+            );
+            let ours = add_scaled(x.as_tensor(), a.as_tensor(), s.as_tensor()).unwrap();
+            let theirs =
+                (x.as_tensor() + channel_scale(a.as_tensor(), s.as_tensor()).unwrap()).unwrap();
+            assert_same_node(
+                &ours,
+                &theirs,
+                &g,
+                &[("x", &x), ("a", &a), ("s", &s)],
+                &case,
+            );
+        }
+        let x = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+        let mix = Tensor::zeros((2, 5), candle_core::DType::F32, &dev).unwrap();
+        let err = residual_mix(&x, &x, &mix).unwrap_err().to_string();
+        assert!(err.contains("residual-mix"), "{err}");
+        let err = add_scaled(&x, &x, &mix.get(0).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("add-scaled"), "{err}");
     }
 
     /// max |a − b| over values and over the gradients of Σ(y ⊙ w) for a fixed random w.
