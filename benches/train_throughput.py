@@ -12,8 +12,8 @@ The baseline recipe's shape (9x512, 8 heads over 4 KV heads, seq 1024), on 8 seq
 
 Both sides take the same sequential batches from fixtures/data/sp1024/fineweb_val_000000.bin and run the reference
 optimizer split (Adam for the tied embedding and the control tensors, Muon for the block matrices). Prints
-tokens/s for both (PyTorch timed after one warm-up step; pgolf's own train_time, validation excluded, the mean of
-one run before PyTorch's and one after) and the ratio.
+tokens/s for both, each timed after one warm-up step (pgolf's own training clock from its first step's end to its
+last's, validation excluded; the mean of one run before PyTorch's and one after) and the ratio.
 """
 import argparse
 import importlib.util
@@ -85,10 +85,14 @@ def main():
                    "--val", "fixtures/data/sp1024/fineweb_val_000001.bin", "--max-val-tokens", "4096",
                    "--tokenizer", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
                                                "tokenizers", "fineweb_1024_bpe.model"),
-                   "-o", os.path.join(d, "out"), "--train-batch-tokens", str(B), "--iterations", str(args.steps),
-                   "--max-wallclock-seconds", "0", "--val-loss-every", "0", "--json"]
+                   "-o", os.path.join(d, "out"), "--train-batch-tokens", str(B),
+                   "--iterations", str(args.steps + 1),
+                   "--max-wallclock-seconds", "0", "--val-loss-every", "0", "--train-log-every", "1", "--json"]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
-        return out["train_time_ms"] / 1000
+        # Timed after one warm-up step, as PyTorch is: the training clock at the last step minus at the first.
+        steps = [e for e in out["events"] if e.get("event") == "step"]
+        assert len(steps) == args.steps + 1, "one step event per iteration"
+        return (steps[-1]["train_time_ms"] - steps[0]["train_time_ms"]) / 1000
 
     # pgolf runs once before PyTorch and once after, so neither side always runs first on a machine whose speed
     # drifts; its time is the mean of the two.
