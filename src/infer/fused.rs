@@ -132,24 +132,53 @@ pub(crate) fn product_into(
         });
         return;
     }
-    // SAFETY: dst holds m × n elements at (i, j) ↦ i·dst_row + j·dst_col; `Strided::new` checked that A's and B's
-    // elements lie within their slices. With read_dst false gemm writes every element without reading it.
+    // SAFETY: dst holds m × n elements at (i, j) ↦ i·dst_row + j·dst_col, borrowed exclusively.
+    unsafe {
+        gemm_call(
+            a,
+            b,
+            dst.as_mut_ptr() as *mut f32,
+            (dst_row, dst_col),
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The `gemm` crate's `dst ← A · B` (or with `accumulate`, `dst ← dst + A · B`), dst element (i, j) at
+/// `i · strides.0 + j · strides.1`.
+///
+/// # Safety
+/// Those m × n elements lie in one live allocation that no one else touches during the call, and with `accumulate`
+/// they hold initialized values. (`Strided::new` checked that A's and B's elements lie within their slices; without
+/// `accumulate` gemm writes every element without reading it.)
+unsafe fn gemm_call(
+    a: Strided,
+    b: Strided,
+    dst: *mut f32,
+    strides: (usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    // SAFETY: the caller's guarantee.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr() as *mut f32,
-            dst_col as isize,
-            dst_row as isize,
-            false,
+            dst,
+            strides.1 as isize,
+            strides.0 as isize,
+            accumulate,
             a.values.as_ptr(),
             a.col_stride as isize,
             a.row_stride as isize,
             b.values.as_ptr(),
             b.col_stride as isize,
             b.row_stride as isize,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
@@ -194,28 +223,14 @@ pub(crate) unsafe fn product_to(
         }
         return;
     }
-    // SAFETY: the caller guarantees dst's rows; `Strided::new` checked that A's and B's elements lie within their
-    // slices. With read_dst, gemm computes dst ← 1·dst + 1·A·B; without, it writes every element without reading.
+    // SAFETY: the caller guarantees dst's rows.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_call(
+            a,
+            b,
             dst,
-            1,
-            dst_row_stride as isize,
+            (dst_row_stride, 1),
             accumulate,
-            a.values.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
             gemm::Parallelism::None,
         )
     }
