@@ -230,7 +230,7 @@ pub(crate) fn grouped_causal_attention(
         && t * hd > 0
         && super::fused::applies(&[q, k, v])
     {
-        // A tracked pass: one differentiable node, the composition's arithmetic.
+        // A tracked pass: one differentiable node, blocked over queries (the composition's values to f32 rounding).
         let scale = 1.0 / (hd as f64).sqrt();
         return Ok(super::attention_grad::causal_attention(q, k, v, scale)?);
     }
