@@ -60,6 +60,12 @@ pub fn bf16_bits(x: f32) -> u16 {
     if x.is_nan() { 0x7fc0 } else { rounded }
 }
 
+/// `x` rounded to the nearest bf16 ([`bf16_bits`]), kept as f32.
+#[inline(always)]
+pub fn bf16_rounded(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
 /// `dst ← bf16(src)` value by value ([`bf16_bits`]), compiled for AVX-512 where the CPU has it (16 lanes; the
 /// same integer arithmetic, so the same bits).
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]

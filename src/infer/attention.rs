@@ -186,10 +186,12 @@ fn amx_head(
     }
 }
 
-/// In place: every value rounded to the nearest bf16 (ties to even), kept as f32.
+/// In place: every value rounded to the nearest bf16 (ties to even), kept as f32 (compiled for AVX-512 where the
+/// CPU has it: the same integer arithmetic, so the same bits).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 pub fn round_to_bf16(values: &mut [f32]) {
     for x in values {
-        *x = f32::from_bits((super::amx::bf16_bits(*x) as u32) << 16);
+        *x = super::amx::bf16_rounded(*x);
     }
 }
 

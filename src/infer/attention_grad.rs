@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exp_scaled_minus, exp_scaled_shifted_with_max};
-use super::fused::{Strided, product_into, product_to};
+use super::fused::{Strided, product_rows, product_to};
 use super::ops::{SharedRows, contiguous, output_buffer, with_f32};
 
 /// Queries per block.
@@ -161,18 +161,12 @@ fn block_scores(
     scores: &mut [f32],
 ) {
     let (m, keys) = (qe - qs, qe);
-    product_into(
+    product_rows(
         Strided::new(&q_head[qs * hd..qe * hd], m, hd, hd, 1),
         Strided::new(&k_head[..keys * hd], hd, keys, 1, hd),
+        scores,
         false,
-        false,
-        as_uninit(scores),
     );
-}
-
-fn as_uninit(s: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
-    // SAFETY: MaybeUninit<f32> has f32's layout, and the callers write only initialized values.
-    unsafe { &mut *(s as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -314,12 +308,11 @@ fn attention_backward(
                     }
                     let g_block = Strided::new(&g[g_at + qs * g_stride..], m, hd, g_stride, 1);
                     // y = p·v: ∂p = g·vᵀ, ∂v += pᵀ·g.
-                    product_into(
-                        Strided::new(&g[g_at + qs * g_stride..], m, hd, g_stride, 1),
+                    product_rows(
+                        g_block,
                         Strided::new(v_head, hd, keys, 1, v_stride),
+                        ds,
                         false,
-                        false,
-                        as_uninit(ds),
                     );
                     // SAFETY: rows 0..keys of kv head (b, kvh) of ∂v lie within it, were zeroed, and only this
                     // task touches them.
@@ -342,17 +335,17 @@ fn attention_backward(
                         ds_row[valid..].fill(0.0);
                     }
                     // scores = q·kᵀ: ∂q = ∂s·k, ∂k += ∂sᵀ·q.
-                    product_into(
+                    product_rows(
                         Strided::new(ds, m, keys, keys, 1),
                         Strided::new(&k_head[..keys * hd], keys, hd, hd, 1),
+                        &mut dq[qs * hd..qe * hd],
                         false,
-                        false,
-                        as_uninit(&mut dq[qs * hd..qe * hd]),
                     );
-                    super::fused::product_accumulate(
+                    product_rows(
                         Strided::new(ds, keys, m, 1, keys),
                         Strided::new(&q_head[qs * hd..qe * hd], m, hd, hd, 1),
                         &mut dk[..keys * hd],
+                        true,
                     );
                 }
             }
@@ -413,7 +406,7 @@ mod tests {
     use super::*;
     use crate::infer::layers::Pass;
     use crate::infer::layers::causal_probabilities;
-    use crate::infer::ops::tests::{assert_same_node, max_abs_diff};
+    use crate::infer::ops::tests::{assert_close_node, assert_same_node};
     use crate::infer::precision::Precision;
     use candle_core::{Device, Var};
 
@@ -449,23 +442,14 @@ mod tests {
             .unwrap();
             let theirs = p.matmul(&vx).unwrap();
             let case = format!("{b}×{h}/{hkv}×{t}×{hd}");
-            let dy = max_abs_diff(&ours, &theirs);
-            assert!(dy < 2e-6, "values {case}: max |Δ| {dy}");
-            let ga = (&ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (&theirs * &g)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                let (a, b) = (
-                    ga.get(x.as_tensor()).unwrap(),
-                    gb.get(x.as_tensor()).unwrap(),
-                );
-                let dg = max_abs_diff(a, b);
-                assert!(dg < 1e-5, "∂{what} {case}: max |Δ| {dg}");
-            }
+            assert_close_node(
+                &ours,
+                &theirs,
+                &g,
+                &[("q", &q), ("k", &k), ("v", &v)],
+                &case,
+                (2e-6, 1e-5),
+            );
         }
     }
 

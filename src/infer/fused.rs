@@ -69,6 +69,7 @@ pub(crate) fn linear_f32(x: &[f32], w: &[f32], rows: usize, out: usize, inner: u
 
 /// A matrix operand of [`product_f32`]: `rows` × `cols` values of `values`, element (i, j) at
 /// `i · row_stride + j · col_stride`.
+#[derive(Clone, Copy)]
 pub(crate) struct Strided<'a> {
     values: &'a [f32],
     rows: usize,
@@ -188,13 +189,13 @@ unsafe fn gemm_call(
     }
 }
 
-/// `dst += A · B` (f32) on this thread, dst [m, n] row-major: for callers that accumulate products into a result
-/// they own.
-pub(crate) fn product_accumulate(a: Strided, b: Strided, dst: &mut [f32]) {
+/// `dst = A · B` (or with `accumulate`, `dst += A · B`) (f32) on this thread, dst [m, n] row-major: for callers
+/// that run many small products in parallel themselves, into buffers they own.
+pub(crate) fn product_rows(a: Strided, b: Strided, dst: &mut [f32], accumulate: bool) {
     let n = b.cols;
     assert_eq!(dst.len(), a.rows * n);
-    // SAFETY: dst holds the m × n elements, rows n apart, and is borrowed exclusively.
-    unsafe { product_to(a, b, dst.as_mut_ptr(), n, true) }
+    // SAFETY: dst holds the m × n initialized elements, rows n apart, and is borrowed exclusively.
+    unsafe { product_to(a, b, dst.as_mut_ptr(), n, accumulate) }
 }
 
 /// `C = A · B` (or with `accumulate`, `C += A · B`) (f32) on this thread, into rows of n values `dst_row_stride`

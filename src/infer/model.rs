@@ -1070,10 +1070,8 @@ impl Gpt {
         let k_raw = adapted(x, blk.c_k, LoraTarget::K)?;
         // Training on the CPU in f32: the hand-differentiated nodes (heads, attention) that take the place of the
         // compositions below.
-        let train_kernels = pass == Pass::Train
-            && self.cpu_kernels
-            && self.precision == Precision::Fp32
-            && fused::applies(&[&q_raw, &k_raw]);
+        let train_kernels =
+            self.precision == Precision::Fp32 && self.training_kernels(pass, &[&q_raw, &k_raw]);
         // Scoring on the CPU: the heads' transpose, RMSNorm, full RoPE and q_gain in one pass each.
         let (q, k) = if cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]) {
             let (cos, neg_sin) = (&ctx.cos, &ctx.neg_sin);
@@ -1117,41 +1115,19 @@ impl Gpt {
             (Some(a), Some(b)) => Some((a + b)?),
             (a, b) => a.or(b),
         };
-        let values_as_projected = extra.is_none();
-        if let Some(extra) = extra {
-            v_flat = (v_flat + extra)?;
-        }
-        let gate = if let Some((w, bias)) = blk.legacy_gate {
-            Some(candle_nn::ops::sigmoid(
-                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
-            )?)
-        } else if let Some(w) = blk.out_gate {
-            let src = match cfg.attn_out_gate_src {
-                GateSource::Proj => x,
-                GateSource::Q => &q_raw,
-            };
-            let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
-        } else if let Some(w) = blk.head_gate {
-            let z = if cfg.sparse_attn_gate {
-                let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
-            } else {
-                self.linear(x, self.p(w))?
-            };
-            Some(candle_nn::ops::sigmoid(&z)?)
-        } else {
-            None
-        };
         // Training on the CPU with plain values (no value embedding, residual or XSA, one segment): the attention
         // node reads the value projection's output and writes the output projection's input as they are laid out.
-        let values_as_projected = values_as_projected
+        let values_as_projected = train_kernels
+            && extra.is_none()
             && !(cfg.value_residual || cfg.v_lambda)
             && (v0.is_none() || (blk.vr_lambda.is_none() && blk.v_lambda.is_none()))
             && !blk.xsa
-            && ctx.segments.is_none()
-            && q.dims4()? == (b, h, t, hd);
-        if train_kernels && values_as_projected && fused::applies(&[&q, &k, &v_flat]) {
+            && ctx.segments.is_none();
+        if let Some(extra) = extra {
+            v_flat = (v_flat + extra)?;
+        }
+        let gate = self.attention_gate(blk, x, &q_raw)?;
+        if values_as_projected && fused::applies(&[&v_flat]) {
             let scale = 1.0 / (hd as f64).sqrt();
             let mut y = causal_attention_by_position(&q, &k, &v_flat, scale)?;
             if let Some(g) = gate {
@@ -1208,6 +1184,39 @@ impl Gpt {
         }
         let y = y.reshape((b, t, d))?;
         self.output_projection(blk, slot, x, &y, ctx, raw_v)
+    }
+
+    /// The attention output's gate [B, T, H] when the block has one: the legacy gate (Linear with bias),
+    /// AttnOutGate (2σ of a window of the input or of q) or the head gate (σ of the input or a scaled window of it).
+    fn attention_gate(
+        &self,
+        blk: &BlockParams,
+        x: &Tensor,
+        q_raw: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.cfg;
+        Ok(if let Some((w, bias)) = blk.legacy_gate {
+            Some(candle_nn::ops::sigmoid(
+                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
+            )?)
+        } else if let Some(w) = blk.out_gate {
+            let src = match cfg.attn_out_gate_src {
+                GateSource::Proj => x,
+                GateSource::Q => q_raw,
+            };
+            let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
+        } else if let Some(w) = blk.head_gate {
+            let z = if cfg.sparse_attn_gate {
+                let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
+                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
+            } else {
+                self.linear(x, self.p(w))?
+            };
+            Some(candle_nn::ops::sigmoid(&z)?)
+        } else {
+            None
+        })
     }
 
     /// The attention's output projection of y [B, T, d] with its LoRA correction; passes `raw_v` through.

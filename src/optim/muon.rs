@@ -9,6 +9,7 @@
 use candle_core::{DType, Tensor, Var};
 
 use super::{OptimError, Result};
+use crate::infer::amx::bf16_rounded;
 
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
@@ -58,7 +59,7 @@ fn tiles_iterations(mut x: Vec<f32>, r: usize, c: usize, steps: usize) -> Vec<f3
     for _ in 0..steps {
         // A = X·Xᵀ [r, r]; B = b·A + c·A·A; X = a·X + B·X.
         let mut am = matmul_bt(&x, &x, r, r, c);
-        round_in_place(&mut am);
+        crate::infer::attention::round_to_bf16(&mut am);
         let ca = scaled_rounded(&am, cc);
         let mut bm = matmul_bt(&ca, &transposed(&am, r, r), r, r, r);
         scaled_plus_rounded(&am, b, &mut bm);
@@ -69,31 +70,17 @@ fn tiles_iterations(mut x: Vec<f32>, r: usize, c: usize, steps: usize) -> Vec<f3
     x
 }
 
-/// `x` rounded to the nearest bf16 (ties to even), kept as f32.
-#[inline(always)]
-fn round_bf16(x: f32) -> f32 {
-    f32::from_bits((crate::infer::amx::bf16_bits(x) as u32) << 16)
-}
-
-/// Every value rounded to bf16 (a bf16 matmul's output).
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
-fn round_in_place(values: &mut [f32]) {
-    for v in values {
-        *v = round_bf16(*v);
-    }
-}
-
 /// `bf16(m · s + 0)`: candle's `tensor * scalar` (affine) on a bf16 tensor.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 fn scaled_rounded(m: &[f32], s: f32) -> Vec<f32> {
-    m.iter().map(|&v| round_bf16(v * s + 0.0)).collect()
+    m.iter().map(|&v| bf16_rounded(v * s + 0.0)).collect()
 }
 
 /// In place: `product ← bf16(bf16(base · s + 0) + bf16(product))`, a scaled bf16 tensor plus a bf16 matmul's output.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2"))]
 fn scaled_plus_rounded(base: &[f32], s: f32, product: &mut [f32]) {
     for (p, &v) in product.iter_mut().zip(base) {
-        *p = round_bf16(round_bf16(v * s + 0.0) + round_bf16(*p));
+        *p = bf16_rounded(bf16_rounded(v * s + 0.0) + bf16_rounded(*p));
     }
 }
 
