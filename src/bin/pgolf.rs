@@ -95,6 +95,9 @@ pub fn run_command_line(argv: &[String]) -> anyhow::Result<ExitCode> {
     dispatch(Cli::try_parse_from(argv)?.command, true)
 }
 
+#[global_allocator]
+static ALLOCATOR: pgolf::alloc::CacheLineAligned = pgolf::alloc::CacheLineAligned;
+
 fn main() -> ExitCode {
     // Exit quietly when stdout is closed early (`pgolf inspect … | head`), as command-line tools do.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.

@@ -122,7 +122,7 @@ pub fn matmul_bt_bf16(a: &[u16], b: &[f32], m: usize, n: usize, k: usize) -> Vec
             };
             return;
         }
-        let mut tiled = vec![0u16; BLOCK * kpa];
+        let mut tiled = Lines::zeroed(BLOCK * kpa);
         for (r, row) in a[r0 * k..(r0 + rows) * k].chunks_exact(k).enumerate() {
             for (step, values) in row.chunks(KSTEP).enumerate() {
                 let at = step * BLOCK * KSTEP + r * KSTEP;
@@ -159,13 +159,47 @@ fn over_row_blocks(
     c
 }
 
+/// bf16 values in whole 64-byte cache lines, the first starting on a line: every tile row (64 bytes) the kernel
+/// loads from a packed operand then reads one line, not two. (A `Vec<u16>` from glibc's `malloc` starts 16 bytes
+/// into a line three times in four; the tile loads of B, streamed again for every block of rows, then split.)
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; KSTEP]);
+
+struct Lines(Vec<Line>);
+
+impl Lines {
+    /// At least `values` zeros (whole lines).
+    fn zeroed(values: usize) -> Self {
+        Lines(vec![Line([0; KSTEP]); values.div_ceil(KSTEP)])
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        // SAFETY: `Line` is repr(C) over KSTEP u16 with no padding (64 bytes, its alignment), so the vector's lines
+        // are len · KSTEP consecutive u16.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u16>(), self.0.len() * KSTEP) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as `deref`, uniquely borrowed.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u16>(), self.0.len() * KSTEP)
+        }
+    }
+}
+
 /// B rounded to bf16 in the tiles' pair-interleaved layout, one C block's two tiles after the other k-step by k-step:
 /// for columns 32j..32j+32, k-step s holds the left tile (columns 32j..32j+16) then the right one, each 16 rows of
 /// 64 bytes, row p (k-pair 16s + p) holding 16 × (B[2·pair, col], B[2·pair + 1, col]). A block's k-steps are one
 /// stream of 2 KiB steps (what the tile kernel prefetches). Columns are padded to a multiple of 32, k to a multiple
 /// of 32, with zeros.
 pub struct PackedB {
-    data: Vec<u16>,
+    data: Lines,
     n: usize,
     kp: usize,
 }
@@ -231,7 +265,7 @@ impl PackedB {
         let kp = k.div_ceil(KSTEP) * KSTEP;
         let panels = n.div_ceil(BLOCK) * 2;
         PackedB {
-            data: vec![0u16; panels * kp * 16],
+            data: Lines::zeroed(panels * kp * 16),
             n,
             kp,
         }
@@ -250,7 +284,7 @@ fn interleave_rows(even: &[f32], odd: &[f32], dst: &mut [u16]) {
 /// A rounded to bf16 in the layout the tiles read: blocks of 32 rows of `kpa` values (k padded with zeros to a
 /// multiple of 32), written row by row by the caller (attention's probabilities, straight from the softmax).
 pub struct PackedA {
-    data: Vec<u16>,
+    data: Lines,
     rows: usize,
     kpa: usize,
 }
@@ -260,7 +294,7 @@ impl PackedA {
     pub fn zeroed(rows: usize, k: usize) -> Self {
         let kpa = k.div_ceil(KSTEP) * KSTEP;
         PackedA {
-            data: vec![0u16; rows.div_ceil(BLOCK) * BLOCK * kpa],
+            data: Lines::zeroed(rows.div_ceil(BLOCK) * BLOCK * kpa),
             rows,
             kpa,
         }
@@ -325,7 +359,7 @@ pub fn matmul_packed(
 ) {
     assert!(k <= b.kp && cols <= b.n);
     let kpa = k.div_ceil(KSTEP) * KSTEP;
-    let mut tiled = vec![0u16; BLOCK * kpa];
+    let mut tiled = Lines::zeroed(BLOCK * kpa);
     for r0 in (0..rows).step_by(BLOCK) {
         let block_rows = BLOCK.min(rows - r0);
         if block_rows < BLOCK {
