@@ -297,3 +297,68 @@ fn generic_ops_the_gpu_runs_reproduce_the_references_on_the_cpu() {
         "train: generic {generic} vs kernels {kernels}"
     );
 }
+
+/// A mixed-precision model keeps each weight's AMX packing across products; a weight that changes afterwards,
+/// replaced (`set_parameter`) or updated in place through a variable (`make_trainable`, then `Var::set` on storage a
+/// constant view shares), must be packed again: the logits equal, bit for bit, those of a model built with the
+/// changed weights. (On a CPU without AMX-BF16 nothing is packed and the comparison holds trivially.)
+#[test]
+fn mixed_precision_weight_packings_follow_weight_changes() {
+    let name = "sp1024_tied";
+    let cfg = ModelConfig::load(&fixture(&format!("models/{name}.json"))).unwrap();
+    let path = fixture(&format!("models/{name}.safetensors"));
+    let state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
+    let state = weights::check_state_dict(&cfg, state, DType::F32, &path).unwrap();
+    let build = |state: &weights::StateDict| {
+        Gpt::new(cfg.clone(), state.clone(), &Device::Cpu, Precision::Mixed).unwrap()
+    };
+    let glob = format!(
+        "{}/fineweb_val_*.bin",
+        fixture("models/val_sp1024").display()
+    );
+    let tokens =
+        shard::load_validation_tokens(&glob, 128, &pgolf::limits::Limits::default()).unwrap();
+    let ids: Vec<u32> = tokens[..2 * 128].iter().map(|&t| t as u32).collect();
+    let ids = candle_core::Tensor::from_vec(ids, (2, 128), &Device::Cpu).unwrap();
+    let logits = |m: &Gpt| -> Vec<f32> {
+        m.logits(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    // The weights each kind of product reads: an attention projection, the MLP's first layer (its own fused
+    // path), and the tied embedding as the output head.
+    let changed = [
+        "blocks.0.attn.c_q.weight",
+        "blocks.1.mlp.fc.weight",
+        "tok_emb.weight",
+    ];
+    let mut scaled = state.clone();
+    for n in changed {
+        let w = scaled[n].clone();
+        scaled.insert(n.to_string(), (w * 0.75).unwrap());
+    }
+    let want = logits(&build(&scaled));
+
+    let mut replaced = build(&state);
+    let before = logits(&replaced);
+    assert_ne!(before, want, "scaling the weights changes the logits");
+    for n in changed {
+        replaced.set_parameter(n, scaled[n].clone()).unwrap();
+    }
+    assert_eq!(logits(&replaced), want, "after set_parameter");
+
+    let mut updated = build(&state);
+    assert_eq!(logits(&updated), before);
+    let vars = updated.make_trainable(|n| changed.contains(&n)).unwrap();
+    // Constants again, over the variables' storage: the products take the forward-only tile path.
+    updated.make_trainable(|_| false).unwrap();
+    // A product with the old values first (it would pack them), then the update in place.
+    assert_eq!(logits(&updated), before);
+    for (n, var) in &vars {
+        var.set(&scaled[n.as_str()]).unwrap();
+    }
+    assert_eq!(logits(&updated), want, "after Var::set");
+}

@@ -25,11 +25,22 @@ pub enum Pass {
 }
 
 pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Tensor> {
+    linear_prepacked(x, w, None, precision)
+}
+
+/// [`linear`], with W's AMX packing made once by the caller where it has one ([`super::amx::PackedB::from_nk`] of
+/// W's values; used only on the mixed-precision tile path).
+pub(crate) fn linear_prepacked(
+    x: &Tensor,
+    w: &Tensor,
+    packed: Option<&super::amx::PackedB>,
+    precision: Precision,
+) -> Result<Tensor> {
     // F.linear(x, W) = x · Wᵀ, as one [rows, in] × [in, out] product over all leading dimensions.
     let dims = x.dims();
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("at least one dimension") = w.dim(0)?;
-    if let Some(values) = linear_forward_values(x, w, precision)? {
+    if let Some(values) = linear_forward_values(x, w, packed, precision)? {
         return Ok(Tensor::from_vec(values, out_dims, x.device())?);
     }
     if precision == Precision::Fp32 && super::fused::applies(&[x, w]) && w.rank() == 2 {
@@ -43,10 +54,12 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, precision: Precision) -> Result<Ten
 
 /// The values of `F.linear(x, W)` (row-major, x's leading dimensions by W's rows) from the forward-only CPU
 /// kernels, where they apply: CPU f32 tensors that no gradient tracks, in f32 on the `gemm` crate, under mixed
-/// precision on AMX tiles (where the CPU has them). None: the caller composes candle's product.
+/// precision on AMX tiles (where the CPU has them; from `packed`, W's packing, where the caller has it). None: the
+/// caller composes candle's product.
 pub(crate) fn linear_forward_values(
     x: &Tensor,
     w: &Tensor,
+    packed: Option<&super::amx::PackedB>,
     precision: Precision,
 ) -> Result<Option<Vec<f32>>> {
     let on_tiles = precision == Precision::Mixed && super::amx::available();
@@ -66,6 +79,23 @@ pub(crate) fn linear_forward_values(
         return Ok(None); // candle's product reports the mismatch
     }
     let rows = x.elem_count() / inner.max(1);
+    if !on_tiles {
+        return with_values(x, |xs| {
+            with_values(w, |ws| {
+                Ok(Some(super::fused::linear_f32(xs, ws, rows, out, inner)))
+            })
+        });
+    }
+    // The same rule as candle's bf16 product, on AMX tiles, with W's packing: the caller's where it has one of W's
+    // shape, else made here.
+    let made_here;
+    let tiles = match packed.filter(|p| p.dims() == (out, inner)) {
+        Some(p) => p,
+        None => {
+            made_here = with_values(w, |ws| Ok(super::amx::PackedB::from_nk(ws, out, inner)))?;
+            &made_here
+        }
+    };
     if bf16_input {
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
@@ -77,20 +107,11 @@ pub(crate) fn linear_forward_values(
         let values = &cpu.as_slice::<half::bf16>()?[start..end];
         // SAFETY: half::bf16 is a transparent u16 (its bits).
         let xs = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u16, values.len()) };
-        return Ok(Some(with_values(w, |ws| {
-            Ok(super::amx::matmul_bt_bf16(xs, ws, rows, out, inner))
-        })?));
+        return Ok(Some(super::amx::matmul_bt_bf16_packed(xs, tiles, rows)));
     }
-    let product = with_values(x, |xs| {
-        with_values(w, |ws| {
-            Ok(match precision {
-                Precision::Fp32 => Some(super::fused::linear_f32(xs, ws, rows, out, inner)),
-                // The same rule as candle's bf16 product, on AMX tiles.
-                Precision::Mixed => Some(super::amx::matmul_bt(xs, ws, rows, out, inner)),
-            })
-        })
-    })?;
-    Ok(product)
+    with_values(x, |xs| {
+        Ok(Some(super::amx::matmul_bt_packed(xs, tiles, rows)))
+    })
 }
 
 /// Softmax over the last dimension from differentiable operations (the max shift is a constant of the gradient).

@@ -15,8 +15,8 @@ use super::fused;
 use super::heads::normed_rotated_heads;
 use super::layers::{
     BOS_ID, Pass, RMS_NORM_EPS, causal_probabilities, channel_scale, fake_quant_clip,
-    fake_quantize_rows, grouped_causal_attention, linear, linear_forward_values, make_trainable,
-    rms_norm, rope, rope_tables, softmax_last_dim_differentiable,
+    fake_quantize_rows, grouped_causal_attention, linear_forward_values, linear_prepacked,
+    make_trainable, rms_norm, rope, rope_tables, softmax_last_dim_differentiable,
 };
 use super::lora::{LoraSet, LoraTarget};
 use super::precision::Precision;
@@ -124,6 +124,13 @@ pub struct Gpt {
     ones_head: Tensor,
     /// When set, every linear layer's input second moment is accumulated here ([`Gpt::record_input_moments`]).
     input_moments: Option<std::sync::Mutex<InputMoments>>,
+    /// Each weight's AMX tile packing, made at its first mixed-precision product and reused by every later one
+    /// (packing a weight cost 3–5% of a mixed scoring run when it was redone at every product). Only while the
+    /// weights are constants: [`Gpt::make_trainable`] hands out variables that change them in place, so it turns
+    /// the cache off for good, and [`Gpt::set_parameter`] drops the replaced weight's packing.
+    packed_weights: Vec<std::sync::OnceLock<super::amx::PackedB>>,
+    /// Whether `packed_weights` may be used: no weight has been made a variable.
+    weights_constant: bool,
 }
 
 /// Σ xᵀx over every row a forward pass feeds each linear layer, by the name of the layer's weight (a weight used
@@ -272,6 +279,8 @@ impl Gpt {
             ones_model: Tensor::ones(cfg.model_dim, DType::F32, device)?,
             ones_head: Tensor::ones(cfg.head_dim(), DType::F32, device)?,
             input_moments: None,
+            packed_weights: params.iter().map(|_| std::sync::OnceLock::new()).collect(),
+            weights_constant: true,
             cfg,
             device: device.clone(),
             precision,
@@ -292,6 +301,11 @@ impl Gpt {
         &mut self,
         selected: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
+        // The variables (and the constants sharing their storage) change in place from now on.
+        self.weights_constant = false;
+        self.packed_weights
+            .iter_mut()
+            .for_each(|p| *p = Default::default());
         make_trainable(&self.names, &mut self.params, &selected)
     }
 
@@ -311,6 +325,7 @@ impl Gpt {
             ))
             .into());
         }
+        self.packed_weights[i] = Default::default();
         Ok(std::mem::replace(&mut self.params[i], t))
     }
 
@@ -337,7 +352,28 @@ impl Gpt {
         if let Some(tap) = &self.input_moments {
             self.accumulate_input(tap, x, w)?;
         }
-        linear(x, w, self.precision)
+        linear_prepacked(x, w, self.packed_weight(w)?, self.precision)
+    }
+
+    /// `w`'s AMX tile packing, made once, where `w` is one of the model's weights, the product runs on AMX tiles,
+    /// and the weights are constants ([`Gpt::make_trainable`] has not run). None: the product packs `w` itself.
+    fn packed_weight(&self, w: &Tensor) -> Result<Option<&super::amx::PackedB>> {
+        let on_tiles = self.precision == Precision::Mixed && super::amx::available();
+        if !on_tiles || !self.weights_constant || w.is_variable() || w.rank() != 2 {
+            return Ok(None);
+        }
+        let Some(i) = self.params.iter().position(|p| p.id() == w.id()) else {
+            return Ok(None);
+        };
+        if !fused::applies(&[w]) {
+            return Ok(None);
+        }
+        if let Some(packed) = self.packed_weights[i].get() {
+            return Ok(Some(packed));
+        }
+        let (n, k) = w.dims2()?;
+        let packed = fused::with_values(w, |ws| Ok(super::amx::PackedB::from_nk(ws, n, k)))?;
+        Ok(Some(self.packed_weights[i].get_or_init(|| packed)))
     }
 
     /// Starts accumulating every linear layer's input second moment (for GPTQ calibration).
@@ -985,7 +1021,12 @@ impl Gpt {
     fn mlp(&self, blk: &BlockParams, x: &Tensor) -> Result<Tensor> {
         let slope = self.cfg.mlp_negative_slope;
         if self.input_moments.is_none()
-            && let Some(mut u) = linear_forward_values(x, self.p(blk.fc), self.precision)?
+            && let Some(mut u) = linear_forward_values(
+                x,
+                self.p(blk.fc),
+                self.packed_weight(self.p(blk.fc))?,
+                self.precision,
+            )?
         {
             // Forward only: the activation on the product's values, in place, or (when the next product reads
             // bf16 on AMX tiles) written rounded to bf16 once.
