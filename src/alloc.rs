@@ -1,76 +1,154 @@
-//! The process's heap allocator for the `pgolf` binary: the system allocator, with every block of at least a page
-//! starting on a 64-byte cache line.
+//! The `pgolf` binary's heap: glibc's `malloc`, tuned for tensors, with blocks of 256 KiB or more starting on a
+//! 64-byte cache line where that costs nothing.
 //!
-//! Why: the CPU kernels move 64 bytes at a time (AVX-512 loads and stores, one AMX tile row per load or store), and
-//! glibc's `malloc` aligns blocks to 16 bytes only (a block it maps whole starts 16 bytes past a page). Every such
-//! access to a buffer that starts inside a line touches two lines. With large blocks on a line, `pgolf verify --precision mixed` scored 8–10% more
-//! targets per second on the baseline shape, fp32 evaluation and training 1–3% (docs/PERFORMANCE.md, issue 23's
-//! sixth step). Small blocks keep the system's alignment: the padding would cost more than it could save.
+//! Why the alignment: the CPU kernels move 64 bytes at a time (AVX-512 loads and stores, one AMX tile row per load
+//! or store), and glibc aligns blocks to 16 bytes only (a block it maps whole starts 16 bytes past a page). Every such
+//! access to a buffer that starts inside a line touches two lines. With large blocks on a line, `pgolf verify
+//! --precision mixed` scored 8–10% more targets per second on the baseline shape, fp32 evaluation and training 1–3%
+//! (docs/PERFORMANCE.md, issue 23's sixth step). Smaller blocks keep glibc's alignment: aligning everything from a
+//! page up made the many small tensors of a LoRA TTT run 7% slower (`posix_memalign` splits blocks that `malloc`
+//! would have handed out whole), and the kernels' large buffers are what gain.
+//!
+//! The extra alignment is best-effort, never a promise beyond the caller's layout:
+//! - `alloc` of 256 KiB or more: `posix_memalign` to 64 bytes.
+//! - `alloc_zeroed` below the mmap threshold: the same, then zeroed (glibc's `calloc` clears such heap blocks too).
+//!   From the threshold up, `calloc` itself: glibc maps those blocks fresh and skips the clearing, where an aligned
+//!   block would have to be cleared page by page (zeroed blocks of 67–537 MB, hundreds of them, cost a 1.7 s pack
+//!   test 62 s of page faults).
+//! - `realloc`: glibc's `realloc` (it may keep the block in place or remap it), which keeps the caller's alignment.
+//!
+//! Every block is glibc's, so `free` releases any of them, whichever call made it. Elsewhere than Linux with glibc,
+//! [`CacheLineAligned`] is the system allocator unchanged.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 
-/// Blocks of this many bytes and more start on a cache line.
-pub const ALIGNED_FROM_BYTES: usize = 4096;
+/// Blocks of this many bytes and more start on a cache line (except as the module says).
+pub const ALIGNED_FROM_BYTES: usize = 256 << 10;
 
 /// The cache line, the alignment those blocks get.
 pub const CACHE_LINE: usize = 64;
 
-/// [`System`], with blocks of [`ALIGNED_FROM_BYTES`] or more aligned to [`CACHE_LINE`]. Register it with
-/// `#[global_allocator]`.
+/// glibc's mmap threshold as [`tune_for_tensors`] sets it: blocks this large are mapped from the kernel whole.
+pub const MMAP_THRESHOLD_BYTES: usize = 32 << 20;
+
+/// The alignment glibc's `malloc`, `calloc` and `realloc` guarantee on x86-64 and aarch64.
+const MALLOC_ALIGNMENT: usize = 16;
+
+/// The heap allocator of the `pgolf` binary (`#[global_allocator]`): see the module.
 pub struct CacheLineAligned;
 
-/// The layout asked of the system for `layout`: the same size, the alignment raised for large blocks. A pure
-/// function of the layout, so that `dealloc` hands back exactly what `alloc` asked for.
-pub fn system_layout(layout: Layout) -> Layout {
-    if layout.size() >= ALIGNED_FROM_BYTES && layout.align() < CACHE_LINE {
-        // CACHE_LINE is a power of two and a size that fitted a smaller alignment fits this one (isize::MAX
-        // rounded up to 64 cannot overflow a Layout's limit as sizes of real allocations go; checked anyway).
-        Layout::from_size_align(layout.size(), CACHE_LINE).unwrap_or(layout)
+/// The alignment asked of glibc for a block of `layout` (before the choice of call): the caller's, raised to a cache
+/// line for blocks of [`ALIGNED_FROM_BYTES`] or more.
+pub fn block_alignment(layout: Layout) -> usize {
+    if layout.size() >= ALIGNED_FROM_BYTES {
+        layout.align().max(CACHE_LINE)
     } else {
-        layout
+        layout.align()
     }
 }
 
-// SAFETY: every block is allocated and freed by `System` with the same layout (`system_layout` of the caller's
-// layout, which has the caller's size and at least its alignment); `realloc` moves a block whenever the raised
-// alignment would change across the resize, so `System` never sees a layout it did not allocate with.
+/// Sets glibc's heap for tensors: the forward and backward passes allocate and free buffers of megabytes many times a
+/// second, and glibc's defaults hand the pages back to the kernel after each free (mapped blocks, a trimmed heap
+/// top), so that every new tensor page-faults and zero-fills fresh pages. Kept instead: 12% less time in a LoRA TTT
+/// run (docs/PERFORMANCE.md). Call once, before any other thread exists.
+pub fn tune_for_tensors() {
+    // SAFETY: mallopt only sets allocator parameters; the caller runs this before other threads exist.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    use super::*;
+
+    /// A block of `size` bytes aligned to `align` (a power of two, at least a pointer), or null.
+    unsafe fn aligned(size: usize, align: usize) -> *mut u8 {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `align` is a power of two and a multiple of the pointer size (MALLOC_ALIGNMENT or more here).
+        match unsafe { libc::posix_memalign(&mut out, align, size) } {
+            0 => out.cast(),
+            _ => std::ptr::null_mut(),
+        }
+    }
+
+    // SAFETY: every block comes from glibc (`malloc`, `posix_memalign`, `calloc`, `realloc`) with at least the
+    // caller's alignment and size, and is released by `free` or resized by `realloc`, which accept any of them.
+    unsafe impl GlobalAlloc for CacheLineAligned {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let align = block_alignment(layout);
+            if align <= MALLOC_ALIGNMENT {
+                // SAFETY: plain malloc; its alignment covers the caller's.
+                return unsafe { libc::malloc(layout.size()).cast() };
+            }
+            // SAFETY: `align` is a power of two ≥ 16.
+            unsafe { aligned(layout.size(), align) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let align = block_alignment(layout);
+            let large = layout.size() >= MMAP_THRESHOLD_BYTES;
+            if align <= MALLOC_ALIGNMENT || (large && layout.align() <= MALLOC_ALIGNMENT) {
+                // SAFETY: calloc, zeroed (by the kernel for a fresh mapping); its alignment covers the caller's.
+                return unsafe { libc::calloc(layout.size(), 1).cast() };
+            }
+            // SAFETY: `align` is a power of two ≥ 16; the block is `size` bytes long where non-null.
+            unsafe {
+                let block = aligned(layout.size(), align);
+                if !block.is_null() {
+                    std::ptr::write_bytes(block, 0, layout.size());
+                }
+                block
+            }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+            // SAFETY: `ptr` came from one of glibc's allocation calls above.
+            unsafe { libc::free(ptr.cast()) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if layout.align() <= MALLOC_ALIGNMENT {
+                // SAFETY: `ptr` is glibc's; realloc keeps 16-byte alignment, which covers the caller's.
+                return unsafe { libc::realloc(ptr.cast(), new_size).cast() };
+            }
+            // A caller's alignment above malloc's: a new aligned block, the contents, the old block freed.
+            // SAFETY: the new block is valid for `new_size` bytes, the old one for `layout.size()`.
+            unsafe {
+                let moved = aligned(new_size, block_alignment(layout).max(layout.align()));
+                if !moved.is_null() {
+                    std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+                    libc::free(ptr.cast());
+                }
+                moved
+            }
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+use std::alloc::System;
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+// SAFETY: the system allocator, every call passed through unchanged.
 unsafe impl GlobalAlloc for CacheLineAligned {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's layout has a non-zero size, and so has the system layout (same size).
-        unsafe { System.alloc(system_layout(layout)) }
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `alloc`.
-        unsafe { System.alloc_zeroed(system_layout(layout)) }
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc`/`realloc` with this layout, so from `System` with its system layout.
-        unsafe { System.dealloc(ptr, system_layout(layout)) }
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let old = system_layout(layout);
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return std::ptr::null_mut();
-        };
-        let new = system_layout(new_layout);
-        if old.align() == new.align() {
-            // SAFETY: `ptr` was allocated by `System` with `old`; the new size keeps the same alignment.
-            return unsafe { System.realloc(ptr, old, new_size) };
-        }
-        // The block crosses ALIGNED_FROM_BYTES: a new block with the new alignment, the old contents, the old
-        // block freed (what `GlobalAlloc::realloc`'s default does).
-        // SAFETY: `new` has a non-zero size (the caller's contract); both blocks are valid for the bytes copied.
-        unsafe {
-            let moved = System.alloc(new);
-            if !moved.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
-                System.dealloc(ptr, old);
-            }
-            moved
-        }
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -78,50 +156,83 @@ unsafe impl GlobalAlloc for CacheLineAligned {
 mod tests {
     use super::*;
 
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
     #[test]
-    fn large_blocks_start_on_a_cache_line_and_small_ones_keep_their_alignment() {
+    fn large_blocks_start_on_a_cache_line_and_keep_any_larger_alignment() {
         let a = CacheLineAligned;
-        for (size, align, want) in [
-            (4096, 4, 64),
-            (1 << 20, 8, 64),
-            (4095, 4, 4),
-            (64, 16, 16),
-            (8192, 128, 128),
+        let from = ALIGNED_FROM_BYTES;
+        for (size, align) in [
+            (from, 4),
+            (4 * from, 8),
+            (from - 1, 4),
+            (4096, 8),
+            (64, 16),
+            (from, 128),
+            (24, 32),
         ] {
-            let layout = Layout::from_size_align(size, align).unwrap();
-            assert_eq!(
-                system_layout(layout).align(),
-                want,
-                "{size} bytes, align {align}"
-            );
-            assert_eq!(system_layout(layout).size(), size);
-            // SAFETY: a non-zero-size layout; the block is freed with the same layout.
-            unsafe {
-                let p = a.alloc(layout);
-                assert!(!p.is_null());
-                assert_eq!(p as usize % want, 0, "{size} bytes, align {align}");
-                a.dealloc(p, layout);
+            let l = layout(size, align);
+            let want = block_alignment(l);
+            assert_eq!(want, if size >= from { align.max(64) } else { align });
+            for zeroed in [false, true] {
+                // SAFETY: a non-zero-size layout; the block is written within its size and freed.
+                unsafe {
+                    let p = if zeroed {
+                        a.alloc_zeroed(l)
+                    } else {
+                        a.alloc(l)
+                    };
+                    assert!(!p.is_null());
+                    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+                        assert_eq!(p as usize % want, 0, "{size} bytes, align {align}");
+                    }
+                    assert_eq!(p as usize % align, 0, "{size} bytes, align {align}");
+                    if zeroed {
+                        assert!((0..size).all(|i| *p.add(i) == 0));
+                    }
+                    p.write_bytes(0xa5, size);
+                    a.dealloc(p, l);
+                }
             }
         }
     }
 
     #[test]
-    fn realloc_across_the_threshold_keeps_the_contents_and_the_alignment() {
+    fn zeroed_blocks_past_the_mmap_threshold_are_zero_and_keep_the_callers_alignment() {
         let a = CacheLineAligned;
-        let small = Layout::from_size_align(100, 4).unwrap();
-        // SAFETY: each block is used within its size and freed with the layout it has at that point.
+        let l = layout(MMAP_THRESHOLD_BYTES + 4096, 4);
+        // SAFETY: the block is read within its size and freed with its layout.
         unsafe {
-            let p = a.alloc(small);
-            for i in 0..100 {
-                *p.add(i) = i as u8;
+            let p = a.alloc_zeroed(l);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 4, 0);
+            assert!((0..l.size()).step_by(4093).all(|i| *p.add(i) == 0));
+            a.dealloc(p, l);
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_the_contents_and_the_callers_alignment() {
+        let a = CacheLineAligned;
+        for align in [4, 256] {
+            let small = layout(100, align);
+            // SAFETY: each block is used within its size and freed with the layout it has at that point.
+            unsafe {
+                let p = a.alloc(small);
+                for i in 0..100 {
+                    *p.add(i) = i as u8;
+                }
+                let big = ALIGNED_FROM_BYTES + 10;
+                let grown = a.realloc(p, small, big);
+                assert_eq!(grown as usize % align, 0);
+                assert!((0..100).all(|i| *grown.add(i) == i as u8));
+                let shrunk = a.realloc(grown, layout(big, align), 50);
+                assert_eq!(shrunk as usize % align, 0);
+                assert!((0..50).all(|i| *shrunk.add(i) == i as u8));
+                a.dealloc(shrunk, layout(50, align));
             }
-            let grown = a.realloc(p, small, 10_000);
-            assert_eq!(grown as usize % CACHE_LINE, 0);
-            assert!((0..100).all(|i| *grown.add(i) == i as u8));
-            let large = Layout::from_size_align(10_000, 4).unwrap();
-            let shrunk = a.realloc(grown, large, 50);
-            assert!((0..50).all(|i| *shrunk.add(i) == i as u8));
-            a.dealloc(shrunk, Layout::from_size_align(50, 4).unwrap());
         }
     }
 }

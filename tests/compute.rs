@@ -34,6 +34,15 @@ fn run_json(args: &[String], extra: &[&str]) -> Value {
     pgolf_json(&a)
 }
 
+/// The config and checked f32 weights of fixture model `name` (`fixtures/models/NAME.{json,safetensors}`).
+fn fixture_model(name: &str) -> (ModelConfig, weights::StateDict) {
+    let cfg = ModelConfig::load(&fixture(&format!("models/{name}.json"))).unwrap();
+    let path = fixture(&format!("models/{name}.safetensors"));
+    let state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
+    let state = weights::check_state_dict(&cfg, state, DType::F32, &path).unwrap();
+    (cfg, state)
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     ((a - b) / b).abs()
 }
@@ -129,11 +138,7 @@ fn ttt_micro_batches_give_the_reference_step_and_mixed_ttt_stays_within_1e3() {
 #[test]
 fn device_side_cross_entropy_matches_the_host_rows() {
     // What a GPU run scores with (the logits never leave the device), run here on the CPU against the host path.
-    let name = "sp8192_tied";
-    let cfg = ModelConfig::load(&fixture(&format!("models/{name}.json"))).unwrap();
-    let path = fixture(&format!("models/{name}.safetensors"));
-    let state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
-    let state = weights::check_state_dict(&cfg, state, DType::F32, &path).unwrap();
+    let (cfg, state) = fixture_model("sp8192_tied");
     let model = Gpt::new(cfg, state, &Device::Cpu, Precision::Fp32).unwrap();
     let l = 64;
     let glob = format!(
@@ -304,11 +309,7 @@ fn generic_ops_the_gpu_runs_reproduce_the_references_on_the_cpu() {
 /// changed weights. (On a CPU without AMX-BF16 nothing is packed and the comparison holds trivially.)
 #[test]
 fn mixed_precision_weight_packings_follow_weight_changes() {
-    let name = "sp1024_tied";
-    let cfg = ModelConfig::load(&fixture(&format!("models/{name}.json"))).unwrap();
-    let path = fixture(&format!("models/{name}.safetensors"));
-    let state = weights::load_safetensors(&path, &Device::Cpu).unwrap();
-    let state = weights::check_state_dict(&cfg, state, DType::F32, &path).unwrap();
+    let (cfg, state) = fixture_model("sp1024_tied");
     let build = |state: &weights::StateDict| {
         Gpt::new(cfg.clone(), state.clone(), &Device::Cpu, Precision::Mixed).unwrap()
     };

@@ -105,16 +105,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // The forward and backward passes allocate and free tensors of megabytes many times a second; glibc's defaults
-    // hand the pages back to the kernel after each free (mmap'd chunks, a trimmed heap top), and every new tensor
-    // then page-faults and zero-fills fresh pages. Kept instead: 12% less time in a LoRA TTT run (docs/PERFORMANCE.md).
-    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-    }
+    pgolf::alloc::tune_for_tensors();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // candle's CPU kernels and rayon both size their pools from this variable; set it before either starts.

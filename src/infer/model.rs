@@ -125,9 +125,10 @@ pub struct Gpt {
     /// When set, every linear layer's input second moment is accumulated here ([`Gpt::record_input_moments`]).
     input_moments: Option<std::sync::Mutex<InputMoments>>,
     /// Each weight's AMX tile packing, made at its first mixed-precision product and reused by every later one
-    /// (packing a weight cost 3–5% of a mixed scoring run when it was redone at every product). Only while the
-    /// weights are constants: [`Gpt::make_trainable`] hands out variables that change them in place, so it turns
-    /// the cache off for good, and [`Gpt::set_parameter`] drops the replaced weight's packing.
+    /// (packing a weight cost 3–5% of a mixed scoring run when it was redone at every product; the packings hold
+    /// half the f32 weights' bytes, in bf16). Only while the weights are constants: [`Gpt::make_trainable`] hands
+    /// out variables that change them in place, so it turns the cache off for good, and [`Gpt::set_parameter`]
+    /// drops the replaced weight's packing.
     packed_weights: Vec<std::sync::OnceLock<super::amx::PackedB>>,
     /// Whether `packed_weights` may be used: no weight has been made a variable.
     weights_constant: bool,
