@@ -31,9 +31,6 @@ pub const CACHE_LINE: usize = 64;
 /// glibc's mmap threshold as [`tune_for_tensors`] sets it: blocks this large are mapped from the kernel whole.
 pub const MMAP_THRESHOLD_BYTES: usize = 32 << 20;
 
-/// The alignment glibc's `malloc`, `calloc` and `realloc` guarantee on x86-64 and aarch64.
-const MALLOC_ALIGNMENT: usize = 16;
-
 /// The heap allocator of the `pgolf` binary (`#[global_allocator]`): see the module.
 pub struct CacheLineAligned;
 
@@ -64,6 +61,9 @@ pub fn tune_for_tensors() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {
     use super::*;
+
+    /// The alignment glibc's `malloc`, `calloc` and `realloc` guarantee on x86-64 and aarch64.
+    const MALLOC_ALIGNMENT: usize = 16;
 
     /// A block of `size` bytes aligned to `align` (a power of two, at least a pointer), or null.
     unsafe fn aligned(size: usize, align: usize) -> *mut u8 {
