@@ -171,8 +171,9 @@ fn over_row_blocks(
 }
 
 /// bf16 values in whole 64-byte cache lines, the first starting on a line: every tile row (64 bytes) the kernel
-/// loads from a packed operand then reads one line, not two. (A `Vec<u16>` from glibc's `malloc` starts 16 bytes
-/// into a line three times in four; the tile loads of B, streamed again for every block of rows, then split.)
+/// loads from a packed operand then reads one line, not two, whatever allocator the process runs. (A `Vec<u16>` is
+/// as aligned as the allocator makes it, 16 bytes under glibc's `malloc`; the tile loads of B, streamed again for
+/// every block of rows, then split.)
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u16; KSTEP]);

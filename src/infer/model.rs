@@ -302,7 +302,8 @@ impl Gpt {
         &mut self,
         selected: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
-        // The variables (and the constants sharing their storage) change in place from now on.
+        // The variables (and the constants sharing their storage) change in place from now on: no packing is used
+        // again, so the ones made are freed.
         self.weights_constant = false;
         self.packed_weights
             .iter_mut()
