@@ -66,6 +66,9 @@ mod glibc {
     const MALLOC_ALIGNMENT: usize = 16;
 
     /// A block of `size` bytes aligned to `align` (a power of two, at least a pointer), or null.
+    ///
+    /// # Safety
+    /// `align` is a power of two and a multiple of the pointer size; the block is freed with `free`.
     unsafe fn aligned(size: usize, align: usize) -> *mut u8 {
         let mut out = std::ptr::null_mut();
         // SAFETY: `align` is a power of two and a multiple of the pointer size (MALLOC_ALIGNMENT or more here).
@@ -78,6 +81,8 @@ mod glibc {
     // SAFETY: every block comes from glibc (`malloc`, `posix_memalign`, `calloc`, `realloc`) with at least the
     // caller's alignment and size, and is released by `free` or resized by `realloc`, which accept any of them.
     unsafe impl GlobalAlloc for CacheLineAligned {
+        /// # Safety
+        /// [`GlobalAlloc::alloc`]'s contract, which the caller keeps.
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             let align = block_alignment(layout);
             if align <= MALLOC_ALIGNMENT {
@@ -88,6 +93,8 @@ mod glibc {
             unsafe { aligned(layout.size(), align) }
         }
 
+        /// # Safety
+        /// [`GlobalAlloc::alloc_zeroed`]'s contract, which the caller keeps.
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             let align = block_alignment(layout);
             let large = layout.size() >= MMAP_THRESHOLD_BYTES;
@@ -105,11 +112,15 @@ mod glibc {
             }
         }
 
+        /// # Safety
+        /// [`GlobalAlloc::dealloc`]'s contract, which the caller keeps.
         unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
             // SAFETY: `ptr` came from one of glibc's allocation calls above.
             unsafe { libc::free(ptr.cast()) }
         }
 
+        /// # Safety
+        /// [`GlobalAlloc::realloc`]'s contract, which the caller keeps.
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             if layout.align() <= MALLOC_ALIGNMENT {
                 // SAFETY: `ptr` is glibc's; realloc keeps 16-byte alignment, which covers the caller's.
@@ -135,19 +146,31 @@ use std::alloc::System;
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 // SAFETY: the system allocator, every call passed through unchanged.
 unsafe impl GlobalAlloc for CacheLineAligned {
+    /// # Safety
+    /// [`GlobalAlloc::alloc`]'s contract, which the caller keeps.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller keeps `alloc`'s contract, which `System` requires.
         unsafe { System.alloc(layout) }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::alloc_zeroed`]'s contract, which the caller keeps.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller keeps `alloc_zeroed`'s contract, which `System` requires.
         unsafe { System.alloc_zeroed(layout) }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::dealloc`]'s contract, which the caller keeps.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` (every block here does) with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::realloc`]'s contract, which the caller keeps.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from `System` with this layout; the caller keeps `realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

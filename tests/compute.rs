@@ -9,8 +9,8 @@ use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
 use pgolf::infer::model::Gpt;
-use pgolf::infer::precision::Precision;
 use pgolf::infer::weights;
+use pgolf::kernels::Precision;
 use pgolf::verify::scorer::{ModelScorer, WindowScorer};
 use serde_json::Value;
 

@@ -270,35 +270,74 @@ fn the_checker_sees_a_circle_and_resolves_groups() {
     assert!(graph["verify"].contains("infer"));
 }
 
-/// Modules each top-level module may import (besides itself, `limits`, `output` and `html`).
+/// The top-level modules each top-level module may import (besides itself). Every top-level module of `src/` has
+/// an entry: a new one fails the test until it is given its place.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("limits", &[]),
+    ("alloc", &[]),
+    ("output", &[]),
+    ("html", &[]),
+    ("data", &["limits", "output"]),
+    ("kernels", &[]),
+    ("infer", &["limits", "data", "kernels"]),
+    ("optim", &["infer", "kernels", "data"]),
+    ("pack", &["limits", "output", "data", "infer", "kernels"]),
+    (
+        "verify",
+        &[
+            "limits", "output", "html", "data", "infer", "kernels", "optim", "pack",
+        ],
+    ),
+    (
+        "train",
+        &[
+            "limits", "output", "data", "infer", "kernels", "optim", "pack", "verify",
+        ],
+    ),
+    (
+        "review",
+        &[
+            "limits", "output", "html", "data", "infer", "pack", "verify",
+        ],
+    ),
+    ("demo", &["limits", "output", "data", "infer", "pack"]),
+];
+
+/// The top-level module of a module path (`verify::eval` → `verify`; the crate root's own items → "").
+fn top(module: &str) -> &str {
+    module.split("::").next().unwrap_or("")
+}
+
+#[test]
+fn every_top_level_module_has_a_place_in_the_layers() {
+    let tops: BTreeSet<String> = import_graph()
+        .keys()
+        .map(|m| top(m).to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let placed: BTreeSet<String> = ALLOWED.iter().map(|(m, _)| m.to_string()).collect();
+    let unplaced: Vec<&String> = tops.difference(&placed).collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules with no entry in ALLOWED: {unplaced:?}"
+    );
+    let gone: Vec<&String> = placed.difference(&tops).collect();
+    assert!(
+        gone.is_empty(),
+        "ALLOWED names modules that do not exist: {gone:?}"
+    );
+}
+
 #[test]
 fn modules_import_downward_only() {
-    let allowed: BTreeMap<&str, &[&str]> = [
-        ("data", &[][..]),
-        ("infer", &["data"][..]),
-        ("optim", &["infer", "data"][..]),
-        ("pack", &["data", "infer"][..]),
-        ("verify", &["data", "infer", "optim", "pack"][..]),
-        ("train", &["data", "infer", "optim", "pack", "verify"][..]),
-        ("review", &["data", "infer", "pack"][..]),
-    ]
-    .into_iter()
-    .collect();
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     let mut wrong = Vec::new();
     for (module, edges) in import_graph() {
-        let top = module.split("::").next().unwrap().to_string();
-        let Some(ok) = allowed.get(top.as_str()) else {
-            continue;
-        };
+        let from = top(&module).to_string();
+        let ok = allowed.get(from.as_str()).copied().unwrap_or(&[]);
         for e in edges {
-            let etop = e.split("::").next().unwrap();
-            if etop != top
-                && etop != "limits"
-                && etop != "output"
-                && etop != "html"
-                && !etop.is_empty()
-                && !ok.contains(&etop)
-            {
+            let to = top(&e);
+            if to != from && !to.is_empty() && !ok.contains(&to) {
                 wrong.push(format!("{module} → {e}"));
             }
         }
@@ -320,4 +359,155 @@ fn nothing_below_bin_prints() {
         }
     }
     assert!(printing.is_empty(), "library code prints: {printing:?}");
+}
+
+/// Rust source with string and character literals and comments blanked out (so their braces do not count), lines kept.
+fn code_only(text: &str) -> String {
+    let c: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let blank = |ch: char| if ch == '\n' { '\n' } else { ' ' };
+    while i < c.len() {
+        if c[i] == '/' && c.get(i + 1) == Some(&'/') {
+            while i < c.len() && c[i] != '\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if c[i] == 'r' && (c.get(i + 1) == Some(&'"') || c.get(i + 1) == Some(&'#')) && {
+            let mut j = i + 1;
+            while c.get(j) == Some(&'#') {
+                j += 1;
+            }
+            c.get(j) == Some(&'"')
+        } {
+            let mut hashes = 0;
+            i += 1;
+            while c[i] == '#' {
+                hashes += 1;
+                i += 1;
+            }
+            i += 1;
+            out.push_str(&" ".repeat(hashes + 2));
+            loop {
+                if c[i] == '"' && (1..=hashes).all(|k| c.get(i + k) == Some(&'#')) {
+                    out.push_str(&" ".repeat(hashes + 1));
+                    i += hashes + 1;
+                    break;
+                }
+                out.push(blank(c[i]));
+                i += 1;
+            }
+        } else if c[i] == '"' {
+            out.push(' ');
+            i += 1;
+            while c[i] != '"' {
+                if c[i] == '\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                out.push(blank(c[i]));
+                i += 1;
+            }
+            out.push(' ');
+            i += 1;
+        } else if c[i] == '\'' && (c.get(i + 2) == Some(&'\'') || c.get(i + 1) == Some(&'\\')) {
+            // A character literal ('x' or '\n', '\''), not a lifetime.
+            out.push(' ');
+            i += 1;
+            while c[i] != '\'' {
+                if c[i] == '\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                out.push(' ');
+                i += 1;
+            }
+            out.push(' ');
+            i += 1;
+        } else {
+            out.push(c[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every function of a file with its first line and its length in lines (from `fn` to its closing brace).
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let code = code_only(text);
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let is_fn = [
+            "fn ",
+            "pub fn ",
+            "pub(crate) fn ",
+            "pub(super) fn ",
+            "async fn ",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p));
+        if !is_fn {
+            continue;
+        }
+        let mut depth = 0i64;
+        let mut opened = false;
+        'scan: for (k, l) in lines[start..].iter().enumerate() {
+            for ch in l.chars() {
+                match ch {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    ';' if !opened => break 'scan,
+                    _ => {}
+                }
+                if opened && depth == 0 {
+                    let name = t.split('(').next().unwrap_or(t).to_string();
+                    out.push((name, start + 1, k + 1));
+                    break 'scan;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The command line only parses, shows progress and prints: no function of `src/bin` runs past 120 lines, and
+/// none builds JSON by hand (every report is a typed value of the library).
+#[test]
+fn the_cli_parses_and_prints_only() {
+    let mut long = Vec::new();
+    let mut hand_json = Vec::new();
+    let bin = common::root().join("src/bin");
+    let mut files = vec![bin.join("pgolf.rs")];
+    files.extend(
+        std::fs::read_dir(bin.join("pgolf"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (name, at, lines) in function_lengths(&text) {
+            if lines > 120 {
+                long.push(format!("{}:{at}: {name} is {lines} lines", f.display()));
+            }
+        }
+        if code_only(&text).contains("json!") {
+            hand_json.push(f.display().to_string());
+        }
+    }
+    assert!(long.is_empty(), "functions over 120 lines: {long:?}");
+    assert!(hand_json.is_empty(), "json! in {hand_json:?}");
+}
+
+#[test]
+fn the_length_checker_counts_a_function_to_its_closing_brace() {
+    let text = "fn a() {\n    let s = \"}\";\n    let c = '}';\n    // }\n}\n\npub fn b(x: u8) -> u8 {\n    x\n}\n";
+    assert_eq!(
+        function_lengths(text),
+        [("fn a".to_string(), 1, 5), ("pub fn b".to_string(), 7, 3)]
+    );
 }

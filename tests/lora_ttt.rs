@@ -293,7 +293,13 @@ fn bad_lora_ttt_inputs_fail_cleanly() {
     }
     // Phase knobs on the 03-17 recipe, which has no phases; bad phase knobs on 04-27's.
     let e = err(&run(c0, &["--phased-ttt-prefix-docs", "3"]));
-    assert!(e.contains("the 2026-03-17 recipe has none"), "{e}");
+    assert!(
+        e.contains(
+            "--phased-ttt-prefix-docs set the global phases of --lora-ttt rec-2026-04-27; the \
+             rec-2026-03-17 recipe has none"
+        ),
+        "{e}"
+    );
     for flag in [
         "--global-ttt-chunk-tokens=0",
         "--phased-ttt-num-phases=0",
@@ -429,51 +435,126 @@ fn lora_ttt_reproduces_the_04_27_record() {
     }
 }
 
-/// `--lora-ttt 2026-04-27` alone carries the record's logged settings, global phases included; a flag overrides one.
+/// `--lora-ttt rec-2026-04-27` (or the record's date) alone carries the record's logged settings, global phases
+/// included, their sequence length the evaluation's; a flag overrides one. Read from the resolved spec
+/// (`--dry-run`), which reads no input.
 #[test]
 fn the_04_27_recipe_defaults_are_the_records() {
-    let g = golden("ttt/lora_0317/golden_lora_ttt.json");
-    let case = &g["cases"][0];
-    // Any model will do for reading the recipe back: the 03-17 fixture with a seed (rank-80 adapters are small).
-    let o = phased_on_0317(&["--ttt-eval-seq-len", "96", "--json"]);
-    let r = report(&o);
-    let recipe = &r["ttt"]["recipe"];
-    for (k, v) in [
-        ("rank", serde_json::json!(80)),
-        ("lr", serde_json::json!(0.0001)),
-        ("chunk_size", serde_json::json!(48)),
-        ("eval_seq_len", serde_json::json!(96)),
-        ("batch_size", serde_json::json!(64)),
-        ("beta1", serde_json::json!(0.0)),
-        ("beta2", serde_json::json!(0.99)),
-        ("alpha", serde_json::json!(144.0)),
-        ("weight_decay", serde_json::json!(0.5)),
-        ("grad_steps", serde_json::json!(1)),
+    for recipe in [
+        "--phased-ttt",
+        "--lora-ttt=rec-2026-04-27",
+        "--lora-ttt=2026-04-27",
     ] {
-        assert_eq!(recipe[k], v, "{k}");
+        let spec = pgolf_json(&[
+            "verify",
+            "m.safetensors",
+            "--val",
+            "v_*.bin",
+            "--tokenizer",
+            "t.model",
+            recipe,
+            "--ttt-eval-seq-len",
+            "96",
+            "--dry-run",
+        ]);
+        let lora = &spec["procedure"]["lora_ttt"];
+        assert_eq!(lora["named"], "rec-2026-04-27", "{recipe}");
+        assert_eq!(lora["phase_seq_len"], "evaluation", "{recipe}");
+        let recipe = &lora["recipe"];
+        for (k, v) in [
+            ("rank", serde_json::json!(80)),
+            ("lr", serde_json::json!(0.0001)),
+            ("chunk_size", serde_json::json!(48)),
+            ("eval_seq_len", serde_json::json!(96)),
+            ("batch_size", serde_json::json!(64)),
+            ("beta1", serde_json::json!(0.0)),
+            ("beta2", serde_json::json!(0.99)),
+            ("alpha", serde_json::json!(144.0)),
+            ("weight_decay", serde_json::json!(0.5)),
+            ("grad_steps", serde_json::json!(1)),
+        ] {
+            assert_eq!(recipe[k], v, "{k}");
+        }
+        let phases = &recipe["phases"];
+        for (k, v) in [
+            ("prefix_docs", serde_json::json!(2500)),
+            ("num_phases", serde_json::json!(3)),
+            ("lr", serde_json::json!(0.001)),
+            ("momentum", serde_json::json!(0.9)),
+            ("epochs", serde_json::json!(1)),
+            ("chunk_tokens", serde_json::json!(32768)),
+            ("batch_seqs", serde_json::json!(32)),
+            ("grad_clip", serde_json::json!(1.0)),
+        ] {
+            assert_eq!(phases[k], v, "phases.{k}");
+        }
     }
-    let phases = &recipe["phases"];
-    for (k, v) in [
-        ("prefix_docs", serde_json::json!(2500)),
-        ("num_phases", serde_json::json!(3)),
-        ("lr", serde_json::json!(0.001)),
-        ("momentum", serde_json::json!(0.9)),
-        ("epochs", serde_json::json!(1)),
-        ("chunk_tokens", serde_json::json!(32768)),
-        ("batch_seqs", serde_json::json!(32)),
-        ("seq_len", serde_json::json!(2048)),
-        ("grad_clip", serde_json::json!(1.0)),
-    ] {
-        assert_eq!(phases[k], v, "phases.{k}");
-    }
-    let _ = case;
-    // 11 documents in one batch of 64: the prefix of 2500 is clamped to 11 (boundaries 3, 7, 11) and only the first
-    // phase runs, after the only batch; the report says both, and that the score is one draw of A.
+}
+
+/// On the 11-document fixture stream in one batch of 64, the prefix of 2500 is clamped to 11 (boundaries 3, 7, 11)
+/// and only the first phase runs, after the only batch: with chunks of 32 tokens and sequences of 16 it trains (the
+/// report says the clamp, the phases that did not run, and that the score is one draw of A); the run's sequence
+/// length is the evaluation's (--seq-len 16) where --eval-seq-len does not set it.
+#[test]
+fn phased_ttt_reports_the_clamped_prefix_and_the_phases_not_run() {
+    let phased = |seq: &[&str]| {
+        let mut args = vec![
+            "--ttt-eval-seq-len",
+            "96",
+            "--global-ttt-chunk-tokens",
+            "32",
+            "--json",
+        ];
+        args.extend_from_slice(seq);
+        report(&phased_on_0317(&args))
+    };
+    let r = phased(&["--seq-len", "16"]);
+    assert_eq!(r["ttt"]["recipe"]["phases"]["seq_len"], 16);
     let title = |id: &str| finding(&r, id)["title"].as_str().unwrap().to_string();
     assert!(title("lora_ttt_randomness").contains("random initial A"));
     assert!(title("phased_prefix_clamped").contains("2500 exceeds the stream's 11 documents"));
     assert!(title("global_phases_not_run").starts_with("1 of 3 global phases ran"));
     assert_eq!(r["receipts"]["count"], 2);
+    // The same with --eval-seq-len 16 and the evaluation's length left alone: the same run.
+    let set = phased(&["--eval-seq-len", "16"]);
+    assert_eq!(set["val_bpb"], r["val_bpb"]);
+    // The global steps trained: more steps than the adapters' alone.
+    let steps = |r: &Value| r["ttt"]["training"]["steps"].as_u64().unwrap();
+    let no_phases = report(&phased_on_0317(&[
+        "--ttt-eval-seq-len",
+        "96",
+        "--phased-ttt-prefix-docs",
+        "0",
+        "--json",
+    ]));
+    assert!(
+        steps(&r) > steps(&no_phases),
+        "{} vs {}",
+        steps(&r),
+        steps(&no_phases)
+    );
+}
+
+/// `--phased-ttt --seq-len 256` on documents of ~35 tokens: the global phase's sequences follow the evaluation's
+/// length, the phase's 3 documents make one chunk of 32,768 (never trained on) and no sequence of 256: an error that
+/// names both, never a silent no-op phase that scores as if the global learning rate were 0.
+#[test]
+fn a_global_phase_that_would_run_no_step_is_an_error() {
+    let o = phased_on_0317(&["--ttt-eval-seq-len", "96", "--seq-len", "256"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("global TTT phase 1 would run no SGD step")
+            && e.contains("chunks of 32768")
+            && e.contains("sequences of 256"),
+        "{e}"
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
 }
 
 /// `--ttt-seeds K` over two ranks reruns with other seeds and rank rotations and reports the spread; the finding

@@ -558,3 +558,89 @@ fn bad_inputs_give_one_line_errors() {
     ]);
     assert!(e.contains("train.log"), "{e}");
 }
+
+/// Splits a command as a POSIX shell reads `reproduce`'s quoting (single quotes, `'\''` inside them).
+fn shell_words(command: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut any) = (false, false);
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            '\\' if !quoted => {
+                word.extend(chars.next());
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// The command `reproduce` prints parses with the real `pgolf verify` and resolves to the preset's declared
+/// evaluation (`--dry-run`): it is written from verify's own flags, so a renamed flag fails here instead of leaving
+/// a stale command in every review.
+#[test]
+fn the_reproduce_command_is_one_verify_accepts() {
+    for (name, preset, procedure, sidecar) in [
+        ("2026-03-17_NaiveBaseline", "baseline", "windows", false),
+        (
+            "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
+            "rec-2026-04-27",
+            "lora_ttt",
+            true,
+        ),
+    ] {
+        let dir = record(name);
+        let r = review_json(&[dir.to_str().unwrap()], 2);
+        let command = check(&r, "reproduce")["measured"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let words = shell_words(&command);
+        assert_eq!(&words[..2], ["pgolf", "verify"], "{command}");
+        let mut args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        args.push("--dry-run");
+        let spec = common::pgolf_json(&args);
+        assert_eq!(spec["arch"]["preset"], preset, "{command}");
+        assert_eq!(spec["declared_by"], preset, "{command}");
+        assert!(
+            spec["procedure"].get(procedure).is_some(),
+            "{command}: {}",
+            spec["procedure"]
+        );
+        assert_eq!(spec["byte_sidecar"].is_string(), sidecar, "{command}");
+        assert!(
+            spec["val"].as_str().unwrap().ends_with("fineweb_val_*.bin"),
+            "{command}"
+        );
+    }
+    assert_eq!(
+        shell_words("pgolf verify a.ptz --val 'd/x_*.bin' --tokenizer 'it'\\''s'"),
+        [
+            "pgolf",
+            "verify",
+            "a.ptz",
+            "--val",
+            "d/x_*.bin",
+            "--tokenizer",
+            "it's"
+        ]
+    );
+}

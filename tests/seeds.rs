@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
-use pgolf::infer::precision::Precision;
+use pgolf::kernels::Precision;
 use serde_json::Value;
 
 fn seed_dir(seed: &str) -> std::path::PathBuf {
@@ -437,7 +437,10 @@ fn seed_003_declared_adamw_polyak_ttt_with_the_mixer_is_reproduced() {
         "--ttt-polyak",
         "0.998",
     ]);
-    assert!(err.contains("belong to --mixer --ttt"), "{err}");
+    assert!(
+        err.contains("--ttt-polyak belongs to --mixer --ttt"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -873,6 +876,7 @@ fn seed_001_encoder_decoder_forward_matches_its_own_code() {
         state,
         &candle_core::Device::Cpu,
         Precision::Fp32,
+        pgolf::kernels::Backend::choose(&candle_core::Device::Cpu, Precision::Fp32, false),
         &artifact,
     )
     .unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use common::*;
-use pgolf::infer::precision::Precision;
+use pgolf::kernels::Precision;
 use pgolf::optim::{Adam, Muon};
 use serde_json::Value;
 
@@ -277,7 +277,9 @@ fn qat_forward_uses_the_fake_quantized_weights() {
         qat: Some(qat.clone()),
         ..TrainOptions::default()
     };
-    let mut trainer = Trainer::from_state(cfg.clone(), load(), opts, &Device::Cpu).unwrap();
+    let backend = pgolf::kernels::Backend::choose(&Device::Cpu, opts.precision, false);
+    let mut trainer =
+        Trainer::from_state(cfg.clone(), load(), opts, &Device::Cpu, backend).unwrap();
     let toks = pgolf::data::shard::load_validation_tokens(
         &format!(
             "{}/fineweb_val_*.bin",

@@ -8,8 +8,8 @@ use common::*;
 use pgolf::data::shard;
 use pgolf::infer::config::ModelConfig;
 use pgolf::infer::model::Gpt;
-use pgolf::infer::precision::Precision;
 use pgolf::infer::weights;
+use pgolf::kernels::Precision;
 use pgolf::verify::scorer::{ModelScorer, WindowScorer};
 use serde_json::Value;
 
@@ -317,7 +317,27 @@ fn an_illegal_combination_is_refused_before_any_file_is_read() {
             &["--mixer", "--doc-isolated"][..],
             "--mixer is an evaluation procedure of its own",
         ),
-        (&["--ttt-polyak", "0.9"][..], "belong to --mixer --ttt"),
+        (
+            &["--ttt-polyak", "0.9"][..],
+            "--ttt-polyak belongs to --mixer --ttt",
+        ),
+        // A knob of a procedure that does not run is named with the procedure that takes it.
+        (
+            &["--stride", "64", "--ttt-lr", "0.01"][..],
+            "--ttt-lr belongs to --ttt (score-first TTT), which this verification does not run",
+        ),
+        (
+            &["--mixer-order", "5"][..],
+            "--mixer-order belongs to --mixer",
+        ),
+        (
+            &["--world-size", "8"][..],
+            "--world-size replays ranks for --doc-isolated, --ttt and --lora-ttt / --phased-ttt",
+        ),
+        (
+            &["--phased-ttt", "--batch-seqs", "4"][..],
+            "--batch-seqs belongs to the window procedures",
+        ),
         (
             &["--ttt", "--ttt-chunk-tokens", "0"][..],
             "must be positive",

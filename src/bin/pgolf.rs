@@ -1,8 +1,10 @@
 //! The pgolf command line. Everything that prints lives here; the library reports progress through callbacks.
 
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[path = "pgolf/cli_data.rs"]
 mod cli_data;
@@ -20,8 +22,14 @@ mod cli_train;
 mod cli_verify;
 #[path = "pgolf/compute.rs"]
 mod compute;
+#[path = "pgolf/given.rs"]
+mod given;
+#[path = "pgolf/print.rs"]
+mod print;
 #[path = "pgolf/progress.rs"]
 mod progress;
+#[path = "pgolf/verify_args.rs"]
+mod verify_args;
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +73,7 @@ enum Command {
     /// Quantize and compress a checkpoint into a pgolf artifact that fits the budget.
     Pack(cli_pack::PackArgs),
     /// Re-run a model on the validation stream and recompute its BPB as the challenge does.
-    Verify(Box<cli_verify::VerifyArgs>),
+    Verify(Box<verify_args::VerifyArgs>),
     /// Audit a submission folder (or a whole records tree) from its own files: claims, logs, code and sizes,
     /// timing, byte accounting, significance, static legality hints.
     Review(cli_review::ReviewArgs),
@@ -76,23 +84,40 @@ enum Command {
     Demo(cli_demo::DemoArgs),
 }
 
-/// Runs one subcommand; `nested` when the demo chains it (the demo does not run itself).
-fn dispatch(command: Command, nested: bool) -> anyhow::Result<ExitCode> {
+/// Runs one subcommand (`matches`: the whole command line's, for the subcommands that tell a flag given from one
+/// left at its default); `nested` when the demo chains it (the demo does not run itself).
+fn dispatch(command: Command, matches: &ArgMatches, nested: bool) -> anyhow::Result<ExitCode> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .expect("the subcommand parsed")
+    };
     match command {
         Command::Data { command } => cli_data::run(command),
         Command::Inspect(args) => cli_inspect::run(args),
-        Command::Pack(args) => cli_pack::run(args),
-        Command::Verify(args) => cli_verify::run(*args),
+        Command::Pack(args) => cli_pack::run(args, sub("pack")),
+        Command::Verify(args) => cli_verify::run(*args, sub("verify")),
         Command::Review(args) => cli_review::run(args),
-        Command::Train(args) => cli_train::run(args),
+        Command::Train(args) => cli_train::run(args, sub("train")),
         Command::Demo(_) if nested => anyhow::bail!("the demo does not run itself"),
         Command::Demo(args) => cli_demo::run(args),
     }
 }
 
+/// The command line parsed, with clap's matches (which say where each value came from).
+fn parse(argv: Option<&[String]>) -> Result<(Cli, ArgMatches), clap::Error> {
+    let command = Cli::command();
+    let matches = match argv {
+        Some(argv) => command.try_get_matches_from(argv)?,
+        None => command.get_matches(),
+    };
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
+
 /// Runs one pgolf command line in this process (the demo chains the real subcommands this way).
 pub fn run_command_line(argv: &[String]) -> anyhow::Result<ExitCode> {
-    dispatch(Cli::try_parse_from(argv)?.command, true)
+    let (cli, matches) = parse(Some(argv))?;
+    dispatch(cli.command, &matches, true)
 }
 
 #[global_allocator]
@@ -106,7 +131,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     pgolf::alloc::tune_for_tensors();
-    let cli = Cli::parse();
+    let (cli, matches) = match parse(None) {
+        Ok(parsed) => parsed,
+        Err(e) => e.exit(),
+    };
     if let Some(n) = cli.threads {
         // candle's CPU kernels and rayon both size their pools from this variable; set it before either starts.
         // SAFETY: no other thread exists yet.
@@ -128,8 +156,8 @@ fn main() -> ExitCode {
         .stack_size(8 << 20)
         .build_global();
     let outcome = match pool {
-        Ok(()) => rayon::scope(|_| dispatch(cli.command, false)),
-        Err(_) => dispatch(cli.command, false),
+        Ok(()) => rayon::scope(|_| dispatch(cli.command, &matches, false)),
+        Err(_) => dispatch(cli.command, &matches, false),
     };
     match outcome {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! The data layer: challenge shards, tokenizers, the byte tables behind bits-per-byte, and BPB accounting.
+//! The data layer: challenge shards, tokenizers, the byte tables behind bits-per-byte, BPB accounting, and the
+//! `data stats` command (`command`).
 //!
 //! This module imports nothing else from pgolf. Every error names the file it concerns.
 
@@ -6,6 +7,7 @@ pub mod audit;
 pub mod bese;
 pub mod bpb;
 pub mod bytes;
+pub mod command;
 pub mod sentencepiece;
 pub mod shard;
 pub mod tokenizer;
@@ -82,6 +84,9 @@ pub enum DataError {
     },
     #[error("{path}: bad byte table: {message}")]
     ByteTable { path: PathBuf, message: String },
+    /// A problem stated in full (with the context of the command that met it).
+    #[error("{0}")]
+    Setup(String),
 }
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -1,8 +1,39 @@
 //! Where a model runs: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
 
 use candle_core::Device;
+use serde::Serialize;
 
 use super::{InferError, Result};
+use crate::kernels::{Backend, Precision};
+
+/// Where and how a model computes, as `--device`, `--precision` and `--generic-ops` give it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ComputeFlags {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+    /// The device-generic operations a GPU runs, on the CPU too.
+    pub generic_ops: bool,
+}
+
+impl Default for ComputeFlags {
+    fn default() -> Self {
+        ComputeFlags {
+            device: "cpu".into(),
+            precision: Precision::Fp32,
+            generic_ops: false,
+        }
+    }
+}
+
+impl ComputeFlags {
+    /// The device, and the backend a model built there runs on.
+    pub fn open(&self) -> Result<(Device, Backend)> {
+        let device = open(&self.device)?;
+        let backend = Backend::choose(&device, self.precision, self.generic_ops);
+        Ok((device, backend))
+    }
+}
 
 /// Whether this binary was built with the CUDA backend.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");

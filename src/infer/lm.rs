@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor, Var};
 use super::lora::{LoraSet, LoraTarget};
 use super::model::Gpt;
 use super::{InferError, Result};
+use crate::kernels::Backend;
 
 /// The shapes a batched LoRA needs from a model: per layer pass (slot), each target's (in, out) features, and the
 /// head's (d, vocab).
@@ -58,10 +59,8 @@ pub trait CausalLm: Sync {
     fn layer_block(&self, name: &str) -> Option<usize>;
     /// How many layer blocks [`CausalLm::layer_block`] counts.
     fn layer_blocks(&self) -> usize;
-    /// Runs the device-generic operations a GPU runs instead of the hand-written CPU kernels.
-    fn use_generic_ops(&mut self);
-    /// Whether the model runs the device-generic operations (always, off the CPU).
-    fn generic_ops(&self) -> bool;
+    /// The backend the model was built on (the device-generic operations always, off the CPU).
+    fn backend(&self) -> Backend;
     /// The shapes of the adapters LoRA test-time training can attach (None: this model takes none).
     fn lora_shapes(&self) -> Option<LoraShapes> {
         None
@@ -117,7 +116,7 @@ impl CausalLm for Gpt {
 
     fn softcap_row(&self, z: &[f32], out: &mut [f32]) {
         // The same expression as `softcap`, vectorized.
-        super::loss::softcap_values(self.cfg.logit_softcap as f32, z, out);
+        crate::kernels::loss::softcap_values(self.cfg.logit_softcap as f32, z, out);
     }
 
     fn softcap_logits(&self, z: &Tensor) -> Result<Tensor> {
@@ -136,12 +135,8 @@ impl CausalLm for Gpt {
         Gpt::make_trainable(self, selected)
     }
 
-    fn use_generic_ops(&mut self) {
-        Gpt::use_generic_ops(self)
-    }
-
-    fn generic_ops(&self) -> bool {
-        !self.cpu_kernels()
+    fn backend(&self) -> Backend {
+        Gpt::backend(self)
     }
 
     /// `blocks.{i}.…` is block i.

@@ -1,20 +1,12 @@
 //! Model configs and the forward pass (candle), and weight loading. Knows nothing of evaluation or training.
 
-pub mod amx;
-pub mod attention;
-pub mod attention_grad;
 pub mod config;
 pub mod device;
-pub mod fused;
-pub mod heads;
 pub mod layers;
 pub mod lm;
 pub mod lora;
-pub mod loss;
 pub mod model;
-pub mod ops;
 pub mod patch_jepa;
-pub mod precision;
 pub mod presets;
 pub mod weights;
 

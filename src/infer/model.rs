@@ -5,22 +5,21 @@
 //! softmax attention (scale 1/√head_dim), output projection. MLP: relu(x·fcᵀ)² · projᵀ.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::Result;
-use super::attention_grad::causal_attention_by_position;
 use super::config::{FinalLane, GateSource, LayerStep, ModelConfig};
-use super::fused;
-use super::heads::normed_rotated_heads;
-use super::layers::{
-    BOS_ID, Pass, RMS_NORM_EPS, causal_probabilities, channel_scale, fake_quant_clip,
-    fake_quantize_rows, grouped_causal_attention, linear_forward_values, linear_prepacked,
-    make_trainable, rms_norm, rope, rope_tables, softmax_last_dim_differentiable,
-};
+use super::layers::{BOS_ID, fake_quant_clip, fake_quantize_rows, make_trainable};
 use super::lora::{LoraSet, LoraTarget};
-use super::precision::Precision;
 use super::weights::StateDict;
+use crate::kernels::compose::{rope_tables, softcap, softmax_last_dim_differentiable};
+use crate::kernels::observed::Observed;
+use crate::kernels::{
+    Activation, Backend, BlockNorm, HeadShape, Kernels, LinearHook, Pass, Precision, RMS_NORM_EPS,
+    RopeTables, Weight,
+};
 
 /// Positions of one block's tensors in [`Gpt`]'s parameter list, and its per-block switches.
 struct BlockParams {
@@ -87,8 +86,7 @@ struct JepaParams {
 struct Context<'a> {
     /// Seed 003's VRL values: block 0's c_v of its own normed input [B, T, kv_dim].
     vrl_v0: Option<Tensor>,
-    cos: Tensor,
-    neg_sin: Tensor,
+    rope: RopeTables,
     value_embedding: Option<Tensor>,
     segments: Option<&'a [(usize, usize)]>,
     pass: Pass,
@@ -104,13 +102,12 @@ pub struct Gpt {
     /// Weights re-gridded at load by the config's evaluation-time fake quantization: (name, clip, max |Δw|).
     pub regridded: Vec<(String, f32, f32)>,
     device: Device,
-    precision: Precision,
-    /// Whether the hand-written CPU kernels run (on the CPU unless [`Gpt::use_generic_ops`] turned them off): the
-    /// blocked attention, the capped cross-entropy, and the training pass's hand-differentiated f32 operations of
-    /// [`super::ops`] (they touch no matrix product, so they serve both precisions).
-    cpu_kernels: bool,
-    names: Vec<String>,
-    params: Vec<Tensor>,
+    /// The backend chosen when the model was built ([`Backend::choose`]); every operation goes through it.
+    base_kernels: Arc<dyn Kernels>,
+    /// `base_kernels`, or them wrapped by an installed hook ([`Gpt::install_linear_hook`]).
+    kernels: Arc<dyn Kernels>,
+    /// In the challenge's state-dict order.
+    weights: Vec<Weight>,
     tok_emb: usize,
     lm_head: Option<usize>,
     /// [n_skip, d]
@@ -119,30 +116,6 @@ pub struct Gpt {
     globals: Globals,
     /// The blocks in execution order with their skip operations (with recurrence, blocks repeat).
     steps: Vec<LayerStep>,
-    /// Ones of [d] and [head_dim], the weights of candle's fused RMSNorm.
-    ones_model: Tensor,
-    ones_head: Tensor,
-    /// When set, every linear layer's input second moment is accumulated here ([`Gpt::record_input_moments`]).
-    input_moments: Option<std::sync::Mutex<InputMoments>>,
-    /// Each weight's AMX tile packing, made at its first mixed-precision product and reused by every later one
-    /// (packing a weight cost 3–5% of a mixed scoring run when it was redone at every product; the packings hold
-    /// half the f32 weights' bytes, in bf16). Only while the weights are constants: [`Gpt::make_trainable`] hands
-    /// out variables that change them in place, so it turns the cache off for good, and [`Gpt::set_parameter`]
-    /// drops the replaced weight's packing.
-    packed_weights: Vec<std::sync::OnceLock<super::amx::PackedB>>,
-    /// Whether `packed_weights` may be used: no weight has been made a variable.
-    weights_constant: bool,
-}
-
-/// Σ xᵀx over every row a forward pass feeds each linear layer, by the name of the layer's weight (a weight used
-/// on several passes, as with loop recurrence or a tied head, accumulates every use). These are GPTQ's Hessians;
-/// for a tied embedding the head's input is the final norm's output, as the records collect it.
-#[derive(Clone, Debug, Default)]
-pub struct InputMoments {
-    /// Row-major [in, in] sums, f64.
-    pub sums: std::collections::BTreeMap<String, Vec<f64>>,
-    /// Rows accumulated per weight.
-    pub rows: std::collections::BTreeMap<String, u64>,
 }
 
 /// BigramHash indices (architectures §1.8), in the records' int32 arithmetic: idx[0] = Vb−1 and
@@ -167,11 +140,24 @@ fn lerp(start: &Tensor, end: &Tensor, weight: &Tensor) -> Result<Tensor> {
 }
 
 impl Gpt {
+    /// The model on `device` under `precision`, on the backend [`Backend::choose`] picks for them.
     pub fn new(
+        cfg: ModelConfig,
+        state: StateDict,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let backend = Backend::choose(device, precision, false);
+        Self::with_backend(cfg, state, device, precision, backend)
+    }
+
+    /// The model on a backend chosen by the caller (`--generic-ops` picks the GPU's compositions on the CPU).
+    pub fn with_backend(
         cfg: ModelConfig,
         mut state: StateDict,
         device: &Device,
         precision: Precision,
+        backend: Backend,
     ) -> Result<Self> {
         let mut names = Vec::new();
         let mut params = Vec::new();
@@ -269,6 +255,7 @@ impl Gpt {
                 }
             }
         }
+        let kernels = backend.kernels(device, precision);
         Ok(Gpt {
             regridded,
             tok_emb: at("tok_emb.weight"),
@@ -277,58 +264,51 @@ impl Gpt {
             blocks,
             globals,
             steps,
-            ones_model: Tensor::ones(cfg.model_dim, DType::F32, device)?,
-            ones_head: Tensor::ones(cfg.head_dim(), DType::F32, device)?,
-            input_moments: None,
-            packed_weights: params.iter().map(|_| std::sync::OnceLock::new()).collect(),
-            weights_constant: true,
             cfg,
             device: device.clone(),
-            precision,
-            cpu_kernels: device.is_cpu(),
-            names,
-            params,
+            base_kernels: kernels.clone(),
+            kernels,
+            weights: names
+                .into_iter()
+                .zip(params)
+                .map(|(name, t)| Weight::new(name, t))
+                .collect(),
         })
     }
 
     /// Every weight with its state-dict name, in the challenge's order.
     pub fn parameters(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.names.iter().map(|n| n.as_str()).zip(&self.params)
+        self.weights.iter().map(|w| (w.name(), w.tensor()))
     }
 
     /// Turns the weights `selected` by name into candle variables (the model then reads them, so updating a
     /// variable in place updates the model) and returns them in the challenge's order; the others stay constants.
+    /// Nothing a backend prepared from the weights (the AMX packings) is kept or made from then on: the variables,
+    /// and the constants sharing their storage, change in place.
     pub fn make_trainable(
         &mut self,
         selected: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
-        // The variables (and the constants sharing their storage) change in place from now on: no packing is used
-        // again, so the ones made are freed.
-        self.weights_constant = false;
-        self.packed_weights
-            .iter_mut()
-            .for_each(|p| *p = Default::default());
-        make_trainable(&self.names, &mut self.params, &selected)
+        make_trainable(&mut self.weights, &selected)
     }
 
     /// Replaces the weight `name` by `t` (same shape) and returns what it held; the trainer swaps fake-quantized
     /// weights in and out this way.
     pub fn set_parameter(&mut self, name: &str, t: Tensor) -> Result<Tensor> {
-        let i = self
-            .names
-            .iter()
-            .position(|n| n == name)
+        let w = self
+            .weights
+            .iter_mut()
+            .find(|w| w.name() == name)
             .ok_or_else(|| candle_core::Error::Msg(format!("no weight named {name}")))?;
-        if t.dims() != self.params[i].dims() {
+        if t.dims() != w.tensor().dims() {
             return Err(candle_core::Error::Msg(format!(
                 "{name}: shape {:?} does not match {:?}",
                 t.dims(),
-                self.params[i].dims()
+                w.tensor().dims()
             ))
             .into());
         }
-        self.packed_weights[i] = Default::default();
-        Ok(std::mem::replace(&mut self.params[i], t))
+        Ok(w.replace(t))
     }
 
     /// Layer passes of one forward pass (blocks, looped ones once per pass): the LoRA slots.
@@ -337,7 +317,17 @@ impl Gpt {
     }
 
     fn p(&self, i: usize) -> &Tensor {
-        &self.params[i]
+        self.weights[i].tensor()
+    }
+
+    /// The kernels every operation runs on.
+    fn k(&self) -> &dyn Kernels {
+        self.kernels.as_ref()
+    }
+
+    /// The backend the model was built on.
+    pub fn backend(&self) -> Backend {
+        self.base_kernels.backend()
     }
 
     pub fn device(&self) -> &Device {
@@ -346,82 +336,30 @@ impl Gpt {
 
     /// The arithmetic of the forward pass (weights are f32 either way).
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.kernels.precision()
     }
 
-    /// `F.linear(x, W)` under the model's precision.
-    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        if let Some(tap) = &self.input_moments {
-            self.accumulate_input(tap, x, w)?;
-        }
-        linear_prepacked(x, w, self.packed_weight(w)?, self.precision)
+    /// `F.linear(x, W)` of weight `w` under the model's precision.
+    fn linear(&self, x: &Tensor, w: usize) -> Result<Tensor> {
+        Ok(self.k().linear(x, &self.weights[w])?)
     }
 
-    /// `w`'s AMX tile packing, made once, where `w` is one of the model's weights, the product runs on AMX tiles,
-    /// and the weights are constants ([`Gpt::make_trainable`] has not run). None: the product packs `w` itself.
-    fn packed_weight(&self, w: &Tensor) -> Result<Option<&super::amx::PackedB>> {
-        let on_tiles = self.precision == Precision::Mixed && super::amx::available();
-        if !on_tiles || !self.weights_constant || w.is_variable() || w.rank() != 2 {
-            return Ok(None);
-        }
-        let Some(i) = self.params.iter().position(|p| p.id() == w.id()) else {
-            return Ok(None);
-        };
-        if !fused::applies(&[w]) {
-            return Ok(None);
-        }
-        if let Some(packed) = self.packed_weights[i].get() {
-            return Ok(Some(packed));
-        }
-        let (n, k) = w.dims2()?;
-        let packed = fused::with_values(w, |ws| Ok(super::amx::PackedB::from_nk(ws, n, k)))?;
-        Ok(Some(self.packed_weights[i].get_or_init(|| packed)))
+    /// Shows `hook` the input of every product of the model's weights from now on (GPTQ calibration's Hessians):
+    /// the backend wrapped so that each product's input is a tensor ([`Observed`]).
+    pub fn install_linear_hook(&mut self, hook: Arc<dyn LinearHook>) {
+        self.kernels = Arc::new(Observed::new(self.base_kernels.clone(), hook));
     }
 
-    /// Starts accumulating every linear layer's input second moment (for GPTQ calibration).
-    pub fn record_input_moments(&mut self) {
-        self.input_moments = Some(std::sync::Mutex::new(InputMoments::default()));
-    }
-
-    /// The moments accumulated since [`Gpt::record_input_moments`], and stops recording.
-    pub fn take_input_moments(&mut self) -> InputMoments {
-        self.input_moments
-            .take()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .unwrap_or_default()
-    }
-
-    fn accumulate_input(
-        &self,
-        tap: &std::sync::Mutex<InputMoments>,
-        x: &Tensor,
-        w: &Tensor,
-    ) -> Result<()> {
-        let Some(i) = self.params.iter().position(|p| p.id() == w.id()) else {
-            return Ok(());
-        };
-        let n_in = *x.dims().last().unwrap_or(&0);
-        let x2 = x.to_dtype(DType::F32)?.reshape(((), n_in))?;
-        let rows = x2.dim(0)? as u64;
-        let xtx: Vec<f32> = x2.t()?.matmul(&x2)?.flatten_all()?.to_vec1()?;
-        let mut m = tap.lock().unwrap_or_else(|e| e.into_inner());
-        let name = self.names[i].clone();
-        let sum = m
-            .sums
-            .entry(name.clone())
-            .or_insert_with(|| vec![0.0; n_in * n_in]);
-        for (a, &b) in sum.iter_mut().zip(&xtx) {
-            *a += b as f64;
-        }
-        *m.rows.entry(name).or_default() += rows;
-        Ok(())
+    /// Removes the hook [`Gpt::install_linear_hook`] installed.
+    pub fn remove_linear_hook(&mut self) {
+        self.kernels = self.base_kernels.clone();
     }
 
     /// RoPE tables for positions 0..T over the rotated dims rd: inv_freq[i] = base^(−2i/rd), freqs = t ⊗ inv_freq
     /// computed in f32, as the records' `Rotary` does, with the NTK rule when the config has one and T exceeds
     /// its train_seq_len: base' = base·(T/train_seq_len)^(rd/(rd−2)) (computed in f64, as Python does, then used
-    /// in f32). Returned as (cos, sin) of [T, rd/2] in the model dtype.
-    fn rope_tables(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
+    /// in f32). Returned as (cos, −sin) of [T, rd/2].
+    fn rope_tables(&self, seq_len: usize) -> Result<RopeTables> {
         let rd = self.cfg.rotary_dims();
         let base = match self.cfg.rope_ntk_train_seq_len {
             Some(train) if seq_len > train => {
@@ -430,87 +368,20 @@ impl Gpt {
             }
             _ => self.cfg.rope_base,
         } as f32;
-        rope_tables(rd, base, seq_len, &self.device)
+        let (cos, sin) = rope_tables(rd, base, seq_len, &self.device)?;
+        Ok(RopeTables {
+            cos,
+            neg_sin: sin.neg()?,
+        })
     }
 
-    fn rms_norm(&self, x: &Tensor, ones: &Tensor, pass: Pass) -> Result<Tensor> {
-        rms_norm(x, ones, pass, self.cpu_kernels)
-    }
-
-    /// Runs the device-generic compositions (what a GPU runs: explicit masked softmax attention, composed RMSNorm,
-    /// RoPE and cross-entropy, candle's autograd) instead of the hand-written CPU kernels, so the GPU's code path
-    /// can be checked on the CPU.
-    pub fn use_generic_ops(&mut self) {
-        self.cpu_kernels = false;
-    }
-
-    /// Whether the hand-written CPU kernels run.
-    pub fn cpu_kernels(&self) -> bool {
-        self.cpu_kernels
-    }
-
-    /// `x · s` with a per-channel vector `s` [d].
-    fn channel_scale(&self, x: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
-        channel_scale(x, s, pass, self.cpu_kernels)
-    }
-
-    /// `x + s · a` with a per-channel `s` [d] (a branch's output added to the residual stream).
-    fn add_scaled(&self, x: &Tensor, a: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
-        if self.fused_scoring(pass, &[x, a, s]) {
-            return Ok(fused::add_scaled(x, a, s, None)?.0);
+    /// The block norm's settings for the fused steps: its LN scale, and whether only plain products read it (no
+    /// adapters in this pass).
+    fn block_norm_of(&self, blk: &BlockParams, ctx: &Context) -> BlockNorm {
+        BlockNorm {
+            scale: blk.ln_scale,
+            plain_readers: ctx.lora.is_none(),
         }
-        if self.training_kernels(pass, &[x, a, s]) && x.dims() == a.dims() {
-            return Ok(super::ops::add_scaled(x, a, s)?);
-        }
-        Ok((x + self.channel_scale(a, s, pass)?)?)
-    }
-
-    /// Whether a training pass runs the hand-differentiated CPU f32 nodes of [`super::ops`] on these tensors.
-    fn training_kernels(&self, pass: Pass, tensors: &[&Tensor]) -> bool {
-        pass == Pass::Train && self.cpu_kernels && fused::applies(tensors)
-    }
-
-    /// [`Gpt::add_scaled`] and the block norm of its result (one pass on the fused kernels).
-    fn add_scaled_normed(
-        &self,
-        blk: &BlockParams,
-        x: &Tensor,
-        a: &Tensor,
-        s: &Tensor,
-        ctx: &Context,
-    ) -> Result<(Tensor, Tensor)> {
-        let pass = ctx.pass;
-        if self.fused_scoring(pass, &[x, a, s]) {
-            let norm = Some(self.block_norm_kernel(blk, self.bf16_normed(ctx)));
-            let (sum, normed) = fused::add_scaled(x, a, s, norm)?;
-            return Ok((sum, normed.expect("asked for")));
-        }
-        let sum = self.add_scaled(x, a, s, pass)?;
-        let normed = self.block_norm(blk, &sum, pass)?;
-        Ok((sum, normed))
-    }
-
-    /// The block norm as the fused kernels take it; `bf16` writes it rounded for the mixed-precision products.
-    fn block_norm_kernel(&self, blk: &BlockParams, bf16: bool) -> fused::Norm {
-        fused::Norm {
-            eps: RMS_NORM_EPS,
-            scale: blk.ln_scale as f32,
-            bf16,
-        }
-    }
-
-    /// Whether a block's normed inputs may be written in bf16: every reader is then a product on AMX tiles (mixed
-    /// precision, no adapters, no calibration tap).
-    fn bf16_normed(&self, ctx: &Context) -> bool {
-        self.precision == Precision::Mixed
-            && super::amx::available()
-            && ctx.lora.is_none()
-            && self.input_moments.is_none()
-    }
-
-    /// Whether a step of a scoring pass over these tensors runs on the fused forward-only CPU kernels.
-    fn fused_scoring(&self, pass: Pass, tensors: &[&Tensor]) -> bool {
-        pass == Pass::Score && self.cpu_kernels && fused::applies(tensors)
     }
 
     /// Logits [B, T, V] (f32, soft-capped) for token ids [B, T] (u32).
@@ -520,8 +391,7 @@ impl Gpt {
 
     /// `c · tanh(z / c)` over a tensor of logits.
     pub fn softcap_tensor(&self, z: &Tensor) -> Result<Tensor> {
-        let c = self.cfg.logit_softcap;
-        Ok(((z / c)?.tanh()? * c)?)
+        Ok(softcap(z, self.cfg.logit_softcap)?)
     }
 
     /// The soft-cap `c · tanh(z / c)` applied to one uncapped logit, in f32 as the reference computes it (tanh
@@ -529,7 +399,7 @@ impl Gpt {
     #[inline(always)]
     pub fn softcap(&self, z: f32) -> f32 {
         let c = self.cfg.logit_softcap as f32;
-        c * super::loss::tanh_f32(z / c)
+        c * crate::kernels::loss::tanh_f32(z / c)
     }
 
     /// The head's output [B, T, V] (f32) before the soft-cap, for callers that fuse the cap with their own pass
@@ -540,8 +410,7 @@ impl Gpt {
 
     /// The head applied to final hidden states [.., d]: uncapped logits in f32.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
-        self.linear(hidden, head)
+        self.linear(hidden, self.lm_head.unwrap_or(self.tok_emb))
     }
 
     /// The mean cross-entropy of the soft-capped logits against `targets` [B, T] (u32), differentiable with respect
@@ -556,21 +425,12 @@ impl Gpt {
     }
 
     /// The head and the soft-capped cross-entropy of final hidden states [.., d] against `targets`: one loss per
-    /// row, as one node on the CPU kernels in f32 ([`super::loss::capped_head_losses`]).
+    /// row (as one node on the CPU kernels in f32, [`crate::kernels::loss::capped_head_losses`]).
     fn head_losses(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let head = self.p(self.lm_head.unwrap_or(self.tok_emb));
-        if self.cpu_kernels
-            && self.precision == Precision::Fp32
-            && self.input_moments.is_none()
-            && fused::applies(&[hidden, head])
-        {
-            let cap = self.cfg.logit_softcap as f32;
-            let targets = targets.flatten_all()?;
-            return Ok(super::loss::capped_head_losses(
-                hidden, head, &targets, cap,
-            )?);
-        }
-        self.capped_token_losses(self.head(hidden)?, targets)
+        let head = &self.weights[self.lm_head.unwrap_or(self.tok_emb)];
+        Ok(self
+            .k()
+            .head_losses(hidden, head, targets, self.cfg.logit_softcap)?)
     }
 
     /// The cross-entropy of every target of one flat buffer ids [1, N] whose attention is isolated to `segments`
@@ -615,24 +475,9 @@ impl Gpt {
 
     /// Soft-capped cross-entropy of uncapped logits z [.., V] against `targets`: one loss per row.
     fn capped_token_losses(&self, z: Tensor, targets: &Tensor) -> Result<Tensor> {
-        let v = z.dim(D::Minus1)?;
-        let targets = targets.flatten_all()?;
-        if self.cpu_kernels {
-            // Over the leading dimensions as they are: a reshape would be one more logits-sized gradient.
-            let cap = self.cfg.logit_softcap as f32;
-            return Ok(super::loss::capped_cross_entropy_rows(&z, &targets, cap)?);
-        }
-        let z = z.reshape(((), v))?;
-        let logits = self.softcap_tensor(&z)?;
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = (logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            + &max)?;
-        let picked = logits.gather(&targets.unsqueeze(1)?, D::Minus1)?;
-        Ok((lse - picked)?.squeeze(1)?)
+        Ok(self
+            .k()
+            .capped_token_losses(&z, targets, self.cfg.logit_softcap)?)
     }
 
     /// The final hidden states [B, T, d] (after the last RMSNorm) for token ids [B, T] (u32).
@@ -670,7 +515,7 @@ impl Gpt {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let x0 = self.embed(ids, pass)?;
-        let (cos, sin) = self.rope_tables(t)?;
+        let rope = self.rope_tables(t)?;
         let value_embedding = match self.globals.value_embedding {
             Some((embed, proj, scale)) => {
                 let mut ve = self
@@ -678,7 +523,7 @@ impl Gpt {
                     .embedding(&ids.flatten_all()?)?
                     .reshape((b, t, cfg.ve_dim))?;
                 if let Some(proj) = proj {
-                    ve = self.linear(&ve, self.p(proj))?;
+                    ve = self.linear(&ve, proj)?;
                 }
                 Some(ve.broadcast_mul(self.p(scale))?)
             }
@@ -687,14 +532,13 @@ impl Gpt {
         let vrl_v0 = if cfg.vrl {
             let blk = &self.blocks[0];
             let n = self.block_norm(blk, &self.residual_mix(blk, &x0, &x0, pass)?, pass)?;
-            Some(self.linear(&n, self.p(blk.c_v))?)
+            Some(self.linear(&n, blk.c_v)?)
         } else {
             None
         };
         let ctx = Context {
             vrl_v0,
-            cos,
-            neg_sin: sin.neg()?,
+            rope,
             value_embedding,
             segments,
             pass,
@@ -753,7 +597,7 @@ impl Gpt {
         if let Some(jepa) = &self.globals.jepa {
             x = (&x + self.jepa_injection(jepa, &x)?)?;
         }
-        self.rms_norm(&x, &self.ones_model, pass)
+        Ok(self.k().rms_norm(&x, pass)?)
     }
 
     /// Seed 000's latent injection (architectures §2.1) on the final hidden x [B, T, d] (before the final norm):
@@ -768,10 +612,10 @@ impl Gpt {
             return Ok(x.zeros_like()?);
         }
         let mlp = |h: &Tensor, (fc1, fc2): (usize, usize)| -> Result<Tensor> {
-            let u = self.linear(h, self.p(fc1))?;
+            let u = self.linear(h, fc1)?;
             let ones = Tensor::ones(u.dim(D::Minus1)?, u.dtype(), u.device())?;
             let n = candle_nn::ops::rms_norm(&u.contiguous()?, &ones, RMS_NORM_EPS)?;
-            self.linear(&candle_nn::ops::silu(&n)?, self.p(fc2))
+            self.linear(&candle_nn::ops::silu(&n)?, fc2)
         };
         let pooled = x
             .narrow(1, 0, chunks * cs)?
@@ -786,7 +630,7 @@ impl Gpt {
         let inputs = Tensor::cat(&[&start.contiguous()?, &z.narrow(1, 0, chunks - 1)?], 1)?;
         let predicted = mlp(&inputs, jepa.predictor)?;
         let injected = self
-            .linear(&predicted, self.p(jepa.injection))?
+            .linear(&predicted, jepa.injection)?
             .unsqueeze(2)?
             .broadcast_as((b, chunks, cs, d))?
             .reshape((b, chunks * cs, d))?;
@@ -822,14 +666,14 @@ impl Gpt {
                 .embedding(&idx)?
                 .reshape((b, t, self.cfg.bigram_dim))?;
             if let Some(proj) = proj {
-                h = self.linear(&h, self.p(proj))?;
+                h = self.linear(&h, proj)?;
             }
             x = (x + h.broadcast_mul(self.p(scale))?)?;
         }
         if let Some((w, lambda)) = self.globals.smear_v2 {
             x = self.smear_v2(&x, &rows, w, lambda)?;
         }
-        let mut x = self.rms_norm(&x, &self.ones_model, pass)?;
+        let mut x = self.k().rms_norm(&x, pass)?;
         if let Some(gate) = self.globals.smear_v1 {
             // x ← (1−g)⊙x + g⊙x_{t−1}, g = σ(gate), x_{−1} = 0.
             let g = candle_nn::ops::sigmoid(self.p(gate))?;
@@ -852,8 +696,8 @@ impl Gpt {
         let cur = x.narrow(1, 1, t - 1)?;
         let prev = x.narrow(1, 0, t - 1)?;
         let gate_in = cur.narrow(2, 0, self.cfg.gate_window)?.contiguous()?;
-        let g = candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)?
-            .broadcast_mul(self.p(lambda))?;
+        let g =
+            candle_nn::ops::sigmoid(&self.linear(&gate_in, w)?)?.broadcast_mul(self.p(lambda))?;
         let mut smear = g.broadcast_mul(&prev)?;
         if self.cfg.smear_gate_bos_fix {
             let not_bos: Vec<f32> = rows
@@ -882,18 +726,14 @@ impl Gpt {
         }
     }
 
+    /// `x · s` with a per-channel vector `s` [d].
+    fn channel_scale(&self, x: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
+        Ok(self.k().channel_scale(x, s, pass)?)
+    }
+
     /// The normed block input times the block's LN scale.
     fn block_norm(&self, blk: &BlockParams, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        if self.fused_scoring(pass, &[x]) {
-            return fused::rms_norm_scaled(x, RMS_NORM_EPS, blk.ln_scale as f32);
-        }
-        let n = self.rms_norm(x, &self.ones_model, pass)?;
-        Ok(if blk.ln_scale == 1.0 {
-            n
-        } else {
-            // A Python float times an f32 tensor multiplies in f32.
-            (n * (blk.ln_scale as f32) as f64)?
-        })
+        Ok(self.k().block_norm(x, blk.ln_scale, pass)?)
     }
 
     /// [`Gpt::residual_mix`] and the block norm of its result (one pass on the fused kernels).
@@ -904,16 +744,9 @@ impl Gpt {
         x0: &Tensor,
         ctx: &Context,
     ) -> Result<(Tensor, Tensor)> {
-        let pass = ctx.pass;
+        let norm = self.block_norm_of(blk, ctx);
         let mix = self.p(blk.resid_mix);
-        if self.fused_scoring(pass, &[x, x0, mix]) {
-            let norm = Some(self.block_norm_kernel(blk, self.bf16_normed(ctx)));
-            let (mixed, normed) = fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, norm)?;
-            return Ok((mixed, normed.expect("asked for")));
-        }
-        let mixed = self.residual_mix(blk, x, x0, pass)?;
-        let normed = self.block_norm(blk, &mixed, pass)?;
-        Ok((mixed, normed))
+        Ok(self.k().residual_mix_normed(x, x0, mix, norm, ctx.pass)?)
     }
 
     fn residual_mix(
@@ -923,15 +756,25 @@ impl Gpt {
         x0: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let mix = self.p(blk.resid_mix);
-        if self.fused_scoring(pass, &[x, x0, mix]) {
-            return Ok(fused::residual_mix(x, x0, &mix.get(0)?, &mix.get(1)?, None)?.0);
-        }
-        if self.training_kernels(pass, &[x, x0, mix]) && x.dims() == x0.dims() {
-            return Ok(super::ops::residual_mix(x, x0, mix)?);
-        }
-        Ok((self.channel_scale(x, &mix.get(0)?, pass)?
-            + self.channel_scale(x0, &mix.get(1)?, pass)?)?)
+        Ok(self.k().residual_mix(x, x0, self.p(blk.resid_mix), pass)?)
+    }
+
+    /// `x + s · a` with a per-channel `s` [d] (a branch's output added to the residual stream).
+    fn add_scaled(&self, x: &Tensor, a: &Tensor, s: &Tensor, pass: Pass) -> Result<Tensor> {
+        Ok(self.k().add_scaled(x, a, s, pass)?)
+    }
+
+    /// [`Gpt::add_scaled`] and the block norm of its result (one pass on the fused kernels).
+    fn add_scaled_normed(
+        &self,
+        blk: &BlockParams,
+        x: &Tensor,
+        a: &Tensor,
+        s: &Tensor,
+        ctx: &Context,
+    ) -> Result<(Tensor, Tensor)> {
+        let norm = self.block_norm_of(blk, ctx);
+        Ok(self.k().add_scaled_normed(x, a, s, norm, ctx.pass)?)
     }
 
     /// One block (physical index i); returns its output and, with the value residual, its raw values.
@@ -1019,63 +862,15 @@ impl Gpt {
         }
     }
 
-    /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², then ·projᵀ.
+    /// relu(x·fcᵀ)², or leaky_relu(x·fcᵀ, slope)² = (max(u,0) + slope·min(u,0))², (times the hidden gain,) then
+    /// ·projᵀ.
     fn mlp(&self, blk: &BlockParams, x: &Tensor) -> Result<Tensor> {
-        let slope = self.cfg.mlp_negative_slope;
-        if self.input_moments.is_none()
-            && let Some(mut u) = linear_forward_values(
-                x,
-                self.p(blk.fc),
-                self.packed_weight(self.p(blk.fc))?,
-                self.precision,
-            )?
-        {
-            // Forward only: the activation on the product's values, in place, or (when the next product reads
-            // bf16 on AMX tiles) written rounded to bf16 once.
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().expect("rank ≥ 1") = self.p(blk.fc).dim(0)?;
-            if blk.hidden_gain.is_none()
-                && self.precision == Precision::Mixed
-                && super::amx::available()
-            {
-                let h =
-                    Tensor::from_vec(fused::relu_squared_bf16(&u, slope as f32), dims, x.device())?;
-                return self.linear(&h, self.p(blk.mlp_proj));
-            }
-            fused::relu_squared(&mut u, slope as f32);
-            let mut h = Tensor::from_vec(u, dims, x.device())?;
-            if let Some(gain) = blk.hidden_gain {
-                h = h.broadcast_mul(self.p(gain))?;
-            }
-            return self.linear(&h, self.p(blk.mlp_proj));
-        }
-        let u = self.linear(x, self.p(blk.fc))?;
-        let mut h = if slope == 0.0 && self.cpu_kernels && fused::applies(&[&u]) {
-            super::ops::relu_squared(&u)?
-        } else if slope == 0.0 {
-            u.relu()?.sqr()?
-        } else {
-            (u.relu()? - (u.neg()?.relu()? * slope)?)?.sqr()?
+        let act = Activation {
+            slope: self.cfg.mlp_negative_slope,
+            gain: blk.hidden_gain.map(|g| self.p(g)),
         };
-        if let Some(gain) = blk.hidden_gain {
-            h = h.broadcast_mul(self.p(gain))?;
-        }
-        self.linear(&h, self.p(blk.mlp_proj))
-    }
-
-    /// Applies RoPE to the first rd dims of [B, H, T, hd] (all of them without partial RoPE).
-    fn rope(&self, z: &Tensor, ctx: &Context) -> Result<Tensor> {
-        let hd = self.cfg.head_dim();
-        let rd = self.cfg.rotary_dims();
-        let rotate = |z: &Tensor| rope(z, &ctx.cos, &ctx.neg_sin, ctx.pass, self.cpu_kernels);
-        if rd == hd {
-            return rotate(z);
-        }
-        let rotated = rotate(&z.narrow(D::Minus1, 0, rd)?)?;
-        Ok(Tensor::cat(
-            &[&rotated, &z.narrow(D::Minus1, rd, hd - rd)?],
-            D::Minus1,
-        )?)
+        let (fc, proj) = (&self.weights[blk.fc], &self.weights[blk.mlp_proj]);
+        Ok(self.k().mlp(x, fc, proj, act)?)
     }
 
     /// Attention of one block on its (normed, LN-scaled) input x [B, T, d]: projections, (value embedding, value
@@ -1095,7 +890,7 @@ impl Gpt {
         let (h, hkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim());
         // A projection plus its LoRA correction (of the same input) when the batch has one for this pass.
         let adapted = |input: &Tensor, w: usize, target: LoraTarget| -> Result<Tensor> {
-            let y = self.linear(input, self.p(w))?;
+            let y = self.linear(input, w)?;
             match ctx
                 .lora
                 .map(|l| l.delta(slot, target, input))
@@ -1107,43 +902,17 @@ impl Gpt {
             }
         };
         let q_raw = adapted(x, blk.c_q, LoraTarget::Q)?;
-        let heads = |z: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
         let k_raw = adapted(x, blk.c_k, LoraTarget::K)?;
-        // Training on the CPU in f32: the hand-differentiated nodes (heads, attention) that take the place of the
-        // compositions below.
-        let train_kernels =
-            self.precision == Precision::Fp32 && self.training_kernels(pass, &[&q_raw, &k_raw]);
-        // Scoring on the CPU: the heads' transpose, RMSNorm, full RoPE and q_gain in one pass each.
-        let (q, k) = if cfg.rotary_dims() == hd && self.fused_scoring(pass, &[&q_raw, &k_raw]) {
-            let (cos, neg_sin) = (&ctx.cos, &ctx.neg_sin);
-            let gain = self.p(blk.q_gain);
-            (
-                fused::heads_normed_rotated(&q_raw, h, RMS_NORM_EPS, cos, neg_sin, Some(gain))?,
-                fused::heads_normed_rotated(&k_raw, hkv, RMS_NORM_EPS, cos, neg_sin, None)?,
-            )
-        } else if cfg.rotary_dims() == hd && train_kernels {
-            // The same steps as one differentiable node per projection (bit for bit the composition below).
-            let sin = ctx.neg_sin.neg()?;
-            let gain = self.p(blk.q_gain);
-            (
-                normed_rotated_heads(&q_raw, h, RMS_NORM_EPS, &ctx.cos, &sin, Some(gain))?,
-                normed_rotated_heads(&k_raw, hkv, RMS_NORM_EPS, &ctx.cos, &sin, None)?,
-            )
-        } else {
-            let q = self.rms_norm(&heads(&q_raw, h)?, &self.ones_head, pass)?;
-            let k = self.rms_norm(&heads(&k_raw, hkv)?, &self.ones_head, pass)?;
-            let q = self.rope(&q, ctx)?;
-            let k = self.rope(&k, ctx)?;
-            let gain = self.p(blk.q_gain);
-            let q = if self.cpu_kernels && fused::applies(&[&q, gain]) {
-                super::ops::head_gain(&q, gain)?
-            } else {
-                q.broadcast_mul(&gain.reshape((1, h, 1, 1))?)?
-            };
-            (q, k)
+        let shape = HeadShape {
+            heads: h,
+            kv_heads: hkv,
+            head_dim: hd,
+            rotary_dims: cfg.rotary_dims(),
         };
+        let gain = self.p(blk.q_gain);
+        let (q, k) = self
+            .k()
+            .qk_heads(&q_raw, &k_raw, shape, &ctx.rope, gain, pass)?;
         let mut v_flat = adapted(x, blk.c_v, LoraTarget::V)?;
         // The value embedding and seed 003's VRL term are summed first and added together, as the seed does.
         let ve = match (blk.ve_scale, &ctx.value_embedding) {
@@ -1158,10 +927,9 @@ impl Gpt {
             (Some(a), Some(b)) => Some((a + b)?),
             (a, b) => a.or(b),
         };
-        // Training on the CPU with plain values (no value embedding, residual or XSA, one segment): the attention
-        // node reads the value projection's output and writes the output projection's input as they are laid out.
-        let values_as_projected = train_kernels
-            && extra.is_none()
+        // Plain values (no value embedding, residual or XSA, one segment): the attention reads the value
+        // projection's output and writes the output projection's input as they are laid out.
+        let plain_values = extra.is_none()
             && !(cfg.value_residual || cfg.v_lambda)
             && (v0.is_none() || (blk.vr_lambda.is_none() && blk.v_lambda.is_none()))
             && !blk.xsa
@@ -1170,9 +938,8 @@ impl Gpt {
             v_flat = (v_flat + extra)?;
         }
         let gate = self.attention_gate(blk, x, &q_raw)?;
-        if values_as_projected && fused::applies(&[&v_flat]) {
-            let scale = 1.0 / (hd as f64).sqrt();
-            let mut y = causal_attention_by_position(&q, &k, &v_flat, scale)?;
+        if plain_values {
+            let mut y = self.k().attention_by_position(&q, &k, &v_flat, pass)?;
             if let Some(g) = gate {
                 y = y
                     .reshape((b, t, h, hd))?
@@ -1200,7 +967,7 @@ impl Gpt {
             if minus_self {
                 self.causal_attention_minus_self(q, k, v, pass)
             } else {
-                grouped_causal_attention(q, k, v, pass, self.precision, self.cpu_kernels)
+                Ok(self.k().causal_attention(q, k, v, pass)?)
             }
         };
         let y = match ctx.segments {
@@ -1240,7 +1007,7 @@ impl Gpt {
         let cfg = &self.cfg;
         Ok(if let Some((w, bias)) = blk.legacy_gate {
             Some(candle_nn::ops::sigmoid(
-                &self.linear(x, self.p(w))?.broadcast_add(self.p(bias))?,
+                &self.linear(x, w)?.broadcast_add(self.p(bias))?,
             )?)
         } else if let Some(w) = blk.out_gate {
             let src = match cfg.attn_out_gate_src {
@@ -1248,13 +1015,13 @@ impl Gpt {
                 GateSource::Q => q_raw,
             };
             let gate_in = src.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, self.p(w))?)? * 2.0)?)
+            Some((candle_nn::ops::sigmoid(&self.linear(&gate_in, w)?)? * 2.0)?)
         } else if let Some(w) = blk.head_gate {
             let z = if cfg.sparse_attn_gate {
                 let gate_in = x.narrow(2, 0, cfg.gate_window)?.contiguous()?;
-                (self.linear(&gate_in, self.p(w))? * cfg.sparse_attn_gate_scale)?
+                (self.linear(&gate_in, w)? * cfg.sparse_attn_gate_scale)?
             } else {
-                self.linear(x, self.p(w))?
+                self.linear(x, w)?
             };
             Some(candle_nn::ops::sigmoid(&z)?)
         } else {
@@ -1274,7 +1041,7 @@ impl Gpt {
     ) -> Result<(Tensor, Option<Tensor>)> {
         // The records' o_loras read the block's normed input (as q, k, v do), not the attention output, and add to
         // the output projection's result.
-        let out = self.linear(y, self.p(blk.attn_proj))?;
+        let out = self.linear(y, blk.attn_proj)?;
         match ctx
             .lora
             .map(|l| l.delta(slot, LoraTarget::O, x))
@@ -1295,13 +1062,13 @@ impl Gpt {
         v: &Tensor,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (p, v) = causal_probabilities(q, k, v, pass, self.precision, self.cpu_kernels)?;
+        let (p, v) = self.k().causal_probabilities(q, k, v, pass)?;
         let t = p.dim(D::Minus1)?;
         // diag(A): entries t·T + t of each flattened [T, T] map.
         let at: Vec<u32> = (0..t).map(|i| (i * t + i) as u32).collect();
         let at = Tensor::from_vec(at, t, p.device())?;
         let diag = p.flatten_from(2)?.index_select(&at, 2)?.unsqueeze(3)?;
-        Ok((self.precision.matmul(&p, &v)? - v.broadcast_mul(&diag)?)?)
+        Ok((self.k().matmul(&p, &v)? - v.broadcast_mul(&diag)?)?)
     }
 }
 

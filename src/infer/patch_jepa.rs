@@ -10,17 +10,17 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{
-    BOS_ID, Pass, channel_scale, grouped_causal_attention, linear, make_trainable, rms_norm, rope,
-    rope_tables,
-};
+use super::layers::{BOS_ID, make_trainable};
 use super::lm::CausalLm;
-use super::precision::Precision;
 use super::weights::StateDict;
 use super::{InferError, Result};
+use crate::kernels::compose::rope_tables;
+use crate::kernels::{Backend, Kernels, Pass, Precision, RopeTables, Weight};
 
 /// The `architecture` value of a seed-001 config.
 pub const ARCHITECTURE: &str = "byte_patch_jepa";
@@ -271,26 +271,24 @@ struct Heads {
 pub struct BytePatchJepa {
     pub cfg: PatchJepaConfig,
     device: Device,
-    precision: Precision,
-    /// Whether the hand-written CPU kernels run (see [`super::model::Gpt::use_generic_ops`]).
-    cpu_kernels: bool,
-    names: Vec<String>,
-    params: Vec<Tensor>,
+    /// The backend chosen when the model was built; every operation goes through it.
+    kernels: Arc<dyn Kernels>,
+    /// In the seed's state-dict order.
+    params: Vec<Weight>,
     encoder: Vec<PlainBlock>,
     decoder: Vec<PlainBlock>,
-    /// Ones of every normed width (model dim, both head dims): the weights of candle's fused RMSNorm.
-    ones: Vec<(usize, Tensor)>,
 }
 
 impl BytePatchJepa {
     /// Builds the model from a state dict holding exactly the expected tensors (kept in f32 on `device`, run
-    /// under `precision`); `source` names the weights in errors, which list every missing, misshapen and
-    /// unexpected tensor.
+    /// under `precision` on `backend`); `source` names the weights in errors, which list every missing, misshapen
+    /// and unexpected tensor.
     pub fn new(
         cfg: PatchJepaConfig,
         mut state: StateDict,
         device: &Device,
         precision: Precision,
+        backend: Backend,
         source: &Path,
     ) -> Result<Self> {
         cfg.validate().map_err(|message| InferError::Config {
@@ -345,48 +343,47 @@ impl BytePatchJepa {
         let decoder = (0..cfg.decoder_layers)
             .map(|j| block(&format!("decoder_blocks.{j}")))
             .collect();
-        let d = cfg.model_dim;
-        let ones = [d, d / cfg.encoder_heads, d / cfg.decoder_heads]
-            .into_iter()
-            .map(|w| Ok((w, Tensor::ones(w, DType::F32, device)?)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(BytePatchJepa {
             cfg,
             device: device.clone(),
-            precision,
-            cpu_kernels: device.is_cpu(),
-            names,
-            params,
+            kernels: backend.kernels(device, precision),
+            params: names
+                .into_iter()
+                .zip(params)
+                .map(|(name, t)| Weight::uncached(name, t))
+                .collect(),
             encoder,
             decoder,
-            ones,
         })
     }
 
-    fn p(&self, name: &str) -> &Tensor {
-        &self.params[self
-            .names
+    /// The weight of that name.
+    fn w(&self, name: &str) -> &Weight {
+        self.params
             .iter()
-            .position(|n| n == name)
-            .expect("expected tensor")]
+            .find(|w| w.name() == name)
+            .expect("expected tensor")
     }
 
-    fn fused(&self) -> bool {
-        self.cpu_kernels
+    fn p(&self, name: &str) -> &Tensor {
+        self.w(name).tensor()
+    }
+
+    fn k(&self) -> &dyn Kernels {
+        self.kernels.as_ref()
     }
 
     /// `F.linear(x, W)` under the model's precision.
-    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        linear(x, w, self.precision)
+    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        Ok(self.k().linear(x, w)?)
     }
 
     fn norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let width = x.dim(D::Minus1)?;
-        let ones = match self.ones.iter().find(|(w, _)| *w == width) {
-            Some((_, t)) => t.clone(),
-            None => Tensor::ones(width, DType::F32, &self.device)?,
-        };
-        rms_norm(x, &ones, pass, self.fused())
+        Ok(self.k().rms_norm(x, pass)?)
+    }
+
+    fn channel_scale(&self, x: &Tensor, s: usize, pass: Pass) -> Result<Tensor> {
+        Ok(self.k().channel_scale(x, self.params[s].tensor(), pass)?)
     }
 
     /// The baseline block: x = mix₀·x + mix₁·x0; x += attn_scale·Attn(norm(x)); x += mlp_scale·MLP(norm(x)).
@@ -396,20 +393,20 @@ impl BytePatchJepa {
         x: &Tensor,
         x0: &Tensor,
         heads: &Heads,
-        tables: &(Tensor, Tensor),
+        tables: &RopeTables,
         pass: Pass,
     ) -> Result<Tensor> {
-        let fused = self.fused();
-        let mix = &self.params[blk.resid_mix];
-        let x = (channel_scale(x, &mix.get(0)?, pass, fused)?
-            + channel_scale(x0, &mix.get(1)?, pass, fused)?)?;
+        let k = self.k();
+        let mix = self.params[blk.resid_mix].tensor();
+        let x =
+            (k.channel_scale(x, &mix.get(0)?, pass)? + k.channel_scale(x0, &mix.get(1)?, pass)?)?;
         let a = self.attention(blk, &self.norm(&x, pass)?, heads, tables, pass)?;
-        let x = (&x + channel_scale(&a, &self.params[blk.attn_scale], pass, fused)?)?;
+        let x = (&x + self.channel_scale(&a, blk.attn_scale, pass)?)?;
         let u = self.linear(&self.norm(&x, pass)?, &self.params[blk.fc])?;
         // leaky_relu(u, 0.5)² = (max(u, 0) + 0.5·min(u, 0))²
         let h = (u.relu()? - (u.neg()?.relu()? * 0.5)?)?.sqr()?;
         let m = self.linear(&h, &self.params[blk.mlp_proj])?;
-        Ok((&x + channel_scale(&m, &self.params[blk.mlp_scale], pass, fused)?)?)
+        Ok((&x + self.channel_scale(&m, blk.mlp_scale, pass)?)?)
     }
 
     fn attention(
@@ -417,7 +414,7 @@ impl BytePatchJepa {
         blk: &PlainBlock,
         x: &Tensor,
         heads: &Heads,
-        (cos, neg_sin): &(Tensor, Tensor),
+        tables: &RopeTables,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
@@ -432,26 +429,34 @@ impl BytePatchJepa {
         let q = self.norm(&split(blk.c_q, heads.heads)?, pass)?;
         let k = self.norm(&split(blk.c_k, heads.kv_heads)?, pass)?;
         let v = split(blk.c_v, heads.kv_heads)?;
-        let q = rope(&q, cos, neg_sin, pass, self.fused())?;
-        let k = rope(&k, cos, neg_sin, pass, self.fused())?;
-        let q = q.broadcast_mul(&self.params[blk.q_gain].reshape((1, heads.heads, 1, 1))?)?;
-        let y = grouped_causal_attention(&q, &k, &v, pass, self.precision, self.cpu_kernels)?;
+        let q = self.k().rope(&q, tables, pass)?;
+        let k = self.k().rope(&k, tables, pass)?;
+        let q = q.broadcast_mul(&self.params[blk.q_gain].tensor().reshape((
+            1,
+            heads.heads,
+            1,
+            1,
+        ))?)?;
+        let y = self.k().causal_attention(&q, &k, &v, pass)?;
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         self.linear(&y, &self.params[blk.proj])
     }
 
     /// LatentMLP: proj(silu(fc(rmsnorm(x)))).
     fn latent_mlp(&self, prefix: &str, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let u = self.linear(&self.norm(x, pass)?, self.p(&format!("{prefix}.fc.weight")))?;
+        let u = self.linear(&self.norm(x, pass)?, self.w(&format!("{prefix}.fc.weight")))?;
         self.linear(
             &candle_nn::ops::silu(&u)?,
-            self.p(&format!("{prefix}.proj.weight")),
+            self.w(&format!("{prefix}.proj.weight")),
         )
     }
 
-    fn tables(&self, head_dim: usize, positions: usize) -> Result<(Tensor, Tensor)> {
+    fn tables(&self, head_dim: usize, positions: usize) -> Result<RopeTables> {
         let (cos, sin) = rope_tables(head_dim, self.cfg.rope_base as f32, positions, &self.device)?;
-        Ok((cos, sin.neg()?))
+        Ok(RopeTables {
+            cos,
+            neg_sin: sin.neg()?,
+        })
     }
 
     /// Logits [B, T, V] for ids [B, T]: output p predicts the byte after ids[p].
@@ -477,7 +482,7 @@ impl BytePatchJepa {
             .reshape((b, np, p, d))?
             .broadcast_add(self.p("patch_pos"))?;
         let e = self.norm(&e, pass)?.reshape((b, np, p * d))?;
-        let c = self.norm(&self.linear(&e, self.p("patch_in.weight"))?, pass)?;
+        let c = self.norm(&self.linear(&e, self.w("patch_in.weight"))?, pass)?;
         let enc_heads = Heads {
             heads: cfg.encoder_heads,
             kv_heads: cfg.encoder_kv_heads,
@@ -506,7 +511,7 @@ impl BytePatchJepa {
             start
         };
         let cond = self
-            .linear(&cond, self.p("decoder_cond.weight"))?
+            .linear(&cond, self.w("decoder_cond.weight"))?
             .unsqueeze(2)?
             .broadcast_as((b, np, p, d))?
             .reshape((b, full_len, d))?;
@@ -534,7 +539,7 @@ impl BytePatchJepa {
         for blk in &self.decoder {
             h = self.block(blk, &h, &h0, &dec_heads, &dec_tables, pass)?;
         }
-        let logits = self.linear(&self.norm(&h, pass)?, self.p("decoder_out.weight"))?;
+        let logits = self.linear(&self.norm(&h, pass)?, self.w("decoder_out.weight"))?;
         // logits[j] predicts full[j]; output p (the byte after ids[p]) is logits[p + 1].
         Ok(logits.narrow(1, 1, t)?)
     }
@@ -568,23 +573,15 @@ impl CausalLm for BytePatchJepa {
     }
 
     fn named_weights(&self) -> Vec<(&str, &Tensor)> {
-        self.names
-            .iter()
-            .map(|n| n.as_str())
-            .zip(&self.params)
-            .collect()
+        self.params.iter().map(|w| (w.name(), w.tensor())).collect()
     }
 
     fn make_trainable(&mut self, selected: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
-        make_trainable(&self.names, &mut self.params, selected)
+        make_trainable(&mut self.params, selected)
     }
 
-    fn use_generic_ops(&mut self) {
-        self.cpu_kernels = false;
-    }
-
-    fn generic_ops(&self) -> bool {
-        !self.cpu_kernels
+    fn backend(&self) -> Backend {
+        self.kernels.backend()
     }
 
     /// The seed freezes by substring: `blocks.{i}.` also matches `decoder_blocks.{i}.`, as its

@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor, Var};
 
 use super::{OptimError, Result};
-use crate::infer::amx::bf16_rounded;
+use crate::kernels::amx::bf16_rounded;
 
 pub const NS_COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
@@ -32,7 +32,7 @@ pub fn newton_schulz5(g: &Tensor, steps: usize) -> Result<Tensor> {
     if transposed {
         x = x.t()?.contiguous()?;
     }
-    if crate::infer::amx::available() && x.device().is_cpu() {
+    if crate::kernels::amx::available() && x.device().is_cpu() {
         let (r, c) = x.dims2()?;
         let values = tiles_iterations(x.flatten_all()?.to_vec1::<f32>()?, r, c, steps);
         let x = Tensor::from_vec(values, (r, c), x.device())?;
@@ -53,13 +53,13 @@ pub fn newton_schulz5(g: &Tensor, steps: usize) -> Result<Tensor> {
 /// composition's (a product or sum in f32, then rounded). Only the order of a product's f32 sums differs from the
 /// composition's f32 `gemm`: an entry may round one bf16 ulp apart (the optimizer test's bound).
 fn tiles_iterations(mut x: Vec<f32>, r: usize, c: usize, steps: usize) -> Vec<f32> {
-    use crate::infer::amx::matmul_bt;
+    use crate::kernels::amx::matmul_bt;
     let (a, b, cc) = NS_COEFFICIENTS;
     let (a, b, cc) = (a as f32, b as f32, cc as f32);
     for _ in 0..steps {
         // A = X·Xᵀ [r, r]; B = b·A + c·A·A; X = a·X + B·X.
         let mut am = matmul_bt(&x, &x, r, r, c);
-        crate::infer::attention::round_to_bf16(&mut am);
+        crate::kernels::attention::round_to_bf16(&mut am);
         let ca = scaled_rounded(&am, cc);
         let mut bm = matmul_bt(&ca, &transposed(&am, r, r), r, r, r);
         scaled_plus_rounded(&am, b, &mut bm);

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -13,8 +14,8 @@ use super::schema::QTensor;
 use super::{Limits, PackError, Result};
 use crate::infer::config::ModelConfig;
 use crate::infer::model::Gpt;
-use crate::infer::precision::Precision;
 use crate::infer::weights::{StateDict, check_state_dict};
+use crate::kernels::{LinearHook, Precision};
 
 /// What a calibration read, for the artifact header and the pack report.
 #[derive(Clone, Debug, Serialize)]
@@ -39,6 +40,52 @@ fn calib_error(path: &Path, message: String) -> PackError {
     PackError::Format {
         path: path.into(),
         message: format!("calibration: {message}"),
+    }
+}
+
+/// Σ xᵀx over every row a forward pass feeds each linear layer, by the name of the layer's weight (a weight used
+/// on several passes, as with loop recurrence or a tied head, accumulates every use): GPTQ's Hessians. For a tied
+/// embedding the head's input is the final norm's output, as the records collect it. Installed on the model as a
+/// hook ([`Gpt::install_linear_hook`]).
+#[derive(Debug, Default)]
+struct InputMoments {
+    sums: Mutex<Moments>,
+}
+
+#[derive(Debug, Default)]
+struct Moments {
+    /// Row-major [in, in] sums, f64.
+    sums: BTreeMap<String, Vec<f64>>,
+    /// Rows accumulated per weight.
+    rows: BTreeMap<String, u64>,
+}
+
+impl InputMoments {
+    /// The sums so far.
+    fn take(&self) -> Moments {
+        std::mem::take(&mut *self.sums.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl LinearHook for InputMoments {
+    fn observe(&self, weight: &str, x: &Tensor) -> candle_core::Result<()> {
+        if weight.is_empty() {
+            return Ok(());
+        }
+        let n_in = *x.dims().last().unwrap_or(&0);
+        let x2 = x.to_dtype(DType::F32)?.reshape(((), n_in))?;
+        let rows = x2.dim(0)? as u64;
+        let xtx: Vec<f32> = x2.t()?.matmul(&x2)?.flatten_all()?.to_vec1()?;
+        let mut m = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        let sum = m
+            .sums
+            .entry(weight.to_string())
+            .or_insert_with(|| vec![0.0; n_in * n_in]);
+        for (a, &b) in sum.iter_mut().zip(&xtx) {
+            *a += b as f64;
+        }
+        *m.rows.entry(weight.to_string()).or_default() += rows;
+        Ok(())
     }
 }
 
@@ -120,7 +167,8 @@ pub fn calibrate(
     }
     let state = check_state_dict(config, state, DType::F32, Path::new("checkpoint"))?;
     let mut model = Gpt::new(config.clone(), state, &device, Precision::Fp32)?;
-    model.record_input_moments();
+    let recorder = Arc::new(InputMoments::default());
+    model.install_linear_hook(recorder.clone());
     let batch = batch.max(1);
     let mut done = 0;
     while done < sequences {
@@ -135,7 +183,8 @@ pub fn calibrate(
         done += n;
         progress(done, sequences);
     }
-    let moments = model.take_input_moments();
+    model.remove_linear_hook();
+    let moments = recorder.take();
     let hessians: BTreeMap<String, Vec<f32>> = moments
         .sums
         .into_iter()

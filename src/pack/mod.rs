@@ -3,17 +3,20 @@
 //! records' per-group container (`pgrp`); the quantization schemas the records ship (`schema`) and the seed 002
 //! prior (`prior`); the one decode budget every input spends (`decode_budget`); pgolf's own container (`container`); the universal loader, to tensors and to a state dict
 //! (`artifact`); the 16,000,000-byte cap and code counting (`budget`); the statistics `inspect` reports (`stats`);
-//! and packing: the quantizers (`quantize`) and the budget search (`fit`).
+//! and packing: the quantizers (`quantize`), the budget search (`fit`), and the `pack` command's flags, spec and
+//! run (`command`).
 
 pub mod artifact;
 pub mod budget;
 pub mod calibrate;
 pub mod codec;
+pub mod command;
 pub mod container;
 pub mod decode_budget;
 pub mod decoder;
 pub mod fit;
 pub mod gptq;
+pub mod inspect;
 pub mod lqer;
 pub mod outer;
 pub mod pgrp;
@@ -77,6 +80,11 @@ pub enum PackError {
     Pickle { path: PathBuf, message: String },
     #[error(transparent)]
     Weights(#[from] crate::infer::InferError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    /// Flags that do not make a pack (or an inspection) that can run.
+    #[error("{0}")]
+    Setup(String),
 }
 
 pub type Result<T, E = PackError> = std::result::Result<T, E>;

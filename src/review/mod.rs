@@ -9,6 +9,7 @@
 
 pub mod canonical;
 pub mod checks;
+pub mod command;
 pub mod folder;
 pub mod html;
 pub mod log;
@@ -44,6 +45,10 @@ pub enum ReviewError {
         "{path}: no run scores in it (a folder with logs or a submission.json with per-seed results, a log, or a submission.json)"
     )]
     NoBaselineScores { path: PathBuf },
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error("{0}")]
+    Setup(String),
 }
 
 pub type Result<T> = std::result::Result<T, ReviewError>;

@@ -14,6 +14,7 @@
 //!   of the block matrices on `pack`'s SDClip grid, switched on when the learning-rate scale falls below a
 //!   threshold.
 
+pub mod command;
 pub mod init;
 pub mod loader;
 
@@ -25,7 +26,7 @@ use serde::Serialize;
 use crate::data::bytes::ByteSource;
 use crate::infer::config::ModelConfig;
 use crate::infer::model::Gpt;
-use crate::infer::precision::Precision;
+use crate::kernels::{Backend, Precision};
 use crate::optim::{Adam, Muon, clip_grad_norm};
 use crate::pack::fit::{Group, group_of};
 use crate::pack::quantize::sdclip_rows;
@@ -46,6 +47,8 @@ pub enum TrainError {
     Optim(#[from] crate::optim::OptimError),
     #[error(transparent)]
     Verify(#[from] crate::verify::VerifyError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{0}")]
     Setup(String),
 }
@@ -244,18 +247,25 @@ pub struct Trainer {
 
 impl Trainer {
     /// A freshly initialised model (the reference's initialisation, drawn from `opts.seed` on the host whatever
-    /// the device, so a seed gives the same start everywhere), trained on `device`.
-    pub fn new(cfg: ModelConfig, opts: TrainOptions, device: &Device) -> Result<Self> {
+    /// the device, so a seed gives the same start everywhere), trained on `device` with `backend`'s kernels.
+    pub fn new(
+        cfg: ModelConfig,
+        opts: TrainOptions,
+        device: &Device,
+        backend: Backend,
+    ) -> Result<Self> {
         let state = init::initial_state(&cfg, opts.tied_embed_init_std, opts.seed, &Device::Cpu)?;
-        Self::from_state(cfg, state, opts, device)
+        Self::from_state(cfg, state, opts, device, backend)
     }
 
-    /// A trainer starting from given weights (checked against the config by the caller), trained on `device`.
+    /// A trainer starting from given weights (checked against the config by the caller), trained on `device` with
+    /// `backend`'s kernels ([`Backend::choose`] for the device and `opts.precision`).
     pub fn from_state(
         cfg: ModelConfig,
         state: crate::infer::weights::StateDict,
         opts: TrainOptions,
         device: &Device,
+        backend: Backend,
     ) -> Result<Self> {
         let components = cfg.components();
         if !components.is_empty() {
@@ -279,7 +289,7 @@ impl Trainer {
                 cfg.train_seq_len
             )));
         }
-        let mut model = Gpt::new(cfg, state, device, opts.precision)?;
+        let mut model = Gpt::with_backend(cfg, state, device, opts.precision, backend)?;
         let named = model.make_trainable(|_| true)?;
         let (names, vars): (Vec<String>, Vec<Var>) = named.into_iter().unzip();
         let roles: Vec<Role> = names
@@ -345,11 +355,6 @@ impl Trainer {
 
     pub fn qat_active(&self) -> bool {
         self.qat_active
-    }
-
-    /// Trains with the device-generic operations a GPU runs (see [`Gpt::use_generic_ops`]).
-    pub fn use_generic_ops(&mut self) {
-        self.model.use_generic_ops();
     }
 
     pub fn set_qat(&mut self, on: bool) -> Result<()> {

@@ -149,6 +149,57 @@ impl LoraTttRecipe {
     }
 }
 
+impl LoraTttRecipe {
+    /// Refuses knobs the procedure cannot run: zero sizes, a window shorter than a chunk, a learning rate that is
+    /// not a finite non-negative number, and the same for the global phases.
+    pub fn check(&self) -> Result<()> {
+        let setup = |m: String| Err(VerifyError::Setup(m));
+        if self.rank == 0
+            || self.chunk_size == 0
+            || self.batch_size == 0
+            || self.world_size == 0
+            || self.eval_seq_len < self.chunk_size
+        {
+            return setup(format!(
+                "LoRA TTT: rank, chunk size, batch size and world size must be positive and the evaluation length \
+                 ({}) at least the chunk size ({})",
+                self.eval_seq_len, self.chunk_size
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return setup(format!(
+                "LoRA TTT: learning rate {} is not a finite non-negative number",
+                self.lr
+            ));
+        }
+        if let Some(p) = &self.phases
+            && (p.num_phases == 0
+                || p.epochs == 0
+                || p.chunk_tokens == 0
+                || p.batch_seqs == 0
+                || p.seq_len == 0
+                || !(p.lr.is_finite() && p.lr >= 0.0)
+                || !(p.momentum.is_finite() && (0.0..1.0).contains(&p.momentum))
+                || !(p.grad_clip.is_finite() && p.grad_clip >= 0.0))
+        {
+            return setup(format!(
+                "global TTT phases: the number of phases ({}), epochs ({}), chunk tokens ({}), batch sequences ({}) \
+                 and sequence length ({}) must be positive, the learning rate ({}) and clip ({}) finite and \
+                 non-negative, the momentum ({}) in [0, 1) (--phased-ttt-prefix-docs 0 turns the phases off)",
+                p.num_phases,
+                p.epochs,
+                p.chunk_tokens,
+                p.batch_seqs,
+                p.seq_len,
+                p.lr,
+                p.grad_clip,
+                p.momentum
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LoraTttRecipe {
     fn default() -> Self {
         LoraTttRecipe {
@@ -410,46 +461,7 @@ impl LoraTtt {
         let shapes = model.lora_shapes().ok_or_else(|| {
             VerifyError::Setup("LoRA TTT: this architecture takes no LoRA adapters".into())
         })?;
-        if recipe.rank == 0
-            || recipe.chunk_size == 0
-            || recipe.batch_size == 0
-            || recipe.world_size == 0
-            || recipe.eval_seq_len < recipe.chunk_size
-        {
-            return Err(VerifyError::Setup(format!(
-                "LoRA TTT: rank, chunk size, batch size and world size must be positive and the evaluation length \
-                 ({}) at least the chunk size ({})",
-                recipe.eval_seq_len, recipe.chunk_size
-            )));
-        }
-        if !(recipe.lr.is_finite() && recipe.lr >= 0.0) {
-            return Err(VerifyError::Setup(format!(
-                "LoRA TTT: learning rate {} is not a finite non-negative number",
-                recipe.lr
-            )));
-        }
-        if let Some(p) = &recipe.phases
-            && (p.num_phases == 0
-                || p.chunk_tokens == 0
-                || p.batch_seqs == 0
-                || p.seq_len == 0
-                || !(p.lr.is_finite() && p.lr >= 0.0)
-                || !(p.momentum.is_finite() && (0.0..1.0).contains(&p.momentum))
-                || !(p.grad_clip.is_finite() && p.grad_clip >= 0.0))
-        {
-            return Err(VerifyError::Setup(format!(
-                "global TTT phases: the number of phases ({}), chunk tokens ({}), batch sequences ({}) and sequence \
-                 length ({}) must be positive, the learning rate ({}) and clip ({}) finite and non-negative, the \
-                 momentum ({}) in [0, 1)",
-                p.num_phases,
-                p.chunk_tokens,
-                p.batch_seqs,
-                p.seq_len,
-                p.lr,
-                p.grad_clip,
-                p.momentum
-            )));
-        }
+        recipe.check()?;
         if recipe.phases.is_some() && recipe.schedule != LoraSchedule::LengthQueue {
             return Err(VerifyError::Setup(
                 "global phases belong to the length-queued schedule of rec/2026-04-27".into(),
@@ -722,7 +734,7 @@ impl LoraTtt {
         docs: &[(usize, usize, usize, usize)],
         p: &GlobalPhases,
         ledger: &mut Ledger,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         // The phase's tokens, and for each the stream position it came from.
         let mut phase_tokens: Vec<u16> = Vec::new();
         let mut origin: Vec<usize> = Vec::new();
@@ -742,6 +754,7 @@ impl LoraTtt {
             .collect();
         let mut sgd = crate::optim::Sgd::new(vars.len(), p.lr, p.momentum);
         let l = p.seq_len.max(1);
+        let mut steps_run = 0;
         for ci in 0..num_chunks {
             let chunk_start = ci * chunk;
             let chunk_end = ((ci + 1) * chunk).min(total);
@@ -820,11 +833,12 @@ impl LoraTtt {
                     }
                     sgd.step(&vars, &g)?;
                     ledger.train_step(&ranges);
+                    steps_run += 1;
                 }
             }
         }
         model.make_trainable(&|_| false)?;
-        Ok(())
+        Ok(steps_run)
     }
 
     /// One rank's gradients for one global step: the mean loss over `window` (inputs and their next tokens),
@@ -1054,7 +1068,21 @@ impl Procedure for LoraTtt {
             phase_docs.truncate(boundaries[phase]);
             let p = r.phases.as_ref().expect("phases");
             let before = base;
-            self.global_phase(tokens, &phase_docs, p, ledger)?;
+            if self.global_phase(tokens, &phase_docs, p, ledger)? == 0 {
+                // A phase that trains on nothing is a silent no-op: the score would be the record's with its global
+                // learning rate at 0.
+                let held: usize = phase_docs.iter().map(|d| d.3).sum();
+                return Err(VerifyError::Setup(format!(
+                    "global TTT phase {} would run no SGD step: its {} documents hold {held} tokens, cut into chunks \
+                     of {} (GLOBAL_TTT_CHUNK_TOKENS; the last chunk is never trained on) and sequences of {} \
+                     (EVAL_SEQ_LEN: --eval-seq-len, else the evaluation's --seq-len); lower \
+                     --global-ttt-chunk-tokens or the sequence length, or raise --phased-ttt-prefix-docs",
+                    phase + 1,
+                    phase_docs.len(),
+                    p.chunk_tokens,
+                    p.seq_len
+                )));
+            }
             base = weights_digest(self.lm().as_ref())?;
             ledger.receipt(format!("global phase {}", phase + 1), &before, &base);
             for (f, d) in full.iter_mut().zip(&mut draws) {

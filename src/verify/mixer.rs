@@ -631,7 +631,7 @@ impl Procedure for NgramCacheBlend<'_> {
         for batch in windows.chunks(self.batch_seqs.max(1)) {
             let (x, _) = super::procedure::padded_inputs(tokens, batch, self.seq_len, device)?;
             // Only the scored positions go through the head (a window scores its last stride of positions).
-            let hidden = model.final_hidden(&x, crate::infer::layers::Pass::Score)?;
+            let hidden = model.final_hidden(&x, crate::kernels::Pass::Score)?;
             for (i, w) in batch.iter().enumerate() {
                 let scored = w.len - w.score_from;
                 let logits = model

@@ -3,8 +3,8 @@
 //! `tilt`); the procedure interface and the plain window procedure (`procedure`); the procedures that adapt or
 //! blend — score-first TTT (`ttt`), seed 003's mixer and seed 004's n-gram blend (`mixer`), the planted violations
 //! (`planted`); the driver over the whole stream (`eval`); the legality probes (`probes`); and the run a front end
-//! asks for: a spec, validated before anything is read, its canonical counterpart, the built procedure (`run`) and
-//! the typed report with findings and compliance (`report`).
+//! asks for: the flags resolved into a spec of what runs, before anything is read, and its canonical counterpart
+//! (`spec`), the built procedure and the run (`run`), and the typed report with findings and compliance (`report`).
 
 pub mod eval;
 pub mod html;
@@ -18,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod scorer;
 pub mod softmax;
+pub mod spec;
 pub mod tilt;
 pub mod ttt;
 pub mod windows;
@@ -32,6 +33,8 @@ pub enum VerifyError {
     Optim(#[from] crate::optim::OptimError),
     #[error(transparent)]
     Pack(#[from] crate::pack::PackError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("{0}")]
     Setup(String),
     #[error("{context}: {source}")]

@@ -9,9 +9,9 @@ use super::ledger::{Ledger, WeightsDigest};
 use super::procedure::Procedure;
 use super::softmax::log_softmax_row;
 use super::windows::{WindowForm, plan_windows};
-use crate::infer::layers::Pass;
-use crate::infer::loss::capped_cross_entropy_rows;
 use crate::infer::model::Gpt;
+use crate::kernels::Pass;
+use crate::kernels::loss::capped_cross_entropy_rows;
 
 /// PR #886's hashed n-gram cache: counts of (context, token) pairs and of contexts in hashed buckets, built from
 /// the targets already scored (so it is causal), blended with the model only at the realized token:

@@ -12,7 +12,7 @@ use super::ttt::TttRecipe;
 use super::windows::WindowForm;
 use crate::data::audit;
 use crate::data::tokenizer::Tokenizer;
-use crate::infer::precision::Precision;
+use crate::kernels::Precision;
 use crate::pack::budget::SizeCheck;
 
 /// Something the evaluation measured that a reviewer must weigh, with its evidence.

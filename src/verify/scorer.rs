@@ -69,7 +69,7 @@ impl<'a> ModelScorer<'a> {
         ModelScorer {
             model,
             pad_to,
-            nll_on_device: model.generic_ops(),
+            nll_on_device: model.backend().ops == crate::kernels::OpsKind::Generic,
         }
     }
 
@@ -341,7 +341,7 @@ pub fn padded_ids(windows: &[&[u16]], len: usize) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::infer::config::ModelConfig;
-    use crate::infer::precision::Precision;
+    use crate::kernels::Precision;
     use std::path::Path;
 
     /// A batch longer than one CPU forward is scored in parts: the NLLs and the requested rows (in the order asked,

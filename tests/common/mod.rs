@@ -109,8 +109,8 @@ pub mod logit_golden {
     use pgolf::infer::config::ModelConfig;
     use pgolf::infer::lm::CausalLm;
     use pgolf::infer::model::Gpt;
-    use pgolf::infer::precision::Precision;
     use pgolf::infer::weights;
+    use pgolf::kernels::Precision;
     use std::path::Path;
 
     pub const LOGIT_TOLERANCE: f32 = 1e-4;

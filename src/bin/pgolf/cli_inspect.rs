@@ -1,16 +1,12 @@
-//! `pgolf inspect`.
+//! `pgolf inspect`: the flags, run by `pgolf::pack::inspect`, and the report printed as a table or JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use pgolf::infer::patch_jepa::PatchJepaConfig;
-use pgolf::infer::presets;
-use pgolf::pack::artifact::load_artifact;
-use pgolf::pack::budget::{SizeCheck, code_size};
-use pgolf::pack::stats::{self, TensorStats};
-use serde_json::json;
+use pgolf::pack::inspect::{InspectFlags, InspectReport, inspect};
+use pgolf::pack::stats::TensorStats;
 
 use crate::progress;
 
@@ -33,101 +29,51 @@ pub struct InspectArgs {
     json: bool,
 }
 
-pub fn run(args: InspectArgs) -> Result<ExitCode> {
-    let limits = pgolf::limits::current();
-    let artifact = load_artifact(&args.file, &limits)?;
-    let coder = if args.no_shares {
-        None
-    } else {
-        artifact.coder()
-    };
-    let bar = progress::bar(artifact.tensors.len() as u64, "tensors", args.json);
-    let stats = stats::tensor_stats(&artifact, coder, &mut |done, _| {
-        bar.set_position(done as u64)
-    });
-    bar.finish_and_clear();
-    let code = args
-        .code
-        .as_ref()
-        .map(|p| code_size(p, &limits))
-        .transpose()?;
-    let coders = args.coders.then(|| stats::coder_comparison(&artifact));
-    let params: usize = stats.iter().map(|s| s.params).sum();
-    let model_bytes = artifact.file_bytes;
-    let size = SizeCheck::against_cap(model_bytes, code.as_ref().map(|c| c.counted_bytes));
-    let how = match coder {
-        _ if artifact.stored_bytes.is_some() && !args.no_shares => {
-            "the bytes each tensor occupies in the file (rANS symbols plus its coded scales or values: exact)"
-                .to_string()
+impl InspectArgs {
+    fn flags(&self) -> InspectFlags {
+        InspectFlags {
+            file: self.file.clone(),
+            code: self.code.clone(),
+            no_shares: self.no_shares,
+            coders: self.coders,
         }
-        Some(c) => format!(
-            "each tensor's stored bytes (symbols + scales) compressed alone with {}",
-            c.describe()
-        ),
-        None => "not measured (no compression layer)".into(),
-    };
-    let named: Vec<(String, Vec<usize>)> = stats
-        .iter()
-        .map(|s| (s.name.clone(), s.shape.clone()))
-        .collect();
-    let patch_jepa = PatchJepaConfig::from_tensors(&named);
-    let preset = presets::closest_preset(&named)
-        .filter(|_| patch_jepa.is_none())
-        .map(|m| {
-            let record = presets::preset(m.name)
-                .map(|p| p.record)
-                .unwrap_or_default();
-            (m, record)
-        });
-    if args.json {
-        let obj = json!({
-            "file": args.file.display().to_string(),
-            "architecture": if patch_jepa.is_some() { "byte_patch_jepa" } else { "gpt" },
-            "inferred_config": patch_jepa,
-            "preset": preset.as_ref().map(|(m, record)| json!({
-                "name": m.name,
-                "record": record,
-                "exact": m.exact(),
-                "missing": m.missing,
-                "extra": m.extra,
-                "reshaped": m.reshaped,
-            })),
-            "container": artifact.container,
-            "format": artifact.format,
-            "layers": artifact.layers,
-            "bundled": artifact.bundled.iter().map(|(name, b)| json!({"name": name, "bytes": b.len()})).collect::<Vec<_>>(),
-            "tensors": stats,
-            "parameters": params,
-            "bits_per_parameter": 8.0 * model_bytes as f64 / params.max(1) as f64,
-            "share_measured_as": how,
-            "model_bytes": model_bytes,
-            "code": code,
-            "size": size,
-        });
-        let mut obj = obj;
-        if let Some((entropy, n, sizes)) = &coders {
-            obj["coders"] = json!({"symbols": n, "entropy_bytes": entropy, "sizes": sizes});
-        }
-        println!("{}", serde_json::to_string_pretty(&obj)?);
-        return Ok(ExitCode::SUCCESS);
     }
-    let layers: Vec<String> = artifact.layers.iter().map(|l| l.name()).collect();
+}
+
+pub fn run(args: InspectArgs) -> Result<ExitCode> {
+    let spec = args.flags().resolve()?;
+    let bar = progress::bar(0, "tensors", args.json);
+    let report = inspect(&spec, &pgolf::limits::current(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        crate::print::json_value(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &InspectReport) {
+    let layers: Vec<String> = r.layers.iter().map(|l| l.name()).collect();
     println!(
         "{}: {} bytes, {} {}{}",
-        args.file.display(),
-        model_bytes,
-        artifact.container.name(),
-        artifact.format,
+        r.file,
+        r.model_bytes,
+        r.container.name(),
+        r.format,
         if layers.is_empty() {
             String::new()
         } else {
             format!(" under {}", layers.join(" > "))
         }
     );
-    for (name, b) in &artifact.bundled {
+    for b in &r.bundled {
         println!(
-            "bundled next to the weights: {name:?}, {} bytes (inside the compressed model bytes)",
-            b.len()
+            "bundled next to the weights: {:?}, {} bytes (inside the compressed model bytes)",
+            b.name, b.bytes
         );
     }
     println!(
@@ -146,22 +92,32 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
         "coded B",
         "share"
     );
-    for s in &stats {
+    for s in &r.tensors {
         print_row(s);
     }
-    if let Some((entropy, n, sizes)) = &coders {
+    if let Some(c) = &r.coders {
         println!(
-            "coders on the {n} quantized symbols (each tensor alone; order-0 entropy {entropy:.0} bytes):"
+            "coders on the {} quantized symbols (each tensor alone; order-0 entropy {:.0} bytes):",
+            c.symbols, c.entropy_bytes
         );
-        for c in sizes {
+        for c in &c.sizes {
             println!(
                 "  {:<34} {:>10} bytes  {:.4} bits/symbol  {:.4} × entropy  {:.2} s",
                 c.coder, c.bytes, c.bits_per_symbol, c.over_entropy, c.seconds
             );
         }
     }
-    println!("shares: {how}; floor% = rows whose scale sits at the legacy floor 1/clip_range");
-    if let Some(c) = &patch_jepa {
+    println!(
+        "shares: {}; floor% = rows whose scale sits at the legacy floor 1/clip_range",
+        r.share_measured_as
+    );
+    print_architecture(r);
+    print_totals(r);
+}
+
+/// The architecture the tensors name: seed 001's JEPA, or the preset they match.
+fn print_architecture(r: &InspectReport) {
+    if let Some(c) = &r.inferred_config {
         println!(
             "architecture byte-patch JEPA encoder–decoder (seed 001, PR #696): {} encoder blocks with {}/{} heads, \
              {} decoder blocks with {} heads, d {}, patches of {}, latent {}; `verify --config` takes \
@@ -177,25 +133,30 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             c.latent_dim
         );
     }
-    match &preset {
-        Some((m, record)) if m.exact() => {
+    match &r.preset {
+        Some(m) if m.exact => {
             println!(
-                "architecture matches preset {} (records/track_10min_16mb/{record})",
-                m.name
+                "architecture matches preset {} (records/track_10min_16mb/{})",
+                m.name, m.record
             )
         }
-        Some((m, _)) => println!(
+        Some(m) => println!(
             "closest preset {}: {} tensors missing, {} extra, {} of another shape",
             m.name, m.missing, m.extra, m.reshaped
         ),
         None => {}
     }
+}
+
+/// Parameters, bytes, and the distance to the cap.
+fn print_totals(r: &InspectReport) {
     println!(
-        "parameters   {params} ({:.3} bits/parameter in the file)",
-        8.0 * model_bytes as f64 / params.max(1) as f64
+        "parameters   {} ({:.3} bits/parameter in the file)",
+        r.parameters, r.bits_per_parameter
     );
-    println!("model bytes  {model_bytes}");
-    if let Some(c) = &code {
+    println!("model bytes  {}", r.model_bytes);
+    let size = &r.size;
+    if let Some(c) = &r.code {
         let wrapper = match (&c.wrapper, c.decoded_bytes) {
             (Some(w), Some(d)) => {
                 format!(" ({w} self-extracting wrapper; decoded source {d} bytes)")
@@ -218,7 +179,6 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
             size.total_bytes, size.headroom_bytes
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_row(s: &TensorStats) {

@@ -1,11 +1,12 @@
-//! `pgolf review`.
+//! `pgolf review`: the flags, run by `pgolf::review::command`, and the review printed as text or JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use pgolf::review::{self, Review, Status, tree};
+use pgolf::review::command::{self, ReviewFlags, ReviewOutcome};
+use pgolf::review::{Review, Status, tree};
 
 use crate::progress;
 
@@ -30,54 +31,28 @@ pub struct ReviewArgs {
 }
 
 pub fn run(args: ReviewArgs) -> Result<ExitCode> {
-    let limits = pgolf::limits::current();
-    if let Some(html) = &args.html
-        && html.is_dir()
-    {
-        bail!("{}: --html names a folder, not a file", html.display());
+    let spec = ReviewFlags {
+        dir: args.dir.clone(),
+        all: args.all.clone(),
+        baseline: args.baseline.clone(),
+        html: args.html.clone(),
     }
-    if let Some(root) = &args.all {
-        let bar = progress::bar(0, "records", args.json);
-        let t = tree::review_tree(root, &limits, &|done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
-        bar.finish_and_clear();
-        if let Some(html) = &args.html {
-            let inputs: Vec<PathBuf> = t.reviews.iter().flat_map(Review::inputs).collect();
-            let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
-            pgolf::output::write_file(html, &inputs, review::html::tree_html(&t).as_bytes())?;
-        }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&t)?);
-        } else {
-            print_tree(&t);
-        }
-        let failed = t.reviews.iter().any(Review::failed);
-        return Ok(if failed {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        });
-    }
-    let dir = args.dir.as_ref().expect("clap requires DIR without --all");
-    let baseline = args
-        .baseline
-        .as_ref()
-        .map(|p| review::baseline_scores(p, &limits))
-        .transpose()?;
-    let r = review::review_dir(dir, baseline, &limits)?;
-    if let Some(html) = &args.html {
-        let inputs = r.inputs();
-        let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
-        pgolf::output::write_file(html, &inputs, review::html::review_html(&r).as_bytes())?;
-    }
+    .resolve()?;
+    let bar = progress::bar(0, "records", args.json);
+    let outcome = command::review(&spec, &pgolf::limits::current(), &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        print_review(&r);
+        match &outcome {
+            ReviewOutcome::Folder(r) => print_review(r),
+            ReviewOutcome::Tree(t) => print_tree(t),
+        }
     }
-    Ok(if r.failed() {
+    Ok(if outcome.failed() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS

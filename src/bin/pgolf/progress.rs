@@ -17,3 +17,32 @@ pub fn bar(total: u64, label: &str, quiet: bool) -> ProgressBar {
     pb.set_message(label.to_string());
     pb
 }
+
+/// One bar per stage of a run that reports `(stage, done, total)`: a new stage clears the last one's bar.
+pub struct Stages {
+    quiet: bool,
+    bar: Option<(String, ProgressBar)>,
+}
+
+impl Stages {
+    pub fn new(quiet: bool) -> Self {
+        Stages { quiet, bar: None }
+    }
+
+    pub fn update(&mut self, stage: &str, done: usize, total: usize) {
+        if self.bar.as_ref().is_none_or(|(s, _)| s != stage) {
+            self.finish();
+            self.bar = Some((stage.to_string(), bar(0, stage, self.quiet)));
+        }
+        if let Some((_, b)) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((_, b)) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use super::attention::{exp_f32, exp_scaled_shifted};
 use std::sync::Mutex;
 
+use super::buffers::{contiguous, uninit_vec, with_f32};
 use super::fused::linear_f32;
-use super::ops::{contiguous, linear_backward, output_buffer, with_f32};
+use super::ops::linear_backward;
 
 /// Per-row losses [N] (f32) of uncapped logits [.., V] (f32; N rows over the leading dimensions) against targets
 /// [N] (u32).
@@ -170,7 +171,7 @@ impl CustomOp3 for CappedHeadLosses {
         }
         // The logits become the exp values in place; their tanh goes beside them.
         let mut e = linear_f32(hidden, w, n, v, d);
-        let mut th = output_buffer(n * v);
+        let mut th = uninit_vec(n * v);
         let (losses, sums): (Vec<f32>, Vec<f32>) = e
             .par_chunks_mut(v)
             .zip(th.par_chunks_mut(v))
@@ -199,7 +200,7 @@ impl CustomOp3 for CappedHeadLosses {
         let n = kept.sums.len();
         let t = targets.flatten_all()?.to_vec1::<u32>()?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dz = output_buffer(n * v);
+        let mut dz = uninit_vec(n * v);
         dz.par_chunks_mut(v)
             .zip(kept.e.par_chunks(v).zip(kept.th.par_chunks(v)))
             .zip(kept.sums.par_iter().zip(t.par_iter().zip(g.par_iter())))
@@ -308,7 +309,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
         let (z, v) = rows(s1, l1, self.name())?;
         let t = contiguous::<u32>(s2, l2, self.name())?;
         let g = contiguous::<f32>(s3, l3, self.name())?;
-        let mut dz = output_buffer(z.len());
+        let mut dz = uninit_vec(z.len());
         dz.par_chunks_mut(v)
             .zip(z.par_chunks(v))
             .zip(t.par_iter().zip(g.par_iter()))
@@ -326,7 +327,7 @@ impl CustomOp3 for CappedCrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::ops::tests::{assert_same_node, max_abs_diff};
+    use crate::kernels::ops::tests::{assert_same_node, max_abs_diff};
     use candle_core::Device;
 
     #[test]
@@ -369,7 +370,7 @@ mod tests {
         .unwrap();
         let g = Tensor::randn(0f32, 1.0, b * t, &dev).unwrap();
         let ours = capped_head_losses(hidden.as_tensor(), w.as_tensor(), &targets, 12.0).unwrap();
-        let z = crate::infer::ops::linear(hidden.as_tensor(), w.as_tensor()).unwrap();
+        let z = crate::kernels::ops::linear(hidden.as_tensor(), w.as_tensor()).unwrap();
         let theirs = capped_cross_entropy_rows(&z, &targets, 12.0).unwrap();
         assert_same_node(
             &ours,

@@ -12,7 +12,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{SharedRows, contiguous, inv_rms, output_buffer, with_f32};
+use super::buffers::{SharedRows, contiguous, uninit_vec, with_f32};
+use super::ops::inv_rms;
 
 /// Heads of z [B, T, n·hd] normed, rotated by the tables `cos`, `sin` [≥T, hd/2] (RoPE's `sin`, not its negation)
 /// and, with `gain` [n], scaled per head: [B, n, T, hd], differentiable with respect to z and the gain.
@@ -93,7 +94,7 @@ impl HeadPrep {
 
     fn forward(&self, z: &[f32], gain: Option<&[f32]>, d: Dims) -> Vec<f32> {
         let (n, t, hd) = (self.heads, d.t, d.hd);
-        let mut out = output_buffer(z.len());
+        let mut out = uninit_vec(z.len());
         out.par_chunks_mut(t * hd)
             .enumerate()
             .for_each(|(bh, head_out)| {
@@ -121,7 +122,7 @@ impl HeadPrep {
     ) -> (Vec<f32>, Option<Vec<f32>>) {
         let (n, t, hd) = (self.heads, d.t, d.hd);
         let half = hd / 2;
-        let mut dz = output_buffer(z.len());
+        let mut dz = uninit_vec(z.len());
         let dz_rows = SharedRows::new(&mut dz);
         let dgain: Vec<f32> = (0..n)
             .into_par_iter()
@@ -246,7 +247,7 @@ impl CustomOp2 for HeadPrep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::ops::tests::assert_same_node;
+    use crate::kernels::ops::tests::assert_same_node;
     use candle_core::{Device, Var};
 
     /// Values and the gradients of z and the gain against the composition the model ran (reshape, transpose,
@@ -259,7 +260,7 @@ mod tests {
             let gain = Var::randn(1f32, 0.3, n, &dev).unwrap();
             let g = Tensor::randn(0f32, 1.0, (b, n, t, hd), &dev).unwrap();
             let (cos, neg_sin) =
-                crate::infer::layers::rope_tables(hd, 10000.0, t + 3, &dev).unwrap();
+                crate::kernels::compose::rope_tables(hd, 10000.0, t + 3, &dev).unwrap();
             let sin = neg_sin.clone();
             let composed = |with_gain: bool| {
                 let heads = z
@@ -270,10 +271,10 @@ mod tests {
                     .unwrap()
                     .contiguous()
                     .unwrap();
-                let normed = crate::infer::ops::rms_norm(&heads, 1e-6).unwrap();
-                let rotated = crate::infer::ops::rope(&normed, &cos, &sin).unwrap();
+                let normed = crate::kernels::ops::rms_norm(&heads, 1e-6).unwrap();
+                let rotated = crate::kernels::ops::rope(&normed, &cos, &sin).unwrap();
                 if with_gain {
-                    crate::infer::ops::head_gain(&rotated, gain.as_tensor()).unwrap()
+                    crate::kernels::ops::head_gain(&rotated, gain.as_tensor()).unwrap()
                 } else {
                     rotated
                 }
@@ -297,7 +298,7 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         let dev = Device::Cpu;
-        let (cos, sin) = crate::infer::layers::rope_tables(8, 10000.0, 4, &dev).unwrap();
+        let (cos, sin) = crate::kernels::compose::rope_tables(8, 10000.0, 4, &dev).unwrap();
         let z = Tensor::zeros((1, 4, 24), candle_core::DType::F32, &dev).unwrap();
         // 24 values are not 5 heads.
         let err = normed_rotated_heads(&z, 5, 1e-6, &cos, &sin, None)

@@ -5,63 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::buffers::{contiguous, uninit_vec, with_f32};
 use super::fused::{Strided, linear_f32, product_f32};
-
-/// The elements a contiguous layout covers, for the custom operations' CPU kernels.
-pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: input must be contiguous")
-    };
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-/// An output buffer of `len` values that is not zero-filled first: for the kernels here, each of which writes
-/// every element of its output before anything reads it.
-pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before reading any.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        out.set_len(len)
-    };
-    out
-}
-
-/// A buffer whose disjoint rows parallel tasks write through a shared reference.
-pub(crate) struct SharedRows {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: tasks write disjoint rows only (see `row`'s callers), and the buffer is not read until they are done.
-unsafe impl Sync for SharedRows {}
-
-impl SharedRows {
-    pub(crate) fn new(buffer: &mut [f32]) -> Self {
-        SharedRows {
-            ptr: buffer.as_mut_ptr(),
-            len: buffer.len(),
-        }
-    }
-
-    /// The buffer's start, for products that write strided rows of it ([`super::fused::product_to`]).
-    pub(crate) fn ptr(&self) -> *mut f32 {
-        self.ptr
-    }
-
-    /// # Safety
-    /// No other task reads or writes `at..at + len` while the returned slice lives, and the buffer outlives it.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.len);
-        // SAFETY: in bounds (checked); exclusive and live by the caller's guarantee.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
-    }
-}
 
 /// The residual mix `x · mix[0] + x0 · mix[1]` for x, x0 [.., d] and mix [2, d] as one differentiable node (the
 /// composition records two channel scales, two row selections and a sum, each with a materialized gradient). The
@@ -101,7 +46,7 @@ impl CustomOp3 for ResidualMix {
             )
         }
         let (m0, m1) = mix.split_at(d);
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(d * 64)
             .zip(x.par_chunks(d * 64).zip(x0.par_chunks(d * 64)))
             .for_each(|(o, (x, x0))| {
@@ -173,7 +118,7 @@ impl CustomOp3 for AddScaled {
                 l3.dims()
             )
         }
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(d * 64)
             .zip(x.par_chunks(d * 64).zip(a.par_chunks(d * 64)))
             .for_each(|(o, (x, a))| {
@@ -229,7 +174,7 @@ impl CustomOp2 for ChannelScale {
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("channel-scale: {:?} by {:?}", l1.dims(), l2.dims())
         }
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(d * 64)
             .zip(x.par_chunks(d * 64))
             .for_each(|(o, x)| {
@@ -384,19 +329,6 @@ pub(crate) fn linear_backward(
     (dx, dw)
 }
 
-/// A CPU f32 tensor's values (copied into a contiguous tensor first where they are not), for `f`.
-pub(crate) fn with_f32<T>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
-) -> candle_core::Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("expected a CPU tensor")
-    };
-    f(contiguous::<f32>(cpu, layout, "a CPU f32 tensor")?)
-}
-
 /// `relu(u)²` (the MLP's activation) as one differentiable node: candle's `relu` then `sqr` record two nodes whose
 /// backward passes take eight passes over the hidden activations (a comparison mask, its conversion, products, the
 /// doubling, and two zero-filled accumulations). Same arithmetic: forward `h·h` with `h = max(u, 0)`, backward
@@ -416,7 +348,7 @@ impl CustomOp1 for ReluSquared {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let u = contiguous::<f32>(s, l, self.name())?;
-        let mut out = output_buffer(u.len());
+        let mut out = uninit_vec(u.len());
         out.par_chunks_mut(ELEMENTS_PER_TASK)
             .zip(u.par_chunks(ELEMENTS_PER_TASK))
             .for_each(|(o, u)| relu_squared_values(u, o));
@@ -447,7 +379,7 @@ impl CustomOp2 for ReluSquaredGrad {
         if u.len() != g.len() {
             candle_core::bail!("relu-squared-grad: {:?} against {:?}", l1.dims(), l2.dims())
         }
-        let mut out = output_buffer(u.len());
+        let mut out = uninit_vec(u.len());
         out.par_chunks_mut(ELEMENTS_PER_TASK)
             .zip(
                 u.par_chunks(ELEMENTS_PER_TASK)
@@ -515,7 +447,7 @@ impl CustomOp2 for HeadGain {
         let (_, h, span) = head_gain_dims(l1, l2)?;
         let q = contiguous::<f32>(s1, l1, self.name())?;
         let gain = contiguous::<f32>(s2, l2, self.name())?;
-        let mut out = output_buffer(q.len());
+        let mut out = uninit_vec(q.len());
         out.par_chunks_mut(span)
             .zip(q.par_chunks(span))
             .enumerate()
@@ -608,7 +540,7 @@ impl CustomOp1 for RmsNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l, self.name())?;
         let d = *l.dims().last().unwrap_or(&0);
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d))
             .for_each(|(o, row)| {
@@ -644,7 +576,7 @@ impl CustomOp2 for RmsNormGrad {
         let x = contiguous::<f32>(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = *l1.dims().last().unwrap_or(&0);
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d).zip(g.par_chunks(d)))
             .for_each(|(o, (x, g))| {
@@ -694,7 +626,7 @@ impl CustomOp1 for Rope {
             )
         }
         let sign = if self.inverse { -1.0 } else { 1.0 };
-        let mut out = output_buffer(x.len());
+        let mut out = uninit_vec(x.len());
         out.par_chunks_mut(t * d)
             .zip(x.par_chunks(t * d))
             .for_each(|(o, x)| {

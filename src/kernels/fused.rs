@@ -5,54 +5,18 @@
 //! the RMSNorm: its sum of squares is summed in 16 lanes, and the row is multiplied by the reciprocal square root as
 //! PyTorch's `rms_norm` does (candle divides by the square root): differences of ~1e-7 relative.
 //!
-//! They serve [`super::layers::Pass::Score`] on CPU f32 tensors only; callers fall back to candle otherwise.
+//! They serve [`super::Pass::Score`] on CPU f32 tensors only; callers fall back to candle otherwise.
 
 use std::mem::MaybeUninit;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::Result;
+use super::buffers::{as_uninit, filled, uninit_vec, with_values};
 
 /// Rows per parallel task of the element-wise kernels (the rows are one model dimension wide).
 const ROWS_PER_TASK: usize = 16;
-
-/// Whether every tensor is an f32 tensor on the CPU: the kernels here apply.
-pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-}
-
-/// A CPU f32 tensor's values in row-major order, borrowed from its storage when contiguous (else copied), for `f`.
-pub(crate) fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return f(&cpu.as_slice::<f32>()?[start..end]);
-        }
-    }
-    // One copy into a contiguous tensor, then its storage.
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
-            f(&cpu.as_slice::<f32>()?[start..end])
-        }
-        _ => f(&t.flatten_all()?.to_vec1::<f32>()?),
-    }
-}
-
-/// A buffer of `len` values written by `fill`, which must write every element (the buffer is not zeroed first).
-pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
-    // SAFETY: `fill` wrote all `len` elements (every caller writes each output row in full).
-    unsafe { out.set_len(len) };
-    out
-}
 
 /// `x · wᵀ` for x [rows, inner] and w [out, inner] (F.linear without bias), f32, on the `gemm` crate over the rayon
 /// pool: the product candle's matmul computes, without its zero-filled output buffer.
@@ -298,13 +262,13 @@ fn map_rows(
         Some(_) => (len, 0),
         None => (0, 0),
     };
-    let mut out = Vec::with_capacity(out_len);
-    let mut normed_f32: Vec<f32> = Vec::with_capacity(f32_len);
-    let mut normed_bf16: Vec<half::bf16> = Vec::with_capacity(bf16_len);
+    let mut out: Vec<f32> = uninit_vec(out_len);
+    let mut normed_f32: Vec<f32> = uninit_vec(f32_len);
+    let mut normed_bf16: Vec<half::bf16> = uninit_vec(bf16_len);
     let chunk = d * ROWS_PER_TASK;
-    let mut out_chunks = out.spare_capacity_mut()[..out_len].chunks_mut(chunk);
-    let mut f32_chunks = normed_f32.spare_capacity_mut()[..f32_len].chunks_mut(chunk);
-    let mut bf16_chunks = normed_bf16.spare_capacity_mut()[..bf16_len].chunks_mut(chunk);
+    let mut out_chunks = as_uninit(&mut out).chunks_mut(chunk);
+    let mut f32_chunks = as_uninit(&mut normed_f32).chunks_mut(chunk);
+    let mut bf16_chunks = as_uninit(&mut normed_bf16).chunks_mut(chunk);
     let work: Vec<_> = (0..len.div_ceil(chunk))
         .map(|_| {
             let normed = match (f32_chunks.next(), bf16_chunks.next()) {
@@ -326,12 +290,7 @@ fn map_rows(
             };
             rows_task(step, &x[span], other, d, out, norm.zip(normed));
         });
-    // SAFETY: every task wrote its rows of each requested output in full (rows_task writes every element).
-    unsafe {
-        out.set_len(out_len);
-        normed_f32.set_len(f32_len);
-        normed_bf16.set_len(bf16_len);
-    }
+    // Every task wrote its rows of each requested output in full (rows_task writes every element).
     let normed = match norm {
         Some(Norm { bf16: true, .. }) => Normed::Bf16(normed_bf16),
         Some(_) => Normed::F32(normed_f32),
@@ -426,15 +385,16 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
 fn rows_of(t: &Tensor, d: usize, what: &str) -> Result<usize> {
     match t.dims().last() {
         Some(&last) if last == d && d > 0 => Ok(t.elem_count() / d),
-        _ => Err(
-            candle_core::Error::Msg(format!("{what}: {:?} does not end in {d}", t.dims())).into(),
-        ),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{what}: {:?} does not end in {d}",
+            t.dims()
+        ))),
     }
 }
 
 /// The error for two tensors that should have had the same shape.
-fn mismatch(what: &str, a: &Tensor, b: &Tensor) -> super::InferError {
-    candle_core::Error::Msg(format!("{what}: {:?} with {:?}", a.dims(), b.dims())).into()
+fn mismatch(what: &str, a: &Tensor, b: &Tensor) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{what}: {:?} with {:?}", a.dims(), b.dims()))
 }
 
 /// The residual mix `m0 · x + m1 · x0` with per-channel m0, m1 [d] (the records' `resid_mix`), and with `norm`
@@ -529,8 +489,7 @@ pub(crate) fn heads_normed_rotated(
             "heads: {:?} as {heads} heads with rotary tables {:?}",
             z.dims(),
             cos.dims()
-        ))
-        .into());
+        )));
     }
     let gains = match gain {
         Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
@@ -560,7 +519,7 @@ pub(crate) fn heads_normed_rotated(
             })
         })
     })?;
-    Ok(Tensor::from_vec(values, (b, heads, t, hd), z.device())?)
+    Tensor::from_vec(values, (b, heads, t, hd), z.device())
 }
 
 /// How many rows ahead [`head_task`] asks for: its rows are a projection's width apart, a stride the hardware
@@ -667,14 +626,11 @@ pub(crate) fn relu_squared(values: &mut [f32], slope: f32) {
 /// [`relu_squared`] of `values` rounded to bf16 (nearest-even) into a new buffer, for a mixed-precision product on
 /// AMX tiles that reads it next (it would round it itself).
 pub(crate) fn relu_squared_bf16(values: &[f32], slope: f32) -> Vec<half::bf16> {
-    let mut out = Vec::with_capacity(values.len());
-    out.spare_capacity_mut()[..values.len()]
-        .par_chunks_mut(4096)
-        .zip(values.par_chunks(4096))
-        .for_each(|(out, chunk)| relu_squared_bf16_chunk(chunk, slope, out));
-    // SAFETY: every chunk wrote all of its elements.
-    unsafe { out.set_len(values.len()) };
-    out
+    filled(values.len(), |out| {
+        out.par_chunks_mut(4096)
+            .zip(values.par_chunks(4096))
+            .for_each(|(out, chunk)| relu_squared_bf16_chunk(chunk, slope, out))
+    })
 }
 
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]

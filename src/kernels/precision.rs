@@ -25,6 +25,14 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name `--precision` takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Mixed => "mixed",
+        }
+    }
+
     /// `a · b` under this precision; the result is f32 either way.
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {

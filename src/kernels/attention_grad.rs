@@ -18,8 +18,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{exp_scaled_minus, exp_scaled_shifted_with_max};
+use super::buffers::{SharedRows, contiguous, uninit_vec, with_f32};
 use super::fused::{Strided, product_rows, product_to};
-use super::ops::{SharedRows, contiguous, output_buffer, with_f32};
 
 /// Queries per block.
 const QUERY_BLOCK: usize = 64;
@@ -190,7 +190,7 @@ impl CustomOp3 for CausalAttention {
         let (t, hd, group) = (d.t, d.hd, d.group());
         let rows = d.batch * d.heads * t;
         let (mut max, mut inv_sum) = (vec![0f32; rows], vec![0f32; rows]);
-        let mut y = output_buffer(rows * hd);
+        let mut y = uninit_vec(rows * hd);
         let y_rows = SharedRows::new(&mut y);
         max.par_chunks_mut(t)
             .zip(inv_sum.par_chunks_mut(t))
@@ -220,7 +220,7 @@ impl CustomOp3 for CausalAttention {
                         product_to(
                             Strided::new(p, qe - qs, qe, qe, 1),
                             Strided::new(&v[v_at..], qe, hd, v_stride, 1),
-                            y_rows.ptr().add(y_at + qs * y_stride),
+                            y_rows.rows_ptr(y_at + qs * y_stride, qe - qs, hd, y_stride),
                             y_stride,
                             false,
                         )
@@ -276,7 +276,7 @@ fn attention_backward(
     let (t, hd, group) = (d.t, d.hd, d.group());
     let kv_len = d.batch * d.kv_heads * t * hd;
     let (mut dk, mut dv) = (vec![0f32; kv_len], vec![0f32; kv_len]);
-    let mut dq = output_buffer(d.batch * d.heads * t * hd);
+    let mut dq = uninit_vec(d.batch * d.heads * t * hd);
     let dv_rows = SharedRows::new(&mut dv);
     dq.par_chunks_mut(group * t * hd)
         .zip(dk.par_chunks_mut(t * hd))
@@ -320,7 +320,7 @@ fn attention_backward(
                         product_to(
                             Strided::new(p, keys, m, 1, keys),
                             g_block,
-                            dv_rows.ptr().add(v_at),
+                            dv_rows.rows_ptr(v_at, keys, hd, v_stride),
                             v_stride,
                             true,
                         )
@@ -369,12 +369,16 @@ fn softmax_backward_row(p: &[f32], dp: &mut [f32], scale: f32) {
     softmax_backward_row_portable(p, dp, scale)
 }
 
+/// # Safety
+/// The CPU has AVX-512F, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn softmax_backward_row_avx512(p: &[f32], dp: &mut [f32], scale: f32) {
     softmax_backward_row_portable(p, dp, scale)
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_backward_row_avx2(p: &[f32], dp: &mut [f32], scale: f32) {
@@ -404,10 +408,10 @@ fn softmax_backward_row_portable(p: &[f32], dp: &mut [f32], scale: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::layers::Pass;
-    use crate::infer::layers::causal_probabilities;
-    use crate::infer::ops::tests::{assert_close_node, assert_same_node};
-    use crate::infer::precision::Precision;
+    use crate::kernels::cpu::CpuOps;
+    use crate::kernels::ops::tests::{assert_close_node, assert_same_node};
+    use crate::kernels::products::Products;
+    use crate::kernels::{Kernels, Pass, Precision, ProductsKind};
     use candle_core::{Device, Var};
 
     /// Values and the gradients of q, k and v against the candle composition (expanded kv heads, full masked scores,
@@ -431,15 +435,10 @@ mod tests {
             let scale = 1.0 / (hd as f64).sqrt();
             let ours =
                 causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale).unwrap();
-            let (p, vx) = causal_probabilities(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
-                Pass::Train,
-                Precision::Fp32,
-                true,
-            )
-            .unwrap();
+            let cpu = CpuOps::new(&dev, Products::new(ProductsKind::CpuGemm, Precision::Fp32));
+            let (p, vx) = cpu
+                .causal_probabilities(q.as_tensor(), k.as_tensor(), v.as_tensor(), Pass::Train)
+                .unwrap();
             let theirs = p.matmul(&vx).unwrap();
             let case = format!("{b}×{h}/{hkv}×{t}×{hd}");
             assert_close_node(

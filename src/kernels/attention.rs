@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::fused::{Strided, product_rows};
+
 /// Queries per block.
 const QUERY_BLOCK: usize = 64;
 
@@ -55,13 +57,9 @@ pub fn causal_attention(
     } else {
         Vec::new()
     };
-    let mut out = Vec::with_capacity(q.len());
-    // SAFETY: f32 has no invalid bit patterns, and every head's rows are written in full below (each query block's
-    // product writes all of its rows × hd) before the vector is read.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        out.set_len(q.len())
-    };
+    // Every head's rows are written in full below (each query block's product writes all of its rows × hd) before
+    // the vector is read.
+    let mut out = super::buffers::uninit_vec::<f32>(q.len());
     out.par_chunks_mut(per_head)
         .enumerate()
         .for_each(|(bh, out_head)| {
@@ -81,29 +79,12 @@ pub fn causal_attention(
                 let (m, keys) = (qe - qs, qe);
                 let sc = &mut scores[..m * keys];
                 // scores[m × keys] = Q[qs..qe] · K[0..keys]ᵀ
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        keys,
-                        hd,
-                        sc.as_mut_ptr(),
-                        1,
-                        keys as isize,
-                        false,
-                        q_head[qs * hd..].as_ptr(),
-                        1,
-                        hd as isize,
-                        k_head.as_ptr(),
-                        hd as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                product_rows(
+                    Strided::new(&q_head[qs * hd..], m, hd, hd, 1),
+                    Strided::new(k_head, hd, keys, 1, hd),
+                    sc,
+                    false,
+                );
                 let mut inv_sums = [0f32; QUERY_BLOCK];
                 for r in 0..m {
                     let row = &mut sc[r * keys..(r + 1) * keys];
@@ -115,29 +96,12 @@ pub fn causal_attention(
                     masked.fill(0.0);
                 }
                 // out[qs..qe] = P[m × keys] · V[0..keys]
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        hd,
-                        keys,
-                        out_head[qs * hd..].as_mut_ptr(),
-                        1,
-                        hd as isize,
-                        false,
-                        sc.as_ptr(),
-                        1,
-                        keys as isize,
-                        v_head.as_ptr(),
-                        1,
-                        hd as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                product_rows(
+                    Strided::new(sc, m, keys, keys, 1),
+                    Strided::new(v_head, keys, hd, hd, 1),
+                    &mut out_head[qs * hd..qe * hd],
+                    false,
+                );
                 // Normalize after the product: m × hd divisions' worth instead of m × keys.
                 for (r, row) in out_head[qs * hd..qe * hd].chunks_exact_mut(hd).enumerate() {
                     row.iter_mut().for_each(|x| *x *= inv_sums[r]);
@@ -217,12 +181,16 @@ pub fn exp_scaled_shifted_with_max(row: &mut [f32], scale: f32) -> (f32, f32) {
     exp_scaled_shifted_portable(row, scale)
 }
 
+/// # Safety
+/// The CPU has AVX-512F, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn exp_scaled_shifted_avx512(row: &mut [f32], scale: f32) -> (f32, f32) {
     exp_scaled_shifted_portable(row, scale)
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_scaled_shifted_avx2(row: &mut [f32], scale: f32) -> (f32, f32) {
@@ -246,12 +214,16 @@ pub fn exp_scaled_minus(row: &mut [f32], scale: f32, max: f32, factor: f32) {
     exp_scaled_minus_portable(row, scale, max, factor)
 }
 
+/// # Safety
+/// The CPU has AVX-512F, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn exp_scaled_minus_avx512(row: &mut [f32], scale: f32, max: f32, factor: f32) {
     exp_scaled_minus_portable(row, scale, max, factor)
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_scaled_minus_avx2(row: &mut [f32], scale: f32, max: f32, factor: f32) {
@@ -278,6 +250,8 @@ pub fn exp_scaled_shifted_to_bf16(row: &[f32], scale: f32, out: &mut [u16]) -> f
     exp_scaled_shifted_to_bf16_portable(row, scale, out)
 }
 
+/// # Safety
+/// The CPU has AVX-512F, AVX-512BW, FMA (the caller detected them at run time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,fma")]
 unsafe fn exp_scaled_shifted_to_bf16_avx512(row: &[f32], scale: f32, out: &mut [u16]) -> f32 {
@@ -406,7 +380,7 @@ fn rows_of<'a>(
     if layout.dims().len() < 2 || layout.dims()[layout.dims().len() - 2] != t {
         candle_core::bail!("{op}: expected [.., T, T] scores, got {:?}", layout.dims())
     }
-    Ok((super::ops::contiguous::<f32>(storage, layout, op)?, t))
+    Ok((super::buffers::contiguous::<f32>(storage, layout, op)?, t))
 }
 
 impl candle_core::CustomOp1 for CausalSoftmax {

@@ -118,6 +118,7 @@ pub fn matmul_bt_bf16_packed(a: &[u16], packed: &PackedB, m: usize) -> Vec<f32> 
     assert_eq!(a.len(), m * k);
     let kpa = k.div_ceil(KSTEP) * KSTEP;
     over_row_blocks(m, n, |r0, rows, c_rows| {
+        assert_c_rows(c_rows, rows, n, n);
         if rows == BLOCK && kpa == k {
             // SAFETY: BLOCK full rows of k = kpa bf16 read in place (row-major); `packed` covers k and n.
             unsafe {
@@ -157,13 +158,8 @@ fn over_row_blocks(
         return vec![0f32; m * n];
     }
     use rayon::prelude::*;
-    let mut c = Vec::with_capacity(m * n);
-    // SAFETY: f32 has no invalid bit patterns and every element is written below (each block writes all of its
-    // rows × n), before the vector is read.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        c.set_len(m * n)
-    };
+    // Every element is written below (each block writes all of its rows × n) before the vector is read.
+    let mut c = super::buffers::uninit_vec::<f32>(m * n);
     c.par_chunks_mut(BLOCK * n)
         .enumerate()
         .for_each(|(i, c_rows)| block(i * BLOCK, c_rows.len() / n, c_rows));
@@ -344,6 +340,7 @@ impl PackedA {
 /// `C[..rows, ..cols] = A · B[..A's k, ..cols]` on one thread for A already packed; C has row stride `ldc`.
 pub fn matmul_prepacked(a: &PackedA, b: &PackedB, cols: usize, c: &mut [f32], ldc: usize) {
     assert!(a.kpa <= b.kp && cols <= b.n);
+    assert_c_rows(c, a.rows, cols, ldc);
     for r0 in (0..a.rows).step_by(BLOCK) {
         let block = &a.data[r0 * a.kpa..(r0 + BLOCK) * a.kpa];
         // SAFETY: `block` is BLOCK rows of kpa bf16 (rows past a.rows zero), `b` covers kpa and `cols`; the C rows
@@ -377,6 +374,12 @@ pub fn matmul_packed(
     ldc: usize,
 ) {
     assert!(k <= b.kp && cols <= b.n);
+    assert!(
+        rows == 0 || k <= lda && (rows - 1) * lda + k <= a.len(),
+        "A: {rows} rows of {k} values, {lda} apart, overrun {} values",
+        a.len()
+    );
+    assert_c_rows(c, rows, cols, ldc);
     let kpa = k.div_ceil(KSTEP) * KSTEP;
     let mut tiled = Lines::zeroed(BLOCK * kpa);
     for r0 in (0..rows).step_by(BLOCK) {
@@ -401,6 +404,26 @@ pub fn matmul_packed(
             )
         };
     }
+}
+
+/// The bounds every tile store into C relies on: AMX is available (else its instructions fault), the rows do not
+/// overlap (`ldc ≥ cols`), and `rows` rows of `cols` values `ldc` apart lie within `c` — [`tile_block`] stores
+/// whole 32 × 32 blocks straight into C where they fit (a full block of rows and columns), so these asserts are
+/// what keeps those stores inside the slice.
+fn assert_c_rows(c: &[f32], rows: usize, cols: usize, ldc: usize) {
+    assert!(
+        available(),
+        "AMX tile products called where AMX is not available"
+    );
+    assert!(
+        cols <= ldc,
+        "C rows overlap: {cols} columns with row stride {ldc}"
+    );
+    assert!(
+        rows == 0 || (rows - 1) * ldc + cols <= c.len(),
+        "C: {rows} rows of {cols} values, {ldc} apart, overrun {} values",
+        c.len()
+    );
 }
 
 /// Row `r` of a block of A, rounded ([`bf16_bits`]) into the tiled layout ([`ATiles::tiled`]): its k-step s at
@@ -463,6 +486,12 @@ struct TileConfig {
 /// One block of up to BLOCK rows of C: for each 32-column block, four C tiles accumulate over A's k-steps. Each
 /// k-step's loads are interleaved with the products that need them (tiles are not renamed, so a load waits for the
 /// products reading its register), and the next k-step's B (2 KiB) is prefetched into L1 while this one runs.
+///
+/// # Safety
+/// AMX is [`available`]. `a` holds BLOCK rows of A in the layout `a_tiles` describes, over `a_tiles.ksteps` k-steps
+/// (zero past A's k and past `rows`); `b` covers those k-steps and `cols` columns (padded to a multiple of 32);
+/// `rows ≤ BLOCK`, `cols ≤ ldc`, and `c_rows` holds `rows` rows of `cols` values `ldc` apart ([`assert_c_rows`]):
+/// a full block (rows = 32, 32 columns) is stored straight into those rows, a partial one through a local block.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_block(
     a: &[u16],
@@ -488,7 +517,7 @@ unsafe fn tile_block(
     }
     let mut out = [0f32; BLOCK * BLOCK];
     let a0 = a.as_ptr();
-    // SAFETY (whole block): every pointer below addresses a tile of `a` (the caller's layout `a_tiles`), one of a
+    // SAFETY: (the whole block) every pointer below addresses a tile of `a` (the caller's layout `a_tiles`), one of a
     // 32-column block's k-steps in `b`, or the BLOCK × BLOCK `out` / C rows; the caller guarantees the sizes. The
     // prefetches may point past `b` (wrapping arithmetic; a prefetch does not fault).
     unsafe {
@@ -561,6 +590,8 @@ unsafe fn tile_block(
     }
 }
 
+/// # Safety
+/// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_block(
     _: &[u16],
@@ -577,19 +608,6 @@ unsafe fn tile_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic operands in [−1.4, 1.4] (A's and B's patterns of the tests below).
-    fn pattern_a(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 29 % 83) as f32 - 41.0) / 30.0)
-            .collect()
-    }
-
-    fn pattern_b(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 35.0)
-            .collect()
-    }
 
     fn from_bf16(h: u16) -> f32 {
         f32::from_bits((h as u32) << 16)
@@ -612,115 +630,31 @@ mod tests {
         }
     }
 
-    /// B given as [k, n], used for fewer of its k rows and columns than it holds (attention's causal blocks).
+    /// The bounds every tile store relies on are checked before any tile instruction, on any CPU: a C that cannot
+    /// hold the rows, rows that overlap, an A shorter than its rows.
     #[test]
-    fn packed_kn_products_over_a_prefix() {
-        if !available() {
-            eprintln!("skipped: {}", why_not());
-            return;
-        }
-        let (rows, k_all, n_all, k, cols) = (40, 100, 70, 45, 33);
-        let a = pattern_a(rows * k_all);
-        let b = pattern_b(k_all * n_all);
-        let packed = PackedB::from_kn(&b, k_all, n_all);
-        let mut c = vec![f32::NAN; rows * cols];
-        matmul_packed(&a, k_all, rows, k, &packed, cols, &mut c, cols);
-        for r in 0..rows {
-            for j in 0..cols {
-                let want: f64 = (0..k)
-                    .map(|kk| {
-                        from_bf16(bf16_bits(a[r * k_all + kk])) as f64
-                            * from_bf16(bf16_bits(b[kk * n_all + j])) as f64
-                    })
-                    .sum();
-                assert!((c[r * cols + j] as f64 - want).abs() <= 1e-5, "({r}, {j})");
-            }
-        }
-    }
-
-    /// A packed by the caller row by row gives what `matmul_packed` gives from the same f32 rows, bit for bit, also
-    /// after a reshape to fewer rows and a shorter k (the stale padding is cleared).
-    #[test]
-    fn prepacked_a_matches_packing_on_the_fly() {
-        if !available() {
-            eprintln!("skipped: {}", why_not());
-            return;
-        }
-        let (k_all, n) = (90, 40);
-        let b = pattern_b(k_all * n);
-        let packed_b = PackedB::from_kn(&b, k_all, n);
-        let mut a_packed = PackedA::zeroed(64, k_all);
-        for &(rows, k) in &[(64, 90), (37, 61), (5, 3)] {
-            let a = pattern_a(rows * k);
-            a_packed.reshape(rows, k);
-            for r in 0..rows {
-                let row = a_packed.row_mut(r);
-                row.fill(0);
-                for kk in 0..k {
-                    row[kk] = bf16_bits(a[r * k + kk]);
-                }
-            }
-            let mut want = vec![f32::NAN; rows * n];
-            matmul_packed(&a, k, rows, k, &packed_b, n, &mut want, n);
-            let mut got = vec![f32::NAN; rows * n];
-            matmul_prepacked(&a_packed, &packed_b, n, &mut got, n);
-            assert_eq!(got, want, "{rows} × {k}");
-        }
-    }
-
-    /// A given already in bf16 gives what rounding it on the fly gives, bit for bit: in place where k is a multiple
-    /// of 32 and the block is full, padded otherwise.
-    #[test]
-    fn bf16_activations_give_the_same_products() {
-        if !available() {
-            eprintln!("skipped: {}", why_not());
-            return;
-        }
-        for &(m, n, k) in &[(70, 40, 64), (64, 33, 45), (5, 32, 96)] {
-            let a = pattern_a(m * k);
-            let b = pattern_b(n * k);
-            let bits: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
-            assert_eq!(
-                matmul_bt_bf16(&bits, &b, m, n, k),
-                matmul_bt(&a, &b, m, n, k),
-                "{m}×{n}×{k}"
+    fn short_or_overlapping_outputs_are_refused_before_any_tile_store() {
+        let b = PackedB::from_kn(&vec![0.5f32; 64 * 32], 64, 32);
+        let refused = |f: &dyn Fn()| {
+            let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .expect_err("refused")
+                .downcast::<String>()
+                .map(|m| *m)
+                .unwrap_or_default();
+            assert!(
+                message.contains("overrun") || message.contains("overlap"),
+                "{message}"
             );
-        }
-    }
-
-    /// Odd sizes (padding in every dimension) against the f64 product of the bf16-rounded operands.
-    #[test]
-    fn products_are_the_rounded_operands_product() {
-        if !available() {
-            eprintln!("skipped: {}", why_not());
-            return;
-        }
-        for &(m, n, k) in &[(1, 1, 1), (33, 47, 65), (64, 96, 512), (100, 17, 31)] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
-                .collect();
-            let b: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 41.0)
-                .collect();
-            let c = matmul_bt(&a, &b, m, n, k);
-            for r in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|kk| {
-                            from_bf16(bf16_bits(a[r * k + kk])) as f64
-                                * from_bf16(bf16_bits(b[j * k + kk])) as f64
-                        })
-                        .sum();
-                    let scale: f64 = (0..k)
-                        .map(|kk| (a[r * k + kk] as f64 * b[j * k + kk] as f64).abs())
-                        .sum();
-                    let got = c[r * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-6 * scale.max(1.0),
-                        "{m}×{n}×{k} at ({r}, {j}): {got} vs {want}"
-                    );
-                }
-            }
-        }
+        };
+        let a = vec![1.0f32; 32 * 64];
+        // 32 rows of 32 columns need 1,024 values of C.
+        refused(&|| matmul_packed(&a, 64, 32, 64, &b, 32, &mut vec![0.0; 1023], 32));
+        // Row stride below the columns: the rows would overlap.
+        refused(&|| matmul_packed(&a, 64, 32, 64, &b, 32, &mut vec![0.0; 4096], 16));
+        // A holds 31 rows, not 32.
+        refused(&|| matmul_packed(&a[..31 * 64], 64, 32, 64, &b, 32, &mut vec![0.0; 1024], 32));
+        let mut packed_a = PackedA::zeroed(32, 64);
+        packed_a.reshape(32, 64);
+        refused(&|| matmul_prepacked(&packed_a, &b, 32, &mut vec![0.0; 1000], 32));
     }
 }
