@@ -412,10 +412,6 @@ pub fn matmul_packed(
 /// what keeps those stores inside the slice.
 fn assert_c_rows(c: &[f32], rows: usize, cols: usize, ldc: usize) {
     assert!(
-        available(),
-        "AMX tile products called where AMX is not available"
-    );
-    assert!(
         cols <= ldc,
         "C rows overlap: {cols} columns with row stride {ldc}"
     );
@@ -423,6 +419,10 @@ fn assert_c_rows(c: &[f32], rows: usize, cols: usize, ldc: usize) {
         rows == 0 || (rows - 1) * ldc + cols <= c.len(),
         "C: {rows} rows of {cols} values, {ldc} apart, overrun {} values",
         c.len()
+    );
+    assert!(
+        available(),
+        "AMX tile products called where AMX is not available"
     );
 }
 
@@ -634,7 +634,15 @@ mod tests {
     /// hold the rows, rows that overlap, an A shorter than its rows.
     #[test]
     fn short_or_overlapping_outputs_are_refused_before_any_tile_store() {
-        let b = PackedB::from_kn(&vec![0.5f32; 64 * 32], 64, 32);
+        // A packed B of 32 columns over k 64, built as `zeroed` lays it out (without its AMX check: no tile
+        // instruction may run here).
+        let kp = 64;
+        let b = PackedB {
+            data: Lines::zeroed(2 * kp * 16),
+            n: 32,
+            k: 64,
+            kp,
+        };
         let refused = |f: &dyn Fn()| {
             let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                 .expect_err("refused")
