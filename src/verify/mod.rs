@@ -3,10 +3,12 @@
 //! `tilt`); the procedure interface and the plain window procedure (`procedure`); the procedures that adapt or
 //! blend — score-first TTT (`ttt`), seed 003's mixer and seed 004's n-gram blend (`mixer`), the planted violations
 //! (`planted`); the driver over the whole stream (`eval`); the legality probes (`probes`); and the run a front end
-//! asks for: the flags resolved into a spec of what runs, before anything is read, and its canonical counterpart
-//! (`spec`), the built procedure and the run (`run`), and the typed report with findings and compliance (`report`).
+//! asks for: the flags (`flags`) resolved into a spec of what runs, before anything is read, and its canonical
+//! counterpart (`spec`), the built procedure and the run (`run`), and the typed report with findings and compliance
+//! (`report`).
 
 pub mod eval;
+pub mod flags;
 pub mod html;
 pub mod ledger;
 pub mod lora_ttt;

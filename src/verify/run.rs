@@ -1,4 +1,4 @@
-//! One verification of a resolved [`VerifySpec`] (`spec.rs` resolves the flags): [`verify`] loads the model and the
+//! One verification of a resolved [`VerifySpec`] (`flags.rs` resolves the flags into it): [`verify`] loads the model and the
 //! stream, builds the procedure the spec names, evaluates, probes, writes the outputs it names and returns a typed
 //! [`VerifyReport`].
 

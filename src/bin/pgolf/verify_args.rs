@@ -1,11 +1,12 @@
-//! `pgolf verify`'s flags. Each is one field of [`pgolf::verify::spec::VerifyFlags`] under the same name; a flag with
-//! a default shows the library's ([`spec::defaults`]) and reaches the library only when given, so that the
+//! `pgolf verify`'s flags. Each is one field of [`pgolf::verify::flags::VerifyFlags`] under the same name; a flag with
+//! a default shows the library's ([`flags::defaults`]) and reaches the library only when given, so that the
 //! resolution can tell a flag given from one left at its default.
 
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, ValueEnum};
-use pgolf::verify::spec::{self, LoraRecipeName, PlantedKind, VerifyFlags};
+use pgolf::verify::flags::{self, PlantedKind, VerifyFlags};
+use pgolf::verify::spec::LoraRecipeName;
 
 use crate::compute::ComputeArgs;
 use crate::given::given;
@@ -81,26 +82,26 @@ pub struct VerifyArgs {
     #[arg(long, requires = "mixer")]
     mixer_normalized: bool,
     /// Mixer: highest n-gram order (NGRAM_ORDER).
-    #[arg(long, default_value_t = spec::defaults().mixer.max_order)]
+    #[arg(long, default_value_t = flags::defaults().mixer.max_order)]
     mixer_order: usize,
     /// Mixer: hash buckets per order, a power of two (NGRAM_BUCKETS).
-    #[arg(long, default_value_t = spec::defaults().mixer.buckets)]
+    #[arg(long, default_value_t = flags::defaults().mixer.buckets)]
     mixer_buckets: usize,
     /// Mixer: tokens counted before it switches on (MIXER_MIN_TOKENS).
-    #[arg(long, default_value_t = spec::defaults().mixer.min_tokens)]
+    #[arg(long, default_value_t = flags::defaults().mixer.min_tokens)]
     mixer_min_tokens: usize,
     /// Mixer: targets per chunk; counts are updated after each chunk is scored (TTT_CHUNK_TOKENS).
-    #[arg(long, default_value_t = spec::defaults().mixer.chunk_tokens)]
+    #[arg(long, default_value_t = flags::defaults().mixer.chunk_tokens)]
     mixer_chunk_tokens: usize,
     /// Mixer: logit temperature (TTT_TEMPERATURE).
-    #[arg(long, default_value_t = spec::defaults().mixer.temperature)]
+    #[arg(long, default_value_t = flags::defaults().mixer.temperature)]
     mixer_temperature: f32,
     /// Mixer: α = base + range·σ(2(H − center)) (ALPHA_BASE, ALPHA_RANGE, ALPHA_CENTER).
-    #[arg(long, default_value_t = spec::defaults().mixer.alpha_base)]
+    #[arg(long, default_value_t = flags::defaults().mixer.alpha_base)]
     mixer_alpha_base: f32,
-    #[arg(long, default_value_t = spec::defaults().mixer.alpha_range)]
+    #[arg(long, default_value_t = flags::defaults().mixer.alpha_range)]
     mixer_alpha_range: f32,
-    #[arg(long, default_value_t = spec::defaults().mixer.alpha_center)]
+    #[arg(long, default_value_t = flags::defaults().mixer.alpha_center)]
     mixer_alpha_center: f32,
     /// Seed 004's NGramCache blend (PR #1499's default sliding evaluation): exact context counts pre-filled from
     /// training tokens (--ngram-prefill) and extended with scored targets, blended with a weight that depends on
@@ -108,16 +109,16 @@ pub struct VerifyArgs {
     #[arg(long)]
     ngram_blend: bool,
     /// NGramCache: highest order (NGRAM_ORDER; contexts of up to order − 1 tokens).
-    #[arg(long, default_value_t = spec::defaults().ngram_order)]
+    #[arg(long, default_value_t = flags::defaults().ngram_order)]
     ngram_order: usize,
     /// NGramCache: base blend weight (NGRAM_ALPHA).
-    #[arg(long, default_value_t = spec::defaults().ngram_alpha)]
+    #[arg(long, default_value_t = flags::defaults().ngram_alpha)]
     ngram_alpha: f64,
     /// NGramCache: training shards (glob) the cache is pre-filled from, as the seed reads fineweb_train_*.bin.
     #[arg(long, requires = "ngram_blend")]
     ngram_prefill: Option<String>,
     /// NGramCache: how many training tokens pre-fill it (NGRAM_PRETRAIN_TOKENS).
-    #[arg(long, default_value_t = spec::defaults().ngram_prefill_tokens)]
+    #[arg(long, default_value_t = flags::defaults().ngram_prefill_tokens)]
     ngram_prefill_tokens: usize,
     /// Seed 002's n-gram logit tilt (PR #1666): the soft-capped logits raised by β/2 at the next token a fixed
     /// prior predicts from the previous one and two tokens (the artifact's bundled "ngram" entry, or --ngram-prior).
@@ -128,7 +129,7 @@ pub struct VerifyArgs {
     #[arg(long, requires = "ngram_tilt")]
     ngram_prior: Option<PathBuf>,
     /// The tilt's β (NGRAM_TILT_BETA); each matching prefix adds β/2.
-    #[arg(long, default_value_t = spec::defaults().ngram_tilt_beta, requires = "ngram_tilt")]
+    #[arg(long, default_value_t = flags::defaults().ngram_tilt_beta, requires = "ngram_tilt")]
     ngram_tilt_beta: f64,
     /// The records' VarLen eval_val (rec/2026-04-10 on): flat buffers of --batch-seqs sequences of --seq-len,
     /// attention isolated to each document (split at BOS and into pieces of at most --seq-len).
@@ -138,7 +139,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     byte_sidecar: Option<String>,
     /// Windows per forward batch (the window procedures; --doc-isolated: sequences per flat buffer).
-    #[arg(long, default_value_t = spec::defaults().batch_seqs)]
+    #[arg(long, default_value_t = flags::defaults().batch_seqs)]
     batch_seqs: usize,
     #[command(flatten)]
     compute: ComputeArgs,
@@ -146,30 +147,30 @@ pub struct VerifyArgs {
     #[arg(long)]
     ttt: bool,
     /// TTT: targets per chunk (TTT_CHUNK_TOKENS).
-    #[arg(long, default_value_t = spec::defaults().ttt.chunk_tokens)]
+    #[arg(long, default_value_t = flags::defaults().ttt.chunk_tokens)]
     ttt_chunk_tokens: usize,
     /// TTT: epochs over each scored chunk (TTT_EPOCHS).
-    #[arg(long, default_value_t = spec::defaults().ttt.epochs)]
+    #[arg(long, default_value_t = flags::defaults().ttt.epochs)]
     ttt_epochs: usize,
     /// TTT: base SGD learning rate, cosine-decayed across chunks (TTT_LR; rec/2026-04-09 used 0.005).
-    #[arg(long, default_value_t = spec::defaults().ttt.lr)]
+    #[arg(long, default_value_t = flags::defaults().ttt.lr)]
     ttt_lr: f64,
     /// TTT: SGD momentum (TTT_MOMENTUM).
-    #[arg(long, default_value_t = spec::defaults().ttt.momentum)]
+    #[arg(long, default_value_t = flags::defaults().ttt.momentum)]
     ttt_momentum: f64,
     /// TTT: sequences per optimizer step and rank (TTT_BATCH_SEQS).
-    #[arg(long, default_value_t = spec::defaults().ttt.batch_seqs)]
+    #[arg(long, default_value_t = flags::defaults().ttt.batch_seqs)]
     ttt_batch_seqs: usize,
     /// TTT: sequences per backward pass (0: the whole batch). The step still averages the whole batch (the same
     /// gradient up to rounding); it bounds GPU memory at full size.
     #[arg(long, default_value_t = 0)]
     ttt_micro_batch: usize,
     /// TTT: gradient-norm clip (TTT_GRAD_CLIP).
-    #[arg(long, default_value_t = spec::defaults().ttt.grad_clip)]
+    #[arg(long, default_value_t = flags::defaults().ttt.grad_clip)]
     ttt_grad_clip: f64,
     /// TTT: keep the first N blocks fixed (TTT_FREEZE_BLOCKS). With --mixer, seed 003's reading: the last N
     /// blocks train, with every weight named norm, scale, lm_head or tok_emb (0: all weights).
-    #[arg(long, default_value_t = spec::defaults().ttt.freeze_blocks)]
+    #[arg(long, default_value_t = flags::defaults().ttt.freeze_blocks)]
     ttt_freeze_blocks: usize,
     /// With --mixer --ttt (seed 003's AdamW recipe): score with a Polyak average of decay D (USE_POLYAK,
     /// POLYAK_DECAY).
@@ -276,13 +277,13 @@ pub struct VerifyArgs {
     #[arg(long, requires = "probes")]
     probe_targets: Option<usize>,
     /// Re-runs with one token replaced (each checks C1 and C3).
-    #[arg(long, default_value_t = spec::defaults().probe_perturbations)]
+    #[arg(long, default_value_t = flags::defaults().probe_perturbations)]
     probe_perturbations: usize,
     /// Rows checked for normalization (C2).
-    #[arg(long, default_value_t = spec::defaults().probe_rows)]
+    #[arg(long, default_value_t = flags::defaults().probe_rows)]
     probe_rows: usize,
     /// Seed of the probes' positions and replacement tokens.
-    #[arg(long, default_value_t = spec::defaults().probe_seed)]
+    #[arg(long, default_value_t = flags::defaults().probe_seed)]
     probe_seed: u64,
     /// Evaluate a deliberately illegal procedure instead (to see the probes catch it); never a score.
     #[arg(long, value_enum)]

@@ -4,7 +4,7 @@ use super::{Check, Status, check};
 use crate::infer::presets::presets;
 use crate::review::folder::Folder;
 use crate::review::log::LogSummary;
-use crate::verify::spec::VerifyFlags;
+use crate::verify::flags::VerifyFlags;
 
 /// `reproduce`: the `pgolf verify` command that re-runs the declared evaluation, from the preset whose logged
 /// parameter count the log prints, else the hyperparameters a config would need.
