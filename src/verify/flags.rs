@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::lora_ttt::LoraTttRecipe;
 use super::mixer::{MixerOptions, MixerTttRecipe};
 use super::spec::{
     ArchSource, EvalProcedure, LoraInitSource, LoraRecipeName, LoraTttSpec, NgramBlendSpec,
@@ -355,10 +354,12 @@ impl VerifyFlags {
             .preset
             .as_deref()
             .filter(|_| !self.evaluation_flags_given());
-        let (procedure, seq_len, byte_sidecar) = match declared {
+        // A preset alone: its record's evaluation, as the flags that give it.
+        let evaluation = match declared {
             Some(name) => self.declared_evaluation(name)?,
-            None => (self.procedure()?, self.seq_len, self.byte_sidecar.clone()),
+            None => self.clone(),
         };
+        let procedure = evaluation.procedure()?;
         let d = defaults();
         let probes = if self.probes {
             let ttt_chunk = self.ttt_chunk_tokens.unwrap_or(d.ttt.chunk_tokens);
@@ -387,8 +388,8 @@ impl VerifyFlags {
             arch,
             val: self.val.clone(),
             tokenizer: self.tokenizer.clone(),
-            byte_sidecar,
-            seq_len,
+            byte_sidecar: evaluation.byte_sidecar,
+            seq_len: evaluation.seq_len,
             compute: self.compute.clone(),
             procedure,
             probes,
@@ -405,71 +406,46 @@ impl VerifyFlags {
 
     /// `--preset NAME` with no evaluation flag: the evaluation the preset's record reports its score with — its
     /// window form and lengths, its byte sidecar (the record's `fineweb_val_bytes_*.bin` beside the validation
-    /// shards, unless `--byte-sidecar` names it), the TTT of its final score with the record's knobs, and its ranks
-    /// (`--world-size` replays another number where the procedure depends on it).
-    fn declared_evaluation(
-        &self,
-        name: &str,
-    ) -> Result<(EvalProcedure, Option<usize>, Option<String>)> {
+    /// shards, unless `--byte-sidecar` names it), the TTT of its final score with the record's knobs, and its ranks —
+    /// written as the evaluation flags that give it, so that it resolves as they do: a knob given overrides the
+    /// record's value (`--world-size` replays another number of ranks), and a knob of another procedure is refused.
+    fn declared_evaluation(&self, name: &str) -> Result<Self> {
         let eval = named_preset(name)?.eval;
-        let world_size = self.world_size.unwrap_or(eval.world_size);
-        let sidecar = match (&self.byte_sidecar, eval.byte_sidecar) {
-            (Some(glob), _) => Some(glob.clone()),
-            (None, true) => {
-                let dir = Path::new(&self.val)
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty());
-                let glob = dir.map_or_else(
-                    || PathBuf::from("fineweb_val_bytes_*.bin"),
-                    |d| d.join("fineweb_val_bytes_*.bin"),
-                );
-                Some(glob.to_string_lossy().into_owned())
-            }
-            (None, false) => None,
-        };
-        let form = match (eval.doc_isolated_batch_seqs, eval.stride) {
-            (Some(batch_seqs), _) => WindowForm::DocIsolated {
-                batch_seqs,
-                world_size,
-            },
-            (None, Some(stride)) if eval.legacy_sliding => WindowForm::LegacySliding { stride },
-            (None, Some(stride)) => WindowForm::Sliding { stride },
-            (None, None) => WindowForm::NonOverlapping,
-        };
-        let windows = Windows {
-            form,
-            batch_seqs: eval
-                .doc_isolated_batch_seqs
-                .unwrap_or(defaults().batch_seqs),
-        };
-        let procedure = match eval.final_score {
-            presets::FinalScore::Windows => EvalProcedure::Windows(windows),
-            presets::FinalScore::ScoreFirstTtt { lr } => {
-                EvalProcedure::ScoreFirstTtt(ScoreFirstTttSpec {
-                    windows,
-                    recipe: TttRecipe {
-                        lr,
-                        world_size,
-                        ..TttRecipe::default()
-                    },
-                    micro_batch: 0,
-                })
-            }
+        let mut f = self.clone();
+        f.seq_len = Some(eval.seq_len);
+        if f.byte_sidecar.is_none() && eval.byte_sidecar {
+            let dir = Path::new(&self.val)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            let glob = dir.map_or_else(
+                || PathBuf::from("fineweb_val_bytes_*.bin"),
+                |d| d.join("fineweb_val_bytes_*.bin"),
+            );
+            f.byte_sidecar = Some(glob.to_string_lossy().into_owned());
+        }
+        let ranks = f.world_size.or(Some(eval.world_size));
+        match eval.final_score {
+            // Its own per-document windows: no window form of its own.
             presets::FinalScore::PhasedLoraTtt => {
-                let named = LoraRecipeName::Rec20260427;
-                EvalProcedure::LoraTtt(LoraTttSpec {
-                    named,
-                    recipe: LoraTttRecipe {
-                        world_size,
-                        ..named.recipe()
-                    },
-                    phase_seq_len: Some(PhaseSeqLen::Set(eval.seq_len)),
-                    init: LoraInitSource::Seed(0),
-                    seeds: 0,
-                })
+                f.phased_ttt = true;
+                f.world_size = ranks;
+                return Ok(f);
             }
-        };
-        Ok((procedure, Some(eval.seq_len), sidecar))
+            presets::FinalScore::ScoreFirstTtt { lr } => {
+                f.ttt = true;
+                f.ttt_lr = f.ttt_lr.or(Some(lr));
+                f.world_size = ranks;
+            }
+            presets::FinalScore::Windows => {}
+        }
+        f.stride = eval.stride;
+        f.legacy_sliding = eval.legacy_sliding;
+        if let Some(b) = eval.doc_isolated_batch_seqs {
+            f.doc_isolated = true;
+            f.batch_seqs = f.batch_seqs.or(Some(b));
+            f.world_size = ranks;
+        }
+        Ok(f)
     }
 
     /// The window form the flags select.
@@ -921,6 +897,7 @@ impl VerifyFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::lora_ttt::LoraTttRecipe;
     use crate::verify::ttt::TttOrder;
 
     fn flags() -> VerifyFlags {
@@ -1065,6 +1042,13 @@ mod tests {
         assert!(l.recipe.phases.is_none() && l.phase_seq_len.is_none());
     }
 
+    fn declared_flags(preset: &str) -> VerifyFlags {
+        VerifyFlags {
+            preset: Some(preset.into()),
+            ..VerifyFlags::new("m.safetensors", "v/fineweb_val_*.bin", "t.model")
+        }
+    }
+
     fn declared(preset: &str, val: &str) -> VerifySpec {
         VerifyFlags {
             preset: Some(preset.into()),
@@ -1110,7 +1094,8 @@ mod tests {
                 ..LoraTttRecipe::rec_2026_04_27()
             }
         );
-        assert_eq!(lora.phase_seq_len, Some(PhaseSeqLen::Set(2048)));
+        assert_eq!(lora.phase_seq_len, Some(PhaseSeqLen::Evaluation));
+        assert_eq!(r.seq_len, Some(2048));
         assert_eq!(
             r.byte_sidecar.as_deref(),
             Some("/data/caseops/fineweb_val_bytes_*.bin")
@@ -1128,6 +1113,38 @@ mod tests {
         let s = f.resolve().unwrap();
         assert_eq!(s.byte_sidecar.as_deref(), Some("elsewhere/b_*.bin"));
         assert_eq!(s.procedure.lora().unwrap().recipe.world_size, 1);
+        // Knobs given with a preset alone resolve as with its evaluation flags: they override the record's values,
+        // and a knob of a procedure the record does not run is refused.
+        let f = VerifyFlags {
+            preset: Some("rec-2026-04-09".into()),
+            ttt_epochs: Some(1),
+            ..VerifyFlags::new("m", "v/x.bin", "t")
+        };
+        let s = f.resolve().unwrap();
+        let (t, _) = s.procedure.score_first_ttt().unwrap();
+        assert_eq!(
+            (t.recipe.epochs, t.recipe.lr, t.recipe.world_size),
+            (1, 0.005, 8)
+        );
+        for (f, needle) in [
+            (
+                VerifyFlags {
+                    ttt_lr: Some(0.01),
+                    ..declared_flags("baseline")
+                },
+                "--ttt-lr belongs to --ttt",
+            ),
+            (
+                VerifyFlags {
+                    world_size: Some(8),
+                    ..declared_flags("rec-2026-03-29")
+                },
+                "--world-size replays ranks",
+            ),
+        ] {
+            let err = f.resolve().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
         let f = VerifyFlags {
             preset: Some("rec-1999".into()),
             ..VerifyFlags::new("m", "v", "t")
