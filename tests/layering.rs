@@ -481,6 +481,7 @@ fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
 fn the_cli_parses_and_prints_only() {
     let mut long = Vec::new();
     let mut hand_json = Vec::new();
+    let mut raw_prints = Vec::new();
     let bin = common::root().join("src/bin");
     let mut files = vec![bin.join("pgolf.rs")];
     files.extend(
@@ -495,12 +496,29 @@ fn the_cli_parses_and_prints_only() {
                 long.push(format!("{}:{at}: {name} is {lines} lines", f.display()));
             }
         }
-        if code_only(&text).contains("json!") {
+        let code = code_only(&text);
+        if code.contains("json!") {
             hand_json.push(f.display().to_string());
+        }
+        // Text reaches the terminal only through print.rs, which escapes what came from an input.
+        let prints = [
+            "println!",
+            "print!(",
+            "eprintln!",
+            "eprint!(",
+            "stdout()",
+            "stdout().lock",
+        ];
+        if !f.ends_with("print.rs") && prints.iter().any(|p| code.contains(p)) {
+            raw_prints.push(f.display().to_string());
         }
     }
     assert!(long.is_empty(), "functions over 120 lines: {long:?}");
     assert!(hand_json.is_empty(), "json! in {hand_json:?}");
+    assert!(
+        raw_prints.is_empty(),
+        "printing outside src/bin/pgolf/print.rs (use out!, out_part!, print::json): {raw_prints:?}"
+    );
 }
 
 #[test]

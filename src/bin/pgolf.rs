@@ -6,6 +6,24 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `println!` for the commands' text output: the line goes through `print::line`, which escapes the control
+/// characters an input may have put in it (see `print`).
+macro_rules! out {
+    () => {
+        $crate::print::line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::print::line(&format!($($arg)*))
+    };
+}
+
+/// `print!` through `print::part`.
+macro_rules! out_part {
+    ($($arg:tt)*) => {
+        $crate::print::part(&format!($($arg)*))
+    };
+}
+
 #[path = "pgolf/cli_data.rs"]
 mod cli_data;
 #[path = "pgolf/cli_demo.rs"]
@@ -172,7 +190,7 @@ fn main() -> ExitCode {
                     msg.push_str(&cause);
                 }
             }
-            eprintln!("pgolf: error: {msg}");
+            print::error_line(&msg);
             ExitCode::from(1)
         }
     }

@@ -63,6 +63,29 @@ pub fn code_size(path: &Path, limits: &Limits) -> Result<CodeSize> {
     read_code(path, limits).map(|(size, _)| size)
 }
 
+/// At most this many bytes of a self-extracting wrapper lie outside its payload: the imports, `exec`, the
+/// decompress and decode calls (the records' wrappers have 60–120).
+const WRAPPER_MAX_SCAFFOLD_BYTES: usize = 1024;
+
+/// The base85 payload of a self-extracting wrapper (`exec(L.decompress(B.b85decode("…")))`), decided from the file's
+/// structure: the file calls `exec`, and one string literal passed to `b85decode(` is the file's bulk (at least half
+/// of it, with at most [`WRAPPER_MAX_SCAFFOLD_BYTES`] outside it). A plain script that mentions `b85decode` — #2135's
+/// builds a wrapper of its own source to count its size — is source, whatever it imports.
+pub fn wrapper_payload(text: &str) -> Option<&str> {
+    if !text.contains("exec(") {
+        return None;
+    }
+    text.match_indices("b85decode(").find_map(|(at, call)| {
+        let rest = &text[at + call.len()..];
+        let rest = rest.strip_prefix('b').unwrap_or(rest);
+        let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let body = &rest[1..];
+        let literal = &body[..body.find(quote)?];
+        let scaffold = text.len() - literal.len();
+        (scaffold <= WRAPPER_MAX_SCAFFOLD_BYTES && literal.len() >= scaffold).then_some(literal)
+    })
+}
+
 /// The code's counted size and its source: the decoded text of a self-extracting wrapper, else the file itself.
 pub fn read_code(path: &Path, limits: &Limits) -> Result<(CodeSize, Vec<u8>)> {
     let bytes = crate::limits::read_input(path, limits).map_err(|source| PackError::Io {
@@ -75,18 +98,10 @@ pub fn read_code(path: &Path, limits: &Limits) -> Result<(CodeSize, Vec<u8>)> {
         wrapper: None,
         decoded_bytes: None,
     };
-    let Some(start) = text.find("b85decode(") else {
+    let Some(literal) = wrapper_payload(&text) else {
         return Ok((out, bytes));
     };
-    let rest = &text[start + "b85decode(".len()..];
-    let rest = rest.trim_start_matches('b');
-    let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-        return Ok((out, bytes));
-    };
-    let Some(end) = rest[1..].find(quote) else {
-        return Ok((out, bytes));
-    };
-    let payload = b85decode(&rest[1..1 + end]).map_err(|m| PackError::Format {
+    let payload = b85decode(literal).map_err(|m| PackError::Format {
         path: path.into(),
         message: format!("code wrapper: {m}"),
     })?;
@@ -193,6 +208,30 @@ pub fn b85decode(s: &str) -> std::result::Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrapper_is_told_from_a_script_by_its_structure() {
+        let payload = b85encode(&super::super::codec::Coder::Xz.compress(b"print('hi')\n"));
+        let wrapper = format!(
+            "import lzma as L,base64 as B\nexec(L.decompress(B.b85decode(\"{payload}\")))\n"
+        );
+        assert_eq!(wrapper_payload(&wrapper), Some(payload.as_str()));
+        // #2135's plain script builds a wrapper of itself to count it, with `exec(` and `b85decode("` in its text.
+        let script = format!(
+            "import lzma, base64\n{}\ndef size(code):\n    encoded = base64.b85encode(lzma.compress(code))\n    \
+             wrapper = b'import lzma as L,base64 as B\\nexec(L.decompress(B.b85decode(\"' + encoded + b'\")))'\n    \
+             return len(wrapper)\n",
+            "x = 1\n".repeat(400)
+        );
+        assert_eq!(wrapper_payload(&script), None);
+        // A short literal in a short file is not a wrapper either.
+        assert_eq!(
+            wrapper_payload(
+                "exec(B.b85decode('abc'))\n# a comment that is longer than the literal\n"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn b85_decodes_python_output() {

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
+use super::code_deps::{CodeDependency, code_dependencies};
 use super::log::{LogSummary, parse_log};
 use super::submission::{Claims, parse_claims};
 use super::{Result, ReviewError};
@@ -44,6 +45,8 @@ pub struct Folder {
     pub code: Option<CodeFile>,
     pub readme: Option<Readme>,
     pub requirements: Option<Vec<String>>,
+    /// The folder's other code that the counted script runs (imports, compiles, loads, executes).
+    pub code_dependencies: Vec<CodeDependency>,
     /// The track limits training and evaluation to 600 s each (false on the non-record track, from the claim's
     /// `track` or the folder holding the record).
     pub time_limited: bool,
@@ -114,6 +117,7 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
         code: None,
         readme: None,
         requirements: None,
+        code_dependencies: Vec::new(),
         time_limited: true,
         unreadable: Vec::new(),
     };
@@ -243,12 +247,15 @@ pub fn read_folder(dir: &Path, limits: &Limits) -> Result<Folder> {
     if let Some(p) = code_path {
         match read_code(p, limits) {
             Ok((size, source)) => {
+                let file = name_of(dir, p);
+                let source = String::from_utf8_lossy(&source).into_owned();
+                folder.code_dependencies = code_dependencies(dir, &file, &source);
                 folder.code = Some(CodeFile {
-                    file: name_of(dir, p),
+                    file,
                     bytes: size.counted_bytes,
                     wrapper: size.wrapper,
                     decoded_bytes: size.decoded_bytes,
-                    source: String::from_utf8_lossy(&source).into_owned(),
+                    source,
                 })
             }
             Err(e) => folder.unreadable.push(e.to_string()),

@@ -89,6 +89,9 @@ pub struct LogSummary {
     /// The evaluation's sequence length and sliding stride, where the log gives them.
     pub eval_seq_len: Option<u64>,
     pub eval_stride: Option<u64>,
+    /// `EVAL_INCLUDE_TAIL` (#2014): the evaluation scores every target of the stream, the tail that the truncation
+    /// to a multiple of the sequence length drops included.
+    pub eval_include_tail: bool,
     pub ttt_enabled: Option<bool>,
     /// The log carries the training script's source.
     pub embeds_code: bool,
@@ -406,7 +409,13 @@ pub fn parse_log(file: &str, text: &str) -> LogSummary {
                         Some(_) => 0,
                     };
                     if pref == 0 {
-                        s.code_bytes_uncompressed = num(2);
+                        set(
+                            &mut s.code_bytes_uncompressed,
+                            num(2),
+                            "code_bytes_uncompressed",
+                            &mut s.evidence,
+                            evidence(),
+                        );
                     }
                     if let Some(b) = num(2)
                         && code_size.as_ref().is_none_or(|(p, _, _)| pref >= *p)
@@ -617,6 +626,7 @@ fn apply_hyperparameters(s: &mut LogSummary) {
         .or_else(|| get("train_seq_len"))
         .and_then(|v| v.parse().ok());
     s.eval_stride = get("eval_stride").and_then(|v| v.parse().ok());
+    s.eval_include_tail = truthy(get("eval_include_tail")) == Some(true);
     if s.ttt_enabled.is_none() {
         s.ttt_enabled = truthy(get("ttt_enabled"));
     }

@@ -9,6 +9,7 @@
 
 pub mod canonical;
 pub mod checks;
+pub mod code_deps;
 pub mod command;
 pub mod folder;
 pub mod html;
@@ -72,6 +73,8 @@ pub struct Review {
     pub code: Option<CodeFile>,
     pub readme: Option<Readme>,
     pub requirements: Option<Vec<String>>,
+    /// The folder's other code that the counted script runs.
+    pub code_dependencies: Vec<code_deps::CodeDependency>,
     pub scores: Scores,
     pub baseline: Option<Scores>,
     pub checks: Vec<Check>,
@@ -127,10 +130,12 @@ pub fn review_folder(f: Folder, baseline: Option<Scores>) -> Review {
     let list = vec![
         checks::size_cap(&f),
         checks::code_bytes_match(&f),
+        checks::external_code(&f),
         checks::claims_match_logs(&f),
         checks::seed_count(&f),
         checks::byte_accounting(&f),
         checks::val_tokens(&f),
+        checks::train_val_overlap(&f),
         checks::train_time(&f),
         checks::eval_time(&f),
         checks::significance(&scores, baseline.as_ref()),
@@ -151,6 +156,7 @@ pub fn review_folder(f: Folder, baseline: Option<Scores>) -> Review {
         code: f.code,
         readme: f.readme,
         requirements: f.requirements,
+        code_dependencies: f.code_dependencies,
         scores,
         baseline,
         checks: list,

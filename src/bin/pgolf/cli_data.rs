@@ -76,33 +76,34 @@ fn stats(args: StatsArgs) -> Result<ExitCode> {
 }
 
 fn print_report(r: &StatsReport) {
-    println!("validation   {} file(s) from {}", r.files.len(), r.val);
-    println!("tokenizer    {}", r.tokenizer_description);
-    println!("tokens       {}", r.tokens);
-    println!("documents    {} (BOS count)", r.documents);
+    out!("validation   {} file(s) from {}", r.files.len(), r.val);
+    out!("tokenizer    {}", r.tokenizer_description);
+    out!("tokens       {}", r.tokens);
+    out!("documents    {} (BOS count)", r.documents);
     match r.seq_len {
-        Some(l) => println!(
+        Some(l) => out!(
             "targets      {} (seq_len {l}: the last {} targets are never scored)",
-            r.targets, r.unscored_tail_targets
+            r.targets,
+            r.unscored_tail_targets
         ),
-        None => println!(
+        None => out!(
             "targets      {} (all N - 1; pass --seq-len for the challenge's truncation)",
             r.targets
         ),
     }
-    println!("target bytes {} (canonical table)", r.target_bytes);
+    out!("target bytes {} (canonical table)", r.target_bytes);
     if let Some(b) = r.audited_table_target_bytes {
-        println!("             {b} (audited table)");
+        out!("             {b} (audited table)");
     }
     if let Some(s) = r.sidecar_target_bytes {
-        println!("             {s} (byte sidecar)");
+        out!("             {s} (byte sidecar)");
     }
-    println!("bytes/token  {:.4}", r.bytes_per_token);
+    out!("bytes/token  {:.4}", r.bytes_per_token);
     print_audit(&r.audit);
 }
 
 fn print_audit(audit: &Audit) {
-    println!(
+    out!(
         "audit        {} ({} documents checked, {} with table bytes != decoded bytes; {} <unk> targets)",
         if audit.passed() { "PASS" } else { "FAIL" },
         audit.documents_checked,
@@ -114,6 +115,6 @@ fn print_audit(audit: &Audit) {
             Severity::Error => "ERROR",
             Severity::Warning => "warning",
         };
-        println!("  {tag} [{}] {}", f.code, f.message);
+        out!("  {tag} [{}] {}", f.code, f.message);
     }
 }

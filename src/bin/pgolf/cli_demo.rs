@@ -29,7 +29,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         tokenizer: args.tokenizer,
     }
     .resolve()?;
-    println!(
+    out!(
         "pgolf demo: a {}-parameter sp1024 model ({} layers × {}), trained for {} s on the bundled FineWeb sample\n\
          (shard 0 for training, the first 16,384 tokens of shard 1 held out), packed under {} bytes —\n\
          16,000,000 × its share of the 9×512 baseline's {} parameters.",
@@ -42,8 +42,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     let plan = plan(&spec, &pgolf::limits::current())?;
     let report = plan.run(&mut |step| {
-        println!("\n== {}", step.title);
-        println!("$ {}", step.args.join(" "));
+        out!("\n== {}", step.title);
+        out!("$ {}", step.args.join(" "));
         crate::run_command_line(&step.args)
             .map(exit_code)
             .map_err(|e| format!("{e:#}"))
@@ -51,7 +51,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if report.exit_code != 0 {
         return Ok(ExitCode::from(report.exit_code));
     }
-    println!(
+    out!(
         "\n== done: model, artifact, receipts and logs are in {}/ (the planted violation above was flagged, as it must be)",
         report.out
     );

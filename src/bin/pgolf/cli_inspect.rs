@@ -8,6 +8,7 @@ use clap::Args;
 use pgolf::pack::inspect::{InspectFlags, InspectReport, inspect};
 use pgolf::pack::stats::TensorStats;
 
+use crate::print::shown;
 use crate::progress;
 
 #[derive(Args)]
@@ -58,9 +59,9 @@ pub fn run(args: InspectArgs) -> Result<ExitCode> {
 
 fn print_report(r: &InspectReport) {
     let layers: Vec<String> = r.layers.iter().map(|l| l.name()).collect();
-    println!(
+    out!(
         "{}: {} bytes, {} {}{}",
-        r.file,
+        shown(&r.file),
         r.model_bytes,
         r.container.name(),
         r.format,
@@ -71,12 +72,13 @@ fn print_report(r: &InspectReport) {
         }
     );
     for b in &r.bundled {
-        println!(
-            "bundled next to the weights: {:?}, {} bytes (inside the compressed model bytes)",
-            b.name, b.bytes
+        out!(
+            "bundled next to the weights: \"{}\", {} bytes (inside the compressed model bytes)",
+            shown(&b.name),
+            b.bytes
         );
     }
-    println!(
+    out!(
         "{:<34} {:>13} {:<18} {:>4} {:>9} {:>11} {:>7} {:>6} {:>10} {:>6} {:>9} {:>9} {:>6}",
         "tensor",
         "shape",
@@ -96,18 +98,23 @@ fn print_report(r: &InspectReport) {
         print_row(s);
     }
     if let Some(c) = &r.coders {
-        println!(
+        out!(
             "coders on the {} quantized symbols (each tensor alone; order-0 entropy {:.0} bytes):",
-            c.symbols, c.entropy_bytes
+            c.symbols,
+            c.entropy_bytes
         );
         for c in &c.sizes {
-            println!(
+            out!(
                 "  {:<34} {:>10} bytes  {:.4} bits/symbol  {:.4} × entropy  {:.2} s",
-                c.coder, c.bytes, c.bits_per_symbol, c.over_entropy, c.seconds
+                c.coder,
+                c.bytes,
+                c.bits_per_symbol,
+                c.over_entropy,
+                c.seconds
             );
         }
     }
-    println!(
+    out!(
         "shares: {}; floor% = rows whose scale sits at the legacy floor 1/clip_range",
         r.share_measured_as
     );
@@ -118,7 +125,7 @@ fn print_report(r: &InspectReport) {
 /// The architecture the tensors name: seed 001's JEPA, or the preset they match.
 fn print_architecture(r: &InspectReport) {
     if let Some(c) = &r.inferred_config {
-        println!(
+        out!(
             "architecture byte-patch JEPA encoder–decoder (seed 001, PR #696): {} encoder blocks with {}/{} heads, \
              {} decoder blocks with {} heads, d {}, patches of {}, latent {}; `verify --config` takes \
              {{\"architecture\": \"byte_patch_jepa\", …}} (encoder_repeats, rope_base, qk_gain_init and the \
@@ -135,14 +142,18 @@ fn print_architecture(r: &InspectReport) {
     }
     match &r.preset {
         Some(m) if m.exact => {
-            println!(
+            out!(
                 "architecture matches preset {} (records/track_10min_16mb/{})",
-                m.name, m.record
+                m.name,
+                m.record
             )
         }
-        Some(m) => println!(
+        Some(m) => out!(
             "closest preset {}: {} tensors missing, {} extra, {} of another shape",
-            m.name, m.missing, m.extra, m.reshaped
+            m.name,
+            m.missing,
+            m.extra,
+            m.reshaped
         ),
         None => {}
     }
@@ -150,11 +161,12 @@ fn print_architecture(r: &InspectReport) {
 
 /// Parameters, bytes, and the distance to the cap.
 fn print_totals(r: &InspectReport) {
-    println!(
+    out!(
         "parameters   {} ({:.3} bits/parameter in the file)",
-        r.parameters, r.bits_per_parameter
+        r.parameters,
+        r.bits_per_parameter
     );
-    println!("model bytes  {}", r.model_bytes);
+    out!("model bytes  {}", r.model_bytes);
     let size = &r.size;
     if let Some(c) = &r.code {
         let wrapper = match (&c.wrapper, c.decoded_bytes) {
@@ -163,20 +175,23 @@ fn print_totals(r: &InspectReport) {
             }
             _ => " (raw source)".into(),
         };
-        println!("code bytes   {}{wrapper}", c.counted_bytes);
+        out!("code bytes   {}{wrapper}", c.counted_bytes);
         let verdict = if size.headroom_bytes >= 0 {
             "fits"
         } else {
             "over the cap"
         };
-        println!(
+        out!(
             "total        {} of {}: margin {} bytes, {verdict}",
-            size.total_bytes, size.budget_bytes, size.headroom_bytes
+            size.total_bytes,
+            size.budget_bytes,
+            size.headroom_bytes
         );
     } else {
-        println!(
+        out!(
             "total        {} without code (pass --code train_gpt.py): margin {} bytes",
-            size.total_bytes, size.headroom_bytes
+            size.total_bytes,
+            size.headroom_bytes
         );
     }
 }
@@ -188,9 +203,9 @@ fn print_row(s: &TensorStats) {
         _ => "-".into(),
     };
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    println!(
+    out!(
         "{:<34} {:>13} {:<18} {:>4} {:>9} {:>11} {:>7.3} {:>6} {:>10} {:>6} {:>9} {:>9} {:>6}",
-        s.name,
+        shown(&s.name),
         shape,
         s.scheme,
         s.bits,

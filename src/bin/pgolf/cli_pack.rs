@@ -192,19 +192,21 @@ pub fn run(args: PackArgs, matches: &ArgMatches) -> Result<ExitCode> {
 }
 
 fn print_report(r: &PackReport) {
-    println!(
+    out!(
         "wrote        {} ({} bytes, {:.3} bits/parameter, read back and checked)",
-        r.output, r.size.artifact_bytes, r.bits_per_parameter
+        r.output,
+        r.size.artifact_bytes,
+        r.bits_per_parameter
     );
-    println!("scheme       {}, codec {}", r.scheme, r.codec);
+    out!("scheme       {}, codec {}", r.scheme, r.codec);
     if let Some(n) = &r.qat_grid {
-        println!("qat          {n}");
+        out!("qat          {n}");
     }
     if let Some(rd) = &r.rd {
         print_rd(rd);
     }
     if let Some(c) = &r.calibration {
-        println!(
+        out!(
             "calibration  {} tokens ({} sequences of {}) from {} shard(s), {} Hessians{}",
             c.tokens,
             c.sequences,
@@ -220,12 +222,12 @@ fn print_report(r: &PackReport) {
     }
     let fit = &r.fit;
     match fit.k_factor {
-        Some(f) => println!(
+        Some(f) => out!(
             "fit          k × {f:.3} after {} tries (target {} bytes for the model)",
             fit.tries.len(),
             fit.target_bytes
         ),
-        None => println!(
+        None => out!(
             "fit          {} tries (target {} bytes for the model)",
             fit.tries.len(),
             fit.target_bytes
@@ -233,7 +235,7 @@ fn print_report(r: &PackReport) {
     }
     for g in &r.groups {
         let k = g.k.map(|k| format!(", k {k:.2}")).unwrap_or_default();
-        println!(
+        out!(
             "  {:<10} int{}{k}: {} tensors, {} params, mse {:.3e}, relative error {:.3e}",
             format!("{:?}", g.group).to_lowercase(),
             g.bits,
@@ -243,7 +245,7 @@ fn print_report(r: &PackReport) {
             g.relative_error
         );
     }
-    println!(
+    out!(
         "code         {} bytes; python decoder (python/pgolf_decode.py) {} bytes if embedded, {} inside an lzma+base85 wrapper; cut to this artifact{}: {} / {}",
         r.size.code_bytes.unwrap_or(0),
         PYTHON_DECODER.len(),
@@ -255,9 +257,11 @@ fn print_report(r: &PackReport) {
         r.tailored_decoder_bytes,
         r.tailored_decoder_wrapped_bytes
     );
-    println!(
+    out!(
         "total        {} of {}: margin {} bytes",
-        r.size.total_bytes, r.size.budget_bytes, r.size.headroom_bytes
+        r.size.total_bytes,
+        r.size.budget_bytes,
+        r.size.headroom_bytes
     );
 }
 
@@ -283,7 +287,7 @@ fn print_rd(r: &pgolf::pack::fit::RdReport) {
                 .join(", ")
         )
     };
-    println!(
+    out!(
         "rd fit       λ {:.3e}, {} matrices (≤ {} candidates each; bits: {}{lqer}), {} error {:.4e}",
         r.lambda,
         r.choices.len(),

@@ -8,6 +8,7 @@ use clap::Args;
 use pgolf::review::command::{self, ReviewFlags, ReviewOutcome};
 use pgolf::review::{Review, Status, tree};
 
+use crate::print::shown;
 use crate::progress;
 
 #[derive(Args)]
@@ -45,7 +46,7 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        crate::print::json(&outcome)?;
     } else {
         match &outcome {
             ReviewOutcome::Folder(r) => print_review(r),
@@ -68,12 +69,17 @@ fn mark(s: Status) -> &'static str {
 }
 
 fn print_review(r: &Review) {
-    println!("{}", r.record.name.as_deref().unwrap_or(&r.record.dir));
-    println!(
+    // Every string below comes from the folder (its names, its submission.json, its logs): printed through
+    // `shown`, one line each, whatever control characters it holds.
+    out!(
+        "{}",
+        shown(r.record.name.as_deref().unwrap_or(&r.record.dir))
+    );
+    out!(
         "  {} · {} · {}",
-        r.record.dir,
-        r.record.author.as_deref().unwrap_or("author unknown"),
-        r.record.date.as_deref().unwrap_or("date unknown")
+        shown(&r.record.dir),
+        shown(r.record.author.as_deref().unwrap_or("author unknown")),
+        shown(r.record.date.as_deref().unwrap_or("date unknown"))
     );
     if let Some(c) = &r.code {
         let wrapper = c
@@ -86,15 +92,15 @@ fn print_review(r: &Review) {
                 )
             })
             .unwrap_or_default();
-        println!("  code: {} {} bytes{wrapper}", c.file, c.bytes);
+        out!("  code: {} {} bytes{wrapper}", shown(&c.file), c.bytes);
     }
-    println!("  runs:");
+    out!("  runs:");
     for l in &r.logs {
         let f =
             |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "?".into());
-        println!(
+        out!(
             "    {:<40} seed {:>6}  val_bpb {:>10}  total {:>9}  train {:>7} s  eval {:>6} s",
-            l.file,
+            shown(&l.file),
             l.seed.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
             f(l.val_bpb, 8),
             l.total_bytes
@@ -105,24 +111,24 @@ fn print_review(r: &Review) {
         );
     }
     for u in &r.unreadable {
-        println!("  unreadable: {u}");
+        out!("  unreadable: {}", shown(u));
     }
-    println!("  checks:");
+    out!("  checks:");
     for c in &r.checks {
-        println!("    {} {:<18} {}", mark(c.status), c.id, c.measured);
-        let shown = if c.status == Status::Pass { 0 } else { 6 };
-        for e in c.evidence.iter().take(shown) {
-            println!("        {e}");
+        out!("    {} {:<18} {}", mark(c.status), c.id, shown(&c.measured));
+        let listed = if c.status == Status::Pass { 0 } else { 6 };
+        for e in c.evidence.iter().take(listed) {
+            out!("        {}", shown(e));
         }
-        if c.evidence.len() > shown && shown > 0 {
-            println!(
+        if c.evidence.len() > listed && listed > 0 {
+            out!(
                 "        … {} more (--json shows all)",
-                c.evidence.len() - shown
+                c.evidence.len() - listed
             );
         }
     }
     let fails = r.checks.iter().filter(|c| c.status == Status::Fail).count();
-    println!("  {fails} check(s) failed");
+    out!("  {fails} check(s) failed");
 }
 
 fn print_tree(t: &tree::TreeReview) {
@@ -131,29 +137,29 @@ fn print_tree(t: &tree::TreeReview) {
         .first()
         .map(|r| r.checks.iter().map(|c| c.id).collect())
         .unwrap_or_default();
-    print!("| track | record | claimed BPB | runs | baseline |");
+    out_part!("| track | record | claimed BPB | runs | baseline |");
     for id in &ids {
-        print!(" {id} |");
+        out_part!(" {id} |");
     }
-    println!();
-    print!("|---|---|---|---|---|");
+    out!();
+    out_part!("|---|---|---|---|---|");
     for _ in &ids {
-        print!("---|");
+        out_part!("---|");
     }
-    println!();
+    out!();
     for (row, r) in t.rows.iter().zip(&t.reviews) {
-        print!(
+        out_part!(
             "| {} | {} | {} | {} | {} |",
-            row.track,
-            row.record,
+            shown(&row.track),
+            shown(&row.record),
             row.claimed_val_bpb
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "—".into()),
             row.runs,
-            row.baseline.as_deref().unwrap_or("—")
+            shown(row.baseline.as_deref().unwrap_or("—"))
         );
         for c in &r.checks {
-            print!(
+            out_part!(
                 " {} |",
                 match c.status {
                     Status::Pass => "pass",
@@ -162,8 +168,8 @@ fn print_tree(t: &tree::TreeReview) {
                 }
             );
         }
-        println!();
+        out!();
     }
     let failed = t.reviews.iter().filter(|r| r.failed()).count();
-    println!("\n{} records, {failed} with a failed check", t.rows.len());
+    out!("\n{} records, {failed} with a failed check", t.rows.len());
 }

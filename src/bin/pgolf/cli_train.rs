@@ -142,7 +142,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<ExitCode> {
     let quiet = args.json;
     if !quiet {
         let h = prepared.header();
-        println!(
+        out!(
             "model_params:{} train_shards:{} val_tokens:{} train_batch_tokens:{} train_seq_len:{} iterations:{} max_wallclock_seconds:{}",
             h.model_params,
             h.train_shards,
@@ -163,14 +163,17 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<ExitCode> {
         crate::print::json_value(&report)?;
     } else {
         if let (Some(l), Some(b)) = (report.final_val_loss, report.final_val_bpb) {
-            println!(
+            out!(
                 "final {} weights val_loss:{l:.8} val_bpb:{b:.8}",
                 report.exported
             );
         }
-        println!(
+        out!(
             "wrote {} and {} ({} steps, {:.0} tokens/s)",
-            report.model, report.config, report.steps, report.tokens_per_second
+            report.model,
+            report.config,
+            report.steps,
+            report.tokens_per_second
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -185,7 +188,7 @@ fn print_event(e: &TrainEvent, iterations: usize) {
             train_time_ms,
             step_avg_ms,
             ..
-        } => println!(
+        } => out!(
             "step:{step}/{iterations} train_loss:{train_loss:.4} train_time:{train_time_ms:.0}ms step_avg:{step_avg_ms:.2}ms"
         ),
         TrainEvent::Val {
@@ -194,7 +197,7 @@ fn print_event(e: &TrainEvent, iterations: usize) {
             val_bpb,
             train_time_ms,
             step_avg_ms,
-        } => println!(
+        } => out!(
             "step:{step}/{iterations} val_loss:{val_loss:.4} val_bpb:{val_bpb:.4} train_time:{train_time_ms:.0}ms step_avg:{step_avg_ms:.2}ms"
         ),
         TrainEvent::QatOn {
@@ -202,12 +205,12 @@ fn print_event(e: &TrainEvent, iterations: usize) {
             lr_scale,
             loss_gap,
         } => {
-            println!("qat:on step:{step} lr_scale:{lr_scale:.4} fake_quant_loss_gap:{loss_gap:+.6}")
+            out!("qat:on step:{step} lr_scale:{lr_scale:.4} fake_quant_loss_gap:{loss_gap:+.6}")
         }
         TrainEvent::StoppingEarly {
             step,
             train_time_ms,
-        } => println!(
+        } => out!(
             "stopping_early: wallclock_cap train_time:{train_time_ms:.0}ms step:{step}/{iterations}"
         ),
     }

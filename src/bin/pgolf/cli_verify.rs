@@ -16,7 +16,7 @@ use crate::verify_args::VerifyArgs;
 pub fn run(args: VerifyArgs, matches: &ArgMatches) -> Result<ExitCode> {
     let spec = args.flags(matches).resolve()?;
     if args.dry_run {
-        println!("{}", serde_json::to_string_pretty(&spec)?);
+        crate::print::json(&spec)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut bar = progress::Stages::new(args.json);
@@ -27,7 +27,7 @@ pub fn run(args: VerifyArgs, matches: &ArgMatches) -> Result<ExitCode> {
     )?;
     bar.finish();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::print::json(&report)?;
     } else {
         print_report(&report)?;
     }
@@ -39,12 +39,12 @@ pub fn run(args: VerifyArgs, matches: &ArgMatches) -> Result<ExitCode> {
 }
 
 fn print_report(r: &VerifyReport) -> Result<()> {
-    println!("model        {} ({} parameters)", r.model, r.parameters);
+    out!("model        {} ({} parameters)", r.model, r.parameters);
     if let Some(how) = &r.mixed_products {
-        println!("precision    mixed: {how}");
+        out!("precision    mixed: {how}");
     }
     if let Some(name) = &r.declared_by {
-        println!("declared     the evaluation preset {name}'s record reports its score with");
+        out!("declared     the evaluation preset {name}'s record reports its score with");
     }
     let stride = match r.form {
         WindowForm::DocIsolated {
@@ -63,18 +63,20 @@ fn print_report(r: &VerifyReport) -> Result<()> {
     };
     if r.procedure.contains("lora") {
         // Per-document chunks and windows of the recipe's own lengths, not the window form's.
-        println!(
+        out!(
             "evaluation   {} (documents in batches; each chunk scored in a window ending at it)",
             r.procedure
         );
     } else {
-        println!(
+        out!(
             "evaluation   {}{over} (seq_len {}{stride}, {} windows)",
-            r.procedure, r.seq_len, r.windows
+            r.procedure,
+            r.seq_len,
+            r.windows
         );
     }
     if let Some(t) = &r.ttt {
-        println!(
+        out!(
             "ttt          {} receipts, {} steps, {} trainable parameters; recipe {}",
             r.receipts.count,
             t.training.steps,
@@ -82,10 +84,10 @@ fn print_report(r: &VerifyReport) -> Result<()> {
             serde_json::to_value(&t.recipe)?
         );
     }
-    println!("val_loss     {:.8} nats/target", r.val_loss);
-    println!("val_bpb      {:.8}", r.val_bpb);
+    out!("val_loss     {:.8} nats/target", r.val_loss);
+    out!("val_bpb      {:.8}", r.val_bpb);
     if let Some(sp) = &r.seed_spread {
-        println!(
+        out!(
             "seeds        {} reruns with seeds {}..={}: val_bpb mean {:.8}, std {:.2e}, range {:.8} – {:.8} ({:.2e})",
             sp.seeds.len(),
             sp.seeds.first().copied().unwrap_or(0),
@@ -97,27 +99,31 @@ fn print_report(r: &VerifyReport) -> Result<()> {
             sp.max - sp.min
         );
     }
-    println!("targets      {} scored, {} bytes", r.targets, r.bytes);
+    out!("targets      {} scored, {} bytes", r.targets, r.bytes);
     let c = &r.coverage;
     if c.exactly_once {
-        println!(
+        out!(
             "coverage     every target in [0, {}) scored exactly once",
             c.targets
         );
     } else {
-        println!(
+        out!(
             "coverage     NOT exactly once: {} unscored, {} scored more than once (up to {} times) of {}",
-            c.unscored, c.scored_more_than_once, c.max_times, c.targets
+            c.unscored,
+            c.scored_more_than_once,
+            c.max_times,
+            c.targets
         );
     }
-    println!(
+    out!(
         "receipts     {} (chain {})",
         r.receipts.count,
         &r.receipts.chain[..16]
     );
-    println!(
+    out!(
         "time         {:.2} s ({:.0} targets/s)",
-        r.seconds, r.targets_per_second
+        r.seconds,
+        r.targets_per_second
     );
     print_checks(r);
     Ok(())
@@ -126,12 +132,15 @@ fn print_report(r: &VerifyReport) -> Result<()> {
 /// The probes, the size check, compliance and the findings.
 fn print_checks(r: &VerifyReport) {
     if let Some(p) = &r.probes {
-        println!(
+        out!(
             "probes       {} runs of {} on the first {} targets ({:.1} s)",
-            p.runs, p.procedure, p.prefix_targets, p.seconds
+            p.runs,
+            p.procedure,
+            p.prefix_targets,
+            p.seconds
         );
         for probe in &p.probes {
-            println!(
+            out!(
                 "  {}  {}: {}",
                 if probe.passed { "PASS" } else { "FAIL" },
                 probe.title,
@@ -139,7 +148,7 @@ fn print_checks(r: &VerifyReport) {
             );
             if !probe.passed {
                 for e in &probe.evidence {
-                    println!("          {e}");
+                    out!("          {e}");
                 }
             }
         }
@@ -149,7 +158,7 @@ fn print_checks(r: &VerifyReport) {
             .code_bytes
             .map(|c| format!(" + code {c}"))
             .unwrap_or_else(|| " (code not counted: pass --code)".into());
-        println!(
+        out!(
             "size         artifact {}{code} = {} of {} bytes ({})",
             s.artifact_bytes,
             s.total_bytes,
@@ -167,11 +176,11 @@ fn print_checks(r: &VerifyReport) {
         .iter()
         .map(|(k, v)| format!("{k}={}", serde_json::to_value(v).unwrap_or_default()))
         .collect();
-    println!("compliance   {}", shown.join(" "));
+    out!("compliance   {}", shown.join(" "));
     for n in &r.findings {
-        println!("finding      {}", n.title);
+        out!("finding      {}", n.title);
         for e in &n.evidence {
-            println!("               {e}");
+            out!("               {e}");
         }
     }
 }

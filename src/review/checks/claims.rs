@@ -35,10 +35,10 @@ pub fn claims_match_logs(f: &Folder) -> Check {
     for s in &c.seeds {
         let same: Vec<&&LogSummary> = logs.iter().filter(|l| l.is_seed(&s.seed)).collect();
         if same.is_empty() {
-            if s.val_bpb.is_some() {
+            if let Some(claimed) = s.val_bpb {
                 bad.push(format!(
-                    "seed {}: claimed {:?} but no log of that seed",
-                    s.seed, s.val_bpb
+                    "seed {}: claimed val_bpb {claimed} but no log of that seed",
+                    s.seed
                 ));
             }
             continue;
@@ -107,8 +107,13 @@ pub fn claims_match_logs(f: &Folder) -> Check {
                 .collect();
             if !sizes.is_empty() && !sizes.contains(&claimed) {
                 bad.push(format!(
-                    "seed {}: claimed {claimed} bytes, logs say {sizes:?}",
-                    s.seed
+                    "seed {}: claimed {claimed} bytes, logs say {}",
+                    s.seed,
+                    sizes
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }

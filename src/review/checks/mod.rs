@@ -15,13 +15,13 @@ mod timing;
 
 use serde::Serialize;
 
-pub use accounting::{byte_accounting, val_tokens};
+pub use accounting::{byte_accounting, train_val_overlap, val_tokens};
 pub use claims::{claims_match_logs, seed_count};
 pub use legality::static_legality;
 pub use reproduce::{reproduce, shell_command};
 pub use scores::{claimed_logs, folder_scores, scored_logs};
 pub use significance::significance;
-pub use size::{code_bytes_match, size_cap};
+pub use size::{code_bytes_match, external_code, size_cap};
 pub use timing::{eval_time, train_time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -17,14 +17,24 @@ pub fn significance(candidate: &Scores, baseline: Option<&Scores>) -> Check {
             vec![],
         );
     };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut ev = vec![
         format!(
-            "candidate {}: val_loss {:?} val_bpb {:?}",
-            candidate.source, candidate.val_loss, candidate.val_bpb
+            "candidate {}: val_loss [{}] val_bpb [{}]",
+            candidate.source,
+            list(&candidate.val_loss),
+            list(&candidate.val_bpb)
         ),
         format!(
-            "baseline {}: val_loss {:?} val_bpb {:?}",
-            b.source, b.val_loss, b.val_bpb
+            "baseline {}: val_loss [{}] val_bpb [{}]",
+            b.source,
+            list(&b.val_loss),
+            list(&b.val_bpb)
         ),
     ];
     let mut values = std::collections::BTreeMap::new();

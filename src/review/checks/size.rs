@@ -101,10 +101,25 @@ pub fn code_bytes_match(f: &Folder) -> Check {
             via_wrapper = true;
             continue;
         }
-        bad.push(format!(
-            "{} (log says {b})",
-            l.evidence_for("code_bytes").join("")
-        ));
+        // A log that counts its own compressed wrapper ran the source whose uncompressed size it states: quote
+        // that line, since it is the one that disagrees with the shipped file.
+        match l.code_bytes_uncompressed.filter(|_| l.code_counted_compressed) {
+            Some(ran) => bad.push(format!(
+                "{}: the shipped {} is {} bytes ({:+}): this run's script was another version of it (its compressed \
+                 wrapper counted {b} bytes)",
+                l.evidence_for("code_bytes_uncompressed").join(""),
+                code.file,
+                code.bytes,
+                code.bytes as i64 - ran as i64
+            )),
+            None => bad.push(format!(
+                "{}: the shipped {} is {} bytes ({:+})",
+                l.evidence_for("code_bytes").join(""),
+                code.file,
+                code.bytes,
+                code.bytes as i64 - b as i64
+            )),
+        }
     }
     if bad.is_empty() {
         let measured = if via_wrapper {
@@ -145,4 +160,102 @@ pub fn code_bytes_match(f: &Folder) -> Check {
             bad,
         )
     }
+}
+
+/// `external_code`: the folder's other code that the counted script runs — modules it imports, sources it compiles,
+/// libraries it loads, scripts it executes — and whether the counted code bytes cover it. "All counted code should
+/// live in the `train_gpt.py` script" (the challenge's README); code that the score depends on and that no log
+/// counts fails, with the cap margin it would leave if it were counted as it sits.
+pub fn external_code(f: &Folder) -> Check {
+    let Some(code) = &f.code else {
+        return check(
+            "external_code",
+            Status::Unknown,
+            "no train_gpt.py in the folder",
+            vec![],
+        );
+    };
+    let deps = &f.code_dependencies;
+    if deps.is_empty() {
+        return check(
+            "external_code",
+            Status::Pass,
+            format!(
+                "{} imports, compiles and runs no other file of the folder",
+                code.file
+            ),
+            vec![],
+        );
+    }
+    let extra: u64 = deps.iter().map(|d| d.bytes).sum();
+    let evidence: Vec<String> = deps
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({} bytes) {} by {}:{}: {}",
+                d.file,
+                d.bytes,
+                d.how.as_str(),
+                d.by,
+                d.line,
+                d.text
+            )
+        })
+        .collect();
+    let names = deps
+        .iter()
+        .map(|d| format!("{} ({})", d.file, d.how.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // What the logs counted as the source: the uncompressed size where a script counts its own wrapper.
+    let counted_source: Vec<u64> = f
+        .logs
+        .iter()
+        .filter_map(|l| {
+            if l.code_counted_compressed {
+                l.code_bytes_uncompressed
+            } else {
+                l.code_bytes
+            }
+        })
+        .collect();
+    let script_bytes = code.decoded_bytes.unwrap_or(code.bytes);
+    let covered = !counted_source.is_empty()
+        && counted_source
+            .iter()
+            .all(|&b| b >= script_bytes + extra && b > script_bytes);
+    if covered {
+        return check(
+            "external_code",
+            Status::Pass,
+            format!(
+                "{} runs {names}: {extra} bytes that the logs' counted code ({} bytes) covers",
+                code.file, counted_source[0]
+            ),
+            evidence,
+        );
+    }
+    let largest_total = f.logs.iter().filter_map(|l| l.total_bytes).max();
+    let margin = largest_total
+        .map(|t| {
+            let with = t + extra;
+            format!(
+                "; counted as they sit, the largest total would be {with} bytes ({})",
+                if with <= BUDGET_BYTES {
+                    format!("{} under the cap", BUDGET_BYTES - with)
+                } else {
+                    format!("{} over the cap", with - BUDGET_BYTES)
+                }
+            )
+        })
+        .unwrap_or_default();
+    check(
+        "external_code",
+        Status::Fail,
+        format!(
+            "the score depends on {extra} bytes of code outside the counted {}: {names}{margin}",
+            code.file
+        ),
+        evidence,
+    )
 }
