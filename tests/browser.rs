@@ -132,7 +132,7 @@ fn reports_render_in_a_headless_browser(browser: &Path) {
         text.contains("byte_accounting fail 3 of 3 runs imply a denominator outside"),
         "{text}"
     );
-    assert!(text.contains("1 check(s) failed of 11"), "{text}");
+    assert!(text.contains("1 check(s) failed of 13"), "{text}");
     assert!(
         dom.contains("<svg id=\"seeds\"") && dom.contains("<polyline"),
         "charts rendered"
