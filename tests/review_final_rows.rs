@@ -232,10 +232,12 @@ fn training_data_that_holds_validation_documents_is_caught_by_its_fingerprint() 
     let (_tmp, dir) = copy_record(R2135);
     let log = dir.join("train_seed42.log");
     let text = std::fs::read_to_string(&log).unwrap();
-    let leaky = text.replace("train_shards: 80", "train_shards: 1499").replace(
-        "datasets_dir: ./data/datasets/",
-        "datasets_dir: ./data/datasets/datasets/",
-    );
+    let leaky = text
+        .replace("train_shards: 80", "train_shards: 1499")
+        .replace(
+            "datasets_dir: ./data/datasets/",
+            "datasets_dir: ./data/datasets/datasets/",
+        );
     std::fs::write(&log, &leaky).unwrap();
     let r = review(&dir);
     assert_eq!(status(&r, "train_val_overlap"), "fail");
@@ -246,10 +248,12 @@ fn training_data_that_holds_validation_documents_is_caught_by_its_fingerprint() 
     );
     // Fewer shards than the export (a partial download, as the 04-27 PhasedTTT record's 39) and a doubled path
     // alone (accepted records on the export show it) are not the fingerprint.
-    let partial = text.replace("train_shards: 80", "train_shards: 39").replace(
-        "datasets_dir: ./data/datasets/",
-        "datasets_dir: ./data/datasets/datasets/",
-    );
+    let partial = text
+        .replace("train_shards: 80", "train_shards: 39")
+        .replace(
+            "datasets_dir: ./data/datasets/",
+            "datasets_dir: ./data/datasets/datasets/",
+        );
     std::fs::write(&log, partial).unwrap();
     let r = review(&dir);
     assert_eq!(status(&r, "train_val_overlap"), "pass");

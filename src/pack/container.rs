@@ -190,7 +190,25 @@ pub fn encode(
             lqer_b_scales: None,
         };
         match &t.payload {
-            Payload::Quantized { q, scale, lowrank } => {
+            Payload::Quantized {
+                protected: Some(p), ..
+            } => {
+                return Err(PackError::Unsupported {
+                    path: t.name.clone().into(),
+                    what: format!(
+                        "AWQ-lite groups (int{} columns at {:?}, {} wide) cannot be written to a pgolf artifact yet",
+                        p.bits,
+                        p.column_starts(),
+                        p.group_size()
+                    ),
+                });
+            }
+            Payload::Quantized {
+                q,
+                scale,
+                lowrank,
+                protected: None,
+            } => {
                 let coded;
                 let sym_bytes = if codec == Codec::Rans {
                     let syms: Vec<i8> = q.data.iter().map(|&b| b as i8).collect();
@@ -551,6 +569,7 @@ pub fn decode(
                     },
                     scale,
                     lowrank,
+                    protected: None,
                 }
             }
             (None, None, Some(v)) => {

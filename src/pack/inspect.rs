@@ -21,6 +21,7 @@ pub struct InspectFlags {
     pub code: Option<PathBuf>,
     pub no_shares: bool,
     pub coders: bool,
+    pub dequantize: Option<PathBuf>,
 }
 
 /// What one inspection measures.
@@ -33,15 +34,24 @@ pub struct InspectSpec {
     pub shares: bool,
     /// Also code every quantized tensor's symbols with every coder.
     pub coders: bool,
+    /// Write the dequantized weights here as safetensors.
+    pub dequantize: Option<PathBuf>,
 }
 
 impl InspectFlags {
     pub fn resolve(&self) -> Result<InspectSpec> {
+        let inputs: Vec<&std::path::Path> = std::iter::once(self.file.as_path())
+            .chain(self.code.as_deref())
+            .collect();
+        if let Some(out) = &self.dequantize {
+            crate::output::refuse_inputs(out, &inputs)?;
+        }
         Ok(InspectSpec {
             file: self.file.clone(),
             code: self.code.clone(),
             shares: !self.no_shares,
             coders: self.coders,
+            dequantize: self.dequantize.clone(),
         })
     }
 }
@@ -97,6 +107,17 @@ pub struct InspectReport {
     pub share_measured_as: String,
     pub size: SizeCheck,
     pub tensors: Vec<TensorStats>,
+    /// `--dequantize`: the safetensors file written, its tensors and bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dequantized: Option<DequantizedFile>,
+}
+
+/// The dequantized weights written by `--dequantize`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DequantizedFile {
+    pub path: String,
+    pub tensors: usize,
+    pub bytes: u64,
 }
 
 /// Inspects an artifact. `progress(done, total)` counts tensors.
@@ -106,6 +127,21 @@ pub fn inspect(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<InspectReport> {
     let artifact = load_artifact(&spec.file, limits)?;
+    let dequantized = match &spec.dequantize {
+        Some(out) => {
+            let bytes = super::dequantized::dequantized_safetensors(&spec.file, &artifact.tensors)?;
+            let inputs: Vec<&std::path::Path> = std::iter::once(spec.file.as_path())
+                .chain(spec.code.as_deref())
+                .collect();
+            crate::output::write_file(out, &inputs, &bytes)?;
+            Some(DequantizedFile {
+                path: out.display().to_string(),
+                tensors: artifact.tensors.len(),
+                bytes: bytes.len() as u64,
+            })
+        }
+        None => None,
+    };
     let coder = if spec.shares { artifact.coder() } else { None };
     let tensors = stats::tensor_stats(&artifact, coder, progress);
     let code = spec
@@ -179,5 +215,6 @@ pub fn inspect(
         preset,
         share_measured_as,
         tensors,
+        dequantized,
     })
 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod container;
 pub mod decode_budget;
 pub mod decoder;
+pub mod dequantized;
 pub mod fit;
 pub mod gptq;
 pub mod inspect;

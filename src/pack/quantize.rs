@@ -91,6 +91,7 @@ fn quantized(name: &str, shape: &[usize], bits: u32, q: Vec<i8>, scale: HostTens
             },
             scale,
             lowrank: None,
+            protected: None,
         },
     }
 }

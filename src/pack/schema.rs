@@ -16,6 +16,8 @@ pub enum Payload {
         q: HostTensor,
         scale: HostTensor,
         lowrank: Option<Box<LowRank>>,
+        /// AWQ-lite groups kept at a higher precision inside the same GPTQ solve, with scales of their own.
+        protected: Option<Box<ProtectedGroups>>,
     },
     /// Stored as is (possibly downcast to fp16 for storage).
     Passthrough { values: HostTensor },
@@ -101,6 +103,55 @@ impl LowRank {
     }
 }
 
+/// AWQ-lite (#1908 → #1945, #2014): whole column groups of a GPTQ matrix quantized on a finer grid inside the same
+/// solve. Their symbols sit in `q` at those columns; each row's scale there is `scale_hi[row]`, not the matrix's row
+/// scale. The records store `<name>.awqg_start` (int16 column starts), `<name>.awqg_s_hi` (fp16, one per row) and
+/// `<name>.awqg_size` (an int16 scalar), and mark the meta `+awqgrpint<bits>`. Kept as stored, so that the bytes
+/// and the dequantization are the record's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProtectedGroups {
+    /// The finer grid's bits (`awqgrpint8`: symbols in [−127, 127]).
+    pub bits: u32,
+    pub starts: HostTensor,
+    pub size: HostTensor,
+    pub scale_hi: HostTensor,
+}
+
+impl ProtectedGroups {
+    /// The first column of each group.
+    pub fn column_starts(&self) -> Vec<usize> {
+        self.starts
+            .to_i64()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.max(0) as usize)
+            .collect()
+    }
+
+    /// Columns per group.
+    pub fn group_size(&self) -> usize {
+        self.size
+            .to_i64()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0)
+            .max(0) as usize
+    }
+
+    /// The record's `W[:, start:start+size] = q[:, start:start+size] · s_hi[row]` on a row-major [rows, cols] matrix.
+    fn apply(&self, q: &[f32], w: &mut [f32], cols: usize) {
+        let s_hi = self.scale_hi.to_f32();
+        let size = self.group_size();
+        let starts = self.column_starts();
+        for (r, s) in s_hi.iter().enumerate() {
+            for &start in &starts {
+                for c in start..(start + size).min(cols) {
+                    w[r * cols + c] = q[r * cols + c] * s;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct QTensor {
     pub name: String,
@@ -129,7 +180,12 @@ impl QTensor {
     pub fn dequantize(&self) -> Vec<f32> {
         let out = match &self.payload {
             Payload::Passthrough { values } => values.to_f32(),
-            Payload::Quantized { q, scale, lowrank } => {
+            Payload::Quantized {
+                q,
+                scale,
+                lowrank,
+                protected,
+            } => {
                 let qv = q.to_f32();
                 let sv = scale.to_f32();
                 let mut w: Vec<f32> = if sv.len() == 1 && scale.shape.is_empty() {
@@ -142,6 +198,11 @@ impl QTensor {
                         .map(|(i, &x)| x * sv[i / per_row.max(1)])
                         .collect()
                 };
+                // In the record's order: the protected groups' own scales, then the low-rank correction.
+                if let Some(p) = protected {
+                    let cols = q.shape.get(1).copied().unwrap_or(1).max(1);
+                    p.apply(&qv, &mut w, cols);
+                }
                 if let Some(lr) = lowrank {
                     w.iter_mut().zip(lr.product()).for_each(|(x, c)| *x += c);
                 }
@@ -209,10 +270,20 @@ impl QTensor {
     /// bytes and scales of packed schemes, or the passthrough values.
     pub fn stored_bytes(&self) -> Vec<u8> {
         match &self.payload {
-            Payload::Quantized { q, scale, lowrank } => {
+            Payload::Quantized {
+                q,
+                scale,
+                lowrank,
+                protected,
+            } => {
                 let mut v = [q.data.as_slice(), scale.data.as_slice()].concat();
                 if let Some(lr) = lowrank {
                     for t in [&lr.a_q, &lr.a_s, &lr.b_q, &lr.b_s] {
+                        v.extend_from_slice(&t.data);
+                    }
+                }
+                if let Some(p) = protected {
+                    for t in [&p.starts, &p.scale_hi, &p.size] {
                         v.extend_from_slice(&t.data);
                     }
                 }
@@ -431,6 +502,7 @@ fn baseline(path: &Path, obj: &Obj) -> Result<Vec<QTensor>> {
                 q: q.clone(),
                 scale: scale.clone(),
                 lowrank: None,
+                protected: None,
             },
         });
     }
@@ -455,6 +527,8 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
         message,
     };
     let mut out = Vec::new();
+    // Every key of `w` that a meta entry reads; any other is a field pgolf does not know, and an error.
+    let mut read: std::collections::BTreeSet<String> = Default::default();
     for (name, info) in m.entries() {
         let kind = match info {
             Obj::Str(s) => s.clone(),
@@ -466,6 +540,7 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
             other => return Err(bad(format!("meta of {name:?} is a {}", other.type_name()))),
         };
         if kind.contains("passthrough") {
+            read.insert(name.to_string());
             out.push(passthrough(
                 name,
                 tensor(path, w, name, "passthrough tensor")?,
@@ -474,6 +549,7 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
             continue;
         }
         if kind == "gate_int8_row" {
+            read.extend([format!("{name}.gq"), format!("{name}.gs")]);
             let q = tensor(path, w, &format!("{name}.gq"), "gate symbols")?;
             let scale = tensor(path, w, &format!("{name}.gs"), "gate scales")?;
             check_scale(path, name, q, scale)?;
@@ -487,27 +563,44 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
                     q: q.clone(),
                     scale: scale.clone(),
                     lowrank: None,
+                    protected: None,
                 },
             });
             continue;
         }
+        check_meta_parts(path, name, &kind)?;
         let bits = bits_of_type(&kind).ok_or_else(|| PackError::Unsupported {
             path: path.into(),
             what: format!("{name:?} has meta type {kind:?}"),
         })?;
+        read.extend([format!("{name}.q"), format!("{name}.scale")]);
         let q = tensor(path, w, &format!("{name}.q"), "symbols")?;
         let scale = tensor(path, w, &format!("{name}.scale"), "scales")?;
         check_scale(path, name, q, scale)?;
         let per_row = !scale.shape.is_empty() && scale.numel() > 1 || q.shape.len() >= 2;
         let lowrank = if kind.contains("lqer") {
+            let sfx = if kind.contains("lqer_asym") { "_a" } else { "" };
+            read.extend(["lqA", "lqAs", "lqB", "lqBs"].map(|k| format!("{name}.{k}{sfx}")));
             Some(Box::new(lowrank_of(path, w, name, &kind, q)?))
         } else {
             None
+        };
+        let protected = match awq_bits(&kind) {
+            Some(hi_bits) => {
+                read.extend(
+                    ["awqg_start", "awqg_s_hi", "awqg_size"].map(|k| format!("{name}.{k}")),
+                );
+                Some(Box::new(protected_of(path, w, name, hi_bits, q)?))
+            }
+            None => None,
         };
         let mut scheme = format!(
             "int{bits}_{}",
             if per_row { "per_row" } else { "per_tensor" }
         );
+        if let Some(p) = &protected {
+            scheme.push_str(&format!("+awqgrpint{}", p.bits));
+        }
         if let Some(lr) = &lowrank {
             scheme.push_str(if lr.asymmetric { "+lqer_asym" } else { "+lqer" });
         }
@@ -521,10 +614,111 @@ fn mixed(path: &Path, w: &Obj, m: &Obj) -> Result<Vec<QTensor>> {
                 q: q.clone(),
                 scale: scale.clone(),
                 lowrank,
+                protected,
             },
         });
     }
+    if let Some((key, _)) = w.entries().into_iter().find(|(k, _)| !read.contains(*k)) {
+        return Err(bad(format!(
+            "{key:?}: a field pgolf does not know (no meta entry reads it), so the artifact cannot be decoded \
+             faithfully"
+        )));
+    }
     Ok(out)
+}
+
+/// The parts of a GPTQ meta string the reader knows: `gptq (int<b>)` or `int<b>…`, then `+awqgrpint<b>`, `+lqer`
+/// or `+lqer_asym`. Any other part would change the decoding and is refused.
+fn check_meta_parts(path: &Path, name: &str, kind: &str) -> Result<()> {
+    for part in kind.split('+').skip(1) {
+        let known =
+            part == "lqer" || part == "lqer_asym" || awq_bits(&format!("+{part}")).is_some();
+        if !known {
+            return Err(PackError::Unsupported {
+                path: path.into(),
+                what: format!("{name:?}: meta part {part:?} of {kind:?} is not one pgolf knows"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The bits of an AWQ-lite `+awqgrpint<b>` part.
+fn awq_bits(kind: &str) -> Option<u32> {
+    let i = kind.find("+awqgrpint")?;
+    let digits: String = kind[i + "+awqgrpint".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok().filter(|b| (2..=8).contains(b))
+}
+
+/// The AWQ-lite fields of `name`, checked to fit q: integer starts, a positive group size, groups inside the
+/// columns, one fp scale per row, and the protected symbols within the finer grid.
+fn protected_of(
+    path: &Path,
+    w: &Obj,
+    name: &str,
+    bits: u32,
+    q: &HostTensor,
+) -> Result<ProtectedGroups> {
+    let part = |k: &str| tensor(path, w, &format!("{name}.{k}"), "AWQ-lite field").cloned();
+    let p = ProtectedGroups {
+        bits,
+        starts: part("awqg_start")?,
+        size: part("awqg_size")?,
+        scale_hi: part("awqg_s_hi")?,
+    };
+    let bad = |m: String| PackError::Format {
+        path: path.into(),
+        message: format!("{name}: AWQ-lite {m}"),
+    };
+    let (rows, cols) = match q.shape.as_slice() {
+        [r, c] => (*r, *c),
+        other => {
+            return Err(bad(format!(
+                "groups on a {other:?} tensor (a matrix is needed)"
+            )));
+        }
+    };
+    let starts = p
+        .starts
+        .to_i64()
+        .ok_or_else(|| bad(format!("awqg_start is {}, not integers", p.starts.dtype)))?;
+    let size = match p.size.to_i64().as_deref() {
+        Some([s]) if *s > 0 => *s as usize,
+        _ => {
+            return Err(bad(format!(
+                "awqg_size {:?} is not one positive integer",
+                p.size.shape
+            )));
+        }
+    };
+    if starts.iter().any(|&s| s < 0 || s as usize + size > cols) {
+        return Err(bad(format!(
+            "groups {starts:?} of {size} columns do not fit {cols} columns"
+        )));
+    }
+    if !p.scale_hi.is_float() || p.scale_hi.numel() != rows {
+        return Err(bad(format!(
+            "awqg_s_hi {} {:?} is not one scale per row of {rows}",
+            p.scale_hi.dtype, p.scale_hi.shape
+        )));
+    }
+    let limit = (1i64 << (bits - 1)) - 1;
+    let symbols = q.to_i64().unwrap_or_default();
+    let outside = starts.iter().any(|&s| {
+        (0..rows).any(|r| {
+            let row = &symbols[r * cols + s as usize..r * cols + s as usize + size];
+            row.iter().any(|v| v.abs() > limit)
+        })
+    });
+    if outside {
+        return Err(bad(format!(
+            "symbols outside the int{bits} grid [-{limit}, {limit}]"
+        )));
+    }
+    Ok(p)
 }
 
 /// The LQER factors of `name` (keys `.lqA/.lqAs/.lqB/.lqBs`, with an `_a` suffix when asymmetric), checked to fit q.

@@ -40,6 +40,21 @@ pub struct TensorStats {
     pub coded_bytes: Option<usize>,
     /// coded_bytes / Σ coded_bytes.
     pub share: Option<f64>,
+    /// AWQ-lite groups kept on a finer grid (#1945, #2014); their symbols are left out of `saturation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awq_lite: Option<AwqLite>,
+}
+
+/// A tensor's AWQ-lite groups, as its artifact stores them.
+#[derive(Clone, Debug, Serialize)]
+pub struct AwqLite {
+    /// The finer grid's bits (8: symbols in [−127, 127]).
+    pub bits: u32,
+    pub group_size: usize,
+    /// First column of each group.
+    pub starts: Vec<usize>,
+    /// Median of the groups' own row scales.
+    pub scale_median: f32,
 }
 
 /// Order-0 entropy in bits per symbol.
@@ -139,6 +154,31 @@ fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
             at_floor,
         }
     });
+    let protected = match &t.payload {
+        Payload::Quantized {
+            protected: Some(p), ..
+        } => Some(p),
+        _ => None,
+    };
+    let cols = t.shape.get(1).copied().unwrap_or(1).max(1);
+    let mut protected_column = vec![false; if protected.is_some() { cols } else { 0 }];
+    if let Some(p) = protected {
+        for s in p.column_starts() {
+            let end = (s + p.group_size()).min(cols);
+            protected_column[s.min(end)..end].fill(true);
+        }
+    }
+    let in_group = |i: usize| protected.is_some() && protected_column[i % cols];
+    let awq_lite = protected.map(|p| {
+        let mut s = p.scale_hi.to_f32();
+        s.sort_by(f32::total_cmp);
+        AwqLite {
+            bits: p.bits,
+            group_size: p.group_size(),
+            starts: p.column_starts(),
+            scale_median: s.get(s.len() / 2).copied().unwrap_or(0.0),
+        }
+    });
     TensorStats {
         name: t.name.clone(),
         shape: t.shape.clone(),
@@ -149,12 +189,19 @@ fn one_tensor(t: &QTensor, coder: Option<Coder>) -> TensorStats {
         symbol_max: quantized.then(|| symbols.iter().copied().max().unwrap_or(0)),
         entropy_bits: order0_entropy(symbols.iter().copied()).abs(),
         saturation: grid.then(|| {
-            symbols.iter().filter(|&&s| s.abs() >= cr).count() as f64 / symbols.len().max(1) as f64
+            let base: Vec<i64> = symbols
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !in_group(*i))
+                .map(|(_, &s)| s)
+                .collect();
+            base.iter().filter(|&&s| s.abs() >= cr).count() as f64 / base.len().max(1) as f64
         }),
         scales: scale_stats,
         raw_bytes: raw.len(),
         coded_bytes: coder.map(|c| c.compress(&raw).len()),
         share: None,
+        awq_lite,
     }
 }
 

@@ -25,6 +25,10 @@ pub struct InspectArgs {
     /// pgolf's rANS) and compare with their order-0 entropy.
     #[arg(long)]
     coders: bool,
+    /// Also write the weights as the artifact's own decoder returns them (dequantized, under the artifact's names,
+    /// in the dtypes it records) to this safetensors file.
+    #[arg(long, value_name = "OUT.safetensors")]
+    dequantize: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -37,6 +41,7 @@ impl InspectArgs {
             code: self.code.clone(),
             no_shares: self.no_shares,
             coders: self.coders,
+            dequantize: self.dequantize.clone(),
         }
     }
 }
@@ -97,6 +102,24 @@ fn print_report(r: &InspectReport) {
     for s in &r.tensors {
         print_row(s);
     }
+    for (s, a) in r
+        .tensors
+        .iter()
+        .filter_map(|s| Some((s, s.awq_lite.as_ref()?)))
+    {
+        let groups: Vec<String> = a
+            .starts
+            .iter()
+            .map(|c| format!("{c}..{}", c + a.group_size))
+            .collect();
+        out!(
+            "AWQ-lite {}: columns {} on the int{} grid with their own row scales (median {:.3e}); sat% leaves them out",
+            shown(&s.name),
+            groups.join(", "),
+            a.bits,
+            a.scale_median
+        );
+    }
     if let Some(c) = &r.coders {
         out!(
             "coders on the {} quantized symbols (each tensor alone; order-0 entropy {:.0} bytes):",
@@ -120,6 +143,14 @@ fn print_report(r: &InspectReport) {
     );
     print_architecture(r);
     print_totals(r);
+    if let Some(d) = &r.dequantized {
+        out!(
+            "dequantized  {} tensors written to {} ({} bytes)",
+            d.tensors,
+            shown(&d.path),
+            d.bytes
+        );
+    }
 }
 
 /// The architecture the tensors name: seed 001's JEPA, or the preset they match.

@@ -1,0 +1,149 @@
+//! Artifacts of the final leaderboard's export code (`fixtures/generate_final_rows.py`): #2014's own
+//! `gptq_mixed_quantize` with AWQ-lite and LQER asymmetric, read by pgolf and dequantized bit for bit as its own
+//! `dequantize_mixed` does; every malformed AWQ-lite field refused with the file and the field named.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn golden_2014() -> Value {
+    golden("artifacts/golden_final_2014.json")
+}
+
+#[test]
+fn the_2014_export_dequantizes_bit_for_bit_as_its_own_decoder() {
+    let g = golden_2014();
+    let art = fixture("artifacts/final_2014_awq.xz.ptz");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("deq.safetensors");
+    let r = pgolf_json(&["inspect", s(&art), "--dequantize", s(&out), "--json"]);
+    // Every tensor of the record's decoder, with the record's names, shapes, dtypes and bytes.
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want = g["tensors"].as_array().unwrap();
+    assert_eq!(st.len(), want.len());
+    for t in want {
+        let name = t["name"].as_str().unwrap();
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(view.shape(), shape.as_slice(), "{name}");
+        assert_eq!(
+            format!("{:?}", view.dtype()),
+            match t["dtype"].as_str().unwrap() {
+                "float32" => "F32",
+                "float16" => "F16",
+                "bfloat16" => "BF16",
+                other => panic!("{other}"),
+            },
+            "{name}"
+        );
+        let digest: String = Sha256::digest(view.data())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            t["sha256"].as_str().unwrap(),
+            "{name}: not the record's bytes"
+        );
+    }
+    // inspect names the AWQ-lite groups: the scheme carries the record's meta parts, and the fields are reported.
+    let awq = g["awq"].as_object().unwrap();
+    assert_eq!(
+        awq.len(),
+        1,
+        "top-1 group over the model, as the record selects"
+    );
+    let (name, fields) = awq.iter().next().unwrap();
+    let row = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name.as_str())
+        .unwrap();
+    let meta = g["meta"][name.as_str()].as_str().unwrap();
+    assert!(meta.contains("+awqgrpint8"), "{meta}");
+    assert!(
+        row["scheme"].as_str().unwrap().contains("+awqgrpint8"),
+        "{row}"
+    );
+    assert_eq!(row["awq_lite"]["bits"], 8);
+    assert_eq!(row["awq_lite"]["group_size"], fields["size"]);
+    assert_eq!(row["awq_lite"]["starts"], fields["starts"]);
+    assert_eq!(
+        r["dequantized"]["tensors"].as_u64().unwrap() as usize,
+        want.len()
+    );
+    // The same on the terminal: the groups' columns.
+    let text = String::from_utf8(pgolf(&["inspect", s(&art), "--no-shares"]).stdout).unwrap();
+    let start = fields["starts"][0].as_u64().unwrap();
+    let size = fields["size"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!(
+            "AWQ-lite {name}: columns {start}..{} on the int8 grid",
+            start + size
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_malformed_awq_lite_field_is_refused_by_name() {
+    for (case, says) in [
+        (
+            "unknown_field",
+            "\"x.weight.awqg_extra\": a field pgolf does not know",
+        ),
+        (
+            "fields_without_meta",
+            "\"x.weight.awqg_start\": a field pgolf does not know",
+        ),
+        (
+            "past_columns",
+            "x.weight: AWQ-lite groups [96] of 64 columns do not fit 128 columns",
+        ),
+        (
+            "size_zero",
+            "x.weight: AWQ-lite awqg_size [] is not one positive integer",
+        ),
+        (
+            "scale_short",
+            "x.weight: AWQ-lite awqg_s_hi float16 [1] is not one scale per row of 2",
+        ),
+        (
+            "symbols_off_grid",
+            "x.weight: AWQ-lite symbols outside the int4 grid [-7, 7]",
+        ),
+        (
+            "unknown_meta_part",
+            "\"x.weight\": meta part \"rowperm\" of \"gptq (int6)+awqgrpint8+rowperm\" is not one pgolf knows",
+        ),
+    ] {
+        let f = fixture(&format!("artifacts/final_2014_hostile_{case}.xz.ptz"));
+        let e = pgolf_err(&["inspect", s(&f)]);
+        assert!(
+            e.contains(&format!("final_2014_hostile_{case}.xz.ptz")),
+            "{case}: {e}"
+        );
+        assert!(e.contains(says), "{case}: {e}");
+    }
+}
+
+#[test]
+fn dequantize_never_overwrites_an_input_and_leaves_nothing_on_error() {
+    let art = fixture("artifacts/final_2014_awq.xz.ptz");
+    let e = pgolf_err(&["inspect", s(&art), "--dequantize", s(&art)]);
+    assert!(e.contains("final_2014_awq.xz.ptz"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("deq.safetensors");
+    let bad = fixture("artifacts/final_2014_hostile_unknown_field.xz.ptz");
+    pgolf_err(&["inspect", s(&bad), "--dequantize", s(&out)]);
+    assert!(!out.exists(), "no partial output");
+}
