@@ -429,6 +429,7 @@ fn all_reviews_the_tree_in_date_order_against_the_best_earlier_record() {
             "2026-03-17_NaiveBaseline",
             "2026-03-31_Scylla_FullGPTQ_XSA11_FA3_0.9485",
             "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
+            "2026-04-30_LongCtx_NoQV_QK525_on_1945_1.0586",
             "2026-04-30_SP8192_CaseOps_Progressive3k_ShortDocTTT",
             "2026-04-30_V19_PR1908_AsymLogit_WD2",
             "2026-05-01_SP8192_PR2130Base_Calib32"
@@ -459,7 +460,7 @@ fn all_reviews_the_tree_in_date_order_against_the_best_earlier_record() {
         text.lines()
             .filter(|l| l.starts_with("| track_10min_16mb |"))
             .count(),
-        6
+        7
     );
 }
 

@@ -346,3 +346,112 @@ fn a_hostile_folder_cannot_drive_the_terminal() {
         "{err:?}"
     );
 }
+
+/// The records tree a reviewer would assemble for PR #2146's rows: the fixture folders, and #1945's V21 runs (the
+/// commit the row cites) beside its later V22 head.
+fn leaderboard_tree() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("review/records/track_10min_16mb", "track_10min_16mb"),
+        ("review/pr1945_v21/track_10min_16mb", "v21"),
+    ] {
+        for e in std::fs::read_dir(fixture(from)).unwrap() {
+            let e = e.unwrap();
+            let dst = tmp.path().join(to).join(e.file_name());
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(e.path()).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+            }
+        }
+    }
+    tmp
+}
+
+#[test]
+fn the_leaderboard_rows_are_held_to_their_folders() {
+    let tree = leaderboard_tree();
+    let readme = fixture("review/leaderboard_pr2146.md");
+    let out = pgolf(&[
+        "review",
+        "--leaderboard",
+        readme.to_str().unwrap(),
+        tree.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = l["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    let row = |pr: u64| rows.iter().find(|r| r["pr"] == pr).unwrap();
+    // #2135 against #2014: the stated p = 0.014 is the folders' Welch p (0.0138); its score the runs' mean.
+    let r = row(2135);
+    assert_eq!(r["status"], "pass", "{r}");
+    assert_eq!(
+        r["folder"],
+        "track_10min_16mb/2026-05-01_SP8192_PR2130Base_Calib32"
+    );
+    assert!((r["folder_mean_val_bpb"].as_f64().unwrap() - 1.05650768).abs() < 1e-8);
+    assert!(
+        (r["recomputed_p"].as_f64().unwrap() - 0.0138).abs() < 5e-5,
+        "{r}"
+    );
+    // SciPy 1.17: ttest_ind(#2014, #2135, equal_var=False, alternative="greater").pvalue = 0.013850; below likewise
+    // 0.020223, 0.090352 and 0.056028.
+    // #2014 vs #1953 (0.0202) and #1953 vs #1945 V21 (0.0904), #1945 vs #1855 (0.0560): not the stated 0.011, 0.063,
+    // 0.034 from these folders' runs.
+    for (pr, p, against) in [
+        (
+            2014,
+            0.0202,
+            "track_10min_16mb/2026-04-30_LongCtx_NoQV_QK525_on_1945_1.0586",
+        ),
+        (1953, 0.0904, "v21/2026-04-30_V19_PR1908_AsymLogit_WD2"),
+        (
+            1945,
+            0.0560,
+            "track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611",
+        ),
+    ] {
+        let r = row(pr);
+        assert_eq!(r["status"], "fail", "{r}");
+        assert_eq!(r["against_folder"], against);
+        assert!(
+            (r["recomputed_p"].as_f64().unwrap() - p).abs() < 5e-5,
+            "{r}"
+        );
+    }
+    // The row cites #1945's V21 runs: its V22 head (mean 1.05877) is not taken for it.
+    assert_eq!(
+        row(1945)["folder"],
+        "v21/2026-04-30_V19_PR1908_AsymLogit_WD2"
+    );
+    // #1855's p is against #1868's rerun, whose folder is not in the tree; rows without folders are unknown.
+    assert_eq!(row(1855)["status"], "unknown");
+    assert_eq!(row(1851)["folder"], Value::Null);
+    // Misuse is refused before any work.
+    let out = pgolf(&[
+        "review",
+        "--leaderboard",
+        readme.to_str().unwrap(),
+        "--all",
+        tree.path().to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("cannot be used with"),
+        "{e}"
+    );
+    let e = common::pgolf_err(&[
+        "review",
+        "--leaderboard",
+        fixture("review/ORIGIN.md").to_str().unwrap(),
+        tree.path().to_str().unwrap(),
+    ]);
+    assert!(e.contains("ORIGIN.md: no leaderboard table"), "{e}");
+}

@@ -694,7 +694,10 @@ fn protected_of(
             )));
         }
     };
-    if starts.iter().any(|&s| s < 0 || s as usize + size > cols) {
+    if starts
+        .iter()
+        .any(|&s| s < 0 || (s as usize).checked_add(size).is_none_or(|end| end > cols))
+    {
         return Err(bad(format!(
             "groups {starts:?} of {size} columns do not fit {cols} columns"
         )));
@@ -710,7 +713,7 @@ fn protected_of(
     let outside = starts.iter().any(|&s| {
         (0..rows).any(|r| {
             let row = &symbols[r * cols + s as usize..r * cols + s as usize + size];
-            row.iter().any(|v| v.abs() > limit)
+            row.iter().any(|v| v.unsigned_abs() > limit as u64)
         })
     });
     if outside {

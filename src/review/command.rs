@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::leaderboard::{LeaderboardAudit, audit_leaderboard};
 use super::tree::{TreeReview, review_tree};
 use super::{Result, Review, ReviewError, baseline_scores, review_dir};
 use crate::limits::Limits;
@@ -17,6 +18,8 @@ pub struct ReviewFlags {
     pub all: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
     pub html: Option<PathBuf>,
+    /// The challenge README whose leaderboard rows are held to the folders under `dir`.
+    pub leaderboard: Option<PathBuf>,
 }
 
 /// What is reviewed.
@@ -30,6 +33,8 @@ pub enum ReviewTarget {
     },
     /// Every record folder of a records tree, in date order, each against the best earlier record of its track.
     Tree { root: PathBuf },
+    /// Each row of a README's leaderboard against its folder under `root`: score, date, stated p-value.
+    Leaderboard { readme: PathBuf, root: PathBuf },
 }
 
 /// What one review runs.
@@ -49,6 +54,21 @@ impl ReviewFlags {
                 "{}: --html names a folder, not a file",
                 html.display()
             )));
+        }
+        if let Some(readme) = &self.leaderboard {
+            return match (&self.dir, &self.all, &self.baseline, &self.html) {
+                (Some(root), None, None, None) => Ok(ReviewSpec {
+                    target: ReviewTarget::Leaderboard {
+                        readme: readme.clone(),
+                        root: root.clone(),
+                    },
+                    html: None,
+                }),
+                _ => Err(ReviewError::Setup(
+                    "--leaderboard README.md takes the records folder (RECORDS_DIR), and no --all, --baseline or --html"
+                        .into(),
+                )),
+            };
         }
         let target = match (&self.dir, &self.all) {
             (Some(dir), None) => ReviewTarget::Folder {
@@ -77,6 +97,7 @@ impl ReviewFlags {
 pub enum ReviewOutcome {
     Folder(Box<Review>),
     Tree(TreeReview),
+    Leaderboard(LeaderboardAudit),
 }
 
 impl ReviewOutcome {
@@ -85,6 +106,7 @@ impl ReviewOutcome {
         match self {
             ReviewOutcome::Folder(r) => r.failed(),
             ReviewOutcome::Tree(t) => t.reviews.iter().any(Review::failed),
+            ReviewOutcome::Leaderboard(l) => l.failed(),
         }
     }
 }
@@ -105,6 +127,9 @@ pub fn review(
             ReviewOutcome::Folder(Box::new(review_dir(dir, baseline, limits)?))
         }
         ReviewTarget::Tree { root } => ReviewOutcome::Tree(review_tree(root, limits, progress)?),
+        ReviewTarget::Leaderboard { readme, root } => {
+            ReviewOutcome::Leaderboard(audit_leaderboard(readme, root, limits)?)
+        }
     };
     if let Some(html) = &spec.html {
         let (inputs, page): (Vec<PathBuf>, String) = match &outcome {
@@ -113,6 +138,7 @@ pub fn review(
                 t.reviews.iter().flat_map(Review::inputs).collect(),
                 super::html::tree_html(t),
             ),
+            ReviewOutcome::Leaderboard(_) => return Ok(outcome),
         };
         let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         crate::output::write_file(html, &inputs, page.as_bytes())?;

@@ -13,6 +13,7 @@ pub mod code_deps;
 pub mod command;
 pub mod folder;
 pub mod html;
+pub mod leaderboard;
 pub mod log;
 pub mod stats;
 pub mod submission;

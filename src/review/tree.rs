@@ -44,7 +44,7 @@ fn is_record(dir: &Path) -> bool {
 
 /// Record folders under `root` (the root itself, a track folder, or a `records/` folder of tracks), at most three
 /// levels down, each with its track (the name of the folder holding it).
-fn find_records(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn find_records(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     if !root.is_dir() {
         return Err(ReviewError::NotAFolder(root.into()));
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use pgolf::review::command::{self, ReviewFlags, ReviewOutcome};
+use pgolf::review::leaderboard::LeaderboardAudit;
 use pgolf::review::{Review, Status, tree};
 
 use crate::print::shown;
@@ -13,7 +14,8 @@ use crate::progress;
 
 #[derive(Args)]
 pub struct ReviewArgs {
-    /// The submission folder (submission.json, README.md, train logs, train_gpt.py, requirements.txt).
+    /// The submission folder (submission.json, README.md, train logs, train_gpt.py, requirements.txt); with
+    /// --leaderboard, the folder of record folders the rows are held to.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     dir: Option<PathBuf>,
     /// Review every record folder of a records tree (e.g. the challenge's `records/`), in date order, each against
@@ -29,6 +31,10 @@ pub struct ReviewArgs {
     /// Also write the report as one self-contained HTML file.
     #[arg(long, value_name = "OUT.html")]
     html: Option<PathBuf>,
+    /// Hold each row of this README's leaderboard table to its folder under DIR: the score against the folder's
+    /// runs, the date, and the stated p-value against the row it beats, recomputed (one-sided Welch, val_bpb).
+    #[arg(long, value_name = "README.md", conflicts_with_all = ["all", "baseline", "html"])]
+    leaderboard: Option<PathBuf>,
 }
 
 pub fn run(args: ReviewArgs) -> Result<ExitCode> {
@@ -37,6 +43,7 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
         all: args.all.clone(),
         baseline: args.baseline.clone(),
         html: args.html.clone(),
+        leaderboard: args.leaderboard.clone(),
     }
     .resolve()?;
     let bar = progress::bar(0, "records", args.json);
@@ -51,6 +58,7 @@ pub fn run(args: ReviewArgs) -> Result<ExitCode> {
         match &outcome {
             ReviewOutcome::Folder(r) => print_review(r),
             ReviewOutcome::Tree(t) => print_tree(t),
+            ReviewOutcome::Leaderboard(l) => print_leaderboard(l),
         }
     }
     Ok(if outcome.failed() {
@@ -172,4 +180,31 @@ fn print_tree(t: &tree::TreeReview) {
     }
     let failed = t.reviews.iter().filter(|r| r.failed()).count();
     out!("\n{} records, {failed} with a failed check", t.rows.len());
+}
+
+fn print_leaderboard(l: &LeaderboardAudit) {
+    out!("{} against {}", shown(&l.readme), shown(&l.root));
+    for r in &l.rows {
+        let pr = r
+            .row
+            .pr
+            .map(|p| format!("#{p}"))
+            .unwrap_or_else(|| "—".into());
+        out!(
+            "  {} {:<6} {:<10} {:<18} {}",
+            mark(r.status),
+            pr,
+            r.row.score,
+            shown(&r.row.author),
+            shown(r.folder.as_deref().unwrap_or("(no folder)"))
+        );
+        for n in &r.notes {
+            out!("        {}", shown(n));
+        }
+    }
+    let fails = l.rows.iter().filter(|r| r.status == Status::Fail).count();
+    out!(
+        "  {} rows, {fails} that their folders do not bear out",
+        l.rows.len()
+    );
 }
