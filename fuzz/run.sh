@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target (or all) with a seed corpus built from the committed fixtures.
 #   cargo install cargo-fuzz        # once
-#   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans rans_tables container config mixed_schema, or all
+#   bash fuzz/run.sh TARGET SECONDS # TARGET: shard sentencepiece artifact pickle outer rans rans_tables container config mixed_schema pgrp_v2, or all
 #   SANITIZER=none bash fuzz/run.sh … # without AddressSanitizer (several times faster; pgolf's parsers are safe Rust)
 # cargo-fuzz needs nightly features; on a stable toolchain RUSTC_BOOTSTRAP=1 enables them (as below).
 set -euo pipefail
@@ -33,6 +33,7 @@ for p in glob.glob("fixtures/pack/*.pglf"):
 PY
     ;;
     config) cp fixtures/models/*.json "$dir/" ; rm -f "$dir"/golden_* ;;
+    pgrp_v2) for f in fixtures/artifacts/final_2135_pgrp2_*.ptz; do tail -c +9 "$f" > "$dir/$(basename "$f")"; done ;;
     mixed_schema) printf '\x02\x01\x02\x07\x00\x01\x02\x02\x02\x40\x00\x00\x00\x00\x00\x00' > "$dir/awq" ;;
   esac
 }
@@ -42,7 +43,7 @@ run() {
     -timeout=10 -print_final_stats=1 -runs=${RUNS:-1000000}
 }
 if [ "$target" = all ]; then
-  for t in shard sentencepiece artifact pickle outer rans rans_tables container config mixed_schema; do run "$t"; done
+  for t in shard sentencepiece artifact pickle outer rans rans_tables container config mixed_schema pgrp_v2; do run "$t"; done
 else
   run "$target"
 fi

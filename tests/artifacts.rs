@@ -142,10 +142,14 @@ fn pgrp_groups_decode_with_lrzip_or_name_what_is_missing() {
 #[test]
 fn a_pgrp_stream_past_the_end_is_refused() {
     let dir = temp_dir("pgrp");
+    // Version 1: nine streams declared (a version-2 frame's word is 2).
     let mut bytes = b"PGRP".to_vec();
-    bytes.extend_from_slice(&2u32.to_le_bytes());
+    bytes.extend_from_slice(&9u32.to_le_bytes());
     bytes.extend_from_slice(&10u32.to_le_bytes());
     bytes.extend_from_slice(&1000u32.to_le_bytes());
+    for _ in 0..7 {
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+    }
     bytes.extend_from_slice(&[0u8; 20]);
     let p = write(&dir, "short.ptz", &bytes);
     let e = load_artifact(&p, &Limits::default())

@@ -147,3 +147,140 @@ fn dequantize_never_overwrites_an_input_and_leaves_nothing_on_error() {
     pgolf_err(&["inspect", s(&bad), "--dequantize", s(&out)]);
     assert!(!out.exists(), "no partial output");
 }
+
+/// The dequantized tensors of `art` against a golden list (name, shape, dtype, SHA-256 of the little-endian bytes).
+fn assert_dequantizes_to(art: &std::path::Path, want: &[Value]) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("deq.safetensors");
+    let r = pgolf_json(&["inspect", s(art), "--dequantize", s(&out), "--json"]);
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), want.len());
+    for t in want {
+        let name = t["name"].as_str().unwrap();
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let digest: String = Sha256::digest(view.data())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            t["sha256"].as_str().unwrap(),
+            "{name}: not the record's bytes"
+        );
+    }
+    r
+}
+
+fn lrzip_installed() -> bool {
+    std::process::Command::new("lrzip")
+        .arg("-V")
+        .output()
+        .is_ok()
+}
+
+#[test]
+fn the_2135_pgrp_v2_frame_reads_bit_for_bit_as_its_own_unpacker() {
+    let g = golden("artifacts/golden_final_2135.json");
+    // The writer's brotli fallback (Q section method 0): no external program needed.
+    let brotli = fixture("artifacts/final_2135_pgrp2_brotli.ptz");
+    let want = g["artifacts"]["final_2135_pgrp2_brotli.ptz"]["tensors"]
+        .as_array()
+        .unwrap();
+    let r = assert_dequantizes_to(&brotli, want);
+    assert_eq!(r["container"], "pgrp");
+    assert_eq!(
+        r["layers"][0],
+        serde_json::json!({"layer": "per_group_v2", "q_section": "brotli"})
+    );
+    let scheme = |r: &Value, name: &str| {
+        r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["scheme"]
+            .clone()
+    };
+    assert_eq!(scheme(&r, "tok_emb.weight"), "int7_per_row+lqer_asym");
+    // lrzip's Q section (method 1) where the program is installed; its absence named otherwise.
+    let lrz = fixture("artifacts/final_2135_pgrp2_lrzip.ptz");
+    if lrzip_installed() {
+        let want = g["artifacts"]["final_2135_pgrp2_lrzip.ptz"]["tensors"]
+            .as_array()
+            .unwrap();
+        assert_dequantizes_to(&lrz, want);
+    } else {
+        let e = pgolf_err(&["inspect", s(&lrz)]);
+        assert!(e.contains("lrzip") && e.contains("not on PATH"), "{e}");
+    }
+}
+
+#[test]
+fn every_malformed_pgrp_v2_frame_is_refused_by_name() {
+    let good = std::fs::read(fixture("artifacts/final_2135_pgrp2_brotli.ptz")).unwrap();
+    let name_len = u16::from_le_bytes([good[12], good[13]]) as usize;
+    let first_perm = 12 + 2 + name_len + 8;
+    let method_at = {
+        // Walk the declarations to the method byte.
+        let n = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
+        let mut at = 12;
+        for _ in 0..n {
+            let len = u16::from_le_bytes([good[at], good[at + 1]]) as usize;
+            let rows =
+                u32::from_le_bytes(good[at + 2 + len..at + 6 + len].try_into().unwrap()) as usize;
+            at += 2 + len + 8 + 2 * rows;
+        }
+        at
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "run past the end of the file",
+        ),
+        (
+            "trailing",
+            [good.as_slice(), b"x"].concat(),
+            "1 bytes follow the remainder",
+        ),
+        (
+            "method",
+            {
+                let mut b = good.clone();
+                b[method_at] = 7;
+                b
+            },
+            "Q section compressed by method 7",
+        ),
+        (
+            "permutation",
+            {
+                let mut b = good.clone();
+                b[first_perm] = b[first_perm + 2];
+                b[first_perm + 1] = b[first_perm + 3];
+                b
+            },
+            "the row permutation is not a permutation",
+        ),
+        (
+            "count",
+            {
+                let mut b = good.clone();
+                b[8..12].copy_from_slice(&100_000u32.to_le_bytes());
+                b
+            },
+            "100000 matrices declared",
+        ),
+    ];
+    for (case, bytes, says) in cases {
+        let p = tmp.path().join(format!("pgrp2_{case}.ptz"));
+        std::fs::write(&p, bytes).unwrap();
+        let e = pgolf_err(&["inspect", s(&p)]);
+        assert!(
+            e.contains(&format!("pgrp2_{case}.ptz")) && e.contains(says),
+            "{case}: {e}"
+        );
+    }
+}

@@ -62,7 +62,11 @@ pub struct Artifact {
 impl Artifact {
     /// The compression layer the artifact was written with (the outermost layer that is one coder's stream), if any.
     pub fn coder(&self) -> Option<Coder> {
-        if self.layers.contains(&Layer::PerGroup) {
+        if self
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::PerGroup | Layer::PerGroupV2 { .. }))
+        {
             // lrzip groups plus a brotli remainder: no single coder to measure a tensor alone with.
             return None;
         }
@@ -134,7 +138,12 @@ pub fn load_artifact_bytes(path: &Path, bytes: Vec<u8>, limits: &Limits) -> Resu
         torchfile::is_zip(b) || b.starts_with(pgrp::MAGIC)
     })?;
     let (obj, container) = if inner.starts_with(pgrp::MAGIC) {
-        layers.push(Layer::PerGroup);
+        layers.push(match pgrp::version(&inner) {
+            2 => Layer::PerGroupV2 {
+                q_section: pgrp::v2_q_method(&inner).unwrap_or("unknown"),
+            },
+            _ => Layer::PerGroup,
+        });
         (
             pgrp::decode(path, &inner, limits, &mut budget)?,
             Container::Pgrp,

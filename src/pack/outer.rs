@@ -27,6 +27,10 @@ pub enum Layer {
     },
     /// The per-group PGRP container (see `pgrp`).
     PerGroup,
+    /// #2135's PGRP version 2: row-permuted int8 matrices in one section (lrzip, or brotli), the rest BSHF + brotli.
+    PerGroupV2 {
+        q_section: &'static str,
+    },
     /// pgolf's own artifact (see `container`), with its codec.
     Pgolf {
         codec: Codec,
@@ -46,6 +50,9 @@ impl Layer {
             }
             Layer::ByteShuffle { version, stride } => format!("bshf-v{version}(stride {stride})"),
             Layer::PerGroup => "pgrp(lrzip groups + brotli remainder)".into(),
+            Layer::PerGroupV2 { q_section } => {
+                format!("pgrp-v2(row-permuted {q_section} Q section + brotli remainder)")
+            }
             Layer::Pgolf { codec } => format!("pgolf({})", codec.name()),
         }
     }
@@ -71,9 +78,10 @@ impl Layer {
             Layer::Pgolf {
                 codec: Codec::General(c),
             } => Some(*c),
-            Layer::Pgolf { codec: Codec::Rans } | Layer::ByteShuffle { .. } | Layer::PerGroup => {
-                None
-            }
+            Layer::Pgolf { codec: Codec::Rans }
+            | Layer::ByteShuffle { .. }
+            | Layer::PerGroup
+            | Layer::PerGroupV2 { .. } => None,
         }
     }
 }
@@ -134,12 +142,13 @@ pub fn decompress_with(path: &Path, layer: &Layer, bytes: &[u8], limit: u64) -> 
             layer: "raw-lzma2",
             message: "does not decode".into(),
         }),
-        Layer::ByteShuffle { .. } | Layer::PerGroup | Layer::Pgolf { .. } => {
-            Err(PackError::Format {
-                path: path.into(),
-                message: format!("{} is not a compression layer", layer.name()),
-            })
-        }
+        Layer::ByteShuffle { .. }
+        | Layer::PerGroup
+        | Layer::PerGroupV2 { .. }
+        | Layer::Pgolf { .. } => Err(PackError::Format {
+            path: path.into(),
+            message: format!("{} is not a compression layer", layer.name()),
+        }),
     }
 }
 

@@ -3,6 +3,13 @@
 //! the order of [`GROUP_ORDER`] (each tensor stored transposed, rows of `_SIMSORT` groups first reordered by a stored
 //! permutation), a brotli `torch.save({"r": remainder, "m": meta, "s": shapes})`, and the brotli permutations
 //! (u16 per row). The groups need the `lrzip` program; empty group streams do not.
+//!
+//! Version 2 (#2135's `_pack_pergroup`, [`decode_v2`]): `b"PGRP" + u32 2 + u32 n`, then per int8 matrix (sorted by
+//! name) `u16 name length, name, u32 rows, u32 cols, rows × u16 row permutation`, then one byte for how the Q
+//! section is compressed (1 lrzip, 0 brotli: the writer falls back to brotli without lrzip), `u32 size + the section`
+//! (every matrix's rows reordered by its permutation, transposed, concatenated), and `u32 size +` a brotli
+//! BSHF-shuffled `torch.save({"w": remainder, "m": meta})`. A version-1 file declares 9 streams where version 2's
+//! word is 2, so the word tells them apart.
 
 use std::io::Read;
 use std::path::Path;
@@ -233,6 +240,211 @@ fn shapes_of(path: &Path, manifest: &Obj, group: &str) -> Result<Vec<Vec<usize>>
         .collect()
 }
 
+/// The version word of a PGRP file: 2 for #2135's frame; anything else is read as version 1's stream count.
+pub fn version(bytes: &[u8]) -> u32 {
+    match bytes.get(4..8) {
+        Some(b) if u32::from_le_bytes(b.try_into().unwrap()) == 2 => 2,
+        _ => 1,
+    }
+}
+
+/// How a version-2 Q section is compressed.
+pub fn v2_q_method(bytes: &[u8]) -> Option<&'static str> {
+    let mut r = Reader { bytes, at: 12 };
+    let n = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    for _ in 0..n {
+        let len = r.u16().ok()? as usize;
+        r.take(len).ok()?;
+        let rows = r.u32().ok()? as usize;
+        r.u32().ok()?;
+        r.take(rows.checked_mul(2)?).ok()?;
+    }
+    match r.u8().ok()? {
+        1 => Some("lrzip"),
+        0 => Some("brotli"),
+        _ => None,
+    }
+}
+
+/// A cursor over a version-2 frame; every read past the end is an error naming what was being read.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                format!(
+                    "{n} bytes at offset {} run past the end of the file ({} bytes)",
+                    self.at,
+                    self.bytes.len()
+                )
+            })?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> std::result::Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> std::result::Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+}
+
+/// At most this many matrices in a version-2 frame (#2135 has 67).
+const V2_MAX_MATRICES: u32 = 4096;
+
+/// Decodes #2135's PGRP version-2 frame into the `{"w": …, "m": …}` object its `_unpack_pergroup` returns. Every
+/// section decoded is charged to `budget`; the permutations are checked to be permutations, the Q section to hold
+/// exactly the matrices declared, and nothing may follow the remainder.
+pub fn decode_v2(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    budget: &mut DecodeBudget,
+) -> Result<Obj> {
+    let err = |m: String| format_err(path, format!("version 2: {m}"));
+    let mut r = Reader { bytes, at: 8 };
+    let n = r.u32().map_err(err)?;
+    if n > V2_MAX_MATRICES {
+        return Err(err(format!(
+            "{n} matrices declared (at most {V2_MAX_MATRICES} accepted)"
+        )));
+    }
+    struct Declared {
+        name: String,
+        rows: usize,
+        cols: usize,
+        perm: Vec<usize>,
+    }
+    let mut declared = Vec::with_capacity(n as usize);
+    let mut total = 0usize;
+    for i in 0..n {
+        let len = r.u16().map_err(err)? as usize;
+        let name = std::str::from_utf8(r.take(len).map_err(err)?)
+            .map_err(|_| err(format!("matrix {i}'s name is not UTF-8")))?
+            .to_string();
+        let rows = r.u32().map_err(err)? as usize;
+        let cols = r.u32().map_err(err)? as usize;
+        let numel = checked_numel(&[rows, cols])
+            .filter(|&e| e as u64 <= limits.max_tensor_elements as u64)
+            .ok_or_else(|| {
+                err(format!(
+                    "{name}: {rows} × {cols} is larger than the tensor limit"
+                ))
+            })?;
+        total = total
+            .checked_add(numel)
+            .ok_or_else(|| err("the matrices' sizes overflow".into()))?;
+        let raw = r.take(rows * 2).map_err(err)?;
+        let mut seen = vec![false; rows];
+        let mut perm = Vec::with_capacity(rows);
+        for p in raw.chunks_exact(2) {
+            let v = u16::from_le_bytes([p[0], p[1]]) as usize;
+            if v >= rows || seen[v] {
+                return Err(err(format!(
+                    "{name}: the row permutation is not a permutation"
+                )));
+            }
+            seen[v] = true;
+            perm.push(v);
+        }
+        if declared.iter().any(|d: &Declared| d.name == name) {
+            return Err(err(format!("{name} is declared twice")));
+        }
+        declared.push(Declared {
+            name,
+            rows,
+            cols,
+            perm,
+        });
+    }
+    let method = r.u8().map_err(err)?;
+    let q_len = r.u32().map_err(err)? as usize;
+    let q_section = r.take(q_len).map_err(err)?;
+    let rem_len = r.u32().map_err(err)? as usize;
+    let rem_section = r.take(rem_len).map_err(err)?;
+    if r.at != bytes.len() {
+        return Err(err(format!(
+            "{} bytes follow the remainder",
+            bytes.len() - r.at
+        )));
+    }
+    let raw = match method {
+        1 => lrzip_decompress(path, "Q section", q_section, limits, budget.remaining())
+            .map_err(|e| over_budget(e, budget))?,
+        0 => brotli_capped(path, q_section, budget.remaining())
+            .map_err(|e| over_budget(e, budget))?,
+        other => {
+            return Err(err(format!(
+                "Q section compressed by method {other} (1 lrzip, 0 brotli are known)"
+            )));
+        }
+    };
+    budget.charge(
+        if method == 1 { "lrzip" } else { "brotli" },
+        raw.len() as u64,
+    )?;
+    if raw.len() != total {
+        return Err(err(format!(
+            "the Q section holds {} bytes, the {} matrices declared take {total}",
+            raw.len(),
+            declared.len()
+        )));
+    }
+    let remainder_zip =
+        brotli_capped(path, rem_section, budget.remaining()).map_err(|e| over_budget(e, budget))?;
+    budget.charge("brotli", remainder_zip.len() as u64)?;
+    let (_, remainder_zip) = outer::peel(path, remainder_zip, budget, torchfile::is_zip)?;
+    let remainder = torchfile::load_torch(path, &remainder_zip, limits, budget)?;
+    let (Some(Obj::Dict(rest)), Some(meta)) = (remainder.get("w"), remainder.get("m")) else {
+        return Err(err("the remainder is not {\"w\", \"m\"}".into()));
+    };
+    let mut w = rest.clone();
+    let mut off = 0usize;
+    for d in &declared {
+        let n = d.rows * d.cols;
+        let chunk = &raw[off..off + n];
+        off += n;
+        // Stored as the row-sorted matrix transposed: chunk[c·rows + j] = W[perm[j]][c].
+        let mut data = vec![0u8; n];
+        for (j, &dst) in d.perm.iter().enumerate() {
+            for c in 0..d.cols {
+                data[dst * d.cols + c] = chunk[c * d.rows + j];
+            }
+        }
+        if w.iter()
+            .any(|(k, _)| matches!(k, Obj::Str(s) if *s == d.name))
+        {
+            return Err(err(format!(
+                "{} is both a Q matrix and in the remainder",
+                d.name
+            )));
+        }
+        w.push((
+            Obj::Str(d.name.clone()),
+            Obj::Tensor(HostTensor {
+                dtype: "int8".into(),
+                shape: vec![d.rows, d.cols],
+                data,
+            }),
+        ));
+    }
+    Ok(Obj::Dict(vec![
+        (Obj::Str("w".into()), Obj::Dict(w)),
+        (Obj::Str("m".into()), meta.clone()),
+    ]))
+}
+
 /// Decodes a PGRP container into the `{"w": …, "m": …}` object its records load.
 /// Every stream decoded is charged to `budget`.
 pub fn decode(
@@ -241,6 +453,9 @@ pub fn decode(
     limits: &Limits,
     budget: &mut DecodeBudget,
 ) -> Result<Obj> {
+    if version(bytes) == 2 {
+        return decode_v2(path, bytes, limits, budget);
+    }
     let streams = streams(path, bytes)?;
     if streams.len() != GROUP_ORDER.len() + 2 {
         return Err(format_err(

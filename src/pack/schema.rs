@@ -95,7 +95,10 @@ impl LowRank {
             for k in 0..rank {
                 let av = a[r * rank + k];
                 for c in 0..cols {
-                    out[r * cols + c] += av * b[k * cols + c];
+                    // Fused multiply-add in k order, one rounding per step: what PyTorch's CPU matmul computes
+                    // for the records' `qA @ qB` (checked bit for bit against #2014's and #2135's
+                    // dequantize_mixed, where a separate multiply and add differ in the last bit).
+                    out[r * cols + c] = av.mul_add(b[k * cols + c], out[r * cols + c]);
                 }
             }
         }
