@@ -336,7 +336,7 @@ pub fn decode_v2(
         let rows = r.u32().map_err(err)? as usize;
         let cols = r.u32().map_err(err)? as usize;
         let numel = checked_numel(&[rows, cols])
-            .filter(|&e| e as u64 <= limits.max_tensor_elements as u64)
+            .filter(|&e| e as u64 <= limits.max_tensor_elements)
             .ok_or_else(|| {
                 err(format!(
                     "{name}: {rows} × {cols} is larger than the tensor limit"
