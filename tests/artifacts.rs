@@ -111,13 +111,6 @@ fn fixtures_open_and_dequantize_like_their_writers() {
     }
 }
 
-fn lrzip_installed() -> bool {
-    std::process::Command::new("lrzip")
-        .arg("-V")
-        .output()
-        .is_ok()
-}
-
 #[test]
 fn pgrp_groups_decode_with_lrzip_or_name_what_is_missing() {
     let path = fixture("artifacts/sp1024_tied.int6.pgrp.ptz");

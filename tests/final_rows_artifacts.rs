@@ -16,44 +16,9 @@ fn golden_2014() -> Value {
 fn the_2014_export_dequantizes_bit_for_bit_as_its_own_decoder() {
     let g = golden_2014();
     let art = fixture("artifacts/final_2014_awq.xz.ptz");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("deq.safetensors");
-    let r = pgolf_json(&["inspect", s(&art), "--dequantize", s(&out), "--json"]);
     // Every tensor of the record's decoder, with the record's names, shapes, dtypes and bytes.
-    let bytes = std::fs::read(&out).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let want = g["tensors"].as_array().unwrap();
-    assert_eq!(st.len(), want.len());
-    for t in want {
-        let name = t["name"].as_str().unwrap();
-        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let shape: Vec<usize> = t["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
-        assert_eq!(view.shape(), shape.as_slice(), "{name}");
-        assert_eq!(
-            format!("{:?}", view.dtype()),
-            match t["dtype"].as_str().unwrap() {
-                "float32" => "F32",
-                "float16" => "F16",
-                "bfloat16" => "BF16",
-                other => panic!("{other}"),
-            },
-            "{name}"
-        );
-        let digest: String = Sha256::digest(view.data())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(
-            digest,
-            t["sha256"].as_str().unwrap(),
-            "{name}: not the record's bytes"
-        );
-    }
+    let r = assert_dequantizes_to(&art, want);
     // inspect names the AWQ-lite groups: the scheme carries the record's meta parts, and the fields are reported.
     let awq = g["awq"].as_object().unwrap();
     assert_eq!(
@@ -148,7 +113,8 @@ fn dequantize_never_overwrites_an_input_and_leaves_nothing_on_error() {
     assert!(!out.exists(), "no partial output");
 }
 
-/// The dequantized tensors of `art` against a golden list (name, shape, dtype, SHA-256 of the little-endian bytes).
+/// `inspect --dequantize` of `art` against a golden list (name, shape, dtype, SHA-256 of the little-endian bytes);
+/// returns the inspect report.
 fn assert_dequantizes_to(art: &std::path::Path, want: &[Value]) -> Value {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("deq.safetensors");
@@ -159,6 +125,23 @@ fn assert_dequantizes_to(art: &std::path::Path, want: &[Value]) -> Value {
     for t in want {
         let name = t["name"].as_str().unwrap();
         let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(view.shape(), shape.as_slice(), "{name}");
+        assert_eq!(
+            format!("{:?}", view.dtype()),
+            match t["dtype"].as_str().unwrap() {
+                "float32" => "F32",
+                "float16" => "F16",
+                "bfloat16" => "BF16",
+                other => panic!("{other}"),
+            },
+            "{name}"
+        );
         let digest: String = Sha256::digest(view.data())
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -170,13 +153,6 @@ fn assert_dequantizes_to(art: &std::path::Path, want: &[Value]) -> Value {
         );
     }
     r
-}
-
-fn lrzip_installed() -> bool {
-    std::process::Command::new("lrzip")
-        .arg("-V")
-        .output()
-        .is_ok()
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, pgolf, pgolf_err};
+use common::{check, copy_record, fixture, pgolf, pgolf_err, status};
 use serde_json::Value;
 
 const TRACK: &str = "review/records/track_10min_16mb";
@@ -27,31 +27,6 @@ fn review_json(args: &[&str], code: i32) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn check<'a>(r: &'a Value, id: &str) -> &'a Value {
-    r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}"))
-}
-
-fn status(r: &Value, id: &str) -> String {
-    check(r, id)["status"].as_str().unwrap().to_string()
-}
-
-/// A copy of a fixture record in a temporary folder, to add or change files.
-fn copy_record(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("track_10min_16mb").join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(record(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    (tmp, dst)
 }
 
 /// A stand-in `train_gpt.py` of exactly `bytes` bytes (the records' own code is not copied into fixtures).

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{fixture, pgolf};
+use common::{check, copy_record, fixture, pgolf, status};
 use serde_json::Value;
 
 const TRACK: &str = "review/records/track_10min_16mb";
@@ -16,17 +16,6 @@ const R2135: &str = "2026-05-01_SP8192_PR2130Base_Calib32";
 const R2014: &str = "2026-04-30_SP8192_CaseOps_Progressive3k_ShortDocTTT";
 const R1945: &str = "2026-04-30_V19_PR1908_AsymLogit_WD2";
 const R0427: &str = "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611";
-
-fn copy_record(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("track_10min_16mb").join(name);
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(fixture(&format!("{TRACK}/{name}"))).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    (tmp, dst)
-}
 
 fn review(dir: &Path) -> Value {
     let out = pgolf(&["review", dir.to_str().unwrap(), "--json"]);
@@ -36,19 +25,6 @@ fn review(dir: &Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
-fn check<'a>(r: &'a Value, id: &str) -> &'a Value {
-    r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no check {id}"))
-}
-
-fn status(r: &Value, id: &str) -> String {
-    check(r, id)["status"].as_str().unwrap().to_string()
 }
 
 fn evidence(r: &Value, id: &str) -> String {

@@ -265,3 +265,40 @@ pub fn tensor_pickle(numel: u8, offset: u32, size: &[u8], stride: &[u8]) -> Vec<
     p.extend_from_slice(b"t\x89N)tRu.");
     p
 }
+
+/// Whether the `lrzip` program (which the PGRP containers need) can be run here.
+pub fn lrzip_installed() -> bool {
+    std::process::Command::new("lrzip")
+        .arg("-V")
+        .output()
+        .is_ok()
+}
+
+/// A review's check by id (`pgolf review --json`'s `checks`).
+pub fn check<'a>(r: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}"))
+}
+
+/// A review check's status.
+pub fn status(r: &serde_json::Value, id: &str) -> String {
+    check(r, id)["status"].as_str().unwrap().to_string()
+}
+
+/// A copy of the review fixture record `fixtures/review/records/track_10min_16mb/NAME` in a temporary folder, to add
+/// or change files.
+pub fn copy_record(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("track_10min_16mb").join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(&format!("review/records/track_10min_16mb/{name}"))).unwrap()
+    {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    (tmp, dst)
+}
